@@ -1,0 +1,131 @@
+"""Integration fixtures: one private Docker engine for the session, clean state per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from watcher import Settings, Watcher
+
+#: exits at once on SIGTERM, so stops and scale-to-0 never wait for the grace period
+SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
+LABEL = "idlewatch.enable"
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[PrivateEngine]:
+    """The private engine, with the test image built and Swarm initialised."""
+    ensure_installed()
+    eng = PrivateEngine()
+    try:
+        eng.start()
+        eng.build_test_image()
+        eng.swarm_init()
+        yield eng
+    finally:
+        eng.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def clean_engine(engine: PrivateEngine) -> Iterator[None]:
+    """Every test starts with no containers and no services on the private engine."""
+    _wipe(engine)
+    yield
+    _wipe(engine)
+
+
+def _wipe(engine: PrivateEngine) -> None:
+    if not engine.ping():
+        engine.start()
+    services = engine.cli("service", "ls", "-q").split()
+    if services:
+        engine.cli("service", "rm", *services)
+    containers = engine.cli("ps", "-aq").split()
+    if containers:
+        engine.cli("rm", "-f", *containers)
+    deadline = time.monotonic() + 30
+    while engine.cli("ps", "-aq") and time.monotonic() < deadline:  # service tasks linger
+        leftover = engine.cli("ps", "-aq").split()
+        engine.cli("rm", "-f", *leftover, check=False)
+
+
+def run_container(
+    engine: PrivateEngine, name: str, *, managed: bool = True, labels: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> str:
+    """Start a sleeper container with no network; returns its id."""
+    args = ["run", "-d", "--name", name, "--network", "none", "--stop-timeout", "2"]
+    all_labels = {LABEL: "true"} if managed else {}
+    all_labels.update(labels or {})
+    for k, v in all_labels.items():
+        args += ["--label", f"{k}={v}"]
+    return engine.cli(*args, *extra, TEST_IMAGE, *SLEEPER)
+
+
+def create_service(
+    engine: PrivateEngine, name: str, *, replicas: int = 1, managed: bool = True,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Create a replicated sleeper service (no networks) and return its id."""
+    args = ["service", "create", "-d", "--name", name, "--replicas", str(replicas),
+            "--stop-grace-period", "1s", "--restart-condition", "none"]
+    all_labels = {LABEL: "true"} if managed else {}
+    all_labels.update(labels or {})
+    for k, v in all_labels.items():
+        args += ["--label", f"{k}={v}"]
+    return engine.cli(*args, TEST_IMAGE, *SLEEPER)
+
+
+def inspect(engine: PrivateEngine, ref: str) -> dict[str, Any]:
+    """``docker inspect`` of one object."""
+    data: list[dict[str, Any]] = json.loads(engine.cli("inspect", ref))
+    return data[0]
+
+
+def running_tasks(engine: PrivateEngine, service: str) -> int:
+    """How many tasks of a service run right now."""
+    out = engine.cli("service", "ps", service, "--filter", "desired-state=running",
+                     "--format", "{{.CurrentState}}")
+    return sum(1 for line in out.splitlines() if line.startswith("Running"))
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+    """Wait until ``check()`` holds, polling with a deadline (for engine-side conditions)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def settings_for(engine: PrivateEngine, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings pointing at the private engine and a per-test SQLite file."""
+
+    def make(**kw: Any) -> Settings:
+        base: dict[str, Any] = {
+            "docker_url": engine.url,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'idlewatch.db'}",
+            "sweep_interval": 3600,
+            "stop_timeout": 2,
+            "reconnect_backoff_max": 0.5,
+        }
+        base.update(kw)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture
+async def watcher(settings_for: Callable[..., Settings]) -> AsyncIterator[Watcher]:
+    """A started watcher, synced with the private engine."""
+    async with Watcher(settings_for()) as w:
+        await w.wait_synced(30)
+        yield w

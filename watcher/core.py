@@ -1,0 +1,227 @@
+"""Watcher: all the wiring in one place, and the lifecycle of its tasks as a context manager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .clock import SystemClock
+from .docker import AioDockerGateway
+from .errors import StoreError, WatcherError
+from .events import EventPump, exponential_backoff
+from .hub import Hub
+from .lifecycle import Lifecycle, LifecycleConfig
+from .models import Agent, AuditEntry, Change
+from .ports import Clock, DockerGateway, Store
+from .settings import Settings
+from .store import SqlStore
+from .sweeper import Sweeper, SweepReport
+from .tracker import Tracker
+from .writer import StoreWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Health:
+    """Readiness: ready only while the engine stream is connected and synced and the DB writes."""
+
+    ready: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+class Watcher:
+    """Tracks managed agents from the events stream and scales idle ones to zero.
+
+    ``async with Watcher(settings) as w:`` starts tracking; the gateway, store and clock
+    can be injected. No signal handlers, no event loop of its own.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        docker: DockerGateway | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        backoff: Callable[[int], float] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        s = self.settings
+        self.clock: Clock = clock or SystemClock()
+        self.docker: DockerGateway = docker or AioDockerGateway(s.docker_url, label=s.label)
+        self.store: Store = store or SqlStore(s.database_url)
+        self.hub = Hub(s.subscriber_queue_size)
+        self.writer = StoreWriter(self.store)
+        self._changed = asyncio.Event()
+        self.tracker = Tracker(
+            label=s.label,
+            default_idle_timeout_s=s.idle_timeout,
+            clock=self.clock,
+            sink=self._on_change,
+            forget_sink=self.writer.forget,
+        )
+        self.lifecycle = Lifecycle(
+            self.docker,
+            self.tracker,
+            self.clock,
+            LifecycleConfig(s.label, s.max_replicas, s.stop_timeout, s.dry_run),
+            self._audit,
+        )
+        self.pump = EventPump(
+            self.docker,
+            self.tracker,
+            on_dead_letters=self._on_dead_letters,
+            backoff=backoff or exponential_backoff(0.25, s.reconnect_backoff_max),
+        )
+        self.sweeper = Sweeper(
+            self.tracker,
+            self.lifecycle,
+            self.clock,
+            interval_s=s.sweep_interval,
+            dry_run=s.dry_run,
+        )
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> Watcher:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the store, load what it knows, then start the writer, stream and sweep."""
+        if self._started:
+            return
+        await self.store.connect()
+        try:
+            self.tracker.load(await self.store.load_agents())
+        except Exception as exc:
+            await self.store.close()
+            raise StoreError(f"cannot read agents from the database: {exc}") from exc
+        self._started = True
+        self.writer.start()
+        self.pump.start()
+        self.sweeper.start()
+        logger.info(
+            "idlewatch started: %d agents known, label %s=true, idle timeout %s",
+            len(self.tracker.agents),
+            self.settings.label,
+            f"{self.settings.idle_timeout:.0f}s" if self.settings.idle_timeout else "never",
+        )
+
+    async def close(self) -> None:
+        """Stop everything in reverse order, writing what is pending (safe to call twice)."""
+        if not self._started:
+            return
+        self._started = False
+        await self.sweeper.close()
+        await self.pump.close()
+        self.hub.close()
+        await self.writer.close()
+        await self.store.close()
+        await self.docker.close()
+
+    # ------------------------------------------------------------------ reading
+    def agents(self) -> list[Agent]:
+        """Every tracked agent, by name."""
+        return sorted(self.tracker.agents.values(), key=lambda a: a.name)
+
+    def get(self, name: str) -> Agent | None:
+        """One agent by name, or None."""
+        return self.tracker.get(name)
+
+    async def changes(self, queue_size: int | None = None) -> AsyncIterator[Change]:
+        """Every change from now on; raises SubscriberLagged if the consumer falls far behind."""
+        async for change in self.hub.subscribe(queue_size):
+            yield change
+
+    async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries (what was written so far is flushed first)."""
+        with contextlib.suppress(TimeoutError):
+            await self.writer.flush(timeout_s=5)
+        return await self.store.audit(agent, limit)
+
+    def health(self) -> Health:
+        """Whether the watcher is ready, and why not."""
+        reasons = []
+        if not self.pump.connected:
+            reasons.append(self.pump.last_error or "events stream not connected")
+        elif not self.pump.synced.is_set():
+            reasons.append("initial sync with the engine not finished")
+        if self.writer.last_error:
+            reasons.append(f"database: {self.writer.last_error}")
+        return Health(ready=not reasons, reasons=reasons)
+
+    async def wait_synced(self, timeout_s: float | None = None) -> None:
+        """Wait until the first full resync with the engine is done."""
+        async with asyncio.timeout(timeout_s):
+            await self.pump.synced.wait()
+
+    async def wait_for(
+        self, name: str, predicate: Callable[[Agent | None], bool], timeout_s: float
+    ) -> Agent | None:
+        """Wait until ``predicate(get(name))`` holds; raise TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self.tracker.get(name)):
+                await self._changed.wait()
+        return self.tracker.get(name)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every change so far is committed to the database."""
+        await self.writer.flush(timeout_s)
+
+    # -------------------------------------------------------------- operations
+    async def start(
+        self, name: str, replicas: int | None = None, *, actor: str = "library"
+    ) -> Agent:
+        """Start a container, or a service at ``replicas`` (default: its remembered count)."""
+        return await self.lifecycle.start(name, replicas, actor=actor)
+
+    async def stop(self, name: str, *, actor: str = "library") -> Agent:
+        """Stop a container or scale a service to 0."""
+        return await self.lifecycle.stop(name, actor=actor)
+
+    async def restart(self, name: str, *, actor: str = "library") -> Agent:
+        """Restart a container or force-update a service."""
+        return await self.lifecycle.restart(name, actor=actor)
+
+    async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
+        """Set a service's replicas (a container: 0 or 1)."""
+        return await self.lifecycle.scale(name, replicas, actor=actor)
+
+    async def touch(self, name: str, *, actor: str = "library") -> Agent:
+        """Record activity now."""
+        return await self.lifecycle.touch(name, actor=actor)
+
+    async def sweep_once(self, now: datetime | None = None) -> SweepReport:
+        """Run one idle sweep now (tests and tools)."""
+        return await self.sweeper.sweep_once(now)
+
+    # ------------------------------------------------------------------ sinks
+    def _on_change(self, change: Change) -> None:
+        self.writer.put_agent(change.agent)
+        self.hub.publish(change)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self.writer.put_audit(entry)
+
+    def _on_dead_letters(self, agents: list[Agent]) -> None:
+        for agent in agents:
+            logger.warning("dead letter: %s is now error (%s)", agent.name, agent.error)
+            self._audit(
+                AuditEntry(
+                    self.clock.now(), agent.name, "dead_letter", agent.error or "", "reconcile"
+                )
+            )
+
+
+__all__ = ["Health", "Watcher", "WatcherError"]

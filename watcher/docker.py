@@ -1,0 +1,312 @@
+"""The ONLY module that imports aiodocker: engine dicts become models here, errors become ours."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiodocker
+import aiohttp
+
+from .errors import EngineError, EngineUnavailable, InvalidOperation, WatcherError
+from .models import ContainerInfo, EngineEvent, ServiceInfo, Snapshot, freeze
+from .normalize import BadEvent, parse_line
+from .policy import SERVICE_ID_LABEL, healthcheck_command
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+_CALL_TIMEOUT_S = 30.0
+_SCALE_RETRIES = 8
+_CHUNK = 1 << 16
+
+
+def _since(ns: int) -> str:
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+class DockerStream:
+    """An open ``/events`` response, read in chunks and split into normalized events."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._resp = response
+        self.bad_items = 0
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[EngineEvent]:
+        buf = b""
+        try:
+            while True:
+                chunk = await self._resp.content.read(_CHUNK)
+                if not chunk:
+                    break
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    ev = self._parse(line)
+                    if ev is not None:
+                        yield ev
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"events stream broke: {exc}") from exc
+        if buf.strip():
+            self._parse(buf)  # a truncated last line: logged as bad, never applied
+
+    def _parse(self, line: bytes) -> EngineEvent | None:
+        if not line.strip():
+            return None
+        try:
+            return parse_line(line)
+        except BadEvent as exc:
+            self.bad_items += 1
+            logger.warning("skipping a bad events-stream item: %s", exc)
+            return None
+
+    async def close(self) -> None:
+        """Release the connection."""
+        self._resp.close()
+
+
+class AioDockerGateway:
+    """A :class:`~watcher.ports.DockerGateway` over aiodocker (any API version >= 1.41)."""
+
+    def __init__(self, url: str, *, label: str) -> None:
+        self._url = url
+        self._label = label
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def address(self) -> str:
+        """The engine address this gateway talks to."""
+        return self._url
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._url)
+        return self._docker
+
+    async def close(self) -> None:
+        """Close the HTTP session (safe to call twice)."""
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def _call(
+        self, what: str, fn: Callable[[], Awaitable[T]], *, timeout_s: float = _CALL_TIMEOUT_S
+    ) -> T:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fn()
+        except aiodocker.DockerError as exc:
+            if exc.status == 900:
+                raise EngineUnavailable(
+                    f"cannot reach the Docker engine at {self._url} ({what}): {exc.message}"
+                ) from exc
+            raise EngineError(f"{what}: {exc.message}", status=exc.status) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EngineUnavailable(
+                f"cannot reach the Docker engine at {self._url} ({what}): {exc!r}"
+            ) from exc
+
+    async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
+        return await self._call(what, lambda: self._client()._query_json(path, method, **kw))
+
+    async def ping(self) -> None:
+        """Raise EngineUnavailable unless the engine answers."""
+        await self._json("ping", "version", versioned_api=False)
+
+    async def subscribe(self, since_ns: int | None) -> DockerStream:
+        """Open the events stream for containers and services, replaying from ``since_ns``."""
+        params: dict[str, Any] = {"filters": {"type": ["container", "service"]}}
+        if since_ns is not None:
+            params["since"] = _since(since_ns)
+        docker = self._client()
+        resp = await self._call(
+            "subscribe to events",
+            lambda: docker._do_query("events", "GET", params=params, timeout=_STREAM_TIMEOUT),
+        )
+        return DockerStream(resp)
+
+    async def snapshot(self) -> Snapshot:
+        """Managed containers, local Swarm task containers and services with running counts."""
+        managed, tasks_local = await asyncio.gather(
+            self._list_containers({"label": [self._label]}),
+            self._list_containers({"label": [SERVICE_ID_LABEL]}),
+        )
+        swarm_active = await self._is_swarm_manager()
+        services: tuple[ServiceInfo, ...] = ()
+        if swarm_active:
+            services = await self._list_services()
+        local: dict[str, set[str]] = {}
+        for c in tasks_local:
+            if c.state == "running" and c.service_id:
+                local.setdefault(c.service_id, set()).add(c.id)
+        return Snapshot(
+            containers=tuple(managed) + tuple(tasks_local),
+            services=services,
+            swarm_active=swarm_active,
+            task_containers=freeze({k: frozenset(v) for k, v in local.items()}),
+        )
+
+    async def _list_containers(self, filters: dict[str, list[str]]) -> list[ContainerInfo]:
+        raw = await self._json(
+            "list containers", "containers/json", params={"all": True, "filters": filters}
+        )
+        return [_container_from_list(item) for item in raw]
+
+    async def _is_swarm_manager(self) -> bool:
+        info = await self._json("engine info", "info")
+        swarm = info.get("Swarm") or {}
+        return bool(swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"))
+
+    async def _list_services(self) -> tuple[ServiceInfo, ...]:
+        raw, tasks = await asyncio.gather(
+            self._json("list services", "services", params={"filters": {"label": [self._label]}}),
+            self._json("list tasks", "tasks", params={"filters": {"desired-state": ["running"]}}),
+        )
+        counts = _running_counts(tasks)
+        return tuple(_service(item, counts.get(item["ID"], 0)) for item in raw)
+
+    async def inspect_container(self, ref: str) -> ContainerInfo | None:
+        """One container with its healthcheck command; None when it does not exist."""
+        try:
+            raw = await self._json("inspect container", f"containers/{ref}/json")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _container_from_inspect(raw)
+
+    async def inspect_service(self, ref: str) -> ServiceInfo | None:
+        """One service with its running task count; None when it does not exist."""
+        try:
+            raw = await self._json("inspect service", f"services/{ref}")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        tasks = await self._json(
+            "list tasks",
+            "tasks",
+            params={"filters": {"service": [raw["ID"]], "desired-state": ["running"]}},
+        )
+        return _service(raw, _running_counts(tasks).get(raw["ID"], 0))
+
+    async def start_container(self, ref: str) -> None:
+        """Start a container; an already running one is fine (the engine answers 304)."""
+        await self._json("start container", f"containers/{ref}/start", "POST")
+
+    async def stop_container(self, ref: str, timeout_s: float) -> None:
+        """Stop a container, giving it ``timeout_s`` before SIGKILL."""
+        t = max(0, int(timeout_s))
+        await self._call(
+            "stop container",
+            lambda: self._client()._query_json(f"containers/{ref}/stop", "POST", params={"t": t}),
+            timeout_s=t + _CALL_TIMEOUT_S,
+        )
+
+    async def restart_container(self, ref: str, timeout_s: float) -> None:
+        """Restart a container."""
+        t = max(0, int(timeout_s))
+        await self._call(
+            "restart container",
+            lambda: self._client()._query_json(
+                f"containers/{ref}/restart", "POST", params={"t": t}
+            ),
+            timeout_s=t + _CALL_TIMEOUT_S,
+        )
+
+    async def scale_service(self, ref: str, replicas: int) -> None:
+        """Set a replicated service's desired count, retrying "update out of sequence"."""
+
+        def edit(spec: dict[str, Any]) -> None:
+            mode = spec.get("Mode") or {}
+            if "Replicated" not in mode:
+                raise InvalidOperation(f"service {ref} is not replicated and cannot be scaled")
+            mode["Replicated"]["Replicas"] = replicas
+
+        await self._update_service(ref, edit, "scale service")
+
+    async def restart_service(self, ref: str) -> None:
+        """Replace every task of a service by bumping its ForceUpdate counter."""
+
+        def edit(spec: dict[str, Any]) -> None:
+            template = spec.setdefault("TaskTemplate", {})
+            template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+
+        await self._update_service(ref, edit, "restart service")
+
+    async def _update_service(
+        self, ref: str, edit: Callable[[dict[str, Any]], None], what: str
+    ) -> None:
+        for attempt in range(_SCALE_RETRIES):
+            raw = await self._json("inspect service", f"services/{ref}")
+            spec = raw["Spec"]
+            edit(spec)
+            try:
+                await self._json(
+                    what,
+                    f"services/{raw['ID']}/update",
+                    "POST",
+                    params={"version": raw["Version"]["Index"]},
+                    data=spec,
+                )
+                return
+            except EngineError as exc:
+                if "out of sequence" not in exc.message or attempt == _SCALE_RETRIES - 1:
+                    raise
+                logger.info("%s %s: version conflict, retrying", what, ref)
+        raise WatcherError(f"{what} {ref}: gave up after {_SCALE_RETRIES} version conflicts")
+
+
+def _container_from_list(item: dict[str, Any]) -> ContainerInfo:
+    names = item.get("Names") or [""]
+    return ContainerInfo(
+        id=item["Id"],
+        name=names[0].lstrip("/"),
+        image=item.get("Image", ""),
+        state=item.get("State", "exited"),
+        labels=freeze(item.get("Labels") or {}),
+    )
+
+
+def _container_from_inspect(raw: dict[str, Any]) -> ContainerInfo:
+    config = raw.get("Config") or {}
+    health = config.get("Healthcheck") or {}
+    return ContainerInfo(
+        id=raw["Id"],
+        name=str(raw.get("Name", "")).lstrip("/"),
+        image=config.get("Image", ""),
+        state=(raw.get("State") or {}).get("Status", "exited"),
+        labels=freeze(config.get("Labels") or {}),
+        healthcheck_cmd=healthcheck_command(health.get("Test"), config.get("Shell")),
+    )
+
+
+def _running_counts(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task in tasks:
+        if (task.get("Status") or {}).get("State") == "running":
+            sid = task.get("ServiceID", "")
+            counts[sid] = counts.get(sid, 0) + 1
+    return counts
+
+
+def _service(raw: dict[str, Any], running: int) -> ServiceInfo:
+    spec = raw.get("Spec") or {}
+    mode = spec.get("Mode") or {}
+    replicated = mode.get("Replicated")
+    image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
+    return ServiceInfo(
+        id=raw["ID"],
+        name=spec.get("Name", ""),
+        image=image.split("@", 1)[0],
+        labels=freeze(spec.get("Labels") or {}),
+        replicas=int(replicated.get("Replicas", 0)) if replicated is not None else None,
+        running=running,
+    )

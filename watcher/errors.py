@@ -1,0 +1,67 @@
+"""The one error root of idlewatch and its structured subclasses."""
+
+from __future__ import annotations
+
+
+class WatcherError(Exception):
+    """Root of every error idlewatch raises on purpose; ``code`` is stable, ``message`` readable."""
+
+    code = "watcher_error"
+
+    def __init__(self, message: str, *, agent: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.agent = agent
+
+
+class SettingsError(WatcherError):
+    """A setting has a bad value; names the setting, where it came from and the value."""
+
+    code = "bad_setting"
+
+    def __init__(self, setting: str, value: object, source: str, reason: str) -> None:
+        super().__init__(f"invalid setting {setting}={value!r} (from {source}): {reason}")
+        self.setting = setting
+        self.value = value
+        self.source = source
+        self.reason = reason
+
+
+class AgentNotFound(WatcherError):
+    """No managed agent of that name is tracked (unlabelled things are never found)."""
+
+    code = "not_found"
+
+
+class InvalidOperation(WatcherError):
+    """The operation does not apply to this agent (e.g. scaling a container above 1)."""
+
+    code = "invalid_operation"
+
+
+class EngineUnavailable(WatcherError):
+    """The Docker engine could not be reached."""
+
+    code = "engine_unavailable"
+
+
+class EngineError(WatcherError):
+    """The Docker engine answered with an error."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, *, status: int = 500, agent: str | None = None) -> None:
+        super().__init__(message, agent=agent)
+        self.status = status
+
+
+class StoreError(WatcherError):
+    """The database could not be reached or refused a write."""
+
+    code = "store_error"
+
+
+class SubscriberLagged(WatcherError):
+    """A ``changes()`` consumer fell so far behind that its queue overflowed; it was dropped."""
+
+    code = "subscriber_lagged"

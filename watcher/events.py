@@ -1,0 +1,258 @@
+"""The events-stream supervisor: subscribe, read, reconnect forever, resync after each connect.
+
+Policy (read this first):
+- The reader only parses and applies to the in-memory tracker; it never awaits the
+  database or a consumer, so the engine never drops us for being slow (moby #36928).
+- Subscribe first, then list: while the snapshot is fetched, events are parked in order,
+  then the snapshot is applied and the parked events after it, in one synchronous step.
+- On any end or error of the stream: back off (capped, reset after a healthy connection),
+  resubscribe from the last seen ``timeNano`` minus a margin, drop the duplicates, resync.
+- Events that need a look at the engine (an unknown healthcheck, a new service) go to the
+  enricher task, off the reader's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .errors import EngineUnavailable, WatcherError
+from .models import Agent, EngineEvent, Snapshot
+from .ports import DockerGateway, EventStream
+from .tracker import Need, Tracker
+
+logger = logging.getLogger(__name__)
+
+RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; replay 1 s
+DEDUP_KEYS = 8192
+HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
+
+
+def exponential_backoff(initial_s: float, max_s: float) -> Callable[[int], float]:
+    """Delay before attempt ``n`` (0-based): initial * 2**n, capped at ``max_s``."""
+    return lambda attempt: min(max_s, initial_s * (2 ** min(attempt, 30)))
+
+
+class Dedup:
+    """Remembers the last few thousand event keys to drop replays after a resume."""
+
+    def __init__(self, size: int = DEDUP_KEYS) -> None:
+        self._keys: set[tuple[int, str, str, str]] = set()
+        self._order: deque[tuple[int, str, str, str]] = deque()
+        self._size = size
+
+    def seen(self, ev: EngineEvent) -> bool:
+        """True when this event was already taken; otherwise remembers it."""
+        key = ev.key
+        if key in self._keys:
+            return True
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self._size:
+            self._keys.discard(self._order.popleft())
+        return False
+
+
+class Enricher:
+    """Looks at the engine for events the tracker cannot decide alone, in arrival order."""
+
+    def __init__(self, docker: DockerGateway, tracker: Tracker) -> None:
+        self._docker = docker
+        self._tracker = tracker
+        self._queue: asyncio.Queue[tuple[EngineEvent, Need]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, ev: EngineEvent, need: Need) -> None:
+        """Queue an event for a look (never blocks)."""
+        self._queue.put_nowait((ev, need))
+
+    def start(self) -> None:
+        """Start the enricher task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idlewatch-enricher")
+
+    async def close(self) -> None:
+        """Cancel and await the task."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def idle(self) -> None:
+        """Wait until everything submitted so far is handled (tests)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            ev, need = await self._queue.get()
+            try:
+                await self._handle(ev, need)
+            except WatcherError as exc:
+                logger.warning(
+                    "could not look at %s %s after %s: %s",
+                    ev.type,
+                    ev.actor_id[:12],
+                    ev.action,
+                    exc,
+                )
+            except Exception:
+                logger.exception("enricher failed on %s %s", ev.type, ev.action)
+            finally:
+                self._queue.task_done()
+
+    async def _handle(self, ev: EngineEvent, need: Need) -> None:
+        if need is Need.SERVICE:
+            info = await self._docker.inspect_service(ev.actor_id)
+            self._tracker.apply_service(info, ev.actor_id)
+            return
+        cinfo = await self._docker.inspect_container(ev.actor_id)
+        if cinfo is None:
+            self._tracker.set_healthcheck(ev.actor_id, None)
+        else:
+            self._tracker.apply_container(cinfo)
+        if self._tracker.apply(ev) is not Need.NOTHING:
+            logger.debug("event %s on %s still undecided after a look", ev.action, ev.actor_id[:12])
+
+
+class EventPump:
+    """Owns the reader task: keeps the tracker in step with the engine, forever."""
+
+    def __init__(
+        self,
+        docker: DockerGateway,
+        tracker: Tracker,
+        *,
+        on_dead_letters: Callable[[list[Agent]], None],
+        backoff: Callable[[int], float],
+    ) -> None:
+        self._docker = docker
+        self._tracker = tracker
+        self._on_dead_letters = on_dead_letters
+        self._backoff = backoff
+        self.enricher = Enricher(docker, tracker)
+        self._dedup = Dedup()
+        self._task: asyncio.Task[None] | None = None
+        self._parked: list[EngineEvent] | None = None
+        self.connected = False
+        self.synced = asyncio.Event()
+        self.last_ns = 0
+        self.reconnects = 0
+        self.events_received = 0
+        self.events_applied = 0
+        self.last_error: str | None = None
+        self.lag_ns_last = 0
+
+    def start(self) -> None:
+        """Start the reader and enricher tasks (idempotent)."""
+        self.enricher.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idlewatch-events")
+
+    async def close(self) -> None:
+        """Cancel and await both tasks (safe to call twice)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.enricher.close()
+        self.connected = False
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._connect_and_read()
+                self.last_error = "the events stream ended"
+                logger.warning("events stream from %s ended; reconnecting", self._docker.address)
+            except EngineUnavailable as exc:
+                self._report_unreachable(exc, attempt)
+            except WatcherError as exc:
+                self.last_error = str(exc)
+                logger.warning("events stream failed: %s; reconnecting", exc)
+            self.connected = False
+            if time.monotonic() - started > HEALTHY_AFTER_S:
+                attempt = 0
+            delay_s = self._backoff(attempt)
+            attempt += 1
+            await asyncio.sleep(delay_s)
+
+    def _report_unreachable(self, exc: EngineUnavailable, attempt: int) -> None:
+        first = self.last_error is None or not self.last_error.startswith("engine unreachable")
+        self.last_error = f"engine unreachable: {exc}"
+        if first:
+            logger.warning(
+                "cannot reach the Docker engine at %s (%s); set IDLEWATCH_DOCKER_URL or "
+                "DOCKER_HOST to another address; retrying with backoff until it answers",
+                self._docker.address,
+                exc.message,
+            )
+        else:
+            logger.debug("engine still unreachable (attempt %d): %s", attempt, exc)
+
+    async def _connect_and_read(self) -> None:
+        since = self.last_ns - RESUME_MARGIN_NS if self.last_ns else None
+        stream = await self._docker.subscribe(since)
+        if self.reconnects:
+            logger.info("events stream from %s reconnected", self._docker.address)
+        else:
+            logger.info("watching the events stream of %s", self._docker.address)
+        self.reconnects += 1
+        self.connected = True
+        self._parked = []
+        reader = asyncio.create_task(self._read(stream), name="idlewatch-events-reader")
+        try:
+            snapshot = await self._docker.snapshot()
+            self._finish_sync(snapshot)
+            await reader
+        finally:
+            self._parked = None
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WatcherError):
+                await reader
+            await stream.close()
+
+    async def _read(self, stream: EventStream) -> None:
+        async for ev in stream:
+            self.events_received += 1
+            if self._dedup.seen(ev):
+                continue
+            if ev.time_ns > self.last_ns:
+                self.last_ns = ev.time_ns
+            if self._parked is not None:
+                self._parked.append(ev)
+            else:
+                self._apply(ev)
+
+    def _finish_sync(self, snapshot: Snapshot) -> None:
+        """Apply the snapshot, then the events parked meanwhile: one step, nothing between."""
+        dead = self._tracker.reconcile(snapshot)
+        parked, self._parked = self._parked or [], None
+        for ev in parked:
+            self._apply(ev)
+        self.last_error = None
+        self.synced.set()
+        logger.info(
+            "resynced with the engine: %d agents tracked, %d events replayed",
+            len(self._tracker.agents),
+            len(parked),
+        )
+        if dead:
+            self._on_dead_letters(dead)
+
+    def _apply(self, ev: EngineEvent) -> None:
+        try:
+            need = self._tracker.apply(ev)
+        except Exception:  # one bad event must not stop the stream
+            logger.exception("could not apply %s %s event", ev.type, ev.action)
+            return
+        self.events_applied += 1
+        self.lag_ns_last = time.time_ns() - ev.time_ns
+        if need is not Need.NOTHING:
+            self.enricher.submit(ev, need)

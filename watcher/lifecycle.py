@@ -1,0 +1,213 @@
+"""start/stop/restart/scale/touch and the idle stop, serialized per agent.
+
+Every destructive call re-checks the live engine state first and refuses anything that
+does not carry the management label. A per-agent lock means an idle stop already under
+way finishes before a start runs, and a start that returned success is never undone by
+it: the start records activity before it releases the lock, and the idle stop re-checks
+idleness after taking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import AgentNotFound, InvalidOperation
+from .models import Agent, AuditEntry, Kind
+from .policy import is_idle, is_managed
+from .ports import Clock, DockerGateway
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """Plain values the lifecycle needs from the settings."""
+
+    label: str
+    max_replicas: int
+    stop_timeout_s: float
+    dry_run: bool
+
+
+class Lifecycle:
+    """Carries out lifecycle operations on managed agents, one at a time per agent."""
+
+    def __init__(
+        self,
+        docker: DockerGateway,
+        tracker: Tracker,
+        clock: Clock,
+        config: LifecycleConfig,
+        audit: Callable[[AuditEntry], None],
+    ) -> None:
+        self._docker = docker
+        self._tracker = tracker
+        self._clock = clock
+        self._cfg = config
+        self._audit = audit
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.actions: dict[str, int] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock that serializes operations on one agent."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    def _agent(self, name: str) -> Agent:
+        agent = self._tracker.get(name)
+        if agent is None:
+            raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+        return agent
+
+    async def _live_check(self, agent: Agent) -> None:
+        """Refuse unless the engine still has it and it still carries the management label."""
+        if agent.kind is Kind.CONTAINER:
+            info = await self._docker.inspect_container(agent.id)
+            labels = info.labels if info is not None else None
+        else:
+            sinfo = await self._docker.inspect_service(agent.id)
+            labels = sinfo.labels if sinfo is not None else None
+        if labels is None:
+            reason = f"{agent.kind} {agent.id[:12]} no longer exists (found by a live check)"
+            self._tracker.mark_error(agent.name, reason)
+            self._record(agent.name, "dead_letter", reason, "reconcile")
+            raise AgentNotFound(f"agent {agent.name!r}: {reason}", agent=agent.name)
+        if not is_managed(labels, self._cfg.label):
+            raise AgentNotFound(
+                f"{agent.name!r} does not carry {self._cfg.label}=true", agent=agent.name
+            )
+
+    def _record(
+        self,
+        name: str,
+        action: str,
+        reason: str,
+        actor: str,
+        *,
+        ok: bool = True,
+        dry_run: bool = False,
+        detail: str = "",
+    ) -> None:
+        self.actions[action] = self.actions.get(action, 0) + 1
+        self._audit(AuditEntry(self._clock.now(), name, action, reason, actor, ok, dry_run, detail))
+
+    async def start(
+        self, name: str, replicas: int | None = None, *, actor: str = "library"
+    ) -> Agent:
+        """Start a container, or bring a service to ``replicas`` (default: remembered, else 1)."""
+        async with self.lock(name):
+            agent = self._agent(name)
+            if agent.kind is Kind.CONTAINER:
+                if replicas not in (None, 1):
+                    raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
+                await self._live_check(agent)
+                await self._docker.start_container(agent.id)
+                n = 1
+            else:
+                n = replicas if replicas is not None else max(agent.restore_replicas, 1)
+                self._check_replicas(name, n, minimum=1)
+                await self._live_check(agent)
+                await self._docker.scale_service(agent.id, n)
+            self._tracker.touch(name, reason="start")
+            self._record(name, "start", f"requested {n} replica(s)", actor)
+            logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
+            return self._agent(name)
+
+    async def stop(self, name: str, *, actor: str = "library", reason: str = "requested") -> Agent:
+        """Stop a container, or scale a service to 0 (remembering its count)."""
+        async with self.lock(name):
+            agent = self._agent(name)
+            await self._live_check(agent)
+            await self._stop_unlocked(agent)
+            self._record(name, "stop", reason, actor)
+            logger.info("stopped %s %s (%s, by %s)", agent.kind, name, reason, actor)
+            return self._agent(name)
+
+    async def _stop_unlocked(self, agent: Agent) -> None:
+        if agent.kind is Kind.CONTAINER:
+            await self._docker.stop_container(agent.id, self._cfg.stop_timeout_s)
+        else:
+            self._tracker.remember_replicas(agent.name, agent.replicas)
+            await self._docker.scale_service(agent.id, 0)
+
+    async def restart(self, name: str, *, actor: str = "library") -> Agent:
+        """Restart a container, or replace every task of a service."""
+        async with self.lock(name):
+            agent = self._agent(name)
+            await self._live_check(agent)
+            if agent.kind is Kind.CONTAINER:
+                await self._docker.restart_container(agent.id, self._cfg.stop_timeout_s)
+            else:
+                await self._docker.restart_service(agent.id)
+            self._tracker.touch(name, reason="restart")
+            self._record(name, "restart", "requested", actor)
+            return self._agent(name)
+
+    async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
+        """Set the desired count: 0..max_replicas for services, 0 or 1 for containers."""
+        agent = self._agent(name)
+        if agent.kind is Kind.CONTAINER:
+            if replicas not in (0, 1):
+                raise InvalidOperation(
+                    f"container {name!r} can be scaled to 0 or 1 only, not {replicas}", agent=name
+                )
+            if replicas == 1:
+                return await self.start(name, actor=actor)
+            return await self.stop(name, actor=actor, reason="scaled to 0")
+        self._check_replicas(name, replicas, minimum=0)
+        async with self.lock(name):
+            agent = self._agent(name)
+            await self._live_check(agent)
+            if replicas == 0:
+                self._tracker.remember_replicas(name, agent.replicas)
+            await self._docker.scale_service(agent.id, replicas)
+            if replicas > 0:
+                self._tracker.touch(name, reason="scale")
+            self._record(name, "scale", f"{agent.replicas} -> {replicas}", actor)
+            return self._agent(name)
+
+    async def touch(self, name: str, *, actor: str = "library") -> Agent:
+        """Record activity now (no engine call)."""
+        self._agent(name)
+        return self._tracker.touch(name, reason=f"touch by {actor}")
+
+    async def idle_stop(self, name: str, now: datetime, *, dry_run: bool) -> str:
+        """Stop one idle agent if it is still idle once its lock is held; says what happened."""
+        async with self.lock(name):
+            agent = self._tracker.get(name)
+            if agent is None or not is_idle(agent, now):
+                return "skipped: no longer idle"
+            idle_s = agent.idle_for_s(now)
+            reason = f"idle for {idle_s:.0f}s (timeout {agent.idle_timeout_s:.0f}s)"
+            action = "scale_to_zero" if agent.kind is Kind.SERVICE else "stop"
+            if dry_run:
+                self._record(name, action, reason, "sweep", dry_run=True)
+                logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
+                return "dry-run"
+            try:
+                await self._live_check(agent)
+            except AgentNotFound as exc:
+                logger.warning("idle stop of %s skipped: %s", name, exc.message)
+                return "skipped: " + exc.message
+            await self._stop_unlocked(agent)
+            self._record(name, action, reason, "sweep", detail=f"replicas was {agent.replicas}")
+            if agent.kind is Kind.SERVICE:
+                logger.info("scaled service %s to 0 (%s)", name, reason)
+            else:
+                logger.info("stopped container %s (%s)", name, reason)
+            return "acted"
+
+    def _check_replicas(self, name: str, n: int, *, minimum: int) -> None:
+        if not minimum <= n <= self._cfg.max_replicas:
+            raise InvalidOperation(
+                f"replicas must be between {minimum} and {self._cfg.max_replicas} "
+                f"(max_replicas), got {n}",
+                agent=name,
+            )

@@ -1,0 +1,158 @@
+"""The core's own vocabulary: agents, statuses, engine facts and changes. UTC-aware times."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import TypeVar
+
+V = TypeVar("V")
+
+
+class Kind(enum.StrEnum):
+    """What an agent is on the engine."""
+
+    SERVICE = "service"
+    CONTAINER = "container"
+
+
+class Status(enum.StrEnum):
+    """One status field for both kinds (containers use the engine's states)."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    EXITED = "exited"
+    DEAD = "dead"
+    REMOVED = "removed"
+    STARTING = "starting"  # service: desired > 0, none running yet
+    STOPPED = "stopped"  # service: desired 0
+    ERROR = "error"  # dead-letter: the record said running, the engine has nothing
+
+
+#: statuses in which an agent costs money and so can be idle-stopped
+ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING})
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A managed container or Swarm service as idlewatch knows it."""
+
+    name: str
+    kind: Kind
+    id: str
+    image: str
+    status: Status
+    replicas: int  # desired; 1/0 for containers
+    running: int  # running tasks; 1/0 for containers
+    last_activity: datetime
+    idle_timeout_s: float | None  # None: never idle-stopped
+    updated_at: datetime
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    error: str | None = None
+    restore_replicas: int = 1  # what a start brings a service back to
+    last_event_ns: int = 0  # engine time of the last event applied (ordering guard)
+
+    def idle_for_s(self, now: datetime) -> float:
+        """Seconds since the last activity (never negative)."""
+        return max(0.0, (now - self.last_activity).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One status or activity change of an agent, as published to subscribers."""
+
+    agent: Agent
+    previous_status: Status | None  # None: the agent was not tracked before
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One action idlewatch took (or, in dry-run, would have taken)."""
+
+    at: datetime
+    agent: str
+    action: str
+    reason: str
+    actor: str  # "sweep", "api", "library", "reconcile"
+    ok: bool = True
+    dry_run: bool = False
+    detail: str = ""
+
+
+class EventType(enum.StrEnum):
+    """Engine event types idlewatch reads."""
+
+    CONTAINER = "container"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """An engine event normalized: ``action`` without its ``: detail`` suffix."""
+
+    type: EventType
+    action: str
+    actor_id: str
+    time_ns: int
+    name: str = ""
+    image: str = ""
+    detail: str = ""  # the suffix of actions like "exec_start: sh -c ..."
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def key(self) -> tuple[int, str, str, str]:
+        """Identity used to drop duplicates after a resume."""
+        return (self.time_ns, self.actor_id, self.action, self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A container as listed or inspected."""
+
+    id: str
+    name: str
+    image: str
+    state: str  # the engine's state word
+    labels: Mapping[str, str]
+    healthcheck_cmd: str | None = None  # exec command of its healthcheck, when inspected
+
+    @property
+    def service_id(self) -> str | None:
+        """The Swarm service this container is a task of, if any."""
+        return self.labels.get("com.docker.swarm.service.id")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """A Swarm service as listed or inspected, with its running task count."""
+
+    id: str
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    replicas: int | None  # None: a global service (cannot be scaled)
+    running: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A full listing of the engine, taken after subscribing to its events."""
+
+    containers: tuple[ContainerInfo, ...]
+    services: tuple[ServiceInfo, ...]
+    swarm_active: bool
+    #: local running task containers, by service id
+    task_containers: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
+def freeze(labels: Mapping[str, V] | None) -> Mapping[str, V]:
+    """An immutable copy of a mapping."""
+    return MappingProxyType(dict(labels or {}))

@@ -1,0 +1,104 @@
+"""Pure rules: what is managed, what counts as activity, which status follows, who is idle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+
+from .durations import parse_timeout_s
+from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
+
+IDLE_TIMEOUT_LABEL = "idlewatch.idle-timeout"
+SERVICE_ID_LABEL = "com.docker.swarm.service.id"
+
+#: container actions that move a container to a status
+_CONTAINER_STATUS = {
+    "create": Status.CREATED,
+    "start": Status.RUNNING,
+    "restart": Status.RUNNING,
+    "unpause": Status.RUNNING,
+    "pause": Status.PAUSED,
+    "die": Status.EXITED,
+    "destroy": Status.REMOVED,
+}
+
+#: container actions that are somebody using it
+_USE_ACTIONS = frozenset({"start", "restart", "unpause", "attach"})
+
+#: the engine's container states, mapped onto the status vocabulary
+_STATE = {s.value: s for s in Status}
+
+
+def is_managed(labels: Mapping[str, str], label: str) -> bool:
+    """True when the management label's value is ``true`` (case-insensitive)."""
+    return labels.get(label, "").strip().lower() == "true"
+
+
+def idle_timeout_s(labels: Mapping[str, str], default_s: float | None) -> float | None:
+    """The agent's idle timeout: its label (``0``/``never`` disables), else the default.
+
+    Raises :class:`~watcher.durations.DurationError` for a malformed label value.
+    """
+    raw = labels.get(IDLE_TIMEOUT_LABEL)
+    if raw is None or raw.strip() == "":
+        return default_s
+    return parse_timeout_s(raw)
+
+
+def container_status(state: str) -> Status:
+    """The status for an engine container state word (``running``, ``exited``...)."""
+    return _STATE.get(state.lower(), Status.EXITED)
+
+
+def status_after(action: str) -> Status | None:
+    """The container status an event action leads to, or None if it changes none."""
+    return _CONTAINER_STATUS.get(action)
+
+
+def service_status(desired: int | None, running: int) -> Status:
+    """A service's status from its desired and running task counts."""
+    if desired == 0:
+        return Status.STOPPED
+    if running > 0:
+        return Status.RUNNING
+    return Status.STARTING
+
+
+def healthcheck_command(test: Sequence[str] | None, shell: Sequence[str] | None) -> str | None:
+    """The command line the engine shows in ``exec_start: ...`` for a healthcheck run."""
+    if not test or test[0] in ("NONE", ""):
+        return None
+    if test[0] == "CMD":
+        return " ".join(test[1:])
+    if test[0] == "CMD-SHELL":
+        return " ".join([*(shell or ["/bin/sh", "-c"]), *test[1:]])
+    return " ".join(test)
+
+
+def is_use(event: EngineEvent, healthcheck_cmd: str | None) -> bool:
+    """True when a container event is real use rather than the engine's housekeeping.
+
+    Starts, restarts, unpauses and attaches are use. An exec session is use unless its
+    command is the container's own healthcheck, which the engine runs at every interval.
+    """
+    if event.action in _USE_ACTIONS:
+        return True
+    if event.action == "exec_start":
+        return healthcheck_cmd is None or event.detail != healthcheck_cmd
+    return False
+
+
+def is_idle(agent: Agent, now: datetime) -> bool:
+    """True when an agent that costs money has been unused for longer than its timeout."""
+    if agent.idle_timeout_s is None or agent.status not in ACTIVE_STATUSES:
+        return False
+    if agent.kind is Kind.SERVICE and agent.replicas == 0:
+        return False
+    return agent.idle_for_s(now) >= agent.idle_timeout_s
+
+
+def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
+    """The idle ones among ``agents``, longest idle first."""
+    found = [a for a in agents if is_idle(a, now)]
+    found.sort(key=lambda a: a.last_activity)
+    return found

@@ -1,0 +1,115 @@
+"""The interfaces the core needs; adapters (docker.py, store.py) and test fakes implement them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from .models import Agent, AuditEntry, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
+
+
+class Clock(Protocol):
+    """Where the core gets the time from (UTC-aware)."""
+
+    def now(self) -> datetime:
+        """The current UTC time."""
+        ...
+
+
+class EventStream(Protocol):
+    """One open events subscription; iterate it for events until the engine ends it."""
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        """Events in the engine's order; bad items are skipped (and logged) by the adapter."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class DockerGateway(Protocol):
+    """What the core asks of a Docker engine. Every method raises WatcherError subclasses."""
+
+    @property
+    def address(self) -> str:
+        """The engine address, for log lines."""
+        ...
+
+    async def ping(self) -> None:
+        """Succeed when the engine answers."""
+        ...
+
+    async def subscribe(self, since_ns: int | None) -> EventStream:
+        """Open the events stream (containers and services), replaying from ``since_ns``.
+
+        Returns once the engine has accepted the subscription.
+        """
+        ...
+
+    async def snapshot(self) -> Snapshot:
+        """List every container that could matter and every Swarm service, with task counts."""
+        ...
+
+    async def inspect_container(self, ref: str) -> ContainerInfo | None:
+        """One container (with its healthcheck command), or None when it does not exist."""
+        ...
+
+    async def inspect_service(self, ref: str) -> ServiceInfo | None:
+        """One service with its running task count, or None when it does not exist."""
+        ...
+
+    async def start_container(self, ref: str) -> None:
+        """Start a container (no error when it already runs)."""
+        ...
+
+    async def stop_container(self, ref: str, timeout_s: float) -> None:
+        """Stop a container (no error when it is not running)."""
+        ...
+
+    async def restart_container(self, ref: str, timeout_s: float) -> None:
+        """Restart a container."""
+        ...
+
+    async def scale_service(self, ref: str, replicas: int) -> None:
+        """Set a replicated service's desired task count (retrying version conflicts)."""
+        ...
+
+    async def restart_service(self, ref: str) -> None:
+        """Replace every task of a service (force update)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class Store(Protocol):
+    """Persistence of agents and the audit trail (the writer task is its only writer)."""
+
+    async def connect(self) -> None:
+        """Open the database and create or upgrade the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Close the database."""
+        ...
+
+    async def ping(self) -> None:
+        """Succeed when the database answers."""
+        ...
+
+    async def load_agents(self) -> list[Agent]:
+        """Every agent row."""
+        ...
+
+    async def write(
+        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+    ) -> None:
+        """Upsert ``agents`` by name, append ``audits``, delete ``forgets``: one transaction."""
+        ...
+
+    async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries, newest first."""
+        ...

@@ -1,0 +1,222 @@
+"""The ONLY module that imports databases/SQLAlchemy: schema, upserts and the audit trail."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .errors import StoreError
+from .models import Agent, AuditEntry, Kind, Status, freeze
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+agents_table = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("id", sa.String(128), nullable=False),
+    sa.Column("image", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=False),
+    sa.Column("running", sa.Integer, nullable=False),
+    sa.Column("restore_replicas", sa.Integer, nullable=False),
+    sa.Column("last_activity", sa.String(40), nullable=False),
+    sa.Column("idle_timeout_s", sa.Float, nullable=True),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.Column("last_event_ns", sa.BigInteger, nullable=False),
+)
+
+audit_table = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("agent", sa.String(255), nullable=False, index=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(32), nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+schema_table = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+
+_UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
+
+
+class SqlStore:
+    """A :class:`~watcher.ports.Store` on SQLite (aiosqlite) or PostgreSQL (asyncpg)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db = Database(url)
+        self._dialect: Any = (
+            postgresql.dialect()  # type: ignore[no-untyped-call]
+            if url.startswith("postgres")
+            else sqlite.dialect()
+        )
+        self._upsert = self._build_upsert()
+
+    async def connect(self) -> None:
+        """Open the database, creating the SQLite directory and the schema when missing."""
+        self._ensure_sqlite_dir()
+        try:
+            await self._db.connect()
+            for table in metadata.sorted_tables:
+                ddl = sa.schema.CreateTable(table, if_not_exists=True)
+                await self._db.execute(str(ddl.compile(dialect=self._dialect)))
+            for index in audit_table.indexes:
+                ddl_i = sa.schema.CreateIndex(index, if_not_exists=True)
+                await self._db.execute(str(ddl_i.compile(dialect=self._dialect)))
+            if await self._db.fetch_val(sa.select(sa.func.count()).select_from(schema_table)) == 0:
+                await self._db.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+        except Exception as exc:  # the drivers raise many unrelated types
+            raise StoreError(f"cannot open database {self._redacted()}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close every connection (safe to call twice)."""
+        if self._db.is_connected:
+            await self._db.disconnect()
+
+    async def ping(self) -> None:
+        """Succeed when a trivial query answers."""
+        try:
+            await self._db.fetch_val("SELECT 1")
+        except Exception as exc:
+            raise StoreError(f"database {self._redacted()} does not answer: {exc}") from exc
+
+    async def load_agents(self) -> list[Agent]:
+        """Every agent row as a model."""
+        rows = await self._db.fetch_all(agents_table.select())
+        return [_agent_from_row(row._mapping) for row in rows]
+
+    async def write(
+        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+    ) -> None:
+        """Upsert agents, append audit entries and delete forgotten agents, in one transaction."""
+        try:
+            async with self._db.transaction():
+                if forgets:
+                    await self._db.execute(
+                        agents_table.delete().where(agents_table.c.name.in_(list(forgets)))
+                    )
+                if agents:
+                    await self._db.execute_many(self._upsert, [_agent_row(a) for a in agents])
+                if audits:
+                    await self._db.execute_many(
+                        audit_table.insert(), [_audit_row(e) for e in audits]
+                    )
+        except Exception as exc:
+            raise StoreError(f"write to {self._redacted()} failed: {exc}") from exc
+
+    async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest audit entries first, optionally for one agent."""
+        query = audit_table.select().order_by(audit_table.c.seq.desc()).limit(limit)
+        if agent is not None:
+            query = query.where(audit_table.c.agent == agent)
+        rows = await self._db.fetch_all(query)
+        return [_audit_from_row(row._mapping) for row in rows]
+
+    def _build_upsert(self) -> Any:
+        ins: Any = (
+            postgresql.insert(agents_table)
+            if self.url.startswith("postgres")
+            else sqlite.insert(agents_table)
+        )
+        return ins.on_conflict_do_update(
+            index_elements=["name"], set_={c: getattr(ins.excluded, c) for c in _UPDATABLE}
+        )
+
+    def _ensure_sqlite_dir(self) -> None:
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[-1].split("?", 1)[0]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def _redacted(self) -> str:
+        scheme, sep, rest = self.url.partition("://")
+        if "@" in rest:
+            rest = "***@" + rest.split("@", 1)[1]
+        return scheme + sep + rest
+
+
+def _agent_row(a: Agent) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "kind": a.kind.value,
+        "id": a.id,
+        "image": a.image,
+        "status": a.status.value,
+        "replicas": a.replicas,
+        "running": a.running,
+        "restore_replicas": a.restore_replicas,
+        "last_activity": a.last_activity.isoformat(),
+        "idle_timeout_s": a.idle_timeout_s,
+        "labels": json.dumps(dict(a.labels), sort_keys=True),
+        "error": a.error,
+        "updated_at": a.updated_at.isoformat(),
+        "last_event_ns": a.last_event_ns,
+    }
+
+
+def _agent_from_row(row: Any) -> Agent:
+    return Agent(
+        name=row["name"],
+        kind=Kind(row["kind"]),
+        id=row["id"],
+        image=row["image"],
+        status=Status(row["status"]),
+        replicas=int(row["replicas"]),
+        running=int(row["running"]),
+        restore_replicas=int(row["restore_replicas"]),
+        last_activity=datetime.fromisoformat(row["last_activity"]),
+        idle_timeout_s=row["idle_timeout_s"],
+        labels=freeze(json.loads(row["labels"])),
+        error=row["error"],
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        last_event_ns=int(row["last_event_ns"]),
+    )
+
+
+def _audit_row(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": e.at.isoformat(),
+        "agent": e.agent,
+        "action": e.action,
+        "reason": e.reason,
+        "actor": e.actor,
+        "ok": e.ok,
+        "dry_run": e.dry_run,
+        "detail": e.detail,
+    }
+
+
+def _audit_from_row(row: Any) -> AuditEntry:
+    return AuditEntry(
+        at=datetime.fromisoformat(row["at"]),
+        agent=row["agent"],
+        action=row["action"],
+        reason=row["reason"],
+        actor=row["actor"],
+        ok=bool(row["ok"]),
+        dry_run=bool(row["dry_run"]),
+        detail=row["detail"],
+    )

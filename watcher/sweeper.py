@@ -1,0 +1,94 @@
+"""The periodic idle sweep: decided from the tracked state, acting only on idle candidates.
+
+A sweep with nothing idle makes no engine call at all; each candidate is re-checked live
+(inside :meth:`Lifecycle.idle_stop`) before anything is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .errors import WatcherError
+from .lifecycle import Lifecycle
+from .policy import idle_agents
+from .ports import Clock
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep found and did."""
+
+    at: datetime
+    candidates: list[str] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+class Sweeper:
+    """Owns the sweep task; ``sweep_once(now)`` is the whole work of one tick."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        lifecycle: Lifecycle,
+        clock: Clock,
+        *,
+        interval_s: float,
+        dry_run: bool,
+    ) -> None:
+        self._tracker = tracker
+        self._lifecycle = lifecycle
+        self._clock = clock
+        self._interval_s = interval_s
+        self._dry_run = dry_run
+        self._task: asyncio.Task[None] | None = None
+        self._dry_reported: dict[str, datetime] = {}
+        self.sweeps = 0
+        self.last: SweepReport | None = None
+
+    async def sweep_once(self, now: datetime | None = None) -> SweepReport:
+        """Stop every agent idle at ``now`` (default: the clock's now)."""
+        now = now or self._clock.now()
+        report = SweepReport(at=now)
+        for agent in idle_agents(self._tracker.agents.values(), now):
+            if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
+                continue  # already reported for this idle period
+            report.candidates.append(agent.name)
+            try:
+                outcome = await self._lifecycle.idle_stop(agent.name, now, dry_run=self._dry_run)
+            except WatcherError as exc:
+                outcome = f"failed: {exc}"
+                logger.warning("idle stop of %s failed: %s", agent.name, exc)
+            report.outcomes[agent.name] = outcome
+            if outcome == "dry-run":
+                self._dry_reported[agent.name] = agent.last_activity
+        self.sweeps += 1
+        self.last = report
+        return report
+
+    def start(self) -> None:
+        """Start the periodic task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idlewatch-sweeper")
+
+    async def close(self) -> None:
+        """Cancel and await the task (safe to call twice)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sweep_once()
+            except Exception:  # the loop must outlive any one bad sweep
+                logger.exception("idle sweep failed")

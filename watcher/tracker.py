@@ -1,0 +1,436 @@
+"""The live table of managed agents, updated from events and snapshots. Pure: no I/O.
+
+Every change goes to ``sink`` (the core wires it to the writer and the hub). The reader of
+the events stream calls :meth:`Tracker.apply` synchronously, so nothing here may await.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+
+from .clock import from_ns
+from .durations import DurationError
+from .models import (
+    ACTIVE_STATUSES,
+    Agent,
+    Change,
+    ContainerInfo,
+    EngineEvent,
+    EventType,
+    Kind,
+    ServiceInfo,
+    Snapshot,
+    Status,
+    freeze,
+)
+from .policy import (
+    container_status,
+    idle_timeout_s,
+    is_managed,
+    is_use,
+    service_status,
+    status_after,
+)
+from .ports import Clock
+
+logger = logging.getLogger(__name__)
+
+_EVENT_ONLY_ATTRS = frozenset({"name", "image", "exitCode", "execID", "signal", "oldName"})
+_RUNNING_LIKE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING})
+_USER_EXECS_MAX = 10_000
+_GONE_ACTIONS = frozenset({"destroy", "die", "stop", "kill", "oom"})
+_ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
+
+
+class Need(enum.Enum):
+    """What the caller must fetch before an event can be fully applied."""
+
+    NOTHING = 0
+    CONTAINER = 1  # inspect the container (its healthcheck command is unknown)
+    SERVICE = 2  # inspect the service (labels, managed-ness)
+
+
+class Tracker:
+    """Which managed agents exist, their status and last activity."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        default_idle_timeout_s: float | None,
+        clock: Clock,
+        sink: Callable[[Change], None],
+        forget_sink: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self.label = label
+        self.default_idle_timeout_s = default_idle_timeout_s
+        self._clock = clock
+        self._sink = sink
+        self._forget_sink = forget_sink
+        self.agents: dict[str, Agent] = {}
+        self._by_id: dict[str, str] = {}
+        self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
+        self._remote_running: dict[str, int] = {}
+        self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck exec command
+        self._user_execs: OrderedDict[str, None] = OrderedDict()
+        self._bad_timeout_logged: set[str] = set()
+
+    # ----------------------------------------------------------------- loading
+    def load(self, agents: Iterable[Agent]) -> None:
+        """Seed the table from the store at start-up (no changes are emitted)."""
+        for agent in agents:
+            self.agents[agent.name] = agent
+            if agent.status is not Status.REMOVED:
+                self._by_id[agent.id] = agent.name
+
+    def get(self, name: str) -> Agent | None:
+        """The agent called ``name``, if tracked."""
+        return self.agents.get(name)
+
+    # ------------------------------------------------------------------ events
+    def apply(self, ev: EngineEvent) -> Need:
+        """Apply one engine event; says what must be inspected when it cannot decide alone."""
+        if ev.type is EventType.SERVICE:
+            return self._apply_service_event(ev)
+        service_id = ev.attributes.get("com.docker.swarm.service.id")
+        if service_id:
+            return self._apply_task_event(ev, service_id)
+        return self._apply_container_event(ev)
+
+    def _apply_container_event(self, ev: EngineEvent) -> Need:
+        name = self._by_id.get(ev.actor_id)
+        if name is None:
+            if ev.action in _GONE_ACTIONS or not is_managed(ev.attributes, self.label):
+                return Need.NOTHING
+            if ev.action not in _ADDING_ACTIONS:
+                return Need.CONTAINER  # missed its start: look at it
+            return self._add_container_from_event(ev)
+        agent = self.agents[name]
+        if ev.action == "rename":
+            agent = self._rename(agent, ev)
+        if self._needs_healthcheck(ev):
+            return Need.CONTAINER
+        updated = self._container_after(agent, ev)
+        self._emit(updated, agent, f"event:{ev.action}")
+        return Need.NOTHING
+
+    def _container_after(self, agent: Agent, ev: EngineEvent) -> Agent:
+        updated = agent
+        status = status_after(ev.action)
+        if status is not None and ev.time_ns >= agent.last_event_ns:
+            updated = _with_container_status(updated, status)
+            updated = replace(updated, last_event_ns=ev.time_ns, error=None)
+        if self._is_use(ev):
+            updated = _touched(updated, from_ns(ev.time_ns))
+        if ev.action == "destroy":
+            self._drop_id(ev.actor_id)
+        return updated
+
+    def _add_container_from_event(self, ev: EngineEvent) -> Need:
+        labels = freeze({k: v for k, v in ev.attributes.items() if k not in _EVENT_ONLY_ATTRS})
+        when = from_ns(ev.time_ns)
+        status = status_after(ev.action) or Status.CREATED
+        old = self.agents.get(ev.name)
+        agent = _with_container_status(
+            Agent(
+                name=ev.name,
+                kind=Kind.CONTAINER,
+                id=ev.actor_id,
+                image=ev.image,
+                status=status,
+                replicas=0,
+                running=0,
+                last_activity=when,
+                idle_timeout_s=self._timeout_for(ev.name, labels),
+                updated_at=self._clock.now(),
+                labels=labels,
+                last_event_ns=ev.time_ns,
+            ),
+            status,
+        )
+        if old is not None:
+            self._drop_id(old.id)
+        self._by_id[ev.actor_id] = ev.name
+        self._emit(agent, old, f"event:{ev.action}")
+        return Need.CONTAINER if self._needs_healthcheck(ev) else Need.NOTHING
+
+    def _rename(self, agent: Agent, ev: EngineEvent) -> Agent:
+        if not ev.name or ev.name == agent.name:
+            return agent
+        self.agents.pop(agent.name, None)
+        self._forget_sink(agent.name)
+        renamed = replace(agent, name=ev.name)
+        self._by_id[agent.id] = ev.name
+        self.agents[ev.name] = renamed
+        return renamed
+
+    def _needs_healthcheck(self, ev: EngineEvent) -> bool:
+        return ev.action == "exec_start" and ev.actor_id not in self._healthcheck
+
+    def _is_use(self, ev: EngineEvent) -> bool:
+        if ev.action == "exec_die":  # the end of a session that was use is use too
+            exec_id = ev.attributes.get("execID", "")
+            if exec_id in self._user_execs:
+                del self._user_execs[exec_id]
+                return True
+            return False
+        use = is_use(ev, self._healthcheck.get(ev.actor_id))
+        if use and ev.action == "exec_start":
+            self._user_execs[ev.attributes.get("execID", "")] = None
+            if len(self._user_execs) > _USER_EXECS_MAX:
+                self._user_execs.popitem(last=False)
+        return use
+
+    def _apply_task_event(self, ev: EngineEvent, service_id: str) -> Need:
+        name = self._by_id.get(service_id)
+        if name is None:
+            return Need.NOTHING
+        if self._needs_healthcheck(ev):
+            return Need.CONTAINER
+        agent = self.agents[name]
+        tasks = self._local_tasks.setdefault(name, set())
+        if ev.action in ("start", "restart", "unpause"):
+            tasks.add(ev.actor_id)
+        elif ev.action in ("die", "destroy", "stop"):
+            tasks.discard(ev.actor_id)
+        if ev.action == "destroy":
+            self._healthcheck.pop(ev.actor_id, None)
+        running = len(tasks) + self._remote_running.get(name, 0)
+        updated = replace(agent, running=running, status=service_status(agent.replicas, running))
+        if ev.action != "start" and self._is_use(ev):
+            updated = _touched(updated, from_ns(ev.time_ns))
+        self._emit(updated, agent, f"task:{ev.action}")
+        return Need.NOTHING
+
+    def _apply_service_event(self, ev: EngineEvent) -> Need:
+        name = self._by_id.get(ev.actor_id)
+        if name is None:
+            return Need.SERVICE if ev.action in ("create", "update") else Need.NOTHING
+        agent = self.agents[name]
+        if ev.action == "remove":
+            self._drop_id(ev.actor_id)
+            updated = replace(agent, status=Status.REMOVED, replicas=0, running=0)
+            self._emit(updated, agent, "event:remove")
+            return Need.NOTHING
+        new = _int_or_none(ev.attributes.get("replicas.new"))
+        if ev.action != "update" or new is None:
+            return Need.SERVICE  # labels or spec may have changed: look
+        old = _int_or_none(ev.attributes.get("replicas.old")) or agent.replicas
+        updated = replace(
+            agent,
+            replicas=new,
+            status=service_status(new, agent.running),
+            restore_replicas=old if new == 0 and old > 0 else agent.restore_replicas,
+            last_event_ns=max(agent.last_event_ns, ev.time_ns),
+            error=None,
+        )
+        updated = _touched(updated, from_ns(ev.time_ns))
+        self._emit(updated, agent, f"event:scale {old}->{new}")
+        return Need.NOTHING
+
+    # -------------------------------------------------------------- inspections
+    def set_healthcheck(self, container_id: str, command: str | None) -> None:
+        """Record a container's healthcheck command (from an inspect)."""
+        self._healthcheck[container_id] = command
+
+    def apply_container(self, info: ContainerInfo) -> None:
+        """Apply an inspected container: remember its healthcheck, track it if it is new."""
+        self._healthcheck[info.id] = info.healthcheck_cmd
+        if (
+            info.id not in self._by_id
+            and info.service_id is None
+            and is_managed(info.labels, self.label)
+            and info.state != "removing"
+        ):
+            self._upsert_container(info)
+
+    def apply_service(self, info: ServiceInfo | None, service_id: str) -> None:
+        """Apply an inspected service: track it, update it, or stop tracking it."""
+        name = self._by_id.get(service_id)
+        if info is None:
+            return
+        if not is_managed(info.labels, self.label):
+            if name is not None:
+                self._untrack(name, "management label removed")
+            return
+        self._upsert_service(info, "inspect")
+
+    # -------------------------------------------------------------- reconcile
+    def reconcile(self, snap: Snapshot) -> list[Agent]:
+        """Make the table match a full listing; returns agents that became dead letters."""
+        seen: set[str] = set()
+        for c in snap.containers:
+            if c.service_id is None and is_managed(c.labels, self.label):
+                self._upsert_container(c)
+                seen.add(c.name)
+        for s in snap.services:
+            if is_managed(s.labels, self.label):
+                local = snap.task_containers.get(s.id, frozenset())
+                self._local_tasks[s.name] = set(local)
+                self._remote_running[s.name] = max(0, s.running - len(local))
+                self._upsert_service(s, "reconcile")
+                seen.add(s.name)
+        return self._mark_missing(seen, snap.swarm_active)
+
+    def _mark_missing(self, seen: set[str], swarm_active: bool) -> list[Agent]:
+        dead: list[Agent] = []
+        for name, agent in list(self.agents.items()):
+            if name in seen or agent.status in (Status.REMOVED, Status.ERROR):
+                continue
+            self._drop_id(agent.id)
+            if agent.status in ACTIVE_STATUSES or agent.status is Status.PAUSED:
+                what = "service" if agent.kind is Kind.SERVICE else "container"
+                reason = (
+                    f"{what} {agent.id[:12]} no longer exists but was recorded as {agent.status}"
+                )
+                if agent.kind is Kind.SERVICE and not swarm_active:
+                    reason += " (Swarm is not active on this engine)"
+                updated = replace(agent, status=Status.ERROR, error=reason, running=0)
+                self._emit(updated, agent, "dead-letter")
+                dead.append(updated)
+            else:
+                self._emit(replace(agent, status=Status.REMOVED, running=0), agent, "reconcile")
+        return dead
+
+    def _upsert_container(self, c: ContainerInfo) -> None:
+        old = self.agents.get(c.name)
+        status = container_status(c.state)
+        now = self._clock.now()
+        fresh = old is None or old.id != c.id
+        was_running = old is not None and not fresh and old.status in _RUNNING_LIKE
+        base = old if old is not None and not fresh else None
+        agent = Agent(
+            name=c.name,
+            kind=Kind.CONTAINER,
+            id=c.id,
+            image=c.image,
+            status=status,
+            replicas=0,
+            running=0,
+            last_activity=base.last_activity if base else now,
+            idle_timeout_s=self._timeout_for(c.name, c.labels),
+            updated_at=base.updated_at if base else now,
+            labels=freeze(c.labels),
+            last_event_ns=base.last_event_ns if base else 0,
+        )
+        agent = _with_container_status(agent, status)
+        if status in _RUNNING_LIKE and not was_running and not fresh:
+            agent = _touched(agent, now)  # started while we were not watching
+        if old is not None and old.id != c.id:
+            self._drop_id(old.id)
+        self._by_id[c.id] = c.name
+        self._emit(agent, old, "reconcile")
+
+    def _upsert_service(self, s: ServiceInfo, reason: str) -> None:
+        old = self.agents.get(s.name)
+        now = self._clock.now()
+        same = old is not None and old.id == s.id
+        desired = s.replicas if s.replicas is not None else max(s.running, 1)
+        if reason == "inspect" and same and old is not None:
+            running = old.running
+        else:
+            running = len(self._local_tasks.get(s.name, ())) + self._remote_running.get(s.name, 0)
+        restore = old.restore_replicas if same and old is not None else max(desired, 1)
+        agent = Agent(
+            name=s.name,
+            kind=Kind.SERVICE,
+            id=s.id,
+            image=s.image,
+            status=service_status(desired, running),
+            replicas=desired,
+            running=running,
+            last_activity=old.last_activity if same and old is not None else now,
+            idle_timeout_s=self._timeout_for(s.name, s.labels) if s.replicas is not None else None,
+            updated_at=old.updated_at if same and old is not None else now,
+            labels=freeze(s.labels),
+            restore_replicas=restore if desired == 0 else max(desired, 1),
+            last_event_ns=old.last_event_ns if same and old is not None else 0,
+        )
+        if same and old is not None and old.replicas == 0 and desired > 0:
+            agent = _touched(agent, now)  # scaled up while we were not watching
+        if old is not None and not same:
+            self._drop_id(old.id)
+        self._by_id[s.id] = s.name
+        self._emit(agent, old, reason)
+
+    # ---------------------------------------------------------- lifecycle hooks
+    def touch(self, name: str, reason: str = "touch") -> Agent:
+        """Record activity now; raises KeyError when the agent is not tracked."""
+        agent = self.agents[name]
+        updated = _touched(agent, self._clock.now(), force=True)
+        self._emit(updated, agent, reason)
+        return updated
+
+    def remember_replicas(self, name: str, replicas: int) -> None:
+        """Remember what a later start should bring a service back to."""
+        agent = self.agents.get(name)
+        if agent is not None and replicas > 0 and agent.restore_replicas != replicas:
+            self._emit(replace(agent, restore_replicas=replicas), agent, "remember-replicas")
+
+    def mark_error(self, name: str, reason: str) -> Agent | None:
+        """Dead-letter one agent (found missing during a live re-check)."""
+        agent = self.agents.get(name)
+        if agent is None:
+            return None
+        self._drop_id(agent.id)
+        updated = replace(agent, status=Status.ERROR, error=reason, running=0)
+        self._emit(updated, agent, "dead-letter")
+        return updated
+
+    # ------------------------------------------------------------------ helpers
+    def _untrack(self, name: str, why: str) -> None:
+        agent = self.agents.pop(name, None)
+        if agent is not None:
+            self._drop_id(agent.id)
+            logger.info("no longer tracking %s: %s", name, why)
+            self._forget_sink(name)
+
+    def _drop_id(self, engine_id: str) -> None:
+        self._by_id.pop(engine_id, None)
+        self._healthcheck.pop(engine_id, None)
+
+    def _timeout_for(self, name: str, labels: Mapping[str, str]) -> float | None:
+        try:
+            return idle_timeout_s(labels, self.default_idle_timeout_s)
+        except DurationError as exc:
+            if name not in self._bad_timeout_logged:
+                self._bad_timeout_logged.add(name)
+                logger.warning(
+                    "agent %s: bad idle-timeout label (%s); using the default", name, exc
+                )
+            return self.default_idle_timeout_s
+
+    def _emit(self, new: Agent, old: Agent | None, reason: str) -> None:
+        if old is not None and _same(new, old):
+            self.agents[new.name] = replace(new, updated_at=old.updated_at)
+            return
+        new = replace(new, updated_at=self._clock.now())
+        self.agents[new.name] = new
+        self._sink(Change(new, old.status if old is not None else None, reason))
+
+
+def _same(a: Agent, b: Agent) -> bool:
+    return replace(a, updated_at=b.updated_at, last_event_ns=b.last_event_ns) == b
+
+
+def _touched(agent: Agent, when: datetime, *, force: bool = False) -> Agent:
+    if force or when > agent.last_activity:
+        return replace(agent, last_activity=when)
+    return agent
+
+
+def _with_container_status(agent: Agent, status: Status) -> Agent:
+    alive = 1 if status in _RUNNING_LIKE else 0
+    return replace(agent, status=status, running=alive, replicas=alive)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,142 @@
+"""The one writer task: coalesces agent rows by name, batches them, retries on failure.
+
+Callers never wait on the database: ``put_agent``/``put_audit`` are synchronous and cheap.
+A failed batch is kept (newer rows replace older ones of the same agent) and retried with
+capped backoff, so a database hiccup loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .errors import StoreError
+from .models import Agent, AuditEntry
+from .ports import Store
+
+logger = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    """Owns the writer task; start with :meth:`start`, stop with :meth:`close` (flushes)."""
+
+    def __init__(self, store: Store, *, retry_max_s: float = 5.0, batch_max: int = 5000) -> None:
+        self._store = store
+        self._retry_max_s = retry_max_s
+        self._batch_max = batch_max
+        self._agents: dict[str, Agent] = {}
+        self._audits: list[AuditEntry] = []
+        self._forgets: set[str] = set()
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._enqueued = 0
+        self._committed = 0
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        self.rows_written = 0
+        self.last_commit_monotonic = 0.0
+
+    def put_agent(self, agent: Agent) -> None:
+        """Queue the newest version of an agent row."""
+        self._agents[agent.name] = agent
+        self._forgets.discard(agent.name)
+        self._enqueued += 1
+        self._wake.set()
+
+    def forget(self, name: str) -> None:
+        """Queue the deletion of an agent row."""
+        self._agents.pop(name, None)
+        self._forgets.add(name)
+        self._enqueued += 1
+        self._wake.set()
+
+    def put_audit(self, entry: AuditEntry) -> None:
+        """Queue an audit entry."""
+        self._audits.append(entry)
+        self._enqueued += 1
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._agents) + len(self._audits) + len(self._forgets)
+
+    def start(self) -> None:
+        """Start the writer task (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idlewatch-writer")
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until everything queued before this call is committed."""
+        target = self._enqueued
+        async with asyncio.timeout(timeout_s), self._done:
+            await self._done.wait_for(lambda: self._committed >= target)
+
+    async def close(self, flush_timeout_s: float = 10.0) -> None:
+        """Write what is pending (bounded by a timeout), then stop the task."""
+        if self._task is None:
+            return
+        if self.pending:
+            try:
+                await self.flush(flush_timeout_s)
+            except TimeoutError:
+                logger.error(
+                    "shutting down with %d unwritten rows (database unavailable)", self.pending
+                )
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        delay_s = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                if await self._write_once():
+                    delay_s = 0.05
+                else:
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, self._retry_max_s)
+
+    async def _write_once(self) -> bool:
+        target = self._enqueued
+        agents, audits = self._take_batch()
+        forgets, self._forgets = self._forgets, set()
+        try:
+            await self._store.write(agents, audits, sorted(forgets))
+        except StoreError as exc:
+            self._put_back(agents, audits)
+            self._forgets |= {n for n in forgets if n not in self._agents}
+            if self.last_error is None:
+                logger.error("database write failed, will retry: %s", exc)
+            self.last_error = str(exc)
+            return False
+        if self.last_error is not None:
+            logger.info("database writes recovered")
+        self.last_error = None
+        self.rows_written += len(agents) + len(audits)
+        self.last_commit_monotonic = time.monotonic()
+        if not self.pending:
+            async with self._done:
+                self._committed = target
+                self._done.notify_all()
+        return True
+
+    def _take_batch(self) -> tuple[list[Agent], list[AuditEntry]]:
+        if len(self._agents) <= self._batch_max:
+            agents = list(self._agents.values())
+            self._agents = {}
+        else:
+            names = list(self._agents)[: self._batch_max]
+            agents = [self._agents.pop(n) for n in names]
+        audits, self._audits = self._audits, []
+        return agents, audits
+
+    def _put_back(self, agents: list[Agent], audits: list[AuditEntry]) -> None:
+        for agent in agents:
+            self._agents.setdefault(agent.name, agent)  # a newer queued row wins
+        self._audits[:0] = audits
