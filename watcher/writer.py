@@ -78,7 +78,7 @@ class StoreWriter:
         """Write what is pending (bounded by a timeout), then stop the task."""
         if self._task is None:
             return
-        if self.pending:
+        if self._committed < self._enqueued:
             try:
                 await self.flush(flush_timeout_s)
             except TimeoutError:
