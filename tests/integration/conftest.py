@@ -75,7 +75,7 @@ def create_service(
 ) -> str:
     """Create a replicated sleeper service (no networks) and return its id."""
     args = ["service", "create", "-d", "--name", name, "--replicas", str(replicas),
-            "--stop-grace-period", "1s", "--restart-condition", "none"]
+            "--stop-grace-period", "1s"]
     all_labels = {LABEL: "true"} if managed else {}
     all_labels.update(labels or {})
     for k, v in all_labels.items():
@@ -129,3 +129,12 @@ async def watcher(settings_for: Callable[..., Settings]) -> AsyncIterator[Watche
     async with Watcher(settings_for()) as w:
         await w.wait_synced(30)
         yield w
+
+
+@pytest.fixture(autouse=True)
+def _quiet_db_logs() -> None:
+    """The databases/aiosqlite DEBUG lines drown everything else in failure reports."""
+    import logging
+
+    for name in ("databases", "aiosqlite"):
+        logging.getLogger(name).setLevel(logging.INFO)

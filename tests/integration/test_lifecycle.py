@@ -1,0 +1,78 @@
+"""Lifecycle operations through the core, against the private engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.private_engine import PrivateEngine
+from watcher import AgentNotFound, InvalidOperation, Status, Watcher
+
+from .conftest import create_service, inspect, run_container
+from .test_tracking import has
+
+
+async def test_container_lifecycle(engine: PrivateEngine, watcher: Watcher) -> None:
+    run_container(engine, "life")
+    await watcher.wait_for("life", has(Status.RUNNING), 10)
+    await watcher.stop("life")
+    await watcher.wait_for("life", has(Status.EXITED), 10)
+    assert inspect(engine, "life")["State"]["Running"] is False
+    before = watcher.get("life")
+    assert before is not None
+    await watcher.start("life")
+    await watcher.wait_for("life", has(Status.RUNNING), 10)
+    after = watcher.get("life")
+    assert after is not None and after.last_activity > before.last_activity
+    started_at = inspect(engine, "life")["State"]["StartedAt"]
+    await watcher.restart("life")
+    await watcher.wait_for("life", has(Status.RUNNING), 10)
+    assert inspect(engine, "life")["State"]["StartedAt"] != started_at
+    await watcher.scale("life", 0)
+    await watcher.wait_for("life", has(Status.EXITED), 10)
+    with pytest.raises(InvalidOperation):
+        await watcher.scale("life", 2)
+    touched = await watcher.touch("life")
+    assert touched.last_activity >= after.last_activity
+    actions = [e.action for e in await watcher.audit("life")]
+    assert actions == ["stop", "restart", "start", "stop"]  # newest first; scale 0 is a stop
+
+
+async def test_service_lifecycle(engine: PrivateEngine, watcher: Watcher) -> None:
+    create_service(engine, "svc-life")
+    await watcher.wait_for("svc-life", has(Status.RUNNING, running=1), 20)
+    await watcher.scale("svc-life", 3)
+    await watcher.wait_for("svc-life", has(Status.RUNNING, replicas=3, running=3), 30)
+    await watcher.stop("svc-life")
+    await watcher.wait_for("svc-life", has(Status.STOPPED, replicas=0, running=0), 30)
+    agent = await watcher.start("svc-life")
+    assert agent.restore_replicas == 3
+    await watcher.wait_for("svc-life", has(Status.RUNNING, replicas=3, running=3), 30)
+    version = inspect(engine, "svc-life")["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
+    await watcher.restart("svc-life")
+    assert inspect(engine, "svc-life")["Spec"]["TaskTemplate"]["ForceUpdate"] == version + 1
+    with pytest.raises(InvalidOperation):
+        await watcher.scale("svc-life", 11)  # above max_replicas (10)
+    with pytest.raises(InvalidOperation):
+        await watcher.scale("svc-life", -1)
+
+
+async def test_unlabelled_and_vanished_are_never_touched(
+    engine: PrivateEngine, watcher: Watcher
+) -> None:
+    run_container(engine, "outsider", managed=False)
+    create_service(engine, "outsider-svc", managed=False)
+    for op in (watcher.stop, watcher.restart, watcher.touch):
+        with pytest.raises(AgentNotFound):
+            await op("outsider")
+        with pytest.raises(AgentNotFound):
+            await op("outsider-svc")
+    assert inspect(engine, "outsider")["State"]["Running"] is True
+    run_container(engine, "ghost")
+    await watcher.wait_for("ghost", has(Status.RUNNING), 10)
+    ghost = watcher.get("ghost")
+    assert ghost is not None
+    await watcher.pump.close()  # stop listening, so the removal is only found by the live check
+    engine.cli("rm", "-f", "ghost")
+    with pytest.raises(AgentNotFound, match="no longer exists"):
+        await watcher.stop("ghost")
+    assert has(Status.ERROR)(watcher.get("ghost"))
