@@ -57,7 +57,11 @@ def _wipe(engine: PrivateEngine) -> None:
 
 
 def run_container(
-    engine: PrivateEngine, name: str, *, managed: bool = True, labels: dict[str, str] | None = None,
+    engine: PrivateEngine,
+    name: str,
+    *,
+    managed: bool = True,
+    labels: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
 ) -> str:
     """Start a sleeper container with no network; returns its id."""
@@ -70,12 +74,25 @@ def run_container(
 
 
 def create_service(
-    engine: PrivateEngine, name: str, *, replicas: int = 1, managed: bool = True,
+    engine: PrivateEngine,
+    name: str,
+    *,
+    replicas: int = 1,
+    managed: bool = True,
     labels: dict[str, str] | None = None,
 ) -> str:
     """Create a replicated sleeper service (no networks) and return its id."""
-    args = ["service", "create", "-d", "--name", name, "--replicas", str(replicas),
-            "--stop-grace-period", "1s"]
+    args = [
+        "service",
+        "create",
+        "-d",
+        "--name",
+        name,
+        "--replicas",
+        str(replicas),
+        "--stop-grace-period",
+        "1s",
+    ]
     all_labels = {LABEL: "true"} if managed else {}
     all_labels.update(labels or {})
     for k, v in all_labels.items():
@@ -91,8 +108,15 @@ def inspect(engine: PrivateEngine, ref: str) -> dict[str, Any]:
 
 def running_tasks(engine: PrivateEngine, service: str) -> int:
     """How many tasks of a service run right now."""
-    out = engine.cli("service", "ps", service, "--filter", "desired-state=running",
-                     "--format", "{{.CurrentState}}")
+    out = engine.cli(
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.CurrentState}}",
+    )
     return sum(1 for line in out.splitlines() if line.startswith("Running"))
 
 

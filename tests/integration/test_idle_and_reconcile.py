@@ -90,17 +90,18 @@ async def test_dead_letter_found_at_start_up(
         assert [e.action for e in audit] == ["dead_letter"]
 
 
-async def test_reconnects_after_daemon_restart(
-    engine: PrivateEngine, watcher: Watcher
-) -> None:
+async def test_reconnects_after_daemon_restart(engine: PrivateEngine, watcher: Watcher) -> None:
     run_container(engine, "survivor", extra=("--restart", "always"))
     run_container(engine, "casualty")
     await watcher.wait_for("survivor", has(Status.RUNNING), 10)
     await watcher.wait_for("casualty", has(Status.RUNNING), 10)
     connects = watcher.pump.reconnects
     engine.restart()
-    await eventually(lambda: watcher.pump.reconnects > connects and watcher.health().ready, 60,
-                     "reconnect and resync")
+    await eventually(
+        lambda: watcher.pump.reconnects > connects and watcher.health().ready,
+        60,
+        "reconnect and resync",
+    )
     await watcher.wait_for("casualty", has(Status.EXITED), 20)
     await watcher.wait_for("survivor", has(Status.RUNNING), 20)
     # the stream is live again: a change after the restart is seen

@@ -103,7 +103,8 @@ async def test_exec_is_activity_but_healthchecks_are_not(
     engine: PrivateEngine, watcher: Watcher
 ) -> None:
     run_container(
-        engine, "hc",
+        engine,
+        "hc",
         extra=("--health-cmd", "true", "--health-interval", "1s", "--health-start-period", "0s"),
     )
     await watcher.wait_for("hc", has(Status.RUNNING), 10)

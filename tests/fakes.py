@@ -1,0 +1,157 @@
+"""Fakes that implement the core's Protocols, for fast unit tests (no Docker, no database)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from watcher.errors import EngineUnavailable, StoreError
+from watcher.models import Agent, AuditEntry, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
+
+
+class FakeStream:
+    """An events stream fed by the test; ``end()`` closes it like a daemon restart."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            ev = await self.queue.get()
+            if ev is None:
+                return
+            yield ev
+
+    def end(self) -> None:
+        """End the stream."""
+        self.queue.put_nowait(None)
+
+    async def close(self) -> None:
+        """Mark closed."""
+        self.closed = True
+
+
+class FakeDocker:
+    """An in-memory engine that counts every call the core makes."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, ContainerInfo] = {}
+        self.services: dict[str, ServiceInfo] = {}
+        self.calls: Counter[str] = Counter()
+        self.streams: list[FakeStream] = []
+        self.since: list[int | None] = []
+        self.reachable = True
+        self.gate: asyncio.Event | None = None  # when set, scale/stop wait on it
+        self.subscribed = asyncio.Event()
+        self._called = asyncio.Event()
+
+    async def wait_calls(self, name: str, count: int) -> None:
+        """Wait until ``name`` was called ``count`` times."""
+        while self.calls[name] < count:
+            self._called.clear()
+            await self._called.wait()
+
+    @property
+    def address(self) -> str:
+        return "fake://engine"
+
+    def _call(self, name: str) -> None:
+        self.calls[name] += 1
+        self._called.set()
+        if not self.reachable:
+            raise EngineUnavailable("fake engine is down")
+
+    async def ping(self) -> None:
+        self._call("ping")
+
+    async def subscribe(self, since_ns: int | None) -> FakeStream:
+        self._call("subscribe")
+        stream = FakeStream()
+        self.streams.append(stream)
+        self.since.append(since_ns)
+        self.subscribed.set()
+        return stream
+
+    async def snapshot(self) -> Snapshot:
+        self._call("snapshot")
+        return Snapshot(tuple(self.containers.values()), tuple(self.services.values()), True)
+
+    async def inspect_container(self, ref: str) -> ContainerInfo | None:
+        self._call("inspect_container")
+        return self.containers.get(ref)
+
+    async def inspect_service(self, ref: str) -> ServiceInfo | None:
+        self._call("inspect_service")
+        return self.services.get(ref)
+
+    async def _wait_gate(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+
+    async def start_container(self, ref: str) -> None:
+        self._call("start_container")
+        self.containers[ref] = replace(self.containers[ref], state="running")
+
+    async def stop_container(self, ref: str, timeout_s: float) -> None:
+        self._call("stop_container")
+        await self._wait_gate()
+        self.containers[ref] = replace(self.containers[ref], state="exited")
+
+    async def restart_container(self, ref: str, timeout_s: float) -> None:
+        self._call("restart_container")
+
+    async def scale_service(self, ref: str, replicas: int) -> None:
+        self._call("scale_service")
+        await self._wait_gate()
+        self.services[ref] = replace(self.services[ref], replicas=replicas)
+
+    async def restart_service(self, ref: str) -> None:
+        self._call("restart_service")
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeStore:
+    """An in-memory store that can be told to fail its next writes."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Agent] = {}
+        self.audits: list[AuditEntry] = []
+        self.fail_writes = 0
+        self.writes = 0
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    async def load_agents(self) -> list[Agent]:
+        return list(self.rows.values())
+
+    async def write(
+        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+    ) -> None:
+        self.writes += 1
+        if self.fail_writes > 0:
+            self.fail_writes -= 1
+            raise StoreError("database is locked (fake)")
+        for name in forgets:
+            self.rows.pop(name, None)
+        for a in agents:
+            self.rows[a.name] = a
+        self.audits.extend(audits)
+
+    async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        found = [e for e in reversed(self.audits) if agent is None or e.agent == agent]
+        return found[:limit]

@@ -1,0 +1,207 @@
+"""The tracker: events and snapshots in, agents and changes out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from watcher.clock import ManualClock, to_ns
+from watcher.models import (
+    Change,
+    ContainerInfo,
+    EngineEvent,
+    EventType,
+    ServiceInfo,
+    Snapshot,
+    Status,
+    freeze,
+)
+from watcher.tracker import Need, Tracker
+
+LABEL = "idlewatch.enable"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+NS0 = to_ns(T0)
+
+
+def make() -> tuple[Tracker, list[Change], ManualClock]:
+    changes: list[Change] = []
+    clock = ManualClock(T0)
+    tracker = Tracker(label=LABEL, default_idle_timeout_s=900, clock=clock, sink=changes.append)
+    return tracker, changes, clock
+
+
+def cev(
+    action: str,
+    cid: str = "c1",
+    name: str = "box",
+    t: int = 1,
+    detail: str = "",
+    managed: bool = True,
+    **attrs: str,
+) -> EngineEvent:
+    labels = {LABEL: "true"} if managed else {}
+    return EngineEvent(
+        EventType.CONTAINER,
+        action,
+        cid,
+        NS0 + t * 10**9,
+        name=name,
+        image="img",
+        detail=detail,
+        attributes=freeze({"name": name, **labels, **attrs}),
+    )
+
+
+def sev(action: str, sid: str = "s1", t: int = 1, **attrs: str) -> EngineEvent:
+    return EngineEvent(
+        EventType.SERVICE, action, sid, NS0 + t * 10**9, attributes=freeze({"name": "svc", **attrs})
+    )
+
+
+def test_container_lifecycle_from_events() -> None:
+    tr, changes, _ = make()
+    assert tr.apply(cev("create", t=1)) is Need.NOTHING
+    assert tr.agents["box"].status is Status.CREATED
+    tr.apply(cev("start", t=2))
+    box = tr.agents["box"]
+    assert (box.status, box.running, box.replicas) == (Status.RUNNING, 1, 1)
+    assert box.last_activity == datetime.fromtimestamp((NS0 + 2 * 10**9) / 1e9, UTC)
+    tr.apply(cev("kill", t=3))
+    assert tr.agents["box"].status is Status.RUNNING, "kill is a signal, not an end"
+    tr.apply(cev("die", t=4))
+    tr.apply(cev("stop", t=5))
+    assert tr.agents["box"].status is Status.EXITED
+    assert tr.agents["box"].last_activity == box.last_activity, "die is not use"
+    tr.apply(cev("destroy", t=6))
+    assert tr.agents["box"].status is Status.REMOVED
+    assert [c.agent.status for c in changes] == [
+        Status.CREATED,
+        Status.RUNNING,
+        Status.EXITED,
+        Status.REMOVED,
+    ]
+
+
+def test_unlabelled_containers_are_ignored() -> None:
+    tr, changes, _ = make()
+    tr.apply(cev("start", managed=False))
+    assert tr.agents == {} and changes == []
+
+
+def test_events_of_an_old_container_with_the_same_name_are_ignored() -> None:
+    tr, _, _ = make()
+    tr.apply(cev("start", cid="old", t=1))
+    tr.apply(cev("destroy", cid="old", t=2))
+    tr.apply(cev("create", cid="new", t=3))
+    tr.apply(cev("start", cid="new", t=4))
+    tr.apply(cev("destroy", cid="old", t=2))  # replayed after a reconnect
+    assert tr.agents["box"].status is Status.RUNNING and tr.agents["box"].id == "new"
+
+
+def test_out_of_order_status_events_do_not_win() -> None:
+    tr, _, _ = make()
+    tr.apply(cev("start", t=1))
+    tr.apply(cev("start", t=5))
+    tr.apply(cev("die", t=4))  # arrived late
+    assert tr.agents["box"].status is Status.RUNNING
+
+
+def test_healthcheck_execs_are_not_use_but_sessions_are() -> None:
+    tr, _, _ = make()
+    tr.apply(cev("start", t=1))
+    started = tr.agents["box"].last_activity
+    assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.CONTAINER
+    tr.set_healthcheck("c1", "/bin/sh -c true")
+    assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.NOTHING
+    tr.apply(cev("exec_die", t=3, execID="h1"))
+    assert tr.agents["box"].last_activity == started
+    tr.apply(cev("exec_start", t=10, detail="bash", execID="u1"))
+    assert tr.agents["box"].last_activity > started
+    tr.apply(cev("exec_die", t=50, execID="u1"))
+    assert tr.agents["box"].last_activity == datetime.fromtimestamp(NS0 / 1e9 + 50, UTC)
+
+
+def test_service_events_and_task_counts() -> None:
+    tr, _, _ = make()
+    assert tr.apply(sev("create")) is Need.SERVICE
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
+    assert tr.agents["svc"].status is Status.STARTING
+    task = {"com.docker.swarm.service.id": "s1"}
+    tr.apply(cev("start", cid="t1", name="svc.1.x", managed=False, **task))
+    tr.apply(cev("start", cid="t2", name="svc.2.x", managed=False, **task))
+    svc = tr.agents["svc"]
+    assert (svc.status, svc.running, svc.replicas) == (Status.RUNNING, 2, 2)
+    assert "svc.1.x" not in tr.agents, "task containers are never agents of their own"
+    tr.apply(sev("update", t=9, **{"replicas.old": "2", "replicas.new": "0"}))
+    tr.apply(cev("die", cid="t1", managed=False, **task))
+    tr.apply(cev("die", cid="t2", managed=False, **task))
+    svc = tr.agents["svc"]
+    assert (svc.status, svc.replicas, svc.running, svc.restore_replicas) == (
+        Status.STOPPED,
+        0,
+        0,
+        2,
+    )
+    assert tr.apply(sev("update", t=10)) is Need.SERVICE, "a spec change needs a look"
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 0, 0), "s1")
+    assert "svc" not in tr.agents, "label removed: no longer managed"
+
+
+def test_unmanaged_service_is_not_tracked() -> None:
+    tr, _, _ = make()
+    tr.apply(sev("create"))
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 1, 1), "s1")
+    assert tr.agents == {}
+
+
+def _c(cid: str, name: str, state: str, **labels: str) -> ContainerInfo:
+    return ContainerInfo(cid, name, "img", state, freeze({LABEL: "true", **labels}))
+
+
+def test_reconcile_dead_letters_only_what_was_running() -> None:
+    tr, _, _ = make()
+    tr.reconcile(
+        Snapshot(
+            (
+                _c("a", "alive", "running"),
+                _c("b", "gone", "running"),
+                _c("x", "was-exited", "exited"),
+            ),
+            (),
+            True,
+        )
+    )
+    dead = tr.reconcile(Snapshot((_c("a", "alive", "running"),), (), True))
+    assert [a.name for a in dead] == ["gone"]
+    assert tr.agents["gone"].status is Status.ERROR and "no longer exists" in str(
+        tr.agents["gone"].error
+    )
+    assert tr.agents["was-exited"].status is Status.REMOVED
+    assert tr.reconcile(Snapshot((_c("a", "alive", "running"),), (), True)) == []
+
+
+def test_reconcile_keeps_activity_of_known_agents_and_labels_timeouts() -> None:
+    tr, changes, clock = make()
+    tr.reconcile(Snapshot((_c("a", "a", "running", **{"idlewatch.idle-timeout": "5m"}),), (), True))
+    first = tr.agents["a"].last_activity
+    assert tr.agents["a"].idle_timeout_s == 300
+    clock.advance(100)
+    n = len(changes)
+    tr.reconcile(Snapshot((_c("a", "a", "running", **{"idlewatch.idle-timeout": "5m"}),), (), True))
+    assert tr.agents["a"].last_activity == first and len(changes) == n, "nothing changed"
+
+
+def test_bad_timeout_label_falls_back_to_default() -> None:
+    tr, _, _ = make()
+    tr.reconcile(
+        Snapshot((_c("a", "a", "running", **{"idlewatch.idle-timeout": "soon"}),), (), True)
+    )
+    assert tr.agents["a"].idle_timeout_s == 900
+
+
+def test_touch_and_rename() -> None:
+    tr, _, clock = make()
+    tr.apply(cev("start", t=1))
+    clock.advance(3600)
+    assert tr.touch("box").last_activity == clock.now()
+    tr.apply(cev("rename", t=2, name="crate", oldName="/box"))
+    assert "box" not in tr.agents and tr.agents["crate"].id == "c1"
