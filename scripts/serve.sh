@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Set up and run idlewatch against the local Docker engine, storing its state in ./data/.
+# Set up and run `idlewatch serve` against the local Docker engine; state goes to ./data/.
+# Extra arguments go to `idlewatch serve` (see `idlewatch serve --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+source scripts/_venv.sh
 .venv/bin/python -m pip install -q .
 exec .venv/bin/idlewatch serve "$@"

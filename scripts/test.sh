@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite: lint, types, unit and integration tests.
-# The integration tests start their own private Docker engine (tests/conftest.py);
-# installing it needs root (or run: sudo apt-get install -y docker.io busybox-static).
+# Set up and run the whole test suite: ruff, mypy --strict, unit and integration tests.
+# The integration tests start their own private Docker engine (tests/conftest.py) and
+# never touch the machine's own Docker. Installing dockerd needs root (or run:
+# sudo apt-get install -y docker.io busybox-static). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip
+source scripts/_venv.sh
 .venv/bin/python -m pip install -q -e '.[dev,postgres]'
 
 if ! command -v dockerd >/dev/null || [ ! -x /bin/busybox ]; then

@@ -104,14 +104,12 @@ class AioDockerGateway:
                 return await fn()
         except aiodocker.DockerError as exc:
             if exc.status == 900:
-                raise EngineUnavailable(
-                    f"cannot reach the Docker engine at {self._url} ({what}): {exc.message}"
-                ) from exc
+                raise EngineUnavailable(f"{what}: {_root_cause(exc.message)}") from exc
             raise EngineError(f"{what}: {exc.message}", status=exc.status) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise EngineUnavailable(
-                f"cannot reach the Docker engine at {self._url} ({what}): {exc!r}"
-            ) from exc
+        except TimeoutError as exc:
+            raise EngineUnavailable(f"{what}: no answer within {timeout_s:.0f}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"{what}: {_root_cause(str(exc))}") from exc
 
     async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
         return await self._call(what, lambda: self._client()._query_json(path, method, **kw))
@@ -262,6 +260,12 @@ class AioDockerGateway:
                     raise
                 logger.info("%s %s: version conflict, retrying", what, ref)
         raise WatcherError(f"{what} {ref}: gave up after {_SCALE_RETRIES} version conflicts")
+
+
+def _root_cause(message: str) -> str:
+    """The innermost part of aiodocker's nested "... [... [reason]]" connection messages."""
+    inner = message.rsplit("[", 1)[-1].rstrip("]").strip()
+    return inner or message
 
 
 def _container_from_list(item: dict[str, Any]) -> ContainerInfo:

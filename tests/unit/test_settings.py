@@ -110,3 +110,9 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
         "idlewatch: invalid setting idle_timeout='abc' (from environment variable "
         "IDLEWATCH_IDLE_TIMEOUT): expected a duration like 90, '90s', '15m' or '1h', got 'abc'"
     ]
+
+
+def test_the_example_config_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "idlewatch.toml"
+    s = load_settings(example)
+    assert s.idle_timeout == 900 and s.sweep_interval == 60 and s.stop_timeout == 10

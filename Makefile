@@ -1,0 +1,6 @@
+.PHONY: test serve
+# The README's two commands, for those who prefer make.
+test:
+	bash scripts/test.sh
+serve:
+	bash scripts/serve.sh
