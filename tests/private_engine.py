@@ -184,6 +184,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tests.private_engine up", file=sys.stderr)
         return 2
     ensure_installed()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on TERM as on Ctrl-C
     engine = PrivateEngine()
     try:
         engine.start()

@@ -1,0 +1,69 @@
+"""The library surface and the `idlewatch serve` process against the private engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.private_engine import PrivateEngine
+from watcher import Change, Status, Watcher
+
+from .conftest import run_container
+
+
+async def test_changes_feed_yields_each_change(engine: PrivateEngine, watcher: Watcher) -> None:
+    run_container(engine, "fed")
+    await watcher.wait_for("fed", lambda a: a is not None and a.status is Status.RUNNING, 10)
+    seen: list[Change] = []
+
+    async def follow() -> None:
+        async for change in watcher.changes():
+            if change.agent.name == "fed":
+                seen.append(change)
+                if change.agent.status is Status.EXITED:
+                    return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0)  # subscribed before the stop
+    engine.cli("stop", "fed")
+    await asyncio.wait_for(task, 10)
+    last = seen[-1]
+    assert last.previous_status is Status.RUNNING and last.reason == "event:die"
+
+
+def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
+    engine: PrivateEngine, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+    env.update(IDLEWATCH_DOCKER_URL=engine.url, IDLEWATCH_SWEEP_INTERVAL="1h")
+    run_container(engine, "served")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watcher.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "resynced with the engine: 1 agents tracked" in line:
+            break
+    else:
+        proc.kill()
+        proc.stderr.close()
+        raise AssertionError("serve never synced:\n" + "".join(lines))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert "Traceback" not in rest and "shutting down" in rest
+    assert (tmp_path / "data" / "idlewatch.db").is_file()
