@@ -1,1 +1,57 @@
-"""The HTTP API over the core Watcher (built in the next milestone; issue 3)."""
+"""The HTTP API over the core Watcher: REST, websocket feed, auth, health and metrics.
+
+``create_app(watcher)`` returns an application a host app can mount with ``add_subapp``;
+``watcher_ctx(settings)`` is a ``cleanup_ctx`` that runs a Watcher inside a host app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from watcher import Settings, Watcher
+
+from .auth import auth_middleware
+from .errors import error_middleware
+from .keys import METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .metrics import Metrics
+from .openapi import routes as openapi_routes
+from .routes import routes as rest_routes
+from .ws import close_all
+from .ws import routes as ws_routes
+
+__all__ = ["METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
+
+
+def create_app(watcher: Watcher, settings: Settings | None = None) -> web.Application:
+    """The API application for ``watcher`` (which its owner opens and closes)."""
+    settings = settings or watcher.settings
+    metrics = Metrics()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    app = web.Application(
+        middlewares=[error_middleware, metrics.middleware(), auth_middleware(token)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[WATCHER] = watcher
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[SOCKETS] = Sockets()
+    app.add_routes(rest_routes)
+    app.add_routes(ws_routes)
+    app.add_routes(openapi_routes)
+    app.on_shutdown.append(close_all)
+    return app
+
+
+def watcher_ctx(
+    settings: Settings, key: web.AppKey[Watcher] = WATCHER
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry that opens a Watcher on start-up and closes it on cleanup."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with Watcher(settings) as w:
+            app[key] = w
+            yield
+
+    return ctx

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 from watcher.errors import EngineUnavailable, StoreError
-from watcher.models import Agent, AuditEntry, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
+from watcher.models import (
+    Agent,
+    AgentSpec,
+    AuditEntry,
+    ContainerInfo,
+    EngineEvent,
+    Kind,
+    ServiceInfo,
+    Snapshot,
+)
 
 
 class FakeStream:
@@ -114,6 +123,13 @@ class FakeDocker:
     async def restart_service(self, ref: str) -> None:
         self._call("restart_service")
 
+    async def create_agent(self, spec: AgentSpec, *, network: str | None) -> str:
+        self._call("create_agent")
+        return "new-" + spec.name
+
+    async def remove_agent(self, kind: Kind, ref: str) -> None:
+        self._call("remove_agent")
+
     async def close(self) -> None:
         pass
 
@@ -124,6 +140,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.rows: dict[str, Agent] = {}
         self.audits: list[AuditEntry] = []
+        self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
         self.writes = 0
 
@@ -139,8 +156,15 @@ class FakeStore:
     async def load_agents(self) -> list[Agent]:
         return list(self.rows.values())
 
+    async def load_specs(self) -> list[AgentSpec]:
+        return list(self.specs.values())
+
     async def write(
-        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+        self,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str] = (),
+        specs: Mapping[str, AgentSpec | None] | None = None,
     ) -> None:
         self.writes += 1
         if self.fail_writes > 0:
@@ -148,6 +172,11 @@ class FakeStore:
             raise StoreError("database is locked (fake)")
         for name in forgets:
             self.rows.pop(name, None)
+        for name, spec in (specs or {}).items():
+            if spec is None:
+                self.specs.pop(name, None)
+            else:
+                self.specs[name] = spec
         for a in agents:
             self.rows[a.name] = a
         self.audits.extend(audits)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .clock import SystemClock
+from .deploy import DeployConfig, Registry
 from .docker import AioDockerGateway
-from .errors import StoreError, WatcherError
+from .errors import AgentNotFound, EngineError, StoreError, WatcherError
 from .events import EventPump, exponential_backoff
 from .hub import Hub
 from .lifecycle import Lifecycle, LifecycleConfig
-from .models import Agent, AuditEntry, Change
+from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
 from .settings import Settings
 from .store import SqlStore
@@ -24,6 +25,9 @@ from .tracker import Tracker
 from .writer import StoreWriter
 
 logger = logging.getLogger(__name__)
+
+#: how long an operation waits for the engine's event confirming it before answering
+CONFIRM_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,15 @@ class Watcher:
             LifecycleConfig(s.label, s.max_replicas, s.stop_timeout, s.dry_run),
             self._audit,
         )
+        self.registry = Registry(
+            self.docker,
+            self.tracker,
+            self.lifecycle,
+            self.writer,
+            self.clock,
+            DeployConfig(s.label, tuple(s.allowed_images), s.agent_network, s.max_replicas),
+            self._audit,
+        )
         self.pump = EventPump(
             self.docker,
             self.tracker,
@@ -102,6 +115,7 @@ class Watcher:
         await self.store.connect()
         try:
             self.tracker.load(await self.store.load_agents())
+            self.registry.load(await self.store.load_specs())
         except Exception as exc:
             await self.store.close()
             raise StoreError(f"cannot read agents from the database: {exc}") from exc
@@ -181,24 +195,67 @@ class Watcher:
     async def start(
         self, name: str, replicas: int | None = None, *, actor: str = "library"
     ) -> Agent:
-        """Start a container, or a service at ``replicas`` (default: its remembered count)."""
-        return await self.lifecycle.start(name, replicas, actor=actor)
+        """Start a container, or a service at ``replicas`` (default: its remembered count).
+
+        Returns once the engine confirmed the new desired state (or after a few seconds).
+        """
+        agent = await self.lifecycle.start(name, replicas, actor=actor)
+        if agent.kind is Kind.CONTAINER:
+            return await self._confirm(name, lambda a: a.status is Status.RUNNING)
+        want = replicas if replicas is not None else agent.restore_replicas
+        return await self._confirm(name, lambda a: a.replicas == want)
 
     async def stop(self, name: str, *, actor: str = "library") -> Agent:
-        """Stop a container or scale a service to 0."""
-        return await self.lifecycle.stop(name, actor=actor)
+        """Stop a container or scale a service to 0 (returns once the engine confirmed)."""
+        await self.lifecycle.stop(name, actor=actor)
+        return await self._confirm(name, lambda a: a.replicas == 0)
 
     async def restart(self, name: str, *, actor: str = "library") -> Agent:
         """Restart a container or force-update a service."""
         return await self.lifecycle.restart(name, actor=actor)
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
-        """Set a service's replicas (a container: 0 or 1)."""
-        return await self.lifecycle.scale(name, replicas, actor=actor)
+        """Set a service's replicas (a container: 0 or 1); returns once the engine confirmed."""
+        await self.lifecycle.scale(name, replicas, actor=actor)
+        return await self._confirm(name, lambda a: a.replicas == replicas)
+
+    async def _confirm(self, name: str, done: Callable[[Agent], bool]) -> Agent:
+        try:
+            agent = await self.wait_for(name, lambda a: a is None or done(a), CONFIRM_TIMEOUT_S)
+        except TimeoutError:
+            agent = self.tracker.get(name)
+        if agent is None:
+            raise AgentNotFound(f"{name!r} disappeared during the operation", agent=name)
+        return agent
 
     async def touch(self, name: str, *, actor: str = "library") -> Agent:
         """Record activity now."""
         return await self.lifecycle.touch(name, actor=actor)
+
+    async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
+        """Register and deploy a new agent; returns it once the engine reports it."""
+        engine_id = await self.registry.register(spec, actor=actor)
+        return await self._tracked(spec.name, engine_id)
+
+    async def deploy(self, name: str, *, actor: str = "library") -> Agent:
+        """(Re)deploy a registered agent; returns it once the engine reports it."""
+        engine_id = await self.registry.deploy(name, actor=actor)
+        return await self._tracked(name, engine_id)
+
+    async def delete(self, name: str, *, actor: str = "library") -> None:
+        """Remove what idlewatch deployed under ``name`` and forget the agent."""
+        await self.registry.delete(name, actor=actor)
+
+    async def _tracked(self, name: str, engine_id: str, timeout_s: float = 10.0) -> Agent:
+        try:
+            agent = await self.wait_for(
+                name, lambda a: a is not None and a.id == engine_id, timeout_s
+            )
+        except TimeoutError:
+            agent = None
+        if agent is None:
+            raise EngineError(f"{name!r} was created but not seen on the events stream in time")
+        return agent
 
     async def sweep_once(self, now: datetime | None = None) -> SweepReport:
         """Run one idle sweep now (tests and tools)."""

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import aiodocker
 import aiohttp
 
-from .errors import EngineError, EngineUnavailable, InvalidOperation, WatcherError
-from .models import ContainerInfo, EngineEvent, ServiceInfo, Snapshot, freeze
+from .errors import Conflict, EngineError, EngineUnavailable, InvalidOperation, WatcherError
+from .models import AgentSpec, ContainerInfo, EngineEvent, Kind, ServiceInfo, Snapshot, freeze
 from .normalize import BadEvent, parse_line
-from .policy import SERVICE_ID_LABEL, healthcheck_command
+from .policy import DEPLOYED_LABEL, IDLE_TIMEOUT_LABEL, SERVICE_ID_LABEL, healthcheck_command
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +238,81 @@ class AioDockerGateway:
             template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
 
         await self._update_service(ref, edit, "restart service")
+
+    async def create_agent(self, spec: AgentSpec, *, network: str | None) -> str:
+        """Create (and for a container, start) what ``spec`` describes; returns the engine id.
+
+        The management and deployed labels are always set; nothing privileged is ever asked.
+        """
+        labels = {**spec.labels, self._label: "true", DEPLOYED_LABEL: "true"}
+        if spec.idle_timeout is not None:
+            labels[IDLE_TIMEOUT_LABEL] = spec.idle_timeout
+        env = [f"{k}={v}" for k, v in spec.env.items()]
+        try:
+            if spec.kind is Kind.SERVICE:
+                return await self._create_service(spec, labels, env, network)
+            return await self._create_container(spec, labels, env, network)
+        except EngineError as exc:
+            if exc.status == 409:
+                raise Conflict(
+                    f"the engine already has something named {spec.name!r}", agent=spec.name
+                ) from exc
+            raise
+
+    async def _create_container(
+        self, spec: AgentSpec, labels: dict[str, str], env: list[str], network: str | None
+    ) -> str:
+        body: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": env,
+            "Labels": labels,
+            "HostConfig": {"NetworkMode": network or "none"},
+        }
+        if spec.command is not None:
+            body["Cmd"] = list(spec.command)
+        created = await self._json(
+            "create container", "containers/create", "POST", params={"name": spec.name}, data=body
+        )
+        cid = str(created["Id"])
+        await self.start_container(cid)
+        return cid
+
+    async def _create_service(
+        self, spec: AgentSpec, labels: dict[str, str], env: list[str], network: str | None
+    ) -> str:
+        container: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": env,
+            "Labels": {DEPLOYED_LABEL: "true"},
+        }
+        if spec.command is not None:
+            container["Args"] = list(spec.command)
+        template: dict[str, Any] = {"ContainerSpec": container}
+        if network:
+            template["Networks"] = [{"Target": network}]
+        body = {
+            "Name": spec.name,
+            "Labels": labels,
+            "TaskTemplate": template,
+            "Mode": {"Replicated": {"Replicas": spec.replicas}},
+        }
+        created = await self._json("create service", "services/create", "POST", data=body)
+        return str(created["ID"])
+
+    async def remove_agent(self, kind: Kind, ref: str) -> None:
+        """Remove a container (forced) or a service; one that is already gone is fine."""
+        path = f"services/{ref}" if kind is Kind.SERVICE else f"containers/{ref}"
+        params = None if kind is Kind.SERVICE else {"force": True}
+
+        async def delete() -> None:
+            resp = await self._client()._do_query(path, "DELETE", params=params)
+            resp.release()
+
+        try:
+            await self._call("remove " + kind.value, delete)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
 
     async def _update_service(
         self, ref: str, edit: Callable[[dict[str, Any]], None], what: str

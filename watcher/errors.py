@@ -65,3 +65,19 @@ class SubscriberLagged(WatcherError):
     """A ``changes()`` consumer fell so far behind that its queue overflowed; it was dropped."""
 
     code = "subscriber_lagged"
+
+
+class Forbidden(WatcherError):
+    """The request is understood but not allowed by the settings (e.g. an image not allowed)."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, *, code: str = "forbidden", agent: str | None = None) -> None:
+        super().__init__(message, agent=agent)
+        self.code = code
+
+
+class Conflict(WatcherError):
+    """The request conflicts with the current state (e.g. a name taken by something else)."""
+
+    code = "conflict"

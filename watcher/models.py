@@ -156,3 +156,17 @@ class Snapshot:
 def freeze(labels: Mapping[str, V] | None) -> Mapping[str, V]:
     """An immutable copy of a mapping."""
     return MappingProxyType(dict(labels or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What idlewatch needs to deploy an agent it was asked to register."""
+
+    name: str
+    image: str
+    kind: Kind = Kind.CONTAINER
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    replicas: int = 1
+    idle_timeout: str | None = None  # the idle-timeout label's value; None: the default

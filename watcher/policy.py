@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -10,6 +11,8 @@ from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
 
 IDLE_TIMEOUT_LABEL = "idlewatch.idle-timeout"
 SERVICE_ID_LABEL = "com.docker.swarm.service.id"
+#: set on everything idlewatch deployed itself: only that may be removed by it
+DEPLOYED_LABEL = "idlewatch.deployed"
 
 #: container actions that move a container to a status
 _CONTAINER_STATUS = {
@@ -102,3 +105,14 @@ def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
     found = [a for a in agents if is_idle(a, now)]
     found.sort(key=lambda a: a.last_activity)
     return found
+
+
+def image_allowed(image: str, patterns: Sequence[str]) -> bool:
+    """True when ``image`` matches one of the glob ``patterns`` (``myorg/*``, ``*:stable``).
+
+    An image without a tag is matched as written and as ``image:latest``.
+    """
+    candidates = {image}
+    if ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
+        candidates.add(image + ":latest")
+    return any(fnmatch.fnmatchcase(c, p) for c in candidates for p in patterns)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from .models import Agent, AuditEntry, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
+from .models import (
+    Agent,
+    AgentSpec,
+    AuditEntry,
+    ContainerInfo,
+    EngineEvent,
+    Kind,
+    ServiceInfo,
+    Snapshot,
+)
 
 
 class Clock(Protocol):
@@ -80,6 +89,14 @@ class DockerGateway(Protocol):
         """Replace every task of a service (force update)."""
         ...
 
+    async def create_agent(self, spec: AgentSpec, *, network: str | None) -> str:
+        """Create and start what ``spec`` describes, labelled as managed and deployed."""
+        ...
+
+    async def remove_agent(self, kind: Kind, ref: str) -> None:
+        """Remove a container or a service (gone already is fine)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -104,10 +121,18 @@ class Store(Protocol):
         """Every agent row."""
         ...
 
+    async def load_specs(self) -> list[AgentSpec]:
+        """Every registered agent spec."""
+        ...
+
     async def write(
-        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+        self,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str] = (),
+        specs: Mapping[str, AgentSpec | None] | None = None,
     ) -> None:
-        """Upsert ``agents`` by name, append ``audits``, delete ``forgets``: one transaction."""
+        """Upsert agents, append audits, delete forgotten agents, save specs (None: delete)."""
         ...
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -43,6 +44,20 @@ def _timeout(value: object) -> float | None:
         return parse_timeout_s(value)
     except DurationError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list: {exc}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 DurationS = Annotated[float, BeforeValidator(_duration)]
@@ -73,6 +88,13 @@ class Settings(BaseSettings):
     max_replicas: int = Field(default=10, ge=1)
     stop_timeout: DurationS = 10.0
     reconnect_backoff_max: DurationS = 30.0
+    allowed_images: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=list
+    )
+    agent_network: str | None = None
+    ws_queue_size: int = Field(default=1000, ge=1)
+    ws_send_timeout: DurationS = 5.0
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     subscriber_queue_size: int = Field(default=10_000, ge=1)
     log_level: str = "INFO"
 

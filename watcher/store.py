@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StoreError
-from .models import Agent, AuditEntry, Kind, Status, freeze
+from .models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ audit_table = sa.Table(
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("dry_run", sa.Boolean, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+)
+
+specs_table = sa.Table(
+    "specs",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
 )
 
 schema_table = sa.Table(
@@ -108,12 +115,27 @@ class SqlStore:
         rows = await self._db.fetch_all(agents_table.select())
         return [_agent_from_row(row._mapping) for row in rows]
 
+    async def load_specs(self) -> list[AgentSpec]:
+        """Every registered agent spec."""
+        rows = await self._db.fetch_all(specs_table.select())
+        return [_spec_from_json(row._mapping["spec"]) for row in rows]
+
     async def write(
-        self, agents: Sequence[Agent], audits: Sequence[AuditEntry], forgets: Sequence[str] = ()
+        self,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str] = (),
+        specs: Mapping[str, AgentSpec | None] | None = None,
     ) -> None:
-        """Upsert agents, append audit entries and delete forgotten agents, in one transaction."""
+        """Upsert agents, append audits, delete forgotten agents, save specs: one transaction."""
         try:
             async with self._db.transaction():
+                for name, spec in (specs or {}).items():
+                    await self._db.execute(specs_table.delete().where(specs_table.c.name == name))
+                    if spec is not None:
+                        await self._db.execute(
+                            specs_table.insert().values(name=name, spec=_spec_json(spec))
+                        )
                 if forgets:
                     await self._db.execute(
                         agents_table.delete().where(agents_table.c.name.in_(list(forgets)))
@@ -219,4 +241,33 @@ def _audit_from_row(row: Any) -> AuditEntry:
         ok=bool(row["ok"]),
         dry_run=bool(row["dry_run"]),
         detail=row["detail"],
+    )
+
+
+def _spec_json(spec: AgentSpec) -> str:
+    return json.dumps(
+        {
+            "name": spec.name,
+            "image": spec.image,
+            "kind": spec.kind.value,
+            "command": list(spec.command) if spec.command is not None else None,
+            "env": dict(spec.env),
+            "labels": dict(spec.labels),
+            "replicas": spec.replicas,
+            "idle_timeout": spec.idle_timeout,
+        }
+    )
+
+
+def _spec_from_json(text: str) -> AgentSpec:
+    d = json.loads(text)
+    return AgentSpec(
+        name=d["name"],
+        image=d["image"],
+        kind=Kind(d["kind"]),
+        command=tuple(d["command"]) if d.get("command") is not None else None,
+        env=freeze(d.get("env") or {}),
+        labels=freeze(d.get("labels") or {}),
+        replicas=int(d.get("replicas", 1)),
+        idle_timeout=d.get("idle_timeout"),
     )

@@ -383,6 +383,10 @@ class Tracker:
         return updated
 
     # ------------------------------------------------------------------ helpers
+    def forget(self, name: str, why: str) -> None:
+        """Stop tracking an agent and delete its row."""
+        self._untrack(name, why)
+
     def _untrack(self, name: str, why: str) -> None:
         agent = self.agents.pop(name, None)
         if agent is not None:

@@ -13,7 +13,7 @@ import logging
 import time
 
 from .errors import StoreError
-from .models import Agent, AuditEntry
+from .models import Agent, AgentSpec, AuditEntry
 from .ports import Store
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class StoreWriter:
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []
         self._forgets: set[str] = set()
+        self._specs: dict[str, AgentSpec | None] = {}
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
         self._enqueued = 0
@@ -37,9 +38,13 @@ class StoreWriter:
         self.last_error: str | None = None
         self.rows_written = 0
         self.last_commit_monotonic = 0.0
+        self.last_queue_lag_s = 0.0  # from the oldest queued row of a batch to its commit
+        self._oldest_queued = 0.0
 
     def put_agent(self, agent: Agent) -> None:
         """Queue the newest version of an agent row."""
+        if not self._agents:
+            self._oldest_queued = time.monotonic()
         self._agents[agent.name] = agent
         self._forgets.discard(agent.name)
         self._enqueued += 1
@@ -52,6 +57,12 @@ class StoreWriter:
         self._enqueued += 1
         self._wake.set()
 
+    def put_spec(self, name: str, spec: AgentSpec | None) -> None:
+        """Queue saving (or, with None, deleting) a registered spec."""
+        self._specs[name] = spec
+        self._enqueued += 1
+        self._wake.set()
+
     def put_audit(self, entry: AuditEntry) -> None:
         """Queue an audit entry."""
         self._audits.append(entry)
@@ -61,7 +72,7 @@ class StoreWriter:
     @property
     def pending(self) -> int:
         """Rows waiting to be written."""
-        return len(self._agents) + len(self._audits) + len(self._forgets)
+        return len(self._agents) + len(self._audits) + len(self._forgets) + len(self._specs)
 
     def start(self) -> None:
         """Start the writer task (idempotent)."""
@@ -106,11 +117,13 @@ class StoreWriter:
         target = self._enqueued
         agents, audits = self._take_batch()
         forgets, self._forgets = self._forgets, set()
+        specs, self._specs = self._specs, {}
         try:
-            await self._store.write(agents, audits, sorted(forgets))
+            await self._store.write(agents, audits, sorted(forgets), specs)
         except StoreError as exc:
             self._put_back(agents, audits)
             self._forgets |= {n for n in forgets if n not in self._agents}
+            self._specs = {**specs, **self._specs}
             if self.last_error is None:
                 logger.error("database write failed, will retry: %s", exc)
             self.last_error = str(exc)
@@ -120,6 +133,8 @@ class StoreWriter:
         self.last_error = None
         self.rows_written += len(agents) + len(audits)
         self.last_commit_monotonic = time.monotonic()
+        if agents:
+            self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
         if not self.pending:
             async with self._done:
                 self._committed = target

@@ -1,0 +1,34 @@
+"""Bearer-token auth for every API route and the websocket (health and metrics stay open)."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from .errors import Handler, error_response
+
+#: route names that never need a token
+OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+
+
+def auth_middleware(token: str | None) -> Middleware:
+    """A middleware that requires ``Authorization: Bearer <token>`` when a token is set."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None or request.match_info.route.name in OPEN_ROUTES:
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        if request.match_info.route.name == "ws" and not given and "token" in request.query:
+            given = "Bearer " + request.query["token"]  # browsers cannot set ws headers
+        if not hmac.compare_digest(given.encode(), expected):
+            why = "missing" if not given else "wrong"
+            return error_response(
+                401, "unauthorized", f"{why} bearer token: send Authorization: Bearer <api_token>"
+            )
+        return await handler(request)
+
+    return middleware

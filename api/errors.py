@@ -1,0 +1,94 @@
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "field"}}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from watcher.errors import (
+    AgentNotFound,
+    Conflict,
+    EngineError,
+    EngineUnavailable,
+    Forbidden,
+    InvalidOperation,
+    StoreError,
+    WatcherError,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answer with a status, a stable code, a message and the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **extra: object
+) -> web.Response:
+    """The JSON error answer."""
+    body: dict[str, object] = {"error": {"code": code, "message": message, "field": field}}
+    body.update(extra)
+    return web.json_response(body, status=status)
+
+
+_CORE_STATUS: list[tuple[type[WatcherError], int]] = [
+    (AgentNotFound, 404),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (InvalidOperation, 409),
+    (EngineUnavailable, 503),
+    (StoreError, 503),
+    (EngineError, 502),
+]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def from_core(exc: WatcherError) -> web.Response:
+    """Map a core error to its HTTP answer."""
+    for cls, status in _CORE_STATUS:
+        if isinstance(exc, cls):
+            return error_response(status, exc.code, exc.message)
+    return error_response(500, exc.code, exc.message)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception into the JSON error shape; log the unexpected ones."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+    except WatcherError as exc:
+        return from_core(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 404 else f"no route {request.method} {request.path}"
+        if exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        return error_response(exc.status, code, message)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the server log")

@@ -1,0 +1,363 @@
+"""The OpenAPI 3.1 document of every route, body and error (served at /api/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from watcher.models import Status
+
+routes = web.RouteTableDef()
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_COMMON_ERRORS = {
+    "400": _err("Bad input: malformed JSON, wrong types, unknown fields or parameters"),
+    "401": _err("Missing or wrong bearer token (when api_token is set)"),
+    "503": _err("The Docker engine or the database is unavailable"),
+}
+_AGENT_ERRORS = {
+    **_COMMON_ERRORS,
+    "404": _err("No managed agent of that name"),
+    "409": _err("The operation does not apply to this agent"),
+    "502": _err("The Docker engine refused the operation"),
+}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    body_required: bool = False,
+    tag: str = "agents",
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    return op
+
+
+def _agent_op(
+    summary: str,
+    body: str | None = None,
+    required: bool = False,
+    extra: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    responses = {"200": _json(_ref("Agent"), "The agent"), **_AGENT_ERRORS, **(extra or {})}
+    return _op(
+        summary, responses, params=[_NAME, *(params or [])], body=body, body_required=required
+    )
+
+
+_START_PARAMS = [
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["running"]},
+        "description": "answer only once the agent runs",
+    },
+    {
+        "name": "timeout",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300, "default": 30},
+        "description": "seconds to wait with wait=running",
+    },
+]
+_TIMEOUT = {"504": _json(_ref("TimeoutError"), "Not running in time; carries the agent")}
+_START = _agent_op(
+    "Start (a service: to replicas, default the remembered count)",
+    "ReplicasBody",
+    params=_START_PARAMS,
+    extra=_TIMEOUT,
+)
+_STOP = _agent_op("Stop (a service to 0 replicas, a container stopped)")
+
+SCHEMAS: dict[str, Any] = {
+    "Agent": {
+        "type": "object",
+        "required": [
+            "name",
+            "kind",
+            "id",
+            "image",
+            "status",
+            "replicas",
+            "running",
+            "last_activity",
+            "idle_timeout",
+            "idle_for",
+            "labels",
+            "error",
+            "updated_at",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["service", "container"]},
+            "id": {"type": "string"},
+            "image": {"type": "string"},
+            "status": {"type": "string", "enum": [s.value for s in Status]},
+            "replicas": {"type": "integer", "minimum": 0, "description": "desired"},
+            "running": {"type": "integer", "minimum": 0},
+            "last_activity": {"type": "string", "format": "date-time"},
+            "idle_timeout": {"type": ["number", "null"], "description": "seconds; null: never"},
+            "idle_for": {"type": "number", "minimum": 0},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "error": {"type": ["string", "null"]},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "field"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "TimeoutError": {
+        "allOf": [_ref("Error")],
+        "properties": {"agent": {"oneOf": [_ref("Agent"), {"type": "null"}]}},
+    },
+    "NotReady": {
+        "allOf": [_ref("Error")],
+        "properties": {
+            "ready": {"const": False},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "checks": {"type": "object"},
+        },
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {"ready": {"const": True}, "checks": {"type": "object"}},
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["at", "agent", "action", "reason", "actor", "ok", "dry_run", "detail"],
+        "additionalProperties": False,
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "agent": {"type": "string"},
+            "action": {"type": "string"},
+            "reason": {"type": "string"},
+            "actor": {"type": "string", "enum": ["sweep", "api", "library", "reconcile"]},
+            "ok": {"type": "boolean"},
+            "dry_run": {"type": "boolean"},
+            "detail": {"type": "string"},
+        },
+    },
+    "ReplicasBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"replicas": {"type": ["integer", "null"], "minimum": 1}},
+    },
+    "ScaleBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["replicas"],
+        "properties": {"replicas": {"type": "integer", "minimum": 0}},
+    },
+    "RegisterBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "image"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"},
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "must match a pattern of allowed_images",
+            },
+            "command": {"type": ["array", "null"], "items": {"type": "string"}},
+            "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "labels": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "kind": {"type": "string", "enum": ["container", "service"], "default": "container"},
+            "replicas": {"type": "integer", "minimum": 1, "default": 1},
+            "idle_timeout": {
+                "type": ["number", "string", "null"],
+                "description": "seconds, '15m', or 'never'; default: the setting",
+            },
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    agents_list = _json({"type": "array", "items": _ref("Agent")}, "Agents")
+    paths: dict[str, Any] = {
+        "/api/agents": {
+            "get": _op(
+                "All tracked agents",
+                {"200": agents_list, **_COMMON_ERRORS},
+                params=[
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": [s.value for s in Status]},
+                    }
+                ],
+            ),
+            "post": _op(
+                "Register and deploy a new agent",
+                {
+                    "201": _json(_ref("Agent"), "Deployed"),
+                    **_COMMON_ERRORS,
+                    "403": _err("Registration disabled or image not allowed"),
+                    "409": _err("The name is taken"),
+                    "502": _err("The engine refused the deployment"),
+                },
+                body="RegisterBody",
+                body_required=True,
+            ),
+        },
+        "/api/agents/running": {
+            "get": _op("The running agents", {"200": agents_list, **_COMMON_ERRORS})
+        },
+        "/api/agents/{name}": {
+            "get": _agent_op("One agent"),
+            "delete": _op(
+                "Stop and remove what idlewatch deployed, and forget the agent",
+                {"204": {"description": "Deleted"}, **_AGENT_ERRORS},
+                params=[_NAME],
+            ),
+        },
+        "/api/agents/{name}/start": {"post": _START},
+        "/api/agents/{name}/stop": {"post": _STOP},
+        "/api/agents/{name}/restart": {"post": _agent_op("Restart")},
+        "/api/agents/{name}/scale": {"post": _agent_op("Scale a service", "ScaleBody", True)},
+        "/api/agents/{name}/activity": {"post": _agent_op("Touch: last activity = now")},
+        "/api/agents/{name}/deploy": {"post": _agent_op("(Re)deploy a registered agent")},
+        "/api/swarm/agents/{name}/start": {"post": {**_START, "tags": ["legacy"]}},
+        "/api/swarm/agents/{name}/stop": {"post": {**_STOP, "tags": ["legacy"]}},
+        "/api/audit": {
+            "get": _op(
+                "The audit trail, newest first",
+                {
+                    "200": _json({"type": "array", "items": _ref("AuditEntry")}, "Entries"),
+                    **_COMMON_ERRORS,
+                },
+                params=[
+                    {
+                        "name": "agent",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                ],
+                tag="audit",
+            )
+        },
+        "/api/ws": {
+            "get": _op(
+                "Websocket feed: {type: snapshot, agents: [Agent]} then one "
+                "{type: change, agent: Agent, previous_status, reason} per change",
+                {"101": {"description": "Switching protocols"}, "401": _COMMON_ERRORS["401"]},
+                tag="feed",
+            )
+        },
+        "/api/openapi.json": {
+            "get": _op("This document", {"200": {"description": "OpenAPI 3.1"}}, tag="meta")
+        },
+        "/healthz": {
+            "get": _op(
+                "The process is alive",
+                {
+                    "200": _json(
+                        {"type": "object", "properties": {"status": {"const": "ok"}}}, "Alive"
+                    )
+                },
+                tag="meta",
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "Ready: engine stream connected and synced, database answering",
+                {
+                    "200": _json(_ref("Ready"), "Ready"),
+                    "503": _json(_ref("NotReady"), "Not ready, with the reasons"),
+                },
+                tag="meta",
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "Prometheus text",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "idlewatch",
+            "version": "0.1.0",
+            "description": "Lifecycle API of idlewatch. With api_token set, every /api "
+            "route needs Authorization: Bearer <token>.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+@routes.get("/api/openapi.json", name="openapi")
+async def openapi(request: web.Request) -> web.Response:
+    """Serve the document."""
+    return web.json_response(document())

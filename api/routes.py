@@ -1,0 +1,278 @@
+"""The REST routes: agents, lifecycle, registration, audit, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from watcher import Agent, AgentNotFound, Status, Watcher
+
+from .errors import ApiError, error_response
+from .keys import METRICS, SETTINGS, WATCHER
+from .metrics import render
+from .schemas import (
+    RegisterBody,
+    ReplicasBody,
+    ScaleBody,
+    agent_json,
+    audit_json,
+    no_body,
+    read_json,
+)
+
+routes = web.RouteTableDef()
+
+_ACTOR = "api"
+_MAX_WAIT_S = 300.0
+
+
+def _w(request: web.Request) -> Watcher:
+    return request.app[WATCHER]
+
+
+def _agent(request: web.Request, agent: Agent) -> web.Response:
+    return web.json_response(agent_json(agent, _w(request).clock.now()))
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if _w(request).get(name) is None:
+        raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+    return name
+
+
+def _query(request: web.Request, allowed: set[str]) -> None:
+    for key in request.query:
+        if key not in allowed:
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter {key!r}", key)
+
+
+def _replicas(request: web.Request, n: int | None, *, minimum: int) -> None:
+    high = request.app[SETTINGS].max_replicas
+    if n is not None and not minimum <= n <= high:
+        raise ApiError(
+            400,
+            "invalid_replicas",
+            f"replicas must be between {minimum} and {high} (max_replicas), got {n}",
+            "replicas",
+        )
+
+
+@routes.get("/api/agents", name="agents")
+async def list_agents(request: web.Request) -> web.Response:
+    """All tracked agents, optionally filtered by ``?status=``."""
+    _query(request, {"status"})
+    agents = _w(request).agents()
+    if "status" in request.query:
+        wanted = request.query["status"]
+        if wanted not in {s.value for s in Status}:
+            raise ApiError(400, "invalid_parameter", f"unknown status {wanted!r}", "status")
+        agents = [a for a in agents if a.status.value == wanted]
+    now = _w(request).clock.now()
+    return web.json_response([agent_json(a, now) for a in agents])
+
+
+@routes.get("/api/agents/running", name="agents_running")
+async def list_running(request: web.Request) -> web.Response:
+    """The agents whose status is ``running``."""
+    _query(request, set())
+    now = _w(request).clock.now()
+    running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
+    return web.json_response([agent_json(a, now) for a in running])
+
+
+@routes.get("/api/agents/{name}", name="agent")
+async def get_agent(request: web.Request) -> web.Response:
+    """One agent."""
+    _query(request, set())
+    agent = _w(request).get(_name(request))
+    assert agent is not None
+    return _agent(request, agent)
+
+
+def _runs(agent: Agent | None) -> bool:
+    return (
+        agent is not None
+        and agent.status is Status.RUNNING
+        and agent.running >= max(agent.replicas, 1)
+    )
+
+
+async def _start(request: web.Request) -> web.Response:
+    _query(request, {"wait", "timeout"})
+    wait = request.query.get("wait")
+    if wait is not None and wait != "running":
+        raise ApiError(400, "invalid_parameter", "wait can only be 'running'", "wait")
+    timeout_s = _timeout(request.query.get("timeout", "30"))
+    body: ReplicasBody = await read_json(request, ReplicasBody, required=False)
+    _replicas(request, body.replicas, minimum=1)
+    w = _w(request)
+    name = _name(request)
+    agent = await w.start(name, body.replicas, actor=_ACTOR)
+    if wait is None:
+        return _agent(request, agent)
+    try:
+        done = await w.wait_for(name, _runs, timeout_s)
+    except TimeoutError:
+        current = w.get(name)
+        return error_response(
+            504,
+            "timeout",
+            f"{name!r} did not run within {timeout_s:g}s",
+            None,
+            agent=agent_json(current, w.clock.now()) if current else None,
+        )
+    assert done is not None
+    return _agent(request, done)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= _MAX_WAIT_S:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"timeout must be seconds in (0, {_MAX_WAIT_S:g}], got {text!r}",
+            "timeout",
+        )
+    return value
+
+
+async def _stop(request: web.Request) -> web.Response:
+    _query(request, set())
+    await no_body(request)
+    return _agent(request, await _w(request).stop(_name(request), actor=_ACTOR))
+
+
+@routes.post("/api/agents/{name}/start", name="start")
+async def start(request: web.Request) -> web.Response:
+    """Start; with ``?wait=running`` answer once it runs (504 with the agent on timeout)."""
+    return await _start(request)
+
+
+@routes.post("/api/agents/{name}/stop", name="stop")
+async def stop(request: web.Request) -> web.Response:
+    """Stop a container, or scale a service to 0."""
+    return await _stop(request)
+
+
+@routes.post("/api/swarm/agents/{name}/start", name="legacy_start")
+async def legacy_start(request: web.Request) -> web.Response:
+    """The old gateway's start route: same semantics as /api/agents/{name}/start."""
+    return await _start(request)
+
+
+@routes.post("/api/swarm/agents/{name}/stop", name="legacy_stop")
+async def legacy_stop(request: web.Request) -> web.Response:
+    """The old gateway's stop route: same semantics as /api/agents/{name}/stop."""
+    return await _stop(request)
+
+
+@routes.post("/api/agents/{name}/restart", name="restart")
+async def restart(request: web.Request) -> web.Response:
+    """Restart a container, or replace every task of a service."""
+    _query(request, set())
+    await no_body(request)
+    return _agent(request, await _w(request).restart(_name(request), actor=_ACTOR))
+
+
+@routes.post("/api/agents/{name}/scale", name="scale")
+async def scale(request: web.Request) -> web.Response:
+    """Set a service's replicas (409 for a container and N > 1)."""
+    _query(request, set())
+    body: ScaleBody = await read_json(request, ScaleBody, required=True)
+    _replicas(request, body.replicas, minimum=0)
+    return _agent(request, await _w(request).scale(_name(request), body.replicas, actor=_ACTOR))
+
+
+@routes.post("/api/agents/{name}/activity", name="activity")
+async def activity(request: web.Request) -> web.Response:
+    """Touch: last activity = now."""
+    _query(request, set())
+    await no_body(request)
+    return _agent(request, await _w(request).touch(_name(request), actor=_ACTOR))
+
+
+@routes.post("/api/agents", name="register")
+async def register(request: web.Request) -> web.Response:
+    """Register and deploy a new agent (201)."""
+    _query(request, set())
+    body: RegisterBody = await read_json(request, RegisterBody, required=True)
+    spec = body.to_spec()
+    if spec.kind.value == "service":
+        _replicas(request, spec.replicas, minimum=1)
+    agent = await _w(request).register(spec, actor=_ACTOR)
+    resp = _agent(request, agent)
+    resp.set_status(201)
+    return resp
+
+
+@routes.post("/api/agents/{name}/deploy", name="deploy")
+async def deploy(request: web.Request) -> web.Response:
+    """(Re)deploy a registered agent."""
+    _query(request, set())
+    await no_body(request)
+    return _agent(request, await _w(request).deploy(request.match_info["name"], actor=_ACTOR))
+
+
+@routes.delete("/api/agents/{name}", name="delete")
+async def delete(request: web.Request) -> web.Response:
+    """Stop and remove what idlewatch deployed, and forget the agent (204)."""
+    _query(request, set())
+    await no_body(request)
+    await _w(request).delete(request.match_info["name"], actor=_ACTOR)
+    return web.Response(status=204)
+
+
+@routes.get("/api/audit", name="audit")
+async def audit(request: web.Request) -> web.Response:
+    """The audit trail, newest first (``?agent=&limit=``)."""
+    _query(request, {"agent", "limit"})
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise ApiError(400, "invalid_parameter", f"limit must be 1..1000, got {text!r}", "limit")
+    entries = await _w(request).audit(request.query.get("agent"), int(text))
+    return web.json_response([audit_json(e) for e in entries])
+
+
+@routes.get("/healthz", name="healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz", name="readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """200 only while the engine stream is connected and synced and the database answers."""
+    w = _w(request)
+    reasons = list(w.health().reasons)
+    try:
+        await asyncio.wait_for(w.store.ping(), 2)
+    except Exception as exc:  # any failure of the ping is a reason, never a 500
+        reasons.append(f"database: {exc}")
+    checks: dict[str, Any] = {
+        "events_stream": w.pump.connected and w.pump.synced.is_set(),
+        "database": not any(r.startswith("database") for r in reasons),
+    }
+    if reasons:
+        return error_response(
+            503, "not_ready", "; ".join(reasons), None, ready=False, checks=checks, reasons=reasons
+        )
+    return web.json_response({"ready": True, "checks": checks})
+
+
+@routes.get("/metrics", name="metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    text = render(_w(request), request.app[METRICS])
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

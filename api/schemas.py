@@ -1,0 +1,176 @@
+"""Request bodies (strict pydantic models) and the one agent JSON shape."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from watcher.durations import DurationError, parse_timeout_s
+from watcher.models import Agent, AgentSpec, AuditEntry, Kind, freeze
+
+from .errors import ApiError
+
+CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+SERVICE_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: fields people try to smuggle in; each gets its own clear refusal
+PRIVILEGED_FIELDS = {
+    "privileged": "privileged mode",
+    "binds": "bind mounts",
+    "mounts": "mounts",
+    "volumes": "volumes",
+    "network_mode": "host networking",
+    "network": "network choice",
+    "cap_add": "capabilities",
+    "capabilities": "capabilities",
+    "devices": "devices",
+    "pid": "host PID namespace",
+    "ipc": "host IPC namespace",
+    "user": "user override",
+    "security_opt": "security options",
+    "host_config": "host configuration",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ReplicasBody(_Strict):
+    """``{"replicas": N}`` (optional for start)."""
+
+    replicas: StrictInt | None = None
+
+
+class ScaleBody(_Strict):
+    """``{"replicas": N}`` (required)."""
+
+    replicas: StrictInt
+
+
+class RegisterBody(_Strict):
+    """A new agent for idlewatch to deploy."""
+
+    name: StrictStr
+    image: StrictStr = Field(min_length=1, max_length=512)
+    command: list[StrictStr] | None = None
+    env: dict[StrictStr, StrictStr] | None = None
+    labels: dict[StrictStr, StrictStr] | None = None
+    kind: Literal["container", "service"] = "container"
+    replicas: StrictInt = 1
+    idle_timeout: StrictInt | float | StrictStr | None = None
+
+    def to_spec(self) -> AgentSpec:
+        """The core's spec, after the checks pydantic cannot express."""
+        kind = Kind(self.kind)
+        pattern = SERVICE_NAME if kind is Kind.SERVICE else CONTAINER_NAME
+        if not pattern.match(self.name):
+            raise ApiError(400, "invalid_name", f"{self.name!r} is not a valid {kind} name", "name")
+        for key in self.env or {}:
+            if not ENV_NAME.match(key):
+                raise ApiError(400, "invalid_body", f"{key!r} is not a valid variable name", "env")
+        for key in self.labels or {}:
+            if key.startswith(("com.docker.", "io.docker.", "org.dockerproject.")):
+                raise ApiError(
+                    400, "invalid_body", f"label {key!r} is reserved by Docker", "labels"
+                )
+        return AgentSpec(
+            name=self.name,
+            image=self.image,
+            kind=kind,
+            command=tuple(self.command) if self.command is not None else None,
+            env=freeze(self.env),
+            labels=freeze(self.labels),
+            replicas=self.replicas,
+            idle_timeout=self._timeout_label(),
+        )
+
+    def _timeout_label(self) -> str | None:
+        if self.idle_timeout is None:
+            return None
+        try:
+            seconds = parse_timeout_s(self.idle_timeout)
+        except DurationError as exc:
+            raise ApiError(400, "invalid_body", str(exc), "idle_timeout") from None
+        return "never" if seconds is None else f"{seconds:g}s"
+
+
+async def read_json(request: web.Request, model: type[BaseModel], *, required: bool) -> Any:
+    """Parse the body into ``model``; a missing optional body gives ``model()``."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "missing_body", "this route needs a JSON body")
+        return model()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    for key in data:
+        if key in PRIVILEGED_FIELDS:
+            raise ApiError(
+                400,
+                "forbidden_field",
+                f"idlewatch never accepts {PRIVILEGED_FIELDS[key]} ({key!r})",
+                key,
+            )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        code = "unknown_field" if err["type"] == "extra_forbidden" else "invalid_body"
+        msg = "unknown field" if code == "unknown_field" else err["msg"]
+        raise ApiError(400, code, f"{field}: {msg}" if field else msg, field) from None
+
+
+async def no_body(request: web.Request) -> None:
+    """Refuse a body on routes that take none (rather than silently ignoring it)."""
+    raw = await request.read()
+    if raw.strip() and raw.strip() != b"{}":
+        raise ApiError(400, "unexpected_body", "this route takes no body")
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
+    """The one agent shape used by every route and the websocket."""
+    return {
+        "name": agent.name,
+        "kind": agent.kind.value,
+        "id": agent.id,
+        "image": agent.image,
+        "status": agent.status.value,
+        "replicas": agent.replicas,
+        "running": agent.running,
+        "last_activity": _iso(agent.last_activity),
+        "idle_timeout": agent.idle_timeout_s,
+        "idle_for": round(agent.idle_for_s(now), 3),
+        "labels": dict(agent.labels),
+        "error": agent.error,
+        "updated_at": _iso(agent.updated_at),
+    }
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """One audit entry."""
+    return {
+        "at": _iso(entry.at),
+        "agent": entry.agent,
+        "action": entry.action,
+        "reason": entry.reason,
+        "actor": entry.actor,
+        "ok": entry.ok,
+        "dry_run": entry.dry_run,
+        "detail": entry.detail,
+    }
