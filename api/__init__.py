@@ -24,16 +24,24 @@ from .ws import routes as ws_routes
 __all__ = ["METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
 
 
-def create_app(watcher: Watcher, settings: Settings | None = None) -> web.Application:
-    """The API application for ``watcher`` (which its owner opens and closes)."""
-    settings = settings or watcher.settings
+def create_app(watcher: Watcher | None = None, settings: Settings | None = None) -> web.Application:
+    """The API application for ``watcher`` (which its owner opens and closes).
+
+    Without ``watcher``, the app finds it under ``WATCHER`` in a parent app, put there by
+    :func:`watcher_ctx` in the parent's ``cleanup_ctx``; ``settings`` is then required.
+    """
+    if settings is None:
+        if watcher is None:
+            raise TypeError("create_app needs a watcher or the settings of one")
+        settings = watcher.settings
     metrics = Metrics()
     token = settings.api_token.get_secret_value() if settings.api_token else None
     app = web.Application(
         middlewares=[error_middleware, metrics.middleware(), auth_middleware(token)],
         client_max_size=settings.max_body_bytes,
     )
-    app[WATCHER] = watcher
+    if watcher is not None:
+        app[WATCHER] = watcher
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[SOCKETS] = Sockets()

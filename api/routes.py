@@ -29,7 +29,7 @@ _MAX_WAIT_S = 300.0
 
 
 def _w(request: web.Request) -> Watcher:
-    return request.app[WATCHER]
+    return request.config_dict[WATCHER]
 
 
 def _agent(request: web.Request, agent: Agent) -> web.Response:
@@ -50,7 +50,7 @@ def _query(request: web.Request, allowed: set[str]) -> None:
 
 
 def _replicas(request: web.Request, n: int | None, *, minimum: int) -> None:
-    high = request.app[SETTINGS].max_replicas
+    high = request.config_dict[SETTINGS].max_replicas
     if n is not None and not minimum <= n <= high:
         raise ApiError(
             400,
@@ -269,7 +269,7 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics", name="metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    text = render(_w(request), request.app[METRICS])
+    text = render(_w(request), request.config_dict[METRICS])
     return web.Response(
         text=text,
         content_type="text/plain",

@@ -32,11 +32,11 @@ CLOSE_TIMEOUT_S = 1.0
 @routes.get("/api/ws", name="ws")
 async def feed(request: web.Request) -> web.WebSocketResponse:
     """Upgrade to a websocket and stream the snapshot and the changes."""
-    w = request.app[WATCHER]
-    settings = request.app[SETTINGS]
+    w = request.config_dict[WATCHER]
+    settings = request.config_dict[SETTINGS]
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     await ws.prepare(request)
-    request.app[SOCKETS].add(ws)
+    request.config_dict[SOCKETS].add(ws)
     sub = w.hub.subscribe(settings.ws_queue_size)  # before the snapshot: nothing is missed
     now = w.clock.now()
     snapshot = {"type": "snapshot", "agents": [agent_json(a, now) for a in w.agents()]}
@@ -49,7 +49,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         sub.close()
-        request.app[SOCKETS].discard(ws)
+        request.config_dict[SOCKETS].discard(ws)
     return ws
 
 
@@ -60,7 +60,7 @@ async def _send(
     snapshot: dict[str, Any],
     timeout_s: float,
 ) -> None:
-    w = request.app[WATCHER]
+    w = request.config_dict[WATCHER]
     try:
         async with asyncio.timeout(timeout_s):
             await ws.send_str(orjson.dumps(snapshot).decode())
@@ -86,7 +86,7 @@ def _change_msg(change: Change, now: Any) -> str:
 
 
 def _abort(request: web.Request) -> None:
-    request.app[SOCKETS].dropped += 1
+    request.config_dict[SOCKETS].dropped += 1
     if request.transport is not None:
         request.transport.abort()
 

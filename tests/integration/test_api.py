@@ -14,12 +14,12 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestServer
 
-from api import SOCKETS, create_app
+from api import SOCKETS, WATCHER, create_app, watcher_ctx
 from tests.private_engine import PrivateEngine
 from watcher import Settings, Status, Watcher
 
 from .apiclient import Api
-from .conftest import create_service, inspect, run_container
+from .conftest import create_service, eventually, inspect, run_container
 from .test_tracking import has
 
 TOKEN = "s3cret-token"
@@ -60,7 +60,7 @@ async def test_routes_on_a_container_and_a_service(
     for name, kind in (("api-c", "container"), ("api-s", "service")):
         status, one = await api.call("GET", f"/api/agents/{name}", A)
         assert status == 200 and one["kind"] == kind and one["status"] == "running"
-        status, stopped = await api.call("POST", f"/api/agents/{name}/stop", A + "/stop")
+        status, _stopped = await api.call("POST", f"/api/agents/{name}/stop", A + "/stop")
         assert status == 200
         await w.wait_for(name, lambda a: a is not None and a.running == 0, 20)
         status, started = await api.call(
@@ -75,7 +75,7 @@ async def test_routes_on_a_container_and_a_service(
             "POST", f"/api/swarm/agents/{name}/stop", "/api/swarm/agents/{name}/stop"
         )
         assert status == 200
-        status, legacy = await api.call(
+        status, _legacy = await api.call(
             "POST", f"/api/swarm/agents/{name}/start", "/api/swarm/agents/{name}/start"
         )
         assert status == 200
@@ -113,7 +113,7 @@ async def test_register_deploy_delete(
     info = inspect(engine, "reg-c")
     assert info["HostConfig"]["NetworkMode"] == "none" and info["HostConfig"]["Privileged"] is False
     assert "MODE=test" in info["Config"]["Env"]
-    status, again = await api.call("POST", "/api/agents", json=body)
+    status, _again = await api.call("POST", "/api/agents", json=body)
     assert status == 409
     status, redeployed = await api.call("POST", "/api/agents/reg-c/deploy", A + "/deploy")
     assert status == 200 and redeployed["id"] != agent["id"], "conflict removed the old one"
@@ -136,7 +136,7 @@ async def test_register_deploy_delete(
     # something idlewatch did not deploy is never removed
     run_container(engine, "not-mine")
     await w.wait_for("not-mine", has(Status.RUNNING), 10)
-    status, err = await api.call("DELETE", "/api/agents/not-mine", A)
+    status, _err = await api.call("DELETE", "/api/agents/not-mine", A)
     assert status == 409 and inspect(engine, "not-mine")["State"]["Running"] is True
 
 
@@ -329,9 +329,7 @@ async def test_a_client_that_never_reads_does_not_slow_others(
             await asyncio.sleep(0)
         await asyncio.wait_for(task, 30)
         assert received == total, "the reading client got every change"
-        deadline = time.monotonic() + 10
-        while sockets.dropped == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: sockets.dropped > 0, 10, "the stuck client dropped")
         assert sockets.dropped == 1, "the client that never reads was dropped"
         await reader.close()
     finally:
@@ -395,3 +393,21 @@ async def test_mounted_as_a_sub_app(
                 await ws.close()
         finally:
             await server.close()
+
+
+async def test_host_app_runs_the_watcher_through_cleanup_ctx(
+    engine: PrivateEngine, settings_for: Callable[..., Settings]
+) -> None:
+    run_container(engine, "hosted")
+    settings = settings_for()
+    host = web.Application()
+    host.cleanup_ctx.append(watcher_ctx(settings))
+    host.add_subapp("/iw", create_app(settings=settings))
+    server = TestServer(host, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await host[WATCHER].wait_synced(30)
+        async with ClientSession() as s, s.get(str(server.make_url("/iw/api/agents"))) as r:
+            assert r.status == 200 and [a["name"] for a in await r.json()] == ["hosted"]
+    finally:
+        await server.close()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from tests.private_engine import PrivateEngine
+from tests.private_engine import PrivateEngine, free_port
 from watcher import Change, Status, Watcher
 
 from .conftest import run_container
@@ -40,7 +42,10 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
     engine: PrivateEngine, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
-    env.update(IDLEWATCH_DOCKER_URL=engine.url, IDLEWATCH_SWEEP_INTERVAL="1h")
+    port = free_port()
+    env.update(
+        IDLEWATCH_DOCKER_URL=engine.url, IDLEWATCH_SWEEP_INTERVAL="1h", IDLEWATCH_PORT=str(port)
+    )
     run_container(engine, "served")
     proc = subprocess.Popen(
         [sys.executable, "-m", "watcher.cli", "serve"],
@@ -61,6 +66,8 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
         proc.kill()
         proc.stderr.close()
         raise AssertionError("serve never synced:\n" + "".join(lines))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/agents", timeout=10) as r:
+        assert [a["name"] for a in json.load(r)] == ["served"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     rest = proc.stderr.read()

@@ -116,3 +116,18 @@ def test_the_example_config_file_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "config" / "idlewatch.toml"
     s = load_settings(example)
     assert s.idle_timeout == 900 and s.sweep_interval == 60 and s.stop_timeout == 10
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+    env["IDLEWATCH_HOST"] = "0.0.0.0"
+    res = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "refusing to serve the API on 0.0.0.0 without a token" in res.stderr
