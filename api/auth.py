@@ -10,7 +10,7 @@ from aiohttp.typedefs import Middleware
 from .errors import Handler, error_response
 
 #: route names that never need a token
-OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics", "dashboard", "dashboard_js"})
 
 
 def auth_middleware(token: str | None) -> Middleware:

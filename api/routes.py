@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -276,3 +277,18 @@ async def metrics(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
+
+
+_STATIC = Path(__file__).parent / "static"
+
+
+@routes.get("/", name="dashboard")
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The dashboard page (it holds no data; the data routes need the token)."""
+    return web.FileResponse(_STATIC / "index.html")
+
+
+@routes.get("/dashboard.js", name="dashboard_js")
+async def dashboard_js(request: web.Request) -> web.FileResponse:
+    """The dashboard's script."""
+    return web.FileResponse(_STATIC / "dashboard.js")

@@ -11,7 +11,16 @@ import aiodocker
 import aiohttp
 
 from .errors import Conflict, EngineError, EngineUnavailable, InvalidOperation, WatcherError
-from .models import AgentSpec, ContainerInfo, EngineEvent, Kind, ServiceInfo, Snapshot, freeze
+from .models import (
+    AgentSpec,
+    ContainerInfo,
+    EngineEvent,
+    EngineInfo,
+    Kind,
+    ServiceInfo,
+    Snapshot,
+    freeze,
+)
 from .normalize import BadEvent, parse_line
 from .policy import DEPLOYED_LABEL, IDLE_TIMEOUT_LABEL, SERVICE_ID_LABEL, healthcheck_command
 
@@ -113,6 +122,18 @@ class AioDockerGateway:
 
     async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
         return await self._call(what, lambda: self._client()._query_json(path, method, **kw))
+
+    async def describe(self) -> EngineInfo:
+        """Version and Swarm role of the engine."""
+        version = await self._json("version", "version", versioned_api=False)
+        info = await self._json("engine info", "info")
+        swarm = info.get("Swarm") or {}
+        return EngineInfo(
+            version=str(version.get("Version", "?")),
+            api_version=str(version.get("ApiVersion", "?")),
+            swarm_active=swarm.get("LocalNodeState") == "active",
+            manager=bool(swarm.get("ControlAvailable")),
+        )
 
     async def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""

@@ -170,3 +170,13 @@ class AgentSpec:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     replicas: int = 1
     idle_timeout: str | None = None  # the idle-timeout label's value; None: the default
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What ``idlewatch check`` reports about the engine."""
+
+    version: str
+    api_version: str
+    swarm_active: bool
+    manager: bool

@@ -48,7 +48,7 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
     )
     run_container(engine, "served")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "watcher.cli", "serve"],
+        [sys.executable, "-m", "api.cli", "serve"],
         env=env,
         cwd=tmp_path,
         stderr=subprocess.PIPE,

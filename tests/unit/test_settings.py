@@ -98,7 +98,7 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     env["IDLEWATCH_IDLE_TIMEOUT"] = "abc"
     res = subprocess.run(
-        [sys.executable, "-m", "watcher.cli", "serve"],
+        [sys.executable, "-m", "api.cli", "serve"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -122,7 +122,7 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     env["IDLEWATCH_HOST"] = "0.0.0.0"
     res = subprocess.run(
-        [sys.executable, "-m", "watcher.cli", "serve"],
+        [sys.executable, "-m", "api.cli", "serve"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

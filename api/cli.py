@@ -1,0 +1,471 @@
+"""The ``idlewatch`` command. The only place that installs signal handlers or runs a loop.
+
+Exit codes: 0 success, 1 a failed action (API error, API or engine unreachable), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+from watcher import Settings, SettingsError, Watcher, WatcherError, load_settings
+
+from .client import ApiCallError, ApiClient
+
+logger = logging.getLogger("idlewatch")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STATUS_COLOURS = {
+    "running": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "paused": "cyan",
+    "error": "red",
+    "dead": "red",
+    "removed": "bright_black",
+}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(config: str | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        click.echo(f"idlewatch: {exc}", err=True)
+        sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"idlewatch: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """idlewatch: scale idle Docker containers and Swarm services to zero, event-driven."""
+
+
+# ----------------------------------------------------------------------------- serve
+@main.command()
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file (default: $IDLEWATCH_CONFIG).",
+)
+@click.option("--docker-url", default=None, help="Docker engine address (unix:// or tcp://).")
+@click.option(
+    "--database-url", default=None, help="sqlite+aiosqlite:/// or postgresql+asyncpg:// URL."
+)
+@click.option("--idle-timeout", default=None, help="Default idle timeout, e.g. 15m (never: off).")
+@click.option("--sweep-interval", default=None, help="How often to look for idle agents, e.g. 60s.")
+@click.option(
+    "--dry-run/--no-dry-run", default=None, help="Log and audit idle stops without acting."
+)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option("--host", default=None, help="Address the HTTP API listens on.")
+@click.option("--port", default=None, type=int, help="Port of the HTTP API.")
+def serve(config: str | None, **flags: Any) -> None:
+    """Track managed agents, stop idle ones and serve the API, until SIGINT/SIGTERM."""
+    settings = _settings(config, **flags)
+    if settings.api_token is None and not is_loopback(settings.host):
+        click.echo(
+            f"idlewatch: refusing to serve the API on {settings.host} without a token: the API "
+            "controls Docker (root-equivalent). Set IDLEWATCH_API_TOKEN, or listen on 127.0.0.1.",
+            err=True,
+        )
+        sys.exit(2)
+    _setup_logging(settings.log_level)
+    try:
+        asyncio.run(run_server(settings))
+    except WatcherError as exc:
+        logger.error("idlewatch stopped: %s", exc)
+        sys.exit(1)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the watcher and the API until SIGINT/SIGTERM."""
+    from aiohttp import web
+
+    from . import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Watcher(settings) as w:
+        runner = web.AppRunner(create_app(w, settings), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise WatcherError(
+                    f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+                    "(set IDLEWATCH_PORT or --port)"
+                ) from exc
+            url = f"http://{settings.host}:{settings.port}/"
+            logger.info("API and dashboard on %s", url)
+            if on_ready is not None:
+                on_ready(url)
+            await stop.wait()
+            logger.info("shutting down")
+        finally:
+            await runner.cleanup()
+
+
+# ----------------------------------------------------------------------- API commands
+def _api_options(fn: F) -> F:
+    fn = click.option("--token", default=None, help="API token (default: the api_token setting).")(
+        fn
+    )
+    fn = click.option(
+        "--url", default=None, help="API address (default: http://<host>:<port> from the settings)."
+    )(fn)
+    fn = click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML settings file (default: $IDLEWATCH_CONFIG).",
+    )(fn)
+    return fn
+
+
+def _client(config: str | None, url: str | None, token: str | None) -> ApiClient:
+    s = _settings(config)
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+    base = url or f"http://{host}:{s.port}"
+    tok = token if token is not None else (s.api_token.get_secret_value() if s.api_token else None)
+    return ApiClient(base, tok)
+
+
+def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(make())
+    except ApiCallError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+def _ago(iso: str, now: datetime) -> str:
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return _human((now - then).total_seconds()) + " ago"
+
+
+def _human(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _idle_in(agent: dict[str, Any]) -> str:
+    if agent["idle_timeout"] is None:
+        return "never"
+    if agent["status"] not in ("running", "starting", "restarting"):
+        return "-"
+    return _human(agent["idle_timeout"] - agent["idle_for"])
+
+
+def _table(agents: list[dict[str, Any]]) -> None:
+    now = datetime.now(UTC)
+    header = ["NAME", "KIND", "STATUS", "REPLICAS", "LAST ACTIVITY", "IDLE IN"]
+    rows = [
+        [
+            a["name"],
+            a["kind"],
+            a["status"],
+            f"{a['running']}/{a['replicas']}",
+            _ago(a["last_activity"], now),
+            _idle_in(a),
+        ]
+        for a in agents
+    ]
+    tty = sys.stdout.isatty()
+    if not tty:
+        for row in [header, *rows]:
+            click.echo("\t".join(row))
+        return
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    click.echo(
+        click.style("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), bold=True)
+    )
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        cells[2] = click.style(cells[2], fg=_STATUS_COLOURS.get(row[2]))
+        click.echo("  ".join(cells))
+
+
+def _show(agent: dict[str, Any], verb: str) -> None:
+    click.echo(
+        f"{agent['name']}: {verb} (status {agent['status']}, "
+        f"{agent['running']}/{agent['replicas']} running)"
+    )
+
+
+@main.command()
+@click.option("--status", default=None, help="Only agents with this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_api_options
+def agents(
+    status: str | None, as_json: bool, config: str | None, url: str | None, token: str | None
+) -> None:
+    """List the tracked agents (from the running API)."""
+
+    async def go() -> Any:
+        async with _client(config, url, token) as c:
+            return await c.call("GET", "/api/agents", params={"status": status} if status else None)
+
+    found = _run(go)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    else:
+        _table(found)
+
+
+def _lifecycle(verb: str, path: str) -> Callable[..., None]:
+    @_api_options
+    @click.argument("name")
+    def command(name: str, config: str | None, url: str | None, token: str | None) -> None:
+        async def go() -> Any:
+            async with _client(config, url, token) as c:
+                return await c.call("POST", f"/api/agents/{name}/{path}")
+
+        _show(_run(go), verb)
+
+    command.__doc__ = f"{verb.capitalize()} an agent (through the running API)."
+    return command
+
+
+main.command("stop")(_lifecycle("stopped", "stop"))
+main.command("restart")(_lifecycle("restarted", "restart"))
+main.command("touch")(_lifecycle("touched", "activity"))
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For a service: how many (default: the remembered count).",
+)
+@click.option("--wait", is_flag=True, help="Show progress until the agent runs.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait with --wait.",
+)
+@_api_options
+def start(
+    name: str,
+    replicas: int | None,
+    wait: bool,
+    timeout: float,
+    config: str | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Start an agent (through the running API)."""
+
+    async def go() -> dict[str, Any]:
+        async with _client(config, url, token) as c:
+            body = {"replicas": replicas} if replicas is not None else None
+            if not wait:
+                result: dict[str, Any] = await c.call("POST", f"/api/agents/{name}/start", body)
+                return result
+            return await _start_and_follow(c, name, body, timeout)
+
+    _show(_run(go), "started")
+
+
+def _runs(agent: dict[str, Any]) -> bool:
+    return bool(agent["status"] == "running" and agent["running"] >= max(agent["replicas"], 1))
+
+
+async def _start_and_follow(c: ApiClient, name: str, body: Any, timeout_s: float) -> dict[str, Any]:
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    connected = asyncio.Event()
+
+    async def follow() -> None:
+        try:
+            async for change in c.changes(name, connected):
+                queue.put_nowait(change["agent"])
+        finally:
+            queue.put_nowait(None)
+
+    follower = asyncio.create_task(follow())
+    try:
+        async with asyncio.timeout(timeout_s):
+            await connected.wait()  # subscribed before starting: no change is missed
+            agent: dict[str, Any] = await c.call("POST", f"/api/agents/{name}/start", body)
+            _progress(agent)
+            while not _runs(agent):
+                nxt = await queue.get()
+                if nxt is None:
+                    follower.result()  # raises what ended the feed
+                    raise ApiCallError(0, "feed", "the change feed closed")
+                agent = nxt
+                _progress(agent)
+    except TimeoutError:
+        raise ApiCallError(504, "timeout", f"{name} did not run within {timeout_s:g}s") from None
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ApiCallError):
+            await follower
+    return agent
+
+
+def _progress(agent: dict[str, Any]) -> None:
+    click.echo(
+        f"{agent['name']}: {agent['status']} ({agent['running']}/{agent['replicas']} running)"
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.argument("replicas", type=click.IntRange(min=0))
+@_api_options
+def scale(name: str, replicas: int, config: str | None, url: str | None, token: str | None) -> None:
+    """Set a service's replicas (a container: 0 or 1), through the running API."""
+
+    async def go() -> Any:
+        async with _client(config, url, token) as c:
+            return await c.call("POST", f"/api/agents/{name}/scale", {"replicas": replicas})
+
+    _show(_run(go), f"scaled to {replicas}")
+
+
+@main.command()
+@click.option("--agent", default=None, help="Only this agent's actions.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_api_options
+def audit(
+    agent: str | None,
+    limit: int,
+    as_json: bool,
+    config: str | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Recent actions, newest first."""
+
+    async def go() -> Any:
+        params = {"limit": str(limit), **({"agent": agent} if agent else {})}
+        async with _client(config, url, token) as c:
+            return await c.call("GET", "/api/audit", params=params)
+
+    entries = _run(go)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        flag = " (dry-run)" if e["dry_run"] else ""
+        click.echo(f"{e['at']}\t{e['agent']}\t{e['action']}{flag}\t{e['actor']}\t{e['reason']}")
+
+
+# ----------------------------------------------------------------------------- check
+@main.command()
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file (default: $IDLEWATCH_CONFIG).",
+)
+def check(config: str | None) -> None:
+    """Validate the settings, reach the engine and the database, list what would be managed."""
+    settings = _settings(config)
+    click.echo("settings: ok")
+    ok = asyncio.run(_check(settings))
+    sys.exit(0 if ok else 1)
+
+
+async def _check(settings: Settings) -> bool:
+    from watcher.docker import AioDockerGateway
+    from watcher.policy import is_managed
+    from watcher.store import SqlStore
+
+    ok = True
+    store = SqlStore(settings.database_url)
+    try:
+        await store.connect()
+        await store.ping()
+        click.echo(f"database: ok ({settings.database_url.split('://')[0]})")
+    except WatcherError as exc:
+        click.echo(f"database: FAILED: {exc}")
+        ok = False
+    finally:
+        await store.close()
+    docker = AioDockerGateway(settings.docker_url, label=settings.label)
+    try:
+        info = await docker.describe()
+        click.echo(
+            f"engine: ok ({settings.docker_url}, Docker {info.version}, API {info.api_version})"
+        )
+        click.echo(
+            f"swarm: {'active' if info.swarm_active else 'inactive'}, this node "
+            f"{'is' if info.manager else 'is not'} a manager"
+        )
+        snap = await docker.snapshot()
+        managed = [
+            c
+            for c in snap.containers
+            if c.service_id is None and is_managed(c.labels, settings.label)
+        ]
+        services = [s for s in snap.services if is_managed(s.labels, settings.label)]
+        click.echo(
+            f"would manage {len(managed)} container(s) and {len(services)} service(s) "
+            f"labelled {settings.label}=true:"
+        )
+        for c in managed:
+            click.echo(f"  container {c.name} ({c.state})")
+        for s in services:
+            click.echo(f"  service {s.name} ({s.running}/{s.replicas} running)")
+    except WatcherError as exc:
+        click.echo(f"engine: FAILED: cannot use {settings.docker_url}: {exc}")
+        ok = False
+    finally:
+        await docker.close()
+    return ok
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,158 @@
+// idlewatch dashboard: the websocket snapshot, then live changes; no framework, no CDN.
+"use strict";
+(function () {
+  const TOKEN_KEY = "idlewatch-token";
+  const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
+  const agents = new Map();
+  const $ = (sel) => document.querySelector(sel);
+  let socket = null;
+  let retryDelay = 1000;
+  let retryTimer = null;
+
+  function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+  function headers() {
+    const t = token();
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+  function setConn(state, text) {
+    const el = $("#conn");
+    el.dataset.state = state;
+    el.textContent = text || state;
+  }
+  function say(text) { $("#message").textContent = text || ""; }
+
+  function human(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+  }
+  function idleIn(a, now) {
+    if (a.idle_timeout === null) return "never";
+    if (!["running", "starting", "restarting"].includes(a.status)) return "—";
+    const left = a.idle_timeout - (now - Date.parse(a.last_activity)) / 1000;
+    return left <= 0 ? "due" : human(left);
+  }
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    if (cls) td.className = cls;
+    td.textContent = text;
+    return td;
+  }
+  function button(name, action, label) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.action = action;
+    b.textContent = label;
+    b.addEventListener("click", () => act(name, action));
+    return b;
+  }
+
+  function render() {
+    const tbody = $("#agents tbody");
+    const filter = $("#filter").value.trim().toLowerCase();
+    const now = Date.now();
+    const rows = [];
+    for (const a of [...agents.values()].sort((x, y) => x.name.localeCompare(y.name))) {
+      const hay = (a.name + " " + a.kind + " " + a.status).toLowerCase();
+      if (filter && !hay.includes(filter)) continue;
+      const tr = document.createElement("tr");
+      tr.dataset.name = a.name;
+      tr.appendChild(cell(a.name, "name"));
+      tr.appendChild(cell(a.kind));
+      const st = document.createElement("td");
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.dataset.status = a.status;
+      badge.textContent = a.status;
+      if (a.error) badge.title = a.error;
+      st.appendChild(badge);
+      tr.appendChild(st);
+      tr.appendChild(cell(a.running + " / " + a.replicas));
+      tr.appendChild(cell(human((now - Date.parse(a.last_activity)) / 1000) + " ago"));
+      tr.appendChild(cell(idleIn(a, now), "idle-in"));
+      const actions = document.createElement("td");
+      actions.append(button(a.name, "start", "Start"), button(a.name, "stop", "Stop"),
+                     button(a.name, "activity", "Touch"));
+      tr.appendChild(actions);
+      rows.push(tr);
+    }
+    tbody.replaceChildren(...rows);
+    $("#empty").hidden = agents.size !== 0;
+  }
+
+  async function act(name, action) {
+    say(action + " " + name + "…");
+    try {
+      const r = await fetch(base + "api/agents/" + encodeURIComponent(name) + "/" + action,
+                            { method: "POST", headers: headers() });
+      const body = await r.json().catch(() => null);
+      if (!r.ok) {
+        say((body && body.error ? body.error.message : "HTTP " + r.status) + " (" + action + " " + name + ")");
+        if (r.status === 401) askToken(true);
+        return;
+      }
+      agents.set(body.name, body);
+      render();
+      say("");
+    } catch (e) {
+      say("could not reach idlewatch: " + e);
+    }
+  }
+
+  function askToken(rejected) {
+    setConn("unauthorized", rejected ? "token rejected" : "token needed");
+    $("#auth").hidden = false;
+    $("#auth-error").textContent = rejected
+      ? "The token was rejected (401 unauthorized). Enter the api_token idlewatch was started with."
+      : "This idlewatch requires an API token.";
+    $("#token").focus();
+  }
+
+  async function connect() {
+    clearTimeout(retryTimer);
+    setConn(agents.size ? "reconnecting" : "connecting");
+    let probe;
+    try {
+      probe = await fetch(base + "api/agents", { headers: headers() });
+    } catch (e) {
+      return retry();
+    }
+    if (probe.status === 401) return askToken(Boolean(token()));
+    if (!probe.ok) return retry();
+    $("#auth").hidden = true;
+    const url = new URL(base + "api/ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    if (token()) url.searchParams.set("token", token());
+    socket = new WebSocket(url);
+    socket.onopen = () => { retryDelay = 1000; setConn("live"); };
+    socket.onmessage = (ev) => {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "snapshot") {
+        agents.clear();
+        for (const a of msg.agents) agents.set(a.name, a);
+      } else if (msg.type === "change") {
+        agents.set(msg.agent.name, msg.agent);
+      }
+      render();
+    };
+    socket.onclose = () => { socket = null; retry(); };
+  }
+
+  function retry() {
+    setConn("reconnecting", "reconnecting in " + Math.round(retryDelay / 1000) + "s");
+    retryTimer = setTimeout(connect, retryDelay);
+    retryDelay = Math.min(retryDelay * 2, 10000);
+  }
+
+  $("#auth").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+    $("#token").value = "";
+    connect();
+  });
+  $("#filter").addEventListener("input", render);
+  setInterval(render, 1000);
+  connect();
+})();

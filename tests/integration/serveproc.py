@@ -1,0 +1,96 @@
+"""Run a real `idlewatch serve` process against the private engine for CLI and browser tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.private_engine import PrivateEngine, free_port
+
+
+class ServeProcess:
+    """`idlewatch serve` in a subprocess; its stderr is collected in ``lines``."""
+
+    def __init__(self, engine: PrivateEngine, workdir: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+        self.env.update(
+            IDLEWATCH_DOCKER_URL=engine.url,
+            IDLEWATCH_PORT=str(self.port),
+            IDLEWATCH_SWEEP_INTERVAL="1h",
+        )
+        self.env.update({f"IDLEWATCH_{k.upper()}": v for k, v in settings.items()})
+        self.workdir = workdir
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._ready = threading.Event()
+
+    def start(self, timeout_s: float = 30) -> ServeProcess:
+        """Start and wait until the API listens and the first resync is done."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve"],
+            env=self.env,
+            cwd=self.workdir,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._ready.wait(timeout_s):
+            self.stop()
+            raise AssertionError("serve did not become ready:\n" + "".join(self.lines))
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        synced = listening = False
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            synced = synced or "resynced with the engine" in line
+            listening = listening or "API and dashboard on" in line
+            if synced and listening:
+                self._ready.set()
+        self.proc.stderr.close()
+
+    def stop(self, timeout_s: float = 15) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def cli(
+        self, *args: str, token: str | None = None, url: str | None = None, timeout_s: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an `idlewatch` CLI command against this server."""
+        extra = ["--url", url or self.url]
+        if token is not None:
+            extra += ["--token", token]
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args, *extra],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+
+def wait_until(check: object, timeout_s: float = 15) -> None:
+    """Poll a callable until true, with a deadline (for synchronous tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {check}")
+        time.sleep(0.05)
