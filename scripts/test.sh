@@ -8,12 +8,18 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 .venv/bin/python -m pip install -q -e '.[dev,postgres]'
 
-if ! command -v dockerd >/dev/null || [ ! -x /bin/busybox ]; then
+# Debian packages the suite needs: a Docker engine (run privately by the tests), a static
+# busybox (the test image), and Chromium (the dashboard's browser test, driven by Playwright).
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     else
-        echo "the tests need dockerd and a static busybox: sudo apt-get install -y docker.io busybox-static" >&2
+        echo "the tests need: sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
 fi

@@ -1,0 +1,80 @@
+"""The dashboard in a real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.private_engine import PrivateEngine
+
+from .conftest import run_container
+from .serveproc import ServeProcess
+
+TOKEN = "dash-token"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def server(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
+    run_container(engine, "web-c")
+    proc = ServeProcess(engine, tmp_path, api_token=TOKEN).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _open(browser: Browser, server: ServeProcess, token: str) -> Page:
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#auth")).to_be_visible()
+    page.fill("#token", token)
+    page.click("#token-submit")
+    return page
+
+
+def test_lists_flips_and_starts(
+    browser: Browser, engine: PrivateEngine, server: ServeProcess
+) -> None:
+    page = _open(browser, server, TOKEN)
+    badge = page.locator('tr[data-name="web-c"] .badge')
+    expect(badge).to_have_attribute("data-status", "running", timeout=10_000)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    expect(page.locator('tr[data-name="web-c"] .idle-in')).not_to_have_text("never")
+    engine.cli("stop", "web-c")
+    # the feed flips the badge without a reload
+    expect(badge).to_have_attribute("data-status", "exited", timeout=2_000)
+    page.click('tr[data-name="web-c"] button[data-action="start"]')
+    expect(badge).to_have_attribute("data-status", "running", timeout=10_000)
+    page.fill("#filter", "nothing-matches")
+    expect(page.locator('tr[data-name="web-c"]')).to_have_count(0)
+    page.close()
+
+
+def test_wrong_token_says_so(browser: Browser, server: ServeProcess) -> None:
+    page = _open(browser, server, "not-the-token")
+    expect(page.locator("#auth-error")).to_contain_text("The token was rejected")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "unauthorized")
+    page.close()
