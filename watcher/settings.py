@@ -76,27 +76,92 @@ class Settings(BaseSettings):
     )
     _toml_path: ClassVar[Path | None] = None
 
-    docker_url: str = Field(default_factory=_default_docker_url, min_length=1)
-    database_url: str = Field(default="sqlite+aiosqlite:///./data/idlewatch.db", min_length=1)
-    label: str = Field(default="idlewatch.enable", min_length=1)
-    idle_timeout: TimeoutS = 900.0
-    sweep_interval: DurationS = 60.0
-    dry_run: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    api_token: SecretStr | None = None
-    max_replicas: int = Field(default=10, ge=1)
-    stop_timeout: DurationS = 10.0
-    reconnect_backoff_max: DurationS = 30.0
-    allowed_images: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
-        default_factory=list
+    docker_url: str = Field(
+        default_factory=_default_docker_url,
+        min_length=1,
+        description="Docker engine address (`unix://`, `tcp://`).",
+        json_schema_extra={"default_text": "`$DOCKER_HOST`, else `unix:///var/run/docker.sock`"},
     )
-    agent_network: str | None = None
-    ws_queue_size: int = Field(default=1000, ge=1)
-    ws_send_timeout: DurationS = 5.0
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    subscriber_queue_size: int = Field(default=10_000, ge=1)
-    log_level: str = "INFO"
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./data/idlewatch.db",
+        min_length=1,
+        description="SQLite, or `postgresql+asyncpg://user:pass@host/db` (the `postgres` extra).",
+    )
+    label: str = Field(
+        default="idlewatch.enable",
+        min_length=1,
+        description="The management label: managed only when its value is `true`.",
+    )
+    idle_timeout: TimeoutS = Field(
+        default=900.0,
+        description="Default idle timeout; `never` or `0` disables idle stop.",
+        json_schema_extra={"default_text": "`15m`"},
+    )
+    sweep_interval: DurationS = Field(
+        default=60.0,
+        description="How often the idle sweep runs.",
+        json_schema_extra={"default_text": "`60s`"},
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="The sweep records and logs idle stops without acting.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Where the HTTP API listens; a non-loopback host needs `api_token`.",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="Port of the HTTP API.")
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="With it, every `/api/...` route and the websocket need "
+        "`Authorization: Bearer <token>`.",
+    )
+    max_replicas: int = Field(
+        default=10,
+        ge=1,
+        description="Upper bound of any replica count idlewatch sets.",
+    )
+    stop_timeout: DurationS = Field(
+        default=10.0,
+        description="Grace period of a container stop before SIGKILL.",
+        json_schema_extra={"default_text": "`10s`"},
+    )
+    reconnect_backoff_max: DurationS = Field(
+        default=30.0,
+        description="Cap of the backoff between events-stream reconnects.",
+        json_schema_extra={"default_text": "`30s`"},
+    )
+    allowed_images: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=list,
+        description="Glob patterns of images `POST /api/agents` may deploy; empty disables "
+        "registration. Comma-separated or a JSON list in the environment.",
+        json_schema_extra={"default_text": "empty"},
+    )
+    agent_network: str | None = Field(
+        default=None,
+        description="Network deployed agents join; unset, they get network mode `none`.",
+    )
+    ws_queue_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Changes a websocket client may fall behind before it is dropped.",
+    )
+    ws_send_timeout: DurationS = Field(
+        default=5.0,
+        description="A websocket send that takes longer drops that client.",
+        json_schema_extra={"default_text": "`5s`"},
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Request bodies above this get 413.",
+    )
+    subscriber_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Changes a `changes()` consumer may fall behind before it is dropped.",
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator("sweep_interval", "reconnect_backoff_max")
     @classmethod
@@ -235,3 +300,19 @@ def _read_dotenv(path: Path) -> dict[str, str]:
         if sep and not key.startswith("#"):
             out[key.strip().upper()] = val.strip().strip("'\"")
     return out
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the model so the two cannot drift."""
+    rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        default = extra.get("default_text")
+        if default is None:
+            value = field.default
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            default = "none" if value is None else f"`{text}`"
+        env = f"`{ENV_PREFIX}{name.upper()}`"
+        rows.append(f"| `{name}` | {env} | {default} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+

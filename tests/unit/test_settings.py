@@ -131,3 +131,15 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "refusing to serve the API on 0.0.0.0 without a token" in res.stderr
+
+
+def test_readme_settings_table_matches_the_model() -> None:
+    from watcher.settings import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")
+    end = readme.index("<!-- /settings-table -->")
+    assert readme[start:end] == settings_table(), (
+        "README settings table is stale: regenerate it with "
+        "python -c 'from watcher.settings import settings_table; print(settings_table())'"
+    )
