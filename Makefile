@@ -1,6 +1,8 @@
-.PHONY: test serve
+.PHONY: test serve demo
 # The README's two commands, for those who prefer make.
 test:
 	bash scripts/test.sh
 serve:
 	bash scripts/serve.sh
+demo:
+	bash scripts/demo.sh

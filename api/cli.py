@@ -467,5 +467,35 @@ async def _check(settings: Settings) -> bool:
     return ok
 
 
+# ------------------------------------------------------------------------------ demo
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--idle",
+    "idle",
+    default="40s",
+    show_default=True,
+    help="Idle timeout of the first sample agent.",
+)
+@click.option("--sweep-interval", default="5s", show_default=True)
+def demo(port: int, idle: str, sweep_interval: str) -> None:
+    """Run a private Docker engine with sample agents and serve the dashboard (Ctrl-C ends)."""
+    from watcher.durations import DurationError, parse_duration_s
+
+    from .demo import run_demo
+    from .private_engine import EngineSetupError
+
+    try:
+        idle_s, sweep_s = parse_duration_s(idle), parse_duration_s(sweep_interval)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        run_demo(port, idle_s, sweep_s)
+    except EngineSetupError as exc:
+        _fail(str(exc))
+    except WatcherError as exc:
+        _fail(exc.message)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,78 @@
+"""Smoke test of `idlewatch demo`: starts, serves the page, an agent goes idle, clean teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from tests.private_engine import free_port
+
+from .serveproc import wait_until
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()
+
+
+def test_demo_smoke(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--idle",
+            "3s",
+            "--sweep-interval",
+            "1s",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(
+        target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True
+    )
+    reader.start()
+    try:
+        wait_until(lambda: any("idlewatch demo: open" in line for line in out), 90)
+        base = f"http://127.0.0.1:{port}"
+        status, page = _get(base + "/")
+        assert status == 200 and b"idlewatch" in page
+
+        def idle_stopped() -> bool:
+            _, body = _get(base + "/api/agents")
+            agents = {a["name"]: a for a in json.loads(body)}
+            return agents.get("demo-service", {}).get("status") == "stopped"
+
+        wait_until(idle_stopped, 60)
+        _, body = _get(base + "/api/audit?agent=demo-service")
+        assert json.loads(body)[0]["action"] == "scale_to_zero"
+        _, body = _get(base + "/api/agents")
+        assert "demo-unmanaged" not in {a["name"] for a in json.loads(body)}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+        reader.join(10)
+        proc.stdout.close()
+    text = "".join(out)
+    assert code == 0, text
+    assert "demo stopped; nothing left behind" in text
+    root = next(line.split("engine: ", 1)[1].strip() for line in out if line.startswith("engine: "))
+    assert not Path(root).exists(), "the demo engine's directory was removed"
+    assert "Traceback" not in text
