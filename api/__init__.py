@@ -37,7 +37,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     metrics = Metrics()
     token = settings.api_token.get_secret_value() if settings.api_token else None
     app = web.Application(
-        middlewares=[error_middleware, metrics.middleware(), auth_middleware(token)],
+        middlewares=[metrics.middleware(), error_middleware, auth_middleware(token)],
         client_max_size=settings.max_body_bytes,
     )
     if watcher is not None:

@@ -196,7 +196,12 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["name", "image"],
         "properties": {
-            "name": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"},
+            "name": {
+                "type": "string",
+                "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$",
+                "description": "a Docker container name; for a service: letters, digits and "
+                "dashes only, at most 63",
+            },
             "image": {
                 "type": "string",
                 "minLength": 1,
@@ -215,6 +220,9 @@ SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+_OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
 
 
 def document() -> dict[str, Any]:
@@ -327,6 +335,30 @@ def document() -> dict[str, Any]:
                 tag="meta",
             )
         },
+        "/": {
+            "get": _op(
+                "The dashboard page (open; it asks for the token itself)",
+                {
+                    "200": {
+                        "description": "HTML",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
+        "/dashboard.js": {
+            "get": _op(
+                "The dashboard's script",
+                {
+                    "200": {
+                        "description": "JavaScript",
+                        "content": {"application/javascript": {"schema": {"type": "string"}}},
+                    }
+                },
+                tag="meta",
+            )
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus metrics",
@@ -340,6 +372,17 @@ def document() -> dict[str, Any]:
             )
         },
     }
+    for path in _OPEN:
+        paths[path]["get"]["security"] = []  # open even when api_token is set
+    paths["/api/ws"]["get"]["parameters"] = [
+        {
+            "name": "token",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "the API token, for browsers that cannot set the Authorization header",
+        }
+    ]
     return {
         "openapi": "3.1.0",
         "info": {

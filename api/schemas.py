@@ -76,10 +76,18 @@ class RegisterBody(_Strict):
             if not ENV_NAME.match(key):
                 raise ApiError(400, "invalid_body", f"{key!r} is not a valid variable name", "env")
         for key in self.labels or {}:
-            if key.startswith(("com.docker.", "io.docker.", "org.dockerproject.")):
+            if key.startswith(("com.docker.", "io.docker.", "org.dockerproject.", "idlewatch.")):
                 raise ApiError(
-                    400, "invalid_body", f"label {key!r} is reserved by Docker", "labels"
+                    400,
+                    "invalid_body",
+                    f"label {key!r} is reserved (Docker's, or idlewatch's own: use the "
+                    "idle_timeout field for the idle timeout)",
+                    "labels",
                 )
+        if kind is Kind.CONTAINER and self.replicas != 1:
+            raise ApiError(
+                400, "invalid_replicas", "a container runs exactly 1 replica", "replicas"
+            )
         return AgentSpec(
             name=self.name,
             image=self.image,
@@ -101,9 +109,22 @@ class RegisterBody(_Strict):
         return "never" if seconds is None else f"{seconds:g}s"
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The body, refusing more than ``max_body_bytes`` (also when mounted as a sub-app)."""
+    from .keys import SETTINGS
+
+    limit = request.config_dict[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+    return raw
+
+
 async def read_json(request: web.Request, model: type[BaseModel], *, required: bool) -> Any:
     """Parse the body into ``model``; a missing optional body gives ``model()``."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         if required:
             raise ApiError(400, "missing_body", "this route needs a JSON body")
@@ -134,7 +155,7 @@ async def read_json(request: web.Request, model: type[BaseModel], *, required: b
 
 async def no_body(request: web.Request) -> None:
     """Refuse a body on routes that take none (rather than silently ignoring it)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if raw.strip() and raw.strip() != b"{}":
         raise ApiError(400, "unexpected_body", "this route takes no body")
 

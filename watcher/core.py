@@ -18,7 +18,7 @@ from .hub import Hub
 from .lifecycle import Lifecycle, LifecycleConfig
 from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
-from .settings import Settings
+from .settings import Settings, load_settings
 from .store import SqlStore
 from .sweeper import Sweeper, SweepReport
 from .tracker import Tracker
@@ -54,7 +54,7 @@ class Watcher:
         clock: Clock | None = None,
         backoff: Callable[[int], float] | None = None,
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings or load_settings()
         s = self.settings
         self.clock: Clock = clock or SystemClock()
         self.docker: DockerGateway = docker or AioDockerGateway(s.docker_url, label=s.label)
@@ -97,6 +97,7 @@ class Watcher:
             self.clock,
             interval_s=s.sweep_interval,
             dry_run=s.dry_run,
+            ready=lambda: self.pump.connected and self.pump.synced.is_set(),
         )
         self._started = False
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import AgentNotFound, Conflict, Forbidden, InvalidOperation
 from .lifecycle import Lifecycle
-from .models import Agent, AgentSpec, AuditEntry, Kind
+from .models import Agent, AgentSpec, AuditEntry, Kind, Status
 from .policy import DEPLOYED_LABEL, image_allowed, is_managed
 from .ports import Clock, DockerGateway
 from .tracker import Tracker
@@ -82,7 +82,9 @@ class Registry:
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> str:
         """Record ``spec`` and deploy it; returns the engine id."""
         self.check(spec)
-        if spec.name in self.specs or self._tracker.get(spec.name) is not None:
+        existing = self._tracker.get(spec.name)
+        live = existing is not None and existing.status not in (Status.REMOVED, Status.ERROR)
+        if spec.name in self.specs or live:
             raise Conflict(f"an agent named {spec.name!r} already exists", agent=spec.name)
         self.specs[spec.name] = spec
         self._writer.put_spec(spec.name, spec)
@@ -110,7 +112,7 @@ class Registry:
         return engine_id
 
     async def _remove_managed(self, kind: Kind, name: str) -> None:
-        """Remove the thing called ``name`` only if it carries the management label."""
+        """Remove the thing called ``name`` only if idlewatch deployed it (both labels)."""
         if kind is Kind.SERVICE:
             sinfo = await self._docker.inspect_service(name)
             labels, ref = (sinfo.labels, sinfo.id) if sinfo else (None, "")
@@ -119,9 +121,9 @@ class Registry:
             labels, ref = (cinfo.labels, cinfo.id) if cinfo else (None, "")
         if labels is None:
             return
-        if not is_managed(labels, self._cfg.label):
+        if not is_managed(labels, self._cfg.label) or labels.get(DEPLOYED_LABEL) != "true":
             raise Conflict(
-                f"{name!r} exists on the engine without {self._cfg.label}=true; not touching it",
+                f"{name!r} exists on the engine and was not deployed by idlewatch; not touching it",
                 agent=name,
             )
         await self._docker.remove_agent(kind, ref)
@@ -132,7 +134,10 @@ class Registry:
         spec = self.specs.get(name)
         if agent is None and spec is None:
             raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
-        if agent is not None and agent.labels.get(DEPLOYED_LABEL) != "true" and spec is None:
+        gone = agent is not None and agent.status in (Status.REMOVED, Status.ERROR)
+        if gone:
+            agent = None  # only the record is left: forget it, touch nothing on the engine
+        elif agent is not None and agent.labels.get(DEPLOYED_LABEL) != "true" and spec is None:
             raise Conflict(
                 f"{name!r} was not deployed by idlewatch, so it is not removed; remove its "
                 f"{self._cfg.label} label to stop managing it",

@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 
-from .errors import Conflict, EngineError, EngineUnavailable, InvalidOperation, WatcherError
+from .errors import (
+    AgentNotFound,
+    Conflict,
+    EngineError,
+    EngineUnavailable,
+    InvalidOperation,
+    WatcherError,
+)
 from .models import (
     AgentSpec,
     ContainerInfo,
@@ -22,7 +30,13 @@ from .models import (
     freeze,
 )
 from .normalize import BadEvent, parse_line
-from .policy import DEPLOYED_LABEL, IDLE_TIMEOUT_LABEL, SERVICE_ID_LABEL, healthcheck_command
+from .policy import (
+    DEPLOYED_LABEL,
+    IDLE_TIMEOUT_LABEL,
+    SERVICE_ID_LABEL,
+    healthcheck_command,
+    is_managed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,10 +171,14 @@ class AioDockerGateway:
             self._list_containers({"label": [self._label]}),
             self._list_containers({"label": [SERVICE_ID_LABEL]}),
         )
-        swarm_active = await self._is_swarm_manager()
+        info = await self._json("engine info", "info")
+        swarm = info.get("Swarm") or {}
+        swarm_active = bool(
+            swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable")
+        )
         services: tuple[ServiceInfo, ...] = ()
         if swarm_active:
-            services = await self._list_services()
+            services = await self._list_services(str(swarm.get("NodeID", "")))
         local: dict[str, set[str]] = {}
         for c in tasks_local:
             if c.state == "running" and c.service_id:
@@ -178,18 +196,19 @@ class AioDockerGateway:
         )
         return [_container_from_list(item) for item in raw]
 
-    async def _is_swarm_manager(self) -> bool:
-        info = await self._json("engine info", "info")
-        swarm = info.get("Swarm") or {}
-        return bool(swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"))
-
-    async def _list_services(self) -> tuple[ServiceInfo, ...]:
+    async def _list_services(self, local_node: str) -> tuple[ServiceInfo, ...]:
         raw, tasks = await asyncio.gather(
             self._json("list services", "services", params={"filters": {"label": [self._label]}}),
             self._json("list tasks", "tasks", params={"filters": {"desired-state": ["running"]}}),
         )
         counts = _running_counts(tasks)
-        return tuple(_service(item, counts.get(item["ID"], 0)) for item in raw)
+        remote = _running_counts([t for t in tasks if t.get("NodeID") != local_node])
+        return tuple(
+            replace(
+                _service(item, counts.get(item["ID"], 0)), remote_running=remote.get(item["ID"], 0)
+            )
+            for item in raw
+        )
 
     async def inspect_container(self, ref: str) -> ContainerInfo | None:
         """One container with its healthcheck command; None when it does not exist."""
@@ -341,6 +360,9 @@ class AioDockerGateway:
         for attempt in range(_SCALE_RETRIES):
             raw = await self._json("inspect service", f"services/{ref}")
             spec = raw["Spec"]
+            if not is_managed(spec.get("Labels") or {}, self._label):
+                # re-checked on the very version we update: a label removed meanwhile wins
+                raise AgentNotFound(f"service {ref} no longer carries {self._label}=true")
             edit(spec)
             try:
                 await self._json(

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from .errors import EngineUnavailable, WatcherError
 from .models import Agent, EngineEvent, Snapshot
 from .ports import DockerGateway, EventStream
+from .tasks import cancel_and_wait
 from .tracker import Need, Tracker
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ class Enricher:
     async def close(self) -> None:
         """Cancel and await the task."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def idle(self) -> None:
@@ -107,8 +106,9 @@ class Enricher:
 
     async def _handle(self, ev: EngineEvent, need: Need) -> None:
         if need is Need.SERVICE:
+            seq = self._tracker.seq
             info = await self._docker.inspect_service(ev.actor_id)
-            self._tracker.apply_service(info, ev.actor_id)
+            self._tracker.apply_service(info, ev.actor_id, seq)
             return
         cinfo = await self._docker.inspect_container(ev.actor_id)
         if cinfo is None:
@@ -156,9 +156,7 @@ class EventPump:
     async def close(self) -> None:
         """Cancel and await both tasks (safe to call twice)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.enricher.close()
         self.connected = False
@@ -176,7 +174,11 @@ class EventPump:
             except WatcherError as exc:
                 self.last_error = str(exc)
                 logger.warning("events stream failed: %s; reconnecting", exc)
+            except Exception as exc:  # a bug must not end the stream for good
+                self.last_error = f"internal error: {exc!r}"
+                logger.exception("events stream loop failed; reconnecting")
             self.connected = False
+            self.synced.clear()
             if time.monotonic() - started > HEALTHY_AFTER_S:
                 attempt = 0
             delay_s = self._backoff(attempt)

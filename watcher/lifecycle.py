@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import AgentNotFound, InvalidOperation
-from .models import Agent, AuditEntry, Kind
+from .models import Agent, AuditEntry, Kind, Status
 from .policy import is_idle, is_managed
 from .ports import Clock, DockerGateway
 from .tracker import Tracker
@@ -64,6 +64,10 @@ class Lifecycle:
         agent = self._tracker.get(name)
         if agent is None:
             raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+        if agent.status in (Status.REMOVED, Status.ERROR):
+            raise AgentNotFound(
+                f"agent {name!r} is {agent.status}: the engine has nothing to act on", agent=name
+            )
         return agent
 
     async def _live_check(self, agent: Agent) -> None:

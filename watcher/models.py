@@ -140,6 +140,7 @@ class ServiceInfo:
     labels: Mapping[str, str]
     replicas: int | None  # None: a global service (cannot be scaled)
     running: int = 0
+    remote_running: int | None = None  # running tasks on other nodes, when known
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
-    @field_validator("sweep_interval", "reconnect_backoff_max")
+    @field_validator("sweep_interval", "reconnect_backoff_max", "ws_send_timeout")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -288,6 +288,8 @@ def _locate(name: str, overrides: dict[str, Any], toml: Path | None) -> tuple[st
         data = tomllib.loads(toml.read_text())
         if name in data:
             return f"file {toml} (key {name})", data[name]
+    if name == "docker_url" and os.environ.get("DOCKER_HOST"):
+        return "environment variable DOCKER_HOST", os.environ["DOCKER_HOST"]
     return "the default", _MISSING
 
 
@@ -315,4 +317,3 @@ def settings_table() -> str:
         env = f"`{ENV_PREFIX}{name.upper()}`"
         rows.append(f"| `{name}` | {env} | {default} | {field.description or ''} |")
     return "\n".join(rows) + "\n"
-

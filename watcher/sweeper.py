@@ -7,8 +7,8 @@ A sweep with nothing idle makes no engine call at all; each candidate is re-chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,6 +16,7 @@ from .errors import WatcherError
 from .lifecycle import Lifecycle
 from .policy import idle_agents
 from .ports import Clock
+from .tasks import cancel_and_wait
 from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class SweepReport:
     at: datetime
     candidates: list[str] = field(default_factory=list)
     outcomes: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None
 
 
 class Sweeper:
@@ -41,12 +43,14 @@ class Sweeper:
         *,
         interval_s: float,
         dry_run: bool,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._tracker = tracker
         self._lifecycle = lifecycle
         self._clock = clock
         self._interval_s = interval_s
         self._dry_run = dry_run
+        self._ready = ready
         self._task: asyncio.Task[None] | None = None
         self._dry_reported: dict[str, datetime] = {}
         self.sweeps = 0
@@ -56,6 +60,11 @@ class Sweeper:
         """Stop every agent idle at ``now`` (default: the clock's now)."""
         now = now or self._clock.now()
         report = SweepReport(at=now)
+        if not self._ready():
+            # without the stream, activity is not seen: stopping now could stop agents in use
+            report.skipped = "events stream not connected and synced"
+            logger.info("idle sweep skipped: %s", report.skipped)
+            return report
         for agent in idle_agents(self._tracker.agents.values(), now):
             if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
                 continue  # already reported for this idle period
@@ -80,9 +89,7 @@ class Sweeper:
     async def close(self) -> None:
         """Cancel and await the task (safe to call twice)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -79,6 +79,8 @@ class Tracker:
         self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck exec command
         self._user_execs: OrderedDict[str, None] = OrderedDict()
         self._bad_timeout_logged: set[str] = set()
+        self._seq = 0
+        self._service_seq: dict[str, int] = {}  # service id -> seq of its last applied event
 
     # ----------------------------------------------------------------- loading
     def load(self, agents: Iterable[Agent]) -> None:
@@ -164,9 +166,10 @@ class Tracker:
             return agent
         self.agents.pop(agent.name, None)
         self._forget_sink(agent.name)
-        renamed = replace(agent, name=ev.name)
+        renamed = replace(agent, name=ev.name, updated_at=self._clock.now())
         self._by_id[agent.id] = ev.name
         self.agents[ev.name] = renamed
+        self._sink(Change(renamed, agent.status, f"event:rename from {agent.name}"))
         return renamed
 
     def _needs_healthcheck(self, ev: EngineEvent) -> bool:
@@ -214,13 +217,20 @@ class Tracker:
         agent = self.agents[name]
         if ev.action == "remove":
             self._drop_id(ev.actor_id)
+            self._local_tasks.pop(name, None)
+            self._remote_running.pop(name, None)
             updated = replace(agent, status=Status.REMOVED, replicas=0, running=0)
             self._emit(updated, agent, "event:remove")
             return Need.NOTHING
         new = _int_or_none(ev.attributes.get("replicas.new"))
         if ev.action != "update" or new is None:
             return Need.SERVICE  # labels or spec may have changed: look
-        old = _int_or_none(ev.attributes.get("replicas.old")) or agent.replicas
+        if ev.time_ns < agent.last_event_ns:
+            return Need.NOTHING  # an older update that arrived late
+        self._seq += 1
+        self._service_seq[ev.actor_id] = self._seq
+        old_attr = _int_or_none(ev.attributes.get("replicas.old"))
+        old = agent.replicas if old_attr is None else old_attr
         updated = replace(
             agent,
             replicas=new,
@@ -231,7 +241,7 @@ class Tracker:
         )
         updated = _touched(updated, from_ns(ev.time_ns))
         self._emit(updated, agent, f"event:scale {old}->{new}")
-        return Need.NOTHING
+        return Need.SERVICE  # the same update may have changed its labels: look (off the path)
 
     # -------------------------------------------------------------- inspections
     def set_healthcheck(self, container_id: str, command: str | None) -> None:
@@ -249,8 +259,19 @@ class Tracker:
         ):
             self._upsert_container(info)
 
-    def apply_service(self, info: ServiceInfo | None, service_id: str) -> None:
-        """Apply an inspected service: track it, update it, or stop tracking it."""
+    @property
+    def seq(self) -> int:
+        """A counter of applied service events (to tell an inspect from before one)."""
+        return self._seq
+
+    def apply_service(
+        self, info: ServiceInfo | None, service_id: str, seq_before: int | None = None
+    ) -> None:
+        """Apply an inspected service: track it, update it, or stop tracking it.
+
+        ``seq_before`` is :attr:`seq` when the inspect was sent: a service event applied
+        after that is newer than what the inspect saw, so its replica count stands.
+        """
         name = self._by_id.get(service_id)
         if info is None:
             return
@@ -258,6 +279,10 @@ class Tracker:
             if name is not None:
                 self._untrack(name, "management label removed")
             return
+        current = self.agents.get(name) if name is not None else None
+        newer = seq_before is not None and self._service_seq.get(service_id, 0) > seq_before
+        if current is not None and newer:
+            info = replace(info, replicas=current.replicas if info.replicas is not None else None)
         self._upsert_service(info, "inspect")
 
     # -------------------------------------------------------------- reconcile
@@ -272,7 +297,10 @@ class Tracker:
             if is_managed(s.labels, self.label):
                 local = snap.task_containers.get(s.id, frozenset())
                 self._local_tasks[s.name] = set(local)
-                self._remote_running[s.name] = max(0, s.running - len(local))
+                remote = s.remote_running
+                self._remote_running[s.name] = (
+                    max(0, s.running - len(local)) if remote is None else remote
+                )
                 self._upsert_service(s, "reconcile")
                 seen.add(s.name)
         return self._mark_missing(seen, snap.swarm_active)
@@ -333,6 +361,10 @@ class Tracker:
         desired = s.replicas if s.replicas is not None else max(s.running, 1)
         if reason == "inspect" and same and old is not None:
             running = old.running
+        elif reason == "inspect":  # first seen (or a new service of that name): trust the inspect
+            self._local_tasks[s.name] = set()
+            self._remote_running[s.name] = s.running
+            running = s.running
         else:
             running = len(self._local_tasks.get(s.name, ())) + self._remote_running.get(s.name, 0)
         restore = old.restore_replicas if same and old is not None else max(desired, 1)

@@ -8,13 +8,13 @@ capped backoff, so a database hiccup loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from .errors import StoreError
 from .models import Agent, AgentSpec, AuditEntry
 from .ports import Store
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,7 @@ class StoreWriter:
                 logger.error(
                     "shutting down with %d unwritten rows (database unavailable)", self.pending
                 )
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:
@@ -116,6 +114,7 @@ class StoreWriter:
     async def _write_once(self) -> bool:
         target = self._enqueued
         agents, audits = self._take_batch()
+        complete = not self._agents  # this batch holds everything queued up to `target`
         forgets, self._forgets = self._forgets, set()
         specs, self._specs = self._specs, {}
         try:
@@ -135,9 +134,9 @@ class StoreWriter:
         self.last_commit_monotonic = time.monotonic()
         if agents:
             self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
-        if not self.pending:
+        if complete:
             async with self._done:
-                self._committed = target
+                self._committed = max(self._committed, target)
                 self._done.notify_all()
         return True
 
@@ -153,5 +152,6 @@ class StoreWriter:
 
     def _put_back(self, agents: list[Agent], audits: list[AuditEntry]) -> None:
         for agent in agents:
-            self._agents.setdefault(agent.name, agent)  # a newer queued row wins
+            if agent.name not in self._forgets:  # forgotten meanwhile: do not bring it back
+                self._agents.setdefault(agent.name, agent)  # a newer queued row wins
         self._audits[:0] = audits

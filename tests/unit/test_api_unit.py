@@ -61,3 +61,73 @@ async def test_every_error_has_the_json_shape(
         body = await resp.json()
         assert resp.status == status, (path, body)
         assert set(body["error"]) == {"code", "message", "field"}
+
+
+async def test_errors_are_counted_in_the_metrics(
+    setup: tuple[FakeDocker, TestClient[object, object]],
+) -> None:
+    _, client = setup
+    await client.get("/api/agents/ghost")
+    text = await (await client.get("/metrics")).text()
+    assert 'route="/api/agents/{name}",code="404"} 1' in text
+
+
+async def test_body_limit_holds_when_mounted_as_a_sub_app() -> None:
+    from aiohttp import web
+
+    docker = FakeDocker()
+    settings = Settings(
+        docker_url="unix:///fake.sock",
+        database_url="sqlite:///unused.db",
+        allowed_images=["img*"],
+        max_body_bytes=2048,
+    )
+    w = Watcher(settings, docker=docker, store=FakeStore(), backoff=lambda n: 0.0)
+    await w.open()
+    host = web.Application()  # the root app's client_max_size is the default 1 MiB
+    host.add_subapp("/iw", create_app(w))
+    client = TestClient(TestServer(host))
+    await client.start_server()
+    try:
+        resp = await client.post("/iw/api/agents", data=b'{"name": "' + b"x" * 50_000 + b'"}')
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "payload_too_large"
+    finally:
+        await client.close()
+        await w.close()
+
+
+async def test_registration_refuses_reserved_labels_and_container_replicas() -> None:
+    docker = FakeDocker()
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", allowed_images=["img*"]
+    )
+    w = Watcher(settings, docker=docker, store=FakeStore(), backoff=lambda n: 0.0)
+    await w.open()
+    client = TestClient(TestServer(create_app(w)))
+    await client.start_server()
+    try:
+        for body, field in (
+            ({"name": "a", "image": "img", "labels": {"idlewatch.enable": "false"}}, "labels"),
+            ({"name": "a", "image": "img", "replicas": 2}, "replicas"),
+        ):
+            resp = await client.post("/api/agents", json=body)
+            assert resp.status == 400 and (await resp.json())["error"]["field"] == field
+        assert docker.calls["create_agent"] == 0
+    finally:
+        await client.close()
+        await w.close()
+
+
+async def test_every_route_is_in_the_openapi_document(
+    setup: tuple[FakeDocker, TestClient[object, object]],
+) -> None:
+    from api.openapi import document
+
+    _, client = setup
+    doc = document()["paths"]
+    for route in client.server.app.router.routes():  # type: ignore[union-attr]
+        info = route.resource.canonical if route.resource else ""
+        if route.method == "HEAD":
+            continue
+        assert info in doc and route.method.lower() in doc[info], (route.method, info)

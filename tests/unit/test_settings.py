@@ -143,3 +143,15 @@ def test_readme_settings_table_matches_the_model() -> None:
         "README settings table is stale: regenerate it with "
         "python -c 'from watcher.settings import settings_table; print(settings_table())'"
     )
+
+
+def test_a_bad_docker_host_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "/var/run/docker.sock")
+    with pytest.raises(SettingsError, match="from environment variable DOCKER_HOST"):
+        load_settings()
+
+
+def test_ws_send_timeout_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDLEWATCH_WS_SEND_TIMEOUT", "0")
+    with pytest.raises(SettingsError, match="ws_send_timeout"):
+        load_settings()

@@ -1,0 +1,259 @@
+"""Regression tests for defects found in review (each fails on the code before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.fakes import FakeDocker, FakeStore
+from watcher import AgentNotFound, ManualClock, Settings, Status, Watcher
+from watcher.clock import to_ns
+from watcher.errors import Conflict, StoreError
+from watcher.models import (
+    AgentSpec,
+    Change,
+    ContainerInfo,
+    EngineEvent,
+    EventType,
+    ServiceInfo,
+    Snapshot,
+    freeze,
+)
+from watcher.tracker import Tracker
+from watcher.writer import StoreWriter
+
+from .test_runtime import agent
+
+LABEL = "idlewatch.enable"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", **kw)  # type: ignore[arg-type]
+
+
+async def _watcher(docker: FakeDocker, **kw: object) -> Watcher:
+    w = Watcher(
+        _settings(**kw),
+        docker=docker,
+        store=FakeStore(),
+        clock=ManualClock(T0),
+        backoff=lambda n: 0.0,
+    )
+    await w.open()
+    await w.wait_synced(5)
+    return w
+
+
+async def test_redeploy_never_removes_a_managed_container_it_did_not_deploy() -> None:
+    docker = FakeDocker()
+    w = await _watcher(docker, allowed_images=["img*"])
+    try:
+        docker.containers["web"] = ContainerInfo(
+            "u1", "web", "postgres", "running", freeze({LABEL: "true"})
+        )
+        w.registry.specs["web"] = AgentSpec("web", "img")
+
+        async def conflict(spec: AgentSpec, *, network: str | None) -> str:
+            raise Conflict("name taken")
+
+        docker.create_agent = conflict  # type: ignore[method-assign]
+        with pytest.raises(Conflict, match="not deployed by idlewatch"):
+            await w.registry.deploy("web")
+        assert docker.calls["remove_agent"] == 0
+    finally:
+        await w.close()
+
+
+async def test_the_stream_survives_a_bug_in_a_resync() -> None:
+    docker = FakeDocker()
+    real = docker.snapshot
+    failures = [KeyError("Spec")]
+
+    async def flaky() -> Snapshot:
+        if failures:
+            raise failures.pop()
+        return await real()
+
+    docker.snapshot = flaky  # type: ignore[method-assign]
+    w = Watcher(
+        _settings(), docker=docker, store=FakeStore(), clock=ManualClock(T0), backoff=lambda n: 0.0
+    )
+    await w.open()
+    try:
+        await w.wait_synced(5)
+        assert docker.calls["subscribe"] == 2 and w.health().ready
+    finally:
+        await w.close()
+
+
+async def test_no_idle_stop_while_the_stream_is_down() -> None:
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "idle", "img", "running", freeze({LABEL: "true"}))
+    clock = ManualClock(T0)
+    w = Watcher(
+        _settings(idle_timeout="1m"),
+        docker=docker,
+        store=FakeStore(),
+        clock=clock,
+        backoff=lambda n: 0.01,
+    )
+    await w.open()
+    try:
+        await w.wait_synced(5)
+        docker.reachable = False
+        docker.streams[-1].end()
+        await asyncio.wait_for(docker.wait_calls("subscribe", 3), 5)
+        clock.advance(600)
+        report = await w.sweep_once()
+        assert report.skipped and report.candidates == []
+        assert docker.calls["stop_container"] == 0
+    finally:
+        await w.close()
+
+
+def _tracker() -> tuple[Tracker, list[Change]]:
+    changes: list[Change] = []
+    return Tracker(
+        label=LABEL, default_idle_timeout_s=900, clock=ManualClock(T0), sink=changes.append
+    ), changes
+
+
+def _sev(action: str, sid: str, t: int, **attrs: str) -> EngineEvent:
+    return EngineEvent(
+        EventType.SERVICE, action, sid, to_ns(T0) + t, attributes=freeze({"name": "svc", **attrs})
+    )
+
+
+def _task(action: str, cid: str, sid: str) -> EngineEvent:
+    return EngineEvent(
+        EventType.CONTAINER,
+        action,
+        cid,
+        to_ns(T0),
+        name="svc.1.x",
+        attributes=freeze({"com.docker.swarm.service.id": sid}),
+    )
+
+
+def test_a_recreated_service_does_not_inherit_old_task_counts() -> None:
+    tr, _ = _tracker()
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
+    tr.apply(_task("start", "t1", "s1"))
+    tr.apply(_task("start", "t2", "s1"))
+    tr.apply(_sev("remove", "s1", 1))
+    tr.apply_service(ServiceInfo("s2", "svc", "img", freeze({LABEL: "true"}), 1, 0), "s2")
+    svc = tr.agents["svc"]
+    assert (svc.running, svc.status) == (0, Status.STARTING)
+
+
+def test_a_first_inspect_seeds_the_running_count() -> None:
+    tr, _ = _tracker()
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 3, 3), "s1")
+    assert tr.agents["svc"].running == 3 and tr.agents["svc"].status is Status.RUNNING
+
+
+def test_an_inspect_older_than_an_event_does_not_undo_it() -> None:
+    tr, _ = _tracker()
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 0, 0), "s1")
+    seq = tr.seq  # the inspect is sent now...
+    tr.apply(_sev("update", "s1", 5, **{"replicas.old": "0", "replicas.new": "3"}))
+    stale = ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 0, 0)
+    tr.apply_service(stale, "s1", seq)  # ...and answers with what it saw before the update
+    assert tr.agents["svc"].replicas == 3
+
+
+def test_replicas_old_zero_is_read_as_zero() -> None:
+    tr, changes = _tracker()
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
+    tr.apply(_sev("update", "s1", 5, **{"replicas.old": "0", "replicas.new": "3"}))
+    assert changes[-1].reason == "event:scale 0->3"
+
+
+def test_rename_writes_the_new_row() -> None:
+    tr, changes = _tracker()
+    tr.reconcile(
+        Snapshot((ContainerInfo("c1", "box", "img", "running", freeze({LABEL: "true"})),), (), True)
+    )
+    n = len(changes)
+    tr.apply(
+        EngineEvent(
+            EventType.CONTAINER,
+            "rename",
+            "c1",
+            to_ns(T0) + 5,
+            name="crate",
+            attributes=freeze({"name": "crate", LABEL: "true"}),
+        )
+    )
+    assert [c.agent.name for c in changes[n:]] == ["crate"]
+
+
+async def test_a_forgotten_agent_is_not_resurrected_by_a_retry() -> None:
+    store = FakeStore()
+    writer = StoreWriter(store, retry_max_s=0.01)
+    gate = asyncio.Event()
+    real = store.write
+
+    async def slow_fail(*args: object, **kw: object) -> None:
+        await gate.wait()
+        raise StoreError("locked")
+
+    store.write = slow_fail  # type: ignore[method-assign]
+    writer.start()
+    writer.put_agent(agent("x"))
+    await asyncio.sleep(0.01)  # the batch with x is being written
+    writer.forget("x")
+    store.write = real  # type: ignore[method-assign]
+    gate.set()
+    await writer.flush(5)
+    assert "x" not in store.rows
+    await writer.close()
+
+
+async def test_flush_returns_under_a_steady_stream_of_changes() -> None:
+    store = FakeStore()
+    real = store.write
+
+    async def slow_write(*args: object, **kw: object) -> None:
+        await asyncio.sleep(0.001)  # new rows arrive while a batch is being written
+        await real(*args, **kw)  # type: ignore[arg-type]
+
+    store.write = slow_write  # type: ignore[method-assign]
+    writer = StoreWriter(store)
+    writer.start()
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            writer.put_agent(agent(f"a{i % 50}"))
+            i += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(churn())
+    try:
+        await asyncio.sleep(0.05)
+        await writer.flush(5)
+    finally:
+        stop.set()
+        await task
+        await writer.close()
+
+
+async def test_removed_agents_are_not_acted_on_and_can_be_forgotten() -> None:
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "gone", "img", "exited", freeze({LABEL: "true"}))
+    w = await _watcher(docker, allowed_images=["img*"])
+    try:
+        docker.containers.clear()
+        docker.streams[-1].end()  # resync: the container is gone -> removed
+        await w.wait_for("gone", lambda a: a is not None and a.status is Status.REMOVED, 5)
+        with pytest.raises(AgentNotFound, match="removed"):
+            await w.lifecycle.start("gone")
+        await w.delete("gone")
+        assert w.get("gone") is None and docker.calls["remove_agent"] == 0
+    finally:
+        await w.close()

@@ -1,0 +1,23 @@
+"""The one way background tasks end: cancelled, awaited, and any crash of theirs logged."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it; an exception it died of is logged, never raised here."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves: let it through
+    except Exception:
+        logger.exception("background task %s had crashed", task.get_name())
