@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "IDLEWATCH_"
 CONFIG_ENV = "IDLEWATCH_CONFIG"
+#: Docker and Swarm secrets: a file /run/secrets/idlewatch_api_token sets api_token
+SECRETS_DIR = "/run/secrets"
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 
 
@@ -226,8 +228,9 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     toml_path = _check_toml(path_text, from_flag=config is not None) if path_text else None
     _warn_unknown_env()
     Settings._toml_path = toml_path
+    secrets_dir = SECRETS_DIR if Path(SECRETS_DIR).is_dir() else None
     try:
-        return Settings(**overrides)
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise _explain(exc, overrides, toml_path) from None
     finally:
