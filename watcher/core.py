@@ -61,7 +61,7 @@ class Watcher:
         self.store: Store = store or SqlStore(s.database_url)
         self.hub = Hub(s.subscriber_queue_size)
         self.writer = StoreWriter(self.store)
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self.tracker = Tracker(
             label=s.label,
             default_idle_timeout_s=s.idle_timeout,
@@ -183,9 +183,12 @@ class Watcher:
         self, name: str, predicate: Callable[[Agent | None], bool], timeout_s: float
     ) -> Agent | None:
         """Wait until ``predicate(get(name))`` holds; raise TimeoutError after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):
             while not predicate(self.tracker.get(name)):
-                await self._changed.wait()
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(fut)
+                await fut
         return self.tracker.get(name)
 
     async def flush(self, timeout_s: float | None = None) -> None:
@@ -266,8 +269,11 @@ class Watcher:
     def _on_change(self, change: Change) -> None:
         self.writer.put_agent(change.agent)
         self.hub.publish(change)
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiters:  # wake wait_for() callers; nothing to do on the hot path otherwise
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def _audit(self, entry: AuditEntry) -> None:
         self.writer.put_audit(entry)

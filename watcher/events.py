@@ -18,10 +18,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .errors import EngineUnavailable, WatcherError
-from .models import Agent, EngineEvent, Snapshot
+from .models import Agent, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
 from .ports import DockerGateway, EventStream
 from .tasks import cancel_and_wait
 from .tracker import Need, Tracker
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; replay 1 s
 DEDUP_KEYS = 8192
+ENRICH_BATCH = 1000  # events taken from the enricher queue at once
+ENRICH_CONCURRENCY = 16  # inspections in flight at once
 HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 
 
@@ -65,10 +67,16 @@ class Enricher:
         self._docker = docker
         self._tracker = tracker
         self._queue: asyncio.Queue[tuple[EngineEvent, Need]] = asyncio.Queue()
+        self._services_pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self.inspections = 0
 
     def submit(self, ev: EngineEvent, need: Need) -> None:
-        """Queue an event for a look (never blocks)."""
+        """Queue an event for a look (never blocks); one look per service is enough."""
+        if need is Need.SERVICE:
+            if ev.actor_id in self._services_pending:
+                return
+            self._services_pending.add(ev.actor_id)
         self._queue.put_nowait((ev, need))
 
     def start(self) -> None:
@@ -88,35 +96,57 @@ class Enricher:
 
     async def _run(self) -> None:
         while True:
-            ev, need = await self._queue.get()
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < ENRICH_BATCH:
+                batch.append(self._queue.get_nowait())
             try:
-                await self._handle(ev, need)
-            except WatcherError as exc:
-                logger.warning(
-                    "could not look at %s %s after %s: %s",
-                    ev.type,
-                    ev.actor_id[:12],
-                    ev.action,
-                    exc,
-                )
-            except Exception:
-                logger.exception("enricher failed on %s %s", ev.type, ev.action)
+                await self._handle_batch(batch)
+            except Exception:  # the enricher must outlive any one bad batch
+                logger.exception("enricher failed on a batch of %d events", len(batch))
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
 
-    async def _handle(self, ev: EngineEvent, need: Need) -> None:
-        if need is Need.SERVICE:
-            seq = self._tracker.seq
-            info = await self._docker.inspect_service(ev.actor_id)
-            self._tracker.apply_service(info, ev.actor_id, seq)
-            return
-        cinfo = await self._docker.inspect_container(ev.actor_id)
-        if cinfo is None:
-            self._tracker.set_healthcheck(ev.actor_id, None)
-        else:
-            self._tracker.apply_container(cinfo)
-        if self._tracker.apply(ev) is not Need.NOTHING:
-            logger.debug("event %s on %s still undecided after a look", ev.action, ev.actor_id[:12])
+    async def _handle_batch(self, batch: list[tuple[EngineEvent, Need]]) -> None:
+        """Look at every distinct container and service of the batch at once, then apply
+        the batch's events in their order."""
+        containers = list(
+            dict.fromkeys(
+                ev.actor_id
+                for ev, need in batch
+                if need is Need.CONTAINER and not self._tracker.knows_container(ev.actor_id)
+            )
+        )
+        services = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SERVICE))
+        self._services_pending.difference_update(services)  # a later event asks again
+        seq = self._tracker.seq
+        limit = asyncio.Semaphore(ENRICH_CONCURRENCY)
+        looks = await asyncio.gather(
+            *(self._look(limit, self._docker.inspect_container(c)) for c in containers),
+            *(self._look(limit, self._docker.inspect_service(s)) for s in services),
+        )
+        self.inspections += len(looks)
+        for cid, cinfo in zip(containers, looks[: len(containers)], strict=True):
+            if isinstance(cinfo, ContainerInfo):
+                self._tracker.apply_container(cinfo)
+            else:  # gone, or the look failed: no healthcheck known, so execs count as use
+                self._tracker.set_healthcheck(cid, None)
+        for sid, sinfo in zip(services, looks[len(containers) :], strict=True):
+            if isinstance(sinfo, ServiceInfo) or sinfo is None:
+                self._tracker.apply_service(sinfo, sid, seq)
+        for ev, need in batch:
+            if need is Need.CONTAINER:
+                self._tracker.apply(ev)
+
+    async def _look(
+        self, limit: asyncio.Semaphore, call: Awaitable[ContainerInfo | ServiceInfo | None]
+    ) -> ContainerInfo | ServiceInfo | WatcherError | None:
+        async with limit:
+            try:
+                return await call
+            except WatcherError as exc:
+                logger.warning("could not look at the engine: %s", exc)
+                return exc
 
 
 class EventPump:

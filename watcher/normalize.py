@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import orjson
 
-from .models import EngineEvent, EventType, freeze
+from .models import EngineEvent, EventType
 
 _TYPES = {t.value: t for t in EventType}
 
@@ -43,7 +44,11 @@ def normalize(raw: object) -> EngineEvent | None:
     attrs = actor.get("Attributes") or {}
     if not isinstance(attrs, dict):
         raise BadEvent("Actor.Attributes is not an object")
-    attributes = {str(k): v if isinstance(v, str) else str(v) for k, v in attrs.items()}
+    for value in attrs.values():
+        if type(value) is not str:  # not from an engine, but keep going: stringify
+            attrs = {str(k): v if isinstance(v, str) else str(v) for k, v in attrs.items()}
+            break
+    attributes: dict[str, str] = attrs
     action, _, detail = action_full.partition(":")
     return EngineEvent(
         type=etype,
@@ -53,7 +58,7 @@ def normalize(raw: object) -> EngineEvent | None:
         name=attributes.get("name", ""),
         image=attributes.get("image", ""),
         detail=detail.strip(),
-        attributes=_freeze_attrs(attributes),
+        attributes=MappingProxyType(attributes),  # a fresh dict from the decoder: no copy
     )
 
 
@@ -65,7 +70,3 @@ def _time_ns(raw: Mapping[str, object]) -> int:
     if isinstance(t, int | float) and not isinstance(t, bool) and t > 0:
         return int(t * 1_000_000_000)
     raise BadEvent("event without a valid timeNano or time")
-
-
-def _freeze_attrs(attrs: dict[str, str]) -> Mapping[str, str]:
-    return freeze(attrs)

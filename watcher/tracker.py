@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from .clock import from_ns
 from .durations import DurationError
@@ -117,21 +118,25 @@ class Tracker:
             agent = self._rename(agent, ev)
         if self._needs_healthcheck(ev):
             return Need.CONTAINER
-        updated = self._container_after(agent, ev)
-        self._emit(updated, agent, f"event:{ev.action}")
+        self._update(agent, "event:" + ev.action, self._container_changes(agent, ev))
         return Need.NOTHING
 
-    def _container_after(self, agent: Agent, ev: EngineEvent) -> Agent:
-        updated = agent
+    def _container_changes(self, agent: Agent, ev: EngineEvent) -> dict[str, Any]:
+        """What one event changes, as field values (one copy of the agent at most, later)."""
+        changes: dict[str, Any] = {}
         status = status_after(ev.action)
         if status is not None and ev.time_ns >= agent.last_event_ns:
-            updated = _with_container_status(updated, status)
-            updated = replace(updated, last_event_ns=ev.time_ns, error=None)
+            alive = 1 if status in _RUNNING_LIKE else 0
+            changes.update(
+                status=status, running=alive, replicas=alive, last_event_ns=ev.time_ns, error=None
+            )
         if self._is_use(ev):
-            updated = _touched(updated, from_ns(ev.time_ns))
+            when = from_ns(ev.time_ns)
+            if when > agent.last_activity:
+                changes["last_activity"] = when
         if ev.action == "destroy":
             self._drop_id(ev.actor_id)
-        return updated
+        return changes
 
     def _add_container_from_event(self, ev: EngineEvent) -> Need:
         labels = freeze({k: v for k, v in ev.attributes.items() if k not in _EVENT_ONLY_ATTRS})
@@ -166,7 +171,7 @@ class Tracker:
             return agent
         self.agents.pop(agent.name, None)
         self._forget_sink(agent.name)
-        renamed = replace(agent, name=ev.name, updated_at=self._clock.now())
+        renamed = agent._replace(name=ev.name, updated_at=self._clock.now())
         self._by_id[agent.id] = ev.name
         self.agents[ev.name] = renamed
         self._sink(Change(renamed, agent.status, f"event:rename from {agent.name}"))
@@ -204,10 +209,15 @@ class Tracker:
         if ev.action == "destroy":
             self._healthcheck.pop(ev.actor_id, None)
         running = len(tasks) + self._remote_running.get(name, 0)
-        updated = replace(agent, running=running, status=service_status(agent.replicas, running))
+        changes: dict[str, Any] = {
+            "running": running,
+            "status": service_status(agent.replicas, running),
+        }
         if ev.action != "start" and self._is_use(ev):
-            updated = _touched(updated, from_ns(ev.time_ns))
-        self._emit(updated, agent, f"task:{ev.action}")
+            when = from_ns(ev.time_ns)
+            if when > agent.last_activity:
+                changes["last_activity"] = when
+        self._update(agent, "task:" + ev.action, changes)
         return Need.NOTHING
 
     def _apply_service_event(self, ev: EngineEvent) -> Need:
@@ -219,7 +229,7 @@ class Tracker:
             self._drop_id(ev.actor_id)
             self._local_tasks.pop(name, None)
             self._remote_running.pop(name, None)
-            updated = replace(agent, status=Status.REMOVED, replicas=0, running=0)
+            updated = agent._replace(status=Status.REMOVED, replicas=0, running=0)
             self._emit(updated, agent, "event:remove")
             return Need.NOTHING
         new = _int_or_none(ev.attributes.get("replicas.new"))
@@ -231,19 +241,28 @@ class Tracker:
         self._service_seq[ev.actor_id] = self._seq
         old_attr = _int_or_none(ev.attributes.get("replicas.old"))
         old = agent.replicas if old_attr is None else old_attr
-        updated = replace(
+        when = from_ns(ev.time_ns)
+        self._update(
             agent,
-            replicas=new,
-            status=service_status(new, agent.running),
-            restore_replicas=old if new == 0 and old > 0 else agent.restore_replicas,
-            last_event_ns=max(agent.last_event_ns, ev.time_ns),
-            error=None,
+            f"event:scale {old}->{new}",
+            {
+                "replicas": new,
+                "status": service_status(new, agent.running),
+                "restore_replicas": old if new == 0 and old > 0 else agent.restore_replicas,
+                "last_event_ns": max(agent.last_event_ns, ev.time_ns),
+                "error": None,
+                "last_activity": max(when, agent.last_activity),
+            },
         )
-        updated = _touched(updated, from_ns(ev.time_ns))
-        self._emit(updated, agent, f"event:scale {old}->{new}")
-        return Need.SERVICE  # the same update may have changed its labels: look (off the path)
+        # A label removed in this same update is seen at the next look (a spec-only update,
+        # a resync); nothing is ever stopped or scaled without a live label check anyway.
+        return Need.NOTHING
 
     # -------------------------------------------------------------- inspections
+    def knows_container(self, container_id: str) -> bool:
+        """Whether the healthcheck command of a container is known (it was looked at)."""
+        return container_id in self._healthcheck
+
     def set_healthcheck(self, container_id: str, command: str | None) -> None:
         """Record a container's healthcheck command (from an inspect)."""
         self._healthcheck[container_id] = command
@@ -318,11 +337,11 @@ class Tracker:
                 )
                 if agent.kind is Kind.SERVICE and not swarm_active:
                     reason += " (Swarm is not active on this engine)"
-                updated = replace(agent, status=Status.ERROR, error=reason, running=0)
+                updated = agent._replace(status=Status.ERROR, error=reason, running=0)
                 self._emit(updated, agent, "dead-letter")
                 dead.append(updated)
             else:
-                self._emit(replace(agent, status=Status.REMOVED, running=0), agent, "reconcile")
+                self._emit(agent._replace(status=Status.REMOVED, running=0), agent, "reconcile")
         return dead
 
     def _upsert_container(self, c: ContainerInfo) -> None:
@@ -402,7 +421,7 @@ class Tracker:
         """Remember what a later start should bring a service back to."""
         agent = self.agents.get(name)
         if agent is not None and replicas > 0 and agent.restore_replicas != replicas:
-            self._emit(replace(agent, restore_replicas=replicas), agent, "remember-replicas")
+            self._emit(agent._replace(restore_replicas=replicas), agent, "remember-replicas")
 
     def mark_error(self, name: str, reason: str) -> Agent | None:
         """Dead-letter one agent (found missing during a live re-check)."""
@@ -410,7 +429,7 @@ class Tracker:
         if agent is None:
             return None
         self._drop_id(agent.id)
-        updated = replace(agent, status=Status.ERROR, error=reason, running=0)
+        updated = agent._replace(status=Status.ERROR, error=reason, running=0)
         self._emit(updated, agent, "dead-letter")
         return updated
 
@@ -441,28 +460,46 @@ class Tracker:
                 )
             return self.default_idle_timeout_s
 
+    def _update(self, old: Agent, reason: str, changes: dict[str, Any]) -> Agent:
+        """Apply field changes to ``old``: a Change only when something visible changed."""
+        differ = {k: v for k, v in changes.items() if getattr(old, k) != v}
+        if not differ:
+            return old
+        if differ.keys() == {"last_event_ns"}:  # bookkeeping only: no change to publish
+            new = old._replace(**differ)
+            self.agents[old.name] = new
+            return new
+        new = old._replace(updated_at=self._clock.now(), **differ)
+        self.agents[new.name] = new
+        self._sink(Change(new, old.status, reason))
+        return new
+
     def _emit(self, new: Agent, old: Agent | None, reason: str) -> None:
         if old is not None and _same(new, old):
-            self.agents[new.name] = replace(new, updated_at=old.updated_at)
+            self.agents[new.name] = new._replace(updated_at=old.updated_at)
             return
-        new = replace(new, updated_at=self._clock.now())
+        new = new._replace(updated_at=self._clock.now())
         self.agents[new.name] = new
         self._sink(Change(new, old.status if old is not None else None, reason))
 
 
+_COMPARED = tuple(f for f in Agent._fields if f not in ("updated_at", "last_event_ns"))
+
+
 def _same(a: Agent, b: Agent) -> bool:
-    return replace(a, updated_at=b.updated_at, last_event_ns=b.last_event_ns) == b
+    """Equal in everything but bookkeeping (when it was updated, the last event's time)."""
+    return all(getattr(a, f) == getattr(b, f) for f in _COMPARED)
 
 
 def _touched(agent: Agent, when: datetime, *, force: bool = False) -> Agent:
     if force or when > agent.last_activity:
-        return replace(agent, last_activity=when)
+        return agent._replace(last_activity=when)
     return agent
 
 
 def _with_container_status(agent: Agent, status: Status) -> Agent:
     alive = 1 if status in _RUNNING_LIKE else 0
-    return replace(agent, status=status, running=alive, replicas=alive)
+    return agent._replace(status=status, running=alive, replicas=alive)
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -1,0 +1,103 @@
+"""Figure 1: events through the real pipeline vs aiodocker's no-op subscriber, same stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+
+from watcher import Settings, Watcher
+
+from .common import wait_for
+from .fake_engine import FakeEngineProcess, Scenario, generate
+
+N_EVENTS = 200_000
+N_AGENTS = 10_000
+
+
+async def ceiling(engine: FakeEngineProcess, n: int) -> float:
+    """aiodocker's own subscriber with a no-op handler: events per second."""
+    docker = aiodocker.Docker(url=engine.url)
+    try:
+        sub = docker.events.subscribe()
+        first = await sub.get()
+        assert first is not None
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            if await sub.get() is None:
+                raise RuntimeError("the stream ended early")
+        return (n - 1) / (time.perf_counter() - t0)
+    finally:
+        await docker.events.stop()
+        await docker.close()
+
+
+async def pipeline(engine: FakeEngineProcess, sc: Scenario, db: Path) -> dict[str, Any]:
+    """The real watcher: parse, normalize, apply, write to a file SQLite, publish."""
+    settings = Settings(docker_url=engine.url, database_url=f"sqlite+aiosqlite:///{db}",
+                        sweep_interval=3600, log_level="WARNING")
+    async with Watcher(settings) as w:
+        sub = w.hub.subscribe(queue_size=N_EVENTS * 2)  # a consumer of the published changes
+        await wait_for(lambda: w.pump.events_received > 0, 60, "the first event")
+        t0 = time.perf_counter()
+        await wait_for(lambda: w.pump.events_received >= len(sc.lines), 300, "every event")
+        await wait_for(lambda: w.pump.synced.is_set(), 60, "the resync")
+        t_read = time.perf_counter() - t0
+        await w.pump.enricher.idle()
+        t_enriched = time.perf_counter() - t0
+        await w.flush(300)
+        elapsed = time.perf_counter() - t0
+        published = sub.queue.qsize()
+        wrong = _check(w, sc)
+        stored = {a.name: a for a in await w.store.load_agents()}
+        wrong_stored = sum(1 for a in w.agents()
+                           if (s := stored.get(a.name)) is None or s.status != a.status
+                           or s.replicas != a.replicas)
+        enrich_backlog = w.pump.enricher._queue.qsize()
+    return {"events_per_s": (len(sc.lines) - 1) / elapsed, "elapsed_s": elapsed,
+            "wrong_status": wrong, "wrong_in_store": wrong_stored, "published": published,
+            "enricher_backlog_at_end": enrich_backlog, "read_s": t_read,
+            "enriched_s": t_enriched, "inspections": w.pump.enricher.inspections}
+
+
+def _check(w: Watcher, sc: Scenario) -> int:
+    wrong = 0
+    for name, status in sc.expected_container.items():
+        a = w.get(name)
+        wrong += a is None or a.status.value != status
+    for name, replicas in sc.expected_replicas.items():
+        a = w.get(name)
+        wrong += a is None or a.replicas != replicas
+    return wrong
+
+
+async def run(repeats: int = 3) -> dict[str, Any]:
+    """Alternate ceiling and pipeline runs on the same stream; report medians and spread."""
+    logging.getLogger("watcher").setLevel(logging.WARNING)
+    sc = generate(N_EVENTS, N_AGENTS)
+    ours: list[dict[str, Any]] = []
+    ceilings: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            engine = FakeEngineProcess(Path(tmp) / f"fake{i}.sock", N_EVENTS, N_AGENTS)
+            await engine.start()
+            try:
+                ceilings.append(await ceiling(engine, len(sc.lines)))
+            finally:
+                await engine.stop()
+            engine = FakeEngineProcess(Path(tmp) / f"fake{i}b.sock", N_EVENTS, N_AGENTS)
+            await engine.start()
+            try:
+                ours.append(await pipeline(engine, sc, Path(tmp) / f"run{i}.db"))
+            finally:
+                await engine.stop()
+    return {"ours": ours, "ceilings": ceilings}
+
+
+if __name__ == "__main__":
+    print(asyncio.run(run(1)))
