@@ -33,8 +33,14 @@ class Scenario:
 
 
 def _labels(i: int) -> dict[str, str]:
-    return {LABEL: "true", "team": f"team-{i % 17}", "app": "agent", "tier": "sandbox",
-            "idlewatch.idle-timeout": "15m", "owner": f"user-{i}"}
+    return {
+        LABEL: "true",
+        "team": f"team-{i % 17}",
+        "app": "agent",
+        "tier": "sandbox",
+        "idlewatch.idle-timeout": "15m",
+        "owner": f"user-{i}",
+    }
 
 
 def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> Scenario:
@@ -49,18 +55,29 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
         name = f"agent-{i}"
         state = "running" if i % 2 else "exited"
         running[cid] = state == "running"
-        sc.containers[cid] = {"Id": cid, "Names": ["/" + name], "Image": "agents/sandbox:1",
-                              "State": state, "Labels": _labels(i)}
+        sc.containers[cid] = {
+            "Id": cid,
+            "Names": ["/" + name],
+            "Image": "agents/sandbox:1",
+            "State": state,
+            "Labels": _labels(i),
+        }
         cids.append(cid)
     sids = []
     replicas: dict[str, int] = {}
     for j in range(n_services):
         sid = f"svc{j:022d}"
         replicas[sid] = 1
-        sc.services[sid] = {"ID": sid, "Version": {"Index": 1}, "Spec": {
-            "Name": f"service-{j}", "Labels": {LABEL: "true", "team": f"team-{j % 17}"},
-            "Mode": {"Replicated": {"Replicas": 1}},
-            "TaskTemplate": {"ContainerSpec": {"Image": "agents/service:1"}}}}
+        sc.services[sid] = {
+            "ID": sid,
+            "Version": {"Index": 1},
+            "Spec": {
+                "Name": f"service-{j}",
+                "Labels": {LABEL: "true", "team": f"team-{j % 17}"},
+                "Mode": {"Replicated": {"Replicas": 1}},
+                "TaskTemplate": {"ContainerSpec": {"Image": "agents/service:1"}},
+            },
+        }
         sids.append(sid)
     t = BASE_NS
     exec_n = 0
@@ -70,8 +87,9 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
         if roll < 0.10:
             sid = rng.choice(sids)
             new = rng.randint(0, 3)
-            sc.lines.append(_service_update(sid, sc.services[sid]["Spec"]["Name"], replicas[sid],
-                                            new, t))
+            sc.lines.append(
+                _service_update(sid, sc.services[sid]["Spec"]["Name"], replicas[sid], new, t)
+            )
             replicas[sid] = new
             continue
         cid = rng.choice(cids)
@@ -85,10 +103,14 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
             exec_n += 1
             cmd = HEALTHCHECK if rng.random() < 0.5 else "python agent.py --step"
             exec_id = f"{exec_n:064x}"
-            sc.lines.append(_container(cid, name, f"exec_start: {cmd}", item["Labels"], t,
-                                       execID=exec_id))
-            sc.lines.append(_container(cid, name, "exec_die", item["Labels"], t + 500,
-                                       execID=exec_id, exitCode="0"))
+            sc.lines.append(
+                _container(cid, name, f"exec_start: {cmd}", item["Labels"], t, execID=exec_id)
+            )
+            sc.lines.append(
+                _container(
+                    cid, name, "exec_die", item["Labels"], t + 500, execID=exec_id, exitCode="0"
+                )
+            )
     sc.lines = sc.lines[:n_events]
     for cid, item in sc.containers.items():
         sc.expected_container[item["Names"][0][1:]] = "running" if running[cid] else "exited"
@@ -105,27 +127,47 @@ def _replay_truth(sc: Scenario) -> None:
         ev = orjson.loads(line)
         if ev["Type"] == "service":
             desired[ev["Actor"]["Attributes"]["name"]] = int(
-                ev["Actor"]["Attributes"]["replicas.new"])
+                ev["Actor"]["Attributes"]["replicas.new"]
+            )
         elif ev["Action"] in ("start", "die"):
             state[ev["Actor"]["ID"]] = ev["Action"] == "start"
     sc.expected_container = {names[c]: "running" if up else "exited" for c, up in state.items()}
     sc.expected_replicas = desired
 
 
-def _container(cid: str, name: str, action: str, labels: dict[str, str], t: int,
-               **extra: str) -> bytes:
+def _container(
+    cid: str, name: str, action: str, labels: dict[str, str], t: int, **extra: str
+) -> bytes:
     attrs = {**labels, "image": "agents/sandbox:1", "name": name, **extra}
-    return orjson.dumps({"status": action.split(":")[0], "id": cid, "from": "agents/sandbox:1",
-                         "Type": "container", "Action": action,
-                         "Actor": {"ID": cid, "Attributes": attrs}, "scope": "local",
-                         "time": t // 1_000_000_000, "timeNano": t})
+    return orjson.dumps(
+        {
+            "status": action.split(":")[0],
+            "id": cid,
+            "from": "agents/sandbox:1",
+            "Type": "container",
+            "Action": action,
+            "Actor": {"ID": cid, "Attributes": attrs},
+            "scope": "local",
+            "time": t // 1_000_000_000,
+            "timeNano": t,
+        }
+    )
 
 
 def _service_update(sid: str, name: str, old: int, new: int, t: int) -> bytes:
-    return orjson.dumps({"Type": "service", "Action": "update",
-                         "Actor": {"ID": sid, "Attributes": {
-                             "name": name, "replicas.old": str(old), "replicas.new": str(new)}},
-                         "scope": "swarm", "time": t // 1_000_000_000, "timeNano": t})
+    return orjson.dumps(
+        {
+            "Type": "service",
+            "Action": "update",
+            "Actor": {
+                "ID": sid,
+                "Attributes": {"name": name, "replicas.old": str(old), "replicas.new": str(new)},
+            },
+            "scope": "swarm",
+            "time": t // 1_000_000_000,
+            "timeNano": t,
+        }
+    )
 
 
 class FakeEngine:
@@ -170,27 +212,35 @@ class FakeEngine:
 
     async def _info(self, request: web.Request) -> web.Response:
         self.calls += 1
-        return web.json_response({"Swarm": {"LocalNodeState": "active",
-                                            "ControlAvailable": True, "NodeID": "n1"}})
+        return web.json_response(
+            {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"}}
+        )
 
     async def _containers(self, request: web.Request) -> web.Response:
         self.calls += 1
         if "com.docker.swarm.service.id" in request.query.get("filters", ""):
             return web.json_response([])
-        return web.Response(body=orjson.dumps(list(self.sc.containers.values())),
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(list(self.sc.containers.values())), content_type="application/json"
+        )
 
     async def _inspect_container(self, request: web.Request) -> web.Response:
         self.calls += 1
         item = self.sc.containers.get(request.match_info["id"])
         if item is None:
             return web.json_response({"message": "No such container"}, status=404)
-        return web.json_response({
-            "Id": item["Id"], "Name": item["Names"][0],
-            "State": {"Status": item["State"]},
-            "Config": {"Image": item["Image"], "Labels": item["Labels"],
-                       "Healthcheck": {"Test": ["CMD-SHELL", "true"]}},
-        })
+        return web.json_response(
+            {
+                "Id": item["Id"],
+                "Name": item["Names"][0],
+                "State": {"Status": item["State"]},
+                "Config": {
+                    "Image": item["Image"],
+                    "Labels": item["Labels"],
+                    "Healthcheck": {"Test": ["CMD-SHELL", "true"]},
+                },
+            }
+        )
 
     async def _services(self, request: web.Request) -> web.Response:
         self.calls += 1
@@ -248,7 +298,8 @@ class FakeEngineProcess:
         import sys
 
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.fake_engine", *self.args)
+            sys.executable, "-m", "bench.fake_engine", *self.args
+        )
         for _ in range(600):
             if self.socket_path.exists():
                 return

@@ -39,8 +39,12 @@ async def ceiling(engine: FakeEngineProcess, n: int) -> float:
 
 async def pipeline(engine: FakeEngineProcess, sc: Scenario, db: Path) -> dict[str, Any]:
     """The real watcher: parse, normalize, apply, write to a file SQLite, publish."""
-    settings = Settings(docker_url=engine.url, database_url=f"sqlite+aiosqlite:///{db}",
-                        sweep_interval=3600, log_level="WARNING")
+    settings = Settings(
+        docker_url=engine.url,
+        database_url=f"sqlite+aiosqlite:///{db}",
+        sweep_interval=3600,
+        log_level="WARNING",
+    )
     async with Watcher(settings) as w:
         sub = w.hub.subscribe(queue_size=N_EVENTS * 2)  # a consumer of the published changes
         await wait_for(lambda: w.pump.events_received > 0, 60, "the first event")
@@ -55,14 +59,23 @@ async def pipeline(engine: FakeEngineProcess, sc: Scenario, db: Path) -> dict[st
         published = sub.queue.qsize()
         wrong = _check(w, sc)
         stored = {a.name: a for a in await w.store.load_agents()}
-        wrong_stored = sum(1 for a in w.agents()
-                           if (s := stored.get(a.name)) is None or s.status != a.status
-                           or s.replicas != a.replicas)
+        wrong_stored = sum(
+            1
+            for a in w.agents()
+            if (s := stored.get(a.name)) is None or s.status != a.status or s.replicas != a.replicas
+        )
         enrich_backlog = w.pump.enricher._queue.qsize()
-    return {"events_per_s": (len(sc.lines) - 1) / elapsed, "elapsed_s": elapsed,
-            "wrong_status": wrong, "wrong_in_store": wrong_stored, "published": published,
-            "enricher_backlog_at_end": enrich_backlog, "read_s": t_read,
-            "enriched_s": t_enriched, "inspections": w.pump.enricher.inspections}
+    return {
+        "events_per_s": (len(sc.lines) - 1) / elapsed,
+        "elapsed_s": elapsed,
+        "wrong_status": wrong,
+        "wrong_in_store": wrong_stored,
+        "published": published,
+        "enricher_backlog_at_end": enrich_backlog,
+        "read_s": t_read,
+        "enriched_s": t_enriched,
+        "inspections": w.pump.enricher.inspections,
+    }
 
 
 def _check(w: Watcher, sc: Scenario) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
@@ -158,6 +159,10 @@ class FakeStore:
 
     async def load_specs(self) -> list[AgentSpec]:
         return list(self.specs.values())
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        yield
 
     async def write(
         self,

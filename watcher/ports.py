@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -123,6 +124,10 @@ class Store(Protocol):
 
     async def load_specs(self) -> list[AgentSpec]:
         """Every registered agent spec."""
+        ...
+
+    def session(self) -> AbstractAsyncContextManager[None]:
+        """Hold a connection for the calling task across writes (the writer uses one)."""
         ...
 
     async def write(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ schema_table = sa.Table(
 )
 
 _UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
+_AUDIT_SQL = (
+    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class SqlStore:
@@ -75,6 +80,7 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = Database(url)
+        self._sqlite = url.startswith("sqlite")
         self._dialect: Any = (
             postgresql.dialect()  # type: ignore[no-untyped-call]
             if url.startswith("postgres")
@@ -88,6 +94,8 @@ class SqlStore:
         self._ensure_sqlite_dir()
         try:
             await self._db.connect()
+            if self._sqlite:
+                await self._db.execute("PRAGMA journal_mode=WAL")  # persists in the file
             for table in metadata.sorted_tables:
                 ddl = sa.schema.CreateTable(table, if_not_exists=True)
                 await self._db.execute(str(ddl.compile(dialect=self._dialect)))
@@ -98,6 +106,22 @@ class SqlStore:
                 await self._db.execute(schema_table.insert().values(version=SCHEMA_VERSION))
         except Exception as exc:  # the drivers raise many unrelated types
             raise StoreError(f"cannot open database {self._redacted()}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Hold one connection for the calling task (the writer) across many writes."""
+        try:
+            async with self._db.connection():
+                if self._sqlite:
+                    # WAL without an fsync per commit: a crash may lose the last commits but
+                    # never corrupts the file, and the state is reconciled from the engine
+                    # at every start anyway.
+                    await self._db.execute("PRAGMA synchronous=NORMAL")
+                yield
+        except StoreError:
+            raise
+        except Exception as exc:  # opening or closing the connection failed
+            raise StoreError(f"database session on {self._redacted()} failed: {exc}") from exc
 
     async def close(self) -> None:
         """Close every connection (safe to call twice)."""
@@ -130,25 +154,68 @@ class SqlStore:
     ) -> None:
         """Upsert agents, append audits, delete forgotten agents, save specs: one transaction."""
         try:
+            raw = self._db.connection().raw_connection
+            if self._sqlite and hasattr(raw, "_execute"):
+                # aiosqlite runs each call in its thread: a batch as BEGIN, executemany and
+                # COMMIT through databases is five thread hops; as one function it is one.
+                # (`_execute` is aiosqlite's own way in; the else branch works without it.)
+                await raw._execute(self._write_sqlite, raw, agents, audits, forgets, specs)
+                return
             async with self._db.transaction():
-                for name, spec in (specs or {}).items():
-                    await self._db.execute(specs_table.delete().where(specs_table.c.name == name))
-                    if spec is not None:
-                        await self._db.execute(
-                            specs_table.insert().values(name=name, spec=_spec_json(spec))
-                        )
-                if forgets:
-                    await self._db.execute(
-                        agents_table.delete().where(agents_table.c.name.in_(list(forgets)))
-                    )
-                if agents:
-                    await self._upsert_many(agents)
-                if audits:
-                    await self._db.execute_many(
-                        audit_table.insert(), [_audit_row(e) for e in audits]
-                    )
+                await self._write_generic(agents, audits, forgets, specs or {})
         except Exception as exc:
             raise StoreError(f"write to {self._redacted()} failed: {exc}") from exc
+
+    def _write_sqlite(
+        self,
+        raw: Any,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str],
+        specs: Mapping[str, AgentSpec | None] | None,
+    ) -> None:
+        conn = raw._conn  # the sqlite3 connection, used only inside aiosqlite's thread
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name, spec in (specs or {}).items():
+                conn.execute("DELETE FROM specs WHERE name = ?", (name,))
+                if spec is not None:
+                    conn.execute(
+                        "INSERT INTO specs (name, spec) VALUES (?, ?)", (name, _spec_json(spec))
+                    )
+            if forgets:
+                conn.executemany("DELETE FROM agents WHERE name = ?", [(n,) for n in forgets])
+            if agents:
+                conn.executemany(self._upsert_sql, [_agent_tuple(a) for a in agents])
+            if audits:
+                conn.executemany(_AUDIT_SQL, [tuple(_audit_row(e).values()) for e in audits])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    async def _write_generic(
+        self,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str],
+        specs: Mapping[str, AgentSpec | None],
+    ) -> None:
+        for name, spec in specs.items():
+            await self._db.execute(specs_table.delete().where(specs_table.c.name == name))
+            if spec is not None:
+                await self._db.execute(
+                    specs_table.insert().values(name=name, spec=_spec_json(spec))
+                )
+        if forgets:
+            await self._db.execute(
+                agents_table.delete().where(agents_table.c.name.in_(list(forgets)))
+            )
+        if agents:
+            await self._upsert_many(agents)
+        if audits:
+            await self._db.execute_many(audit_table.insert(), [_audit_row(e) for e in audits])
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """Newest audit entries first, optionally for one agent."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from .errors import StoreError
 from .models import Agent, AgentSpec, AuditEntry
@@ -39,6 +40,8 @@ class StoreWriter:
         self.rows_written = 0
         self.last_commit_monotonic = 0.0
         self.last_queue_lag_s = 0.0  # from the oldest queued row of a batch to its commit
+        #: called after each commit with the rows written and the wall time (benchmarks)
+        self.commit_hook: Callable[[list[Agent], int], None] | None = None
         self._oldest_queued = 0.0
 
     def put_agent(self, agent: Agent) -> None:
@@ -102,14 +105,21 @@ class StoreWriter:
     async def _run(self) -> None:
         delay_s = 0.05
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                if await self._write_once():
+            # One database session held across batches: opening a connection per write
+            # (a thread and a connect for SQLite) cost more CPU than the writes themselves.
+            async with self._store.session():
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    ok = True
+                    while self.pending and ok:
+                        ok = await self._write_once()
+                    if not ok:
+                        break  # drop the session: the next one reconnects
                     delay_s = 0.05
-                else:
-                    await asyncio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, self._retry_max_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self._retry_max_s)
+            self._wake.set()
 
     async def _write_once(self) -> bool:
         target = self._enqueued
@@ -134,6 +144,8 @@ class StoreWriter:
         self.last_commit_monotonic = time.monotonic()
         if agents:
             self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
+            if self.commit_hook is not None:
+                self.commit_hook(agents, time.time_ns())
         if complete:
             async with self._done:
                 self._committed = max(self._committed, target)

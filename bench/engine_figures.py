@@ -1,0 +1,280 @@
+"""Figures against the real private engine: latency, CPU at max churn, the polling baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiohttp import web
+
+from api import create_app
+from api.private_engine import TEST_IMAGE, PrivateEngine, free_port
+from watcher import Settings, Watcher
+from watcher.models import Agent
+
+from .common import cpu_seconds, percentile, wait_for
+
+LABEL = "idlewatch.enable"
+SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
+
+
+async def _run_containers(
+    docker: aiodocker.Docker, prefix: str, n: int, managed: bool = True
+) -> list[str]:
+    ids = []
+    for i in range(n):
+        c = await docker.containers.create_or_replace(
+            f"{prefix}{i}",
+            {
+                "Image": TEST_IMAGE,
+                "Cmd": SLEEPER,
+                "Labels": {LABEL: "true"} if managed else {},
+                "HostConfig": {"NetworkMode": "none"},
+            },
+        )
+        await c.start()
+        ids.append(c.id)
+    return ids
+
+
+async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
+    """Event timeNano -> row committed, and -> change received by a websocket client."""
+    docker = aiodocker.Docker(url=engine.url)
+    tmp = tempfile.mkdtemp()
+    names = [f"lat{i}" for i in range(20)]
+    await _run_containers(docker, "lat", 20)
+    settings = Settings(
+        docker_url=engine.url,
+        database_url=f"sqlite+aiosqlite:///{tmp}/l.db",
+        sweep_interval=3600,
+        log_level="WARNING",
+        stop_timeout=0,
+    )
+    store_ms: list[float] = []
+    ws_ms: list[float] = []
+    async with Watcher(settings) as w:
+        await w.wait_synced(30)
+        seen: dict[tuple[str, int], int] = {}
+
+        def on_commit(rows: list[Agent], wall_ns: int) -> None:
+            for a in rows:
+                key = (a.name, a.last_event_ns)
+                if a.name in names and a.last_event_ns and key not in seen:
+                    seen[key] = wall_ns
+                    store_ms.append((wall_ns - a.last_event_ns) / 1e6)
+
+        w.writer.commit_hook = on_commit
+        runner = web.AppRunner(create_app(w))
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        got: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue()
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"http://127.0.0.1:{port}/api/ws")
+            await ws.receive_json()
+
+            async def reader() -> None:
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    now = time.time_ns()
+                    a = data["agent"]
+                    agent = w.get(a["name"])
+                    if agent is not None and a["name"] in names:
+                        got.put_nowait((a["name"], a["status"], now - agent.last_event_ns))
+
+            task = asyncio.create_task(reader())
+            for i in range(changes):
+                name = names[i % len(names)]
+                agent = w.get(name)
+                assert agent is not None
+                c = await docker.containers.get(name)
+                if agent.status.value == "running":
+                    if i % 2:
+                        await c.kill()
+                    else:
+                        await c.stop(t=0)
+                    want = "exited"
+                else:
+                    await c.start()
+                    want = "running"
+                while True:
+                    n, status, lag_ns = await asyncio.wait_for(got.get(), 10)
+                    if n == name and status == want:
+                        ws_ms.append(lag_ns / 1e6)
+                        break
+            await wait_for(lambda: len(store_ms) >= changes, 10, "every row committed")
+            task.cancel()
+            await ws.close()
+        await runner.cleanup()
+    for name in names:
+        await (await docker.containers.get(name)).delete(force=True)
+    await docker.close()
+    store_sorted, ws_sorted = sorted(store_ms), sorted(ws_ms)
+    return {
+        "store_p50": percentile(store_sorted, 50),
+        "store_p99": percentile(store_sorted, 99),
+        "ws_p50": percentile(ws_sorted, 50),
+        "ws_p99": percentile(ws_sorted, 99),
+        "n": len(ws_sorted),
+    }
+
+
+def _serve(engine: PrivateEngine, tmp: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+    full.update(
+        IDLEWATCH_DOCKER_URL=engine.url,
+        IDLEWATCH_PORT=str(port),
+        IDLEWATCH_SWEEP_INTERVAL="1h",
+        IDLEWATCH_LOG_LEVEL="WARNING",
+        IDLEWATCH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp}/serve.db",
+        **env,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve"],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+async def _ready(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("serve did not become ready")
+
+
+async def cpu_at_max_churn(engine: PrivateEngine, seconds: float = 20) -> dict[str, Any]:
+    """The watcher's CPU share of one core while the engine churns containers flat out."""
+    tmp = tempfile.mkdtemp()
+    proc, port = _serve(engine, tmp)
+    docker = aiodocker.Docker(url=engine.url)
+    events = 0
+    try:
+        await _ready(port)
+        sub_docker = aiodocker.Docker(url=engine.url)
+        sub = sub_docker.events.subscribe()
+
+        async def count() -> None:
+            nonlocal events
+            while await sub.get() is not None:
+                events += 1
+
+        counter = asyncio.create_task(count())
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        stop_at = t0 + seconds
+
+        async def churn(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop_at:
+                c = await docker.containers.create_or_replace(
+                    f"churn{k}-{i % 5}",
+                    {
+                        "Image": TEST_IMAGE,
+                        "Cmd": SLEEPER,
+                        "Labels": {LABEL: "true"},
+                        "HostConfig": {"NetworkMode": "none"},
+                    },
+                )
+                await c.start()
+                await c.stop(t=0)
+                await c.delete(force=True)
+                i += 1
+
+        await asyncio.gather(churn(0), churn(1))
+        elapsed = time.monotonic() - t0
+        frac = (cpu_seconds(proc.pid) - cpu0) / elapsed
+        counter.cancel()
+        await sub_docker.events.stop()
+        await sub_docker.close()
+        return {"cpu_frac": frac, "events_per_s": events / elapsed, "seconds": elapsed}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        await docker.close()
+
+
+async def polling_baseline(engine: PrivateEngine, n: int = 100) -> dict[str, Any]:
+    """The design we replace (list + inspect each, every 60 s) next to idlewatch."""
+    docker = aiodocker.Docker(url=engine.url)
+    await _run_containers(docker, "poll", n)
+    cycles_ms: list[float] = []
+    calls = 0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        listing = await docker.containers.list(filters={"label": [LABEL]})
+        calls += 1
+        for c in listing:
+            await c.show()
+            calls += 1
+        cycles_ms.append((time.perf_counter() - t0) * 1000)
+    calls_per_cycle = calls / 5
+    # idlewatch in steady state: count its engine calls over an idle window
+    tmp = tempfile.mkdtemp()
+    counted = {"n": 0}
+    settings = Settings(
+        docker_url=engine.url,
+        database_url=f"sqlite+aiosqlite:///{tmp}/p.db",
+        sweep_interval=5,
+        log_level="WARNING",
+    )
+    async with Watcher(settings) as w:
+        await w.wait_synced(30)
+        gw: Any = w.docker
+        real = gw._call
+
+        async def counting(*args: Any, **kw: Any) -> Any:
+            counted["n"] += 1
+            return await real(*args, **kw)
+
+        gw._call = counting
+        await asyncio.sleep(12)  # an idle window with two sweeps in it: count the calls
+        idle_calls_per_min = counted["n"] * 60 / 12
+    for c in await docker.containers.list(all=True, filters={"name": ["poll"]}):
+        await c.delete(force=True)
+    await docker.close()
+    cycles_ms.sort()
+    median_cycle_s = cycles_ms[len(cycles_ms) // 2] / 1000
+    return {
+        "poll_cycle_ms": cycles_ms,
+        "poll_calls_per_min": calls_per_cycle,
+        "poll_staleness_s": 60 / 2 + median_cycle_s,
+        "idlewatch_calls_per_min": idle_calls_per_min,
+    }
+
+
+async def _main() -> None:
+    engine = PrivateEngine()
+    engine.start()
+    try:
+        engine.build_test_image()
+        engine.swarm_init()
+        print(await latency(engine, 40))
+        print(await polling_baseline(engine, 20))
+        print(await cpu_at_max_churn(engine, 5))
+    finally:
+        engine.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
+    Path("/dev/null")
