@@ -14,11 +14,11 @@ from watcher import Settings, Watcher
 
 from .auth import auth_middleware
 from .errors import error_middleware
-from .keys import METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .keys import FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
 from .metrics import Metrics
 from .openapi import routes as openapi_routes
 from .routes import routes as rest_routes
-from .ws import close_all
+from .ws import Feed, close_all, feed_ctx
 from .ws import routes as ws_routes
 
 __all__ = ["METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
@@ -45,6 +45,8 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[SOCKETS] = Sockets()
+    app[FEED] = Feed(settings.ws_max_buffer_bytes)
+    app.cleanup_ctx.append(feed_ctx)
     app.add_routes(rest_routes)
     app.add_routes(ws_routes)
     app.add_routes(openapi_routes)

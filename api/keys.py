@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from watcher import Settings, Watcher
 
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .ws import Feed
 
 WATCHER: web.AppKey[Watcher] = web.AppKey("watcher", Watcher)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -39,3 +43,4 @@ class Sockets:
 
 
 SOCKETS: web.AppKey[Sockets] = web.AppKey("sockets", Sockets)
+FEED: web.AppKey[Feed] = web.AppKey("feed")

@@ -1,25 +1,29 @@
 """The websocket feed: a snapshot, then every change in order.
 
-Each client has its own bounded hub queue and its own sender task with a send timeout;
-a client that stops reading is aborted (not closed: a close would wait on the drain),
-so it never delays other clients or the watcher. Shutdown closes every socket with 1001.
+One fan-out task per app serializes each change once and writes it to every client, the
+way a bare broadcast loop does (the benchmark compares the two). What keeps one client
+from delaying the others: before each write the client's unsent bytes are checked, and a
+client above ``ws_max_buffer_bytes`` (one that stopped reading) is aborted, never awaited;
+its transport's high-water mark is set above that limit, so a write never waits on a
+drain. A client that just connected gets its snapshot first while changes queue for it
+(at most ``ws_queue_size``). Shutdown closes every socket with 1001.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web
 
-from watcher import SubscriberLagged
-from watcher.hub import Subscription
+from watcher import SubscriberLagged, Watcher
 from watcher.models import Change
 
-from .keys import SETTINGS, SOCKETS, WATCHER
+from .keys import FEED, SETTINGS, SOCKETS, WATCHER
 from .schemas import agent_json
 
 logger = logging.getLogger(__name__)
@@ -27,51 +31,84 @@ logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 HEARTBEAT_S = 20.0
 CLOSE_TIMEOUT_S = 1.0
+FEED_QUEUE = 100_000  # the fan-out task's own hub queue
 
 
-@routes.get("/api/ws", name="ws")
-async def feed(request: web.Request) -> web.WebSocketResponse:
-    """Upgrade to a websocket and stream the snapshot and the changes."""
-    w = request.config_dict[WATCHER]
-    settings = request.config_dict[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
-    await ws.prepare(request)
-    request.config_dict[SOCKETS].add(ws)
-    sub = w.hub.subscribe(settings.ws_queue_size)  # before the snapshot: nothing is missed
-    now = w.clock.now()
-    snapshot = {"type": "snapshot", "agents": [agent_json(a, now) for a in w.agents()]}
-    sender = asyncio.create_task(_send(request, ws, sub, snapshot, settings.ws_send_timeout))
-    try:
-        async for _msg in ws:
-            pass  # the feed is one-way; reading keeps pings, pongs and close frames flowing
-    finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        sub.close()
-        request.config_dict[SOCKETS].discard(ws)
-    return ws
+class Client:
+    """One connected websocket and what waits for it while its snapshot is sent."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, backlog_max: int) -> None:
+        self.ws = ws
+        self.request = request
+        self.ready = False
+        self.backlog: deque[str] = deque()
+        self.backlog_max = backlog_max
+        self.dropped = False
+
+    def unsent_bytes(self) -> int:
+        """Bytes written but not yet taken by the client."""
+        transport = self.request.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def abort(self, why: str) -> None:
+        """Drop the client at once (a close would wait on a drain that never comes)."""
+        if self.dropped:
+            return
+        self.dropped = True
+        logger.warning("dropping a websocket client: %s", why)
+        self.request.config_dict[SOCKETS].dropped += 1
+        if self.request.transport is not None:
+            self.request.transport.abort()
 
 
-async def _send(
-    request: web.Request,
-    ws: web.WebSocketResponse,
-    sub: Subscription,
-    snapshot: dict[str, Any],
-    timeout_s: float,
-) -> None:
-    w = request.config_dict[WATCHER]
-    try:
-        async with asyncio.timeout(timeout_s):
-            await ws.send_str(orjson.dumps(snapshot).decode())
-        async for change in sub:
-            async with asyncio.timeout(timeout_s):
-                await ws.send_str(_change_msg(change, w.clock.now()))
-    except (TimeoutError, SubscriberLagged) as exc:
-        logger.warning("dropping a websocket client that stopped reading (%s)", type(exc).__name__)
-        _abort(request)
-    except ConnectionError:
-        _abort(request)
+class Feed:
+    """Owns the fan-out task of one app (started by the first client, stopped at cleanup)."""
+
+    def __init__(self, max_buffer_bytes: int) -> None:
+        self.max_buffer_bytes = max_buffer_bytes
+        self.clients: set[Client] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self, watcher: Watcher) -> None:
+        """Start the fan-out task on the first client (the watcher may come from a parent app)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(watcher), name="idlewatch-ws-feed")
+
+    async def close(self) -> None:
+        """Stop the fan-out task."""
+        from watcher.tasks import cancel_and_wait
+
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _run(self, watcher: Watcher) -> None:
+        while True:
+            try:
+                async for change in watcher.hub.subscribe(FEED_QUEUE):
+                    await self._fan_out(_change_msg(change, watcher.clock.now()))
+            except SubscriberLagged:
+                # the feed itself fell behind: every client may have missed changes, so
+                # ask them to reconnect (and get a fresh snapshot) rather than lie
+                logger.error("websocket feed overflowed; asking every client to reconnect")
+                for client in list(self.clients):
+                    await _close(client.ws, WSCloseCode.TRY_AGAIN_LATER, b"feed overflow")
+
+    async def _fan_out(self, msg: str) -> None:
+        for client in list(self.clients):
+            if client.dropped:
+                continue
+            if not client.ready:
+                client.backlog.append(msg)
+                if len(client.backlog) > client.backlog_max:
+                    client.abort("too many changes queued before its snapshot was taken")
+                continue
+            if client.unsent_bytes() > self.max_buffer_bytes:
+                client.abort(f"more than {self.max_buffer_bytes} bytes unread")
+                continue
+            try:
+                await client.ws.send_str(msg)
+            except (ConnectionError, RuntimeError):
+                client.abort("connection lost")
 
 
 def _change_msg(change: Change, now: Any) -> str:
@@ -85,23 +122,59 @@ def _change_msg(change: Change, now: Any) -> str:
     ).decode()
 
 
-def _abort(request: web.Request) -> None:
-    request.config_dict[SOCKETS].dropped += 1
-    if request.transport is not None:
-        request.transport.abort()
+async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the fan-out task ends with the app."""
+    yield
+    await app[FEED].close()
+
+
+@routes.get("/api/ws", name="ws")
+async def feed(request: web.Request) -> web.WebSocketResponse:
+    """Upgrade to a websocket and stream the snapshot and the changes."""
+    w = request.config_dict[WATCHER]
+    settings = request.config_dict[SETTINGS]
+    fan = request.config_dict[FEED]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    if request.transport is not None:  # our byte limit decides, never a drain wait
+        request.transport.set_write_buffer_limits(high=settings.ws_max_buffer_bytes * 4)
+    request.config_dict[SOCKETS].add(ws)
+    client = Client(ws, request, settings.ws_queue_size)
+    fan.ensure_started(w)
+    fan.clients.add(client)  # before the snapshot: changes from now on queue for it
+    now = w.clock.now()
+    snapshot = {"type": "snapshot", "agents": [agent_json(a, now) for a in w.agents()]}
+    try:
+        try:
+            async with asyncio.timeout(settings.ws_send_timeout):
+                await ws.send_str(orjson.dumps(snapshot).decode())
+                while client.backlog:
+                    await ws.send_str(client.backlog.popleft())
+            client.ready = True
+        except (TimeoutError, ConnectionError):
+            client.abort("the snapshot could not be sent in time")
+        async for _msg in ws:
+            pass  # the feed is one-way; reading keeps pings, pongs and close frames flowing
+    finally:
+        fan.clients.discard(client)
+        request.config_dict[SOCKETS].discard(ws)
+    return ws
+
+
+async def _close(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await ws.close(code=code, message=message)
+    except (TimeoutError, ConnectionError):
+        req = getattr(ws, "_req", None)
+        if req is not None and req.transport is not None:
+            req.transport.abort()
 
 
 async def close_all(app: web.Application) -> None:
     """on_shutdown: close every socket with 1001, aborting those that do not finish in time."""
     sockets = app[SOCKETS].all()
-
-    async def close_one(ws: web.WebSocketResponse) -> None:
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-        except (TimeoutError, ConnectionError):
-            req = getattr(ws, "_req", None)
-            if req is not None and req.transport is not None:
-                req.transport.abort()
-
-    await asyncio.gather(*(close_one(ws) for ws in sockets), return_exceptions=True)
+    await asyncio.gather(
+        *(_close(ws, WSCloseCode.GOING_AWAY, b"server shutdown") for ws in sockets),
+        return_exceptions=True,
+    )

@@ -148,9 +148,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Changes a websocket client may fall behind before it is dropped.",
     )
+    ws_max_buffer_bytes: int = Field(
+        default=256 * 1024,
+        ge=16 * 1024,
+        description="A websocket client with more unread bytes than this is dropped.",
+    )
     ws_send_timeout: DurationS = Field(
         default=5.0,
-        description="A websocket send that takes longer drops that client.",
+        description="A new websocket client whose snapshot takes longer to send is dropped.",
         json_schema_extra={"default_text": "`5s`"},
     )
     max_body_bytes: int = Field(

@@ -1,0 +1,131 @@
+"""Figure 5: 1,000 websocket clients (another process), 50 changes/s for 20 s, vs a bare loop."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from api import create_app
+from api.private_engine import free_port
+from tests.fakes import FakeDocker, FakeStore
+from watcher import Settings, Watcher
+from watcher.models import ContainerInfo, freeze
+
+CLIENTS = 1000
+RATE = 50
+SECONDS = 20
+
+
+async def _clients(url: str, expected: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.ws_clients", url, str(CLIENTS), str(expected),
+        str(SECONDS + 30), stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 180)
+    assert line.strip() == b"READY", line
+    return proc
+
+
+async def _result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdout is not None
+    out = await proc.stdout.read()
+    await proc.wait()
+    data: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    return data
+
+
+async def _paced(produce: Any) -> None:
+    """Call produce() RATE times a second for SECONDS, on a schedule (not sleep-and-drift)."""
+    start = time.monotonic()
+    for k in range(RATE * SECONDS):
+        delay = start + k / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await produce()
+
+
+async def idlewatch_feed() -> dict[str, Any]:
+    """Changes through the real pipeline: touch -> tracker -> hub -> per-client senders."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "ws-agent", "img", "running",
+                                            freeze({"idlewatch.enable": "true"}))
+    settings = Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db",
+                        log_level="WARNING")
+    w = Watcher(settings, docker=docker, store=FakeStore(), backoff=lambda n: 0.0)
+    await w.open()
+    await w.wait_synced(10)
+    runner = web.AppRunner(create_app(w), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
+    try:
+        proc = await _clients(f"http://127.0.0.1:{port}/api/ws", RATE * SECONDS)
+        t0 = time.monotonic()
+
+        async def touch() -> None:
+            await w.touch("ws-agent")
+
+        await _paced(touch)
+        result = await _result(proc)
+        result["seconds"] = time.monotonic() - t0
+        result["dropped_by_server"] = w.hub.dropped_subscribers
+    finally:
+        await runner.cleanup()
+        await w.close()
+    return result
+
+
+async def bare_baseline() -> dict[str, Any]:
+    """A bare aiohttp broadcast loop at the same load: await send_str per client."""
+    sockets: set[web.WebSocketResponse] = set()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sockets.add(ws)
+        async for _ in ws:
+            pass
+        sockets.discard(ws)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
+    pad = "x" * 420  # about the size of an idlewatch change message
+    try:
+        proc = await _clients(f"http://127.0.0.1:{port}/ws", RATE * SECONDS)
+        t0 = time.monotonic()
+
+        async def broadcast() -> None:
+            msg = orjson.dumps({"type": "change", "t": time.time(), "pad": pad}).decode()
+            for ws in list(sockets):
+                await ws.send_str(msg)
+
+        await _paced(broadcast)
+        result = await _result(proc)
+        result["seconds"] = time.monotonic() - t0
+    finally:
+        await runner.cleanup()
+    return result
+
+
+async def run() -> dict[str, Any]:
+    """Both, one after the other, in the same run."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ours = await idlewatch_feed()
+    bare = await bare_baseline()
+    return {"ours": ours, "bare": bare}
+
+
+if __name__ == "__main__":
+    print(asyncio.run(run()))
