@@ -1,4 +1,4 @@
-.PHONY: test serve demo
+.PHONY: test serve demo bench
 # The README's two commands, for those who prefer make.
 test:
 	bash scripts/test.sh
@@ -6,3 +6,5 @@ serve:
 	bash scripts/serve.sh
 demo:
 	bash scripts/demo.sh
+bench:
+	bash scripts/bench.sh

@@ -57,7 +57,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``check`` every millisecond until true (benchmarks measure; they do not sleep-and-hope)."""
+    """Poll ``check`` every millisecond until true, with a deadline."""
     import asyncio
 
     deadline = time.monotonic() + timeout_s

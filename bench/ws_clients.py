@@ -22,8 +22,16 @@ def _sent_at(data: dict[str, Any]) -> float:
     return datetime.fromisoformat(data["agent"]["updated_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def client(session: aiohttp.ClientSession, url: str, counts: list[int], i: int,
-                 lat: list[float], ready: asyncio.Event, n_ready: list[int], n: int) -> None:
+async def client(
+    session: aiohttp.ClientSession,
+    url: str,
+    counts: list[int],
+    i: int,
+    lat: list[float],
+    ready: asyncio.Event,
+    n_ready: list[int],
+    n: int,
+) -> None:
     ws = await session.ws_connect(url, max_msg_size=0)
     n_ready[0] += 1
     if n_ready[0] == n:
@@ -45,7 +53,7 @@ async def client(session: aiohttp.ClientSession, url: str, counts: list[int], i:
 
 
 async def main(url: str, n: int, expected: int, max_s: float) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     counts = [0] * n
     lat: list[float] = []
@@ -53,8 +61,10 @@ async def main(url: str, n: int, expected: int, max_s: float) -> None:
     n_ready = [0]
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
-        tasks = [asyncio.create_task(client(session, url, counts, i, lat, ready, n_ready, n))
-                 for i in range(n)]
+        tasks = [
+            asyncio.create_task(client(session, url, counts, i, lat, ready, n_ready, n))
+            for i in range(n)
+        ]
         await asyncio.wait_for(ready.wait(), 120)
         print("READY", flush=True)
         deadline = time.monotonic() + max_s
@@ -65,10 +75,20 @@ async def main(url: str, n: int, expected: int, max_s: float) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     lat.sort()
     p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: -1.0)
-    print(orjson.dumps({
-        "delivered": sum(counts), "expected_per_client": expected, "min_per_client": min(counts),
-        "clients_short": sum(1 for c in counts if c < expected), "p50_ms": p(0.5),
-        "p99_ms": p(0.99), "samples": len(lat)}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {
+                "delivered": sum(counts),
+                "expected_per_client": expected,
+                "min_per_client": min(counts),
+                "clients_short": sum(1 for c in counts if c < expected),
+                "p50_ms": p(0.5),
+                "p99_ms": p(0.99),
+                "samples": len(lat),
+            }
+        ).decode(),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

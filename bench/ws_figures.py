@@ -24,8 +24,15 @@ SECONDS = 20
 
 async def _clients(url: str, expected: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.ws_clients", url, str(CLIENTS), str(expected),
-        str(SECONDS + 30), stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "bench.ws_clients",
+        url,
+        str(CLIENTS),
+        str(expected),
+        str(SECONDS + 30),
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 180)
     assert line.strip() == b"READY", line
@@ -53,10 +60,12 @@ async def _paced(produce: Any) -> None:
 async def idlewatch_feed() -> dict[str, Any]:
     """Changes through the real pipeline: touch -> tracker -> hub -> per-client senders."""
     docker = FakeDocker()
-    docker.containers["c1"] = ContainerInfo("c1", "ws-agent", "img", "running",
-                                            freeze({"idlewatch.enable": "true"}))
-    settings = Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db",
-                        log_level="WARNING")
+    docker.containers["c1"] = ContainerInfo(
+        "c1", "ws-agent", "img", "running", freeze({"idlewatch.enable": "true"})
+    )
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", log_level="WARNING"
+    )
     w = Watcher(settings, docker=docker, store=FakeStore(), backoff=lambda n: 0.0)
     await w.open()
     await w.wait_synced(10)
@@ -120,7 +129,7 @@ async def bare_baseline() -> dict[str, Any]:
 
 async def run() -> dict[str, Any]:
     """Both, one after the other, in the same run."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ours = await idlewatch_feed()
     bare = await bare_baseline()

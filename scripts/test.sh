@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== ruff"
-.venv/bin/ruff check watcher api tests
+.venv/bin/ruff check watcher api tests bench
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

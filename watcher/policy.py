@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .durations import parse_timeout_s
 from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
@@ -101,8 +101,22 @@ def is_idle(agent: Agent, now: datetime) -> bool:
 
 
 def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
-    """The idle ones among ``agents``, longest idle first."""
-    found = [a for a in agents if is_idle(a, now)]
+    """The idle ones among ``agents``, longest idle first (same rule as :func:`is_idle`).
+
+    Runs over the whole fleet every sweep, so it compares each agent's last activity with
+    a cutoff computed once per distinct timeout instead of doing date arithmetic per agent.
+    """
+    cutoffs: dict[float, datetime] = {}
+    found = []
+    for a in agents:
+        timeout = a.idle_timeout_s
+        if timeout is None or a.status not in ACTIVE_STATUSES:
+            continue
+        cutoff = cutoffs.get(timeout)
+        if cutoff is None:
+            cutoff = cutoffs[timeout] = now - timedelta(seconds=timeout)
+        if a.last_activity <= cutoff and not (a.kind is Kind.SERVICE and a.replicas == 0):
+            found.append(a)
     found.sort(key=lambda a: a.last_activity)
     return found
 

@@ -178,3 +178,16 @@ def test_idle_rules() -> None:
         [_agent("new", Status.RUNNING, 100), _agent("old", Status.RUNNING, 900)], T0
     )
     assert [a.name for a in found] == ["old", "new"]
+
+
+def test_idle_agents_agrees_with_is_idle_on_a_random_fleet() -> None:
+    import random
+
+    rng = random.Random(3)
+    fleet = []
+    for i in range(2000):
+        kind = rng.choice([Kind.CONTAINER, Kind.SERVICE])
+        fleet.append(_agent(f"a{i}", rng.choice(list(Status)), rng.uniform(0, 200),
+                            timeout=rng.choice([None, 30.0, 60.0, 120.0]), kind=kind,
+                            replicas=rng.choice([0, 1, 3])))
+    assert {a.name for a in idle_agents(fleet, T0)} == {a.name for a in fleet if is_idle(a, T0)}

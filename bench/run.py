@@ -1,0 +1,182 @@
+"""`make bench`: every figure of the benchmark suite, printed and written to bench/results.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from api.private_engine import PrivateEngine, ensure_installed
+
+from . import engine_figures, ingest, small_figures, ws_figures
+from .common import machine, stats
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def fig(value: float, unit: str, target: str, note: str, **extra: Any) -> dict[str, Any]:
+    """One figure in the results.json shape."""
+    return {"value": round(value, 4), "unit": unit, "target": target, "note": note, **extra}
+
+
+async def collect() -> dict[str, dict[str, Any]]:
+    """Run everything once; about five minutes on 2 cores."""
+    figures: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
+
+    print("ingest (200,000 events, 10,000 agents, 3 runs) ...", flush=True)
+    ing = await ingest.run(repeats=3)
+    ours = [r["events_per_s"] for r in ing["ours"]]
+    ceil = ing["ceilings"]
+    ratios = [o / c for o, c in zip(ours, ceil, strict=True)]
+    wrong = sum(r["wrong_status"] + r["wrong_in_store"] for r in ing["ours"])
+    figures["ingest_events_per_s"] = fig(
+        statistics.median(ours),
+        "events/s",
+        ">= 0.5 x ceiling, every final status right",
+        f"median of 3; ratio to the ceiling {statistics.median(ratios):.2f} "
+        f"(spread {min(ratios):.2f}-{max(ratios):.2f}); wrong statuses at the end: {wrong}; "
+        f"includes {ing['ours'][0]['inspections']} healthcheck inspections",
+        spread=stats(ours),
+        ratio_to_ceiling=round(statistics.median(ratios), 3),
+        wrong_final_status=wrong,
+    )
+    figures["ingest_ceiling_events_per_s"] = fig(
+        statistics.median(ceil),
+        "events/s",
+        "reference",
+        "aiodocker's subscriber with a no-op handler, same stream, same run",
+        spread=stats(ceil),
+    )
+
+    engine = PrivateEngine()
+    try:
+        print("starting the private engine ...", flush=True)
+        engine.start()
+        engine.build_test_image()
+        engine.swarm_init()
+        print("latency (200 state changes) ...", flush=True)
+        lat = await engine_figures.latency(engine, 200)
+        figures["latency_p50_ms"] = fig(
+            lat["store_p50"],
+            "ms",
+            "-",
+            f"event timeNano -> row committed; to a websocket client p50 {lat['ws_p50']:.2f} ms",
+            websocket_p50_ms=round(lat["ws_p50"], 3),
+        )
+        figures["latency_p99_ms"] = fig(
+            max(lat["store_p99"], lat["ws_p99"]),
+            "ms",
+            "<= 20 ms for both",
+            f"row committed p99 {lat['store_p99']:.2f} ms; websocket client p99 "
+            f"{lat['ws_p99']:.2f} ms; {lat['n']} changes",
+            store_p99_ms=round(lat["store_p99"], 3),
+            websocket_p99_ms=round(lat["ws_p99"], 3),
+        )
+        print("CPU at engine max churn (20 s) ...", flush=True)
+        cpu = await engine_figures.cpu_at_max_churn(engine, 20)
+        figures["cpu_frac_at_engine_max_churn"] = fig(
+            cpu["cpu_frac"],
+            "fraction of one core",
+            "<= 0.02",
+            f"`idlewatch serve` process, engine at {cpu['events_per_s']:.0f} events/s for "
+            f"{cpu['seconds']:.0f} s",
+        )
+        print("polling baseline (100 containers) ...", flush=True)
+        poll = await engine_figures.polling_baseline(engine, 100)
+        cycle = statistics.median(poll["poll_cycle_ms"])
+        ours_staleness_s = lat["store_p50"] / 1000
+        figures["poll_staleness_s_vs_events"] = fig(
+            poll["poll_staleness_s"],
+            "s",
+            "idlewatch: milliseconds",
+            f"polling every 60 s: mean staleness = 60/2 + one cycle ({cycle:.0f} ms, measured); "
+            f"idlewatch: {ours_staleness_s * 1000:.1f} ms (event -> store p50)",
+            idlewatch_s=round(ours_staleness_s, 4),
+            poll_cycle_ms=stats(poll["poll_cycle_ms"]),
+        )
+        figures["poll_engine_calls_per_min"] = fig(
+            poll["poll_calls_per_min"],
+            "calls/min",
+            "idlewatch: 0 in steady state",
+            f"polling: 1 list + 100 inspects a minute; idlewatch counted over an idle window "
+            f"with sweeps: {poll['idlewatch_calls_per_min']:.0f}/min",
+            idlewatch_calls_per_min=poll["idlewatch_calls_per_min"],
+        )
+    finally:
+        engine.cleanup()
+
+    print("sweep over 10,000 agents ...", flush=True)
+    sw = await small_figures.sweep_10k()
+    figures["sweep_ms_10k"] = fig(
+        sw["ms"]["median"], "ms", "<= 10 ms", "median of 50 sweeps, none idle", spread=sw["ms"]
+    )
+    figures["sweep_engine_calls"] = fig(
+        sw["engine_calls"], "calls", "0", "engine calls per sweep when nothing is idle"
+    )
+    print("websocket feed, 1,000 clients (2 x 20 s) ...", flush=True)
+    ws = await ws_figures.run()
+    o, b = ws["ours"], ws["bare"]
+    lost = o["expected_per_client"] * 1000 - o["delivered"]
+    figures["ws_p99_ms_1000_clients"] = fig(
+        o["p99_ms"],
+        "ms",
+        "<= 100 ms and <= 1.3 x bare baseline, nothing lost",
+        f"ratio to the bare loop {o['p99_ms'] / b['p99_ms']:.2f}; p50 {o['p50_ms']:.1f} ms; "
+        f"lost {lost}; clients dropped by the server {o['dropped_by_server']}",
+        ratio_to_bare=round(o["p99_ms"] / b["p99_ms"], 3),
+        lost=lost,
+    )
+    figures["ws_delivered_per_s"] = fig(
+        o["delivered"] / o["seconds"],
+        "messages/s",
+        "-",
+        f"{o['delivered']} messages in {o['seconds']:.1f} s",
+    )
+    figures["ws_p99_ms_bare_baseline"] = fig(
+        b["p99_ms"],
+        "ms",
+        "reference",
+        f"bare aiohttp broadcast loop, same load, same run; p50 {b['p50_ms']:.1f} ms",
+    )
+    print("memory of serve tracking 10,000 agents ...", flush=True)
+    figures["rss_mb_10k"] = fig(
+        (await small_figures.rss_10k())["rss_mb"],
+        "MB",
+        "<= 120 MB",
+        "VmRSS of `idlewatch serve` after tracking 10,000 agents",
+    )
+    print(f"done in {time.monotonic() - t0:.0f} s", flush=True)
+    return figures
+
+
+def table(figures: dict[str, dict[str, Any]]) -> str:
+    """The printed table."""
+    rows = [("figure", "value", "unit", "target")]
+    rows += [(k, f"{v['value']:.4g}", v["unit"], v["target"]) for k, v in figures.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {k}: {v['note']}" for k, v in figures.items()]
+    return "\n".join(lines) + "\n\nnotes:\n" + "\n".join(notes)
+
+
+def main() -> int:
+    """Run, print, write bench/results.json."""
+    logging.basicConfig(level=logging.ERROR)
+    ensure_installed()
+    figures = asyncio.run(collect())
+    RESULTS.write_text(json.dumps({"figures": figures, "machine": machine()}, indent=2) + "\n")
+    print()
+    print(table(figures))
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

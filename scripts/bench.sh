@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up and run the benchmark suite (needs root the first time, to install docker.io).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+.venv/bin/python -m pip install -q -e '.[dev,postgres]'
+exec .venv/bin/python -m bench.run "$@"
