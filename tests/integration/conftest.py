@@ -42,17 +42,20 @@ def clean_engine(engine: PrivateEngine) -> Iterator[None]:
 
 
 def _wipe(engine: PrivateEngine) -> None:
+    """Remove every service and container; tolerant of removals already under way."""
     if not engine.ping():
         engine.start()
     services = engine.cli("service", "ls", "-q").split()
     if services:
-        engine.cli("service", "rm", *services)
-    containers = engine.cli("ps", "-aq").split()
-    if containers:
-        engine.cli("rm", "-f", *containers)
+        engine.cli("service", "rm", *services, check=False)
     deadline = time.monotonic() + 30
-    while engine.cli("ps", "-aq") and time.monotonic() < deadline:  # service tasks linger
+    while True:
         leftover = engine.cli("ps", "-aq").split()
+        if not leftover:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"containers left after 30 s: {leftover}")
+        # a service task may be removed by Swarm meanwhile ("removal already in progress")
         engine.cli("rm", "-f", *leftover, check=False)
 
 
