@@ -60,6 +60,15 @@ class FakeDocker:
         self.gate: asyncio.Event | None = None  # when set, scale/stop wait on it
         self.subscribed = asyncio.Event()
         self._called = asyncio.Event()
+        self.acted: list[tuple[str, str]] = []  # (call, ref) of every action
+        self.violations: list[tuple[str, str]] = []  # actions on something not managed
+
+    def _act(self, call: str, ref: str) -> None:
+        """Record an action and whether its target carried the management label then."""
+        self.acted.append((call, ref))
+        target = self.containers.get(ref) or self.services.get(ref)
+        if target is None or target.labels.get("idlewatch.enable") != "true":
+            self.violations.append((call, ref))
 
     async def wait_calls(self, name: str, count: int) -> None:
         """Wait until ``name`` was called ``count`` times."""
@@ -106,23 +115,28 @@ class FakeDocker:
 
     async def start_container(self, ref: str) -> None:
         self._call("start_container")
+        self._act("start_container", ref)
         self.containers[ref] = replace(self.containers[ref], state="running")
 
     async def stop_container(self, ref: str, timeout_s: float) -> None:
         self._call("stop_container")
+        self._act("stop_container", ref)
         await self._wait_gate()
         self.containers[ref] = replace(self.containers[ref], state="exited")
 
     async def restart_container(self, ref: str, timeout_s: float) -> None:
         self._call("restart_container")
+        self._act("restart_container", ref)
 
     async def scale_service(self, ref: str, replicas: int) -> None:
         self._call("scale_service")
+        self._act("scale_service", ref)
         await self._wait_gate()
         self.services[ref] = replace(self.services[ref], replicas=replicas)
 
     async def restart_service(self, ref: str) -> None:
         self._call("restart_service")
+        self._act("restart_service", ref)
 
     async def create_agent(self, spec: AgentSpec, *, network: str | None) -> str:
         self._call("create_agent")
@@ -130,6 +144,7 @@ class FakeDocker:
 
     async def remove_agent(self, kind: Kind, ref: str) -> None:
         self._call("remove_agent")
+        self._act("remove_agent", ref)
 
     async def close(self) -> None:
         pass

@@ -100,6 +100,8 @@ class Watcher:
             ready=lambda: self.pump.connected and self.pump.synced.is_set(),
         )
         self._started = False
+        #: how long an operation waits for the engine's confirming event before answering
+        self.confirm_timeout_s = CONFIRM_TIMEOUT_S
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Watcher:
@@ -225,7 +227,9 @@ class Watcher:
 
     async def _confirm(self, name: str, done: Callable[[Agent], bool]) -> Agent:
         try:
-            agent = await self.wait_for(name, lambda a: a is None or done(a), CONFIRM_TIMEOUT_S)
+            agent = await self.wait_for(
+                name, lambda a: a is None or done(a), self.confirm_timeout_s
+            )
         except TimeoutError:
             agent = self.tracker.get(name)
         if agent is None:

@@ -187,7 +187,14 @@ def test_idle_agents_agrees_with_is_idle_on_a_random_fleet() -> None:
     fleet = []
     for i in range(2000):
         kind = rng.choice([Kind.CONTAINER, Kind.SERVICE])
-        fleet.append(_agent(f"a{i}", rng.choice(list(Status)), rng.uniform(0, 200),
-                            timeout=rng.choice([None, 30.0, 60.0, 120.0]), kind=kind,
-                            replicas=rng.choice([0, 1, 3])))
+        fleet.append(
+            _agent(
+                f"a{i}",
+                rng.choice(list(Status)),
+                rng.uniform(0, 200),
+                timeout=rng.choice([None, 30.0, 60.0, 120.0]),
+                kind=kind,
+                replicas=rng.choice([0, 1, 3]),
+            )
+        )
     assert {a.name for a in idle_agents(fleet, T0)} == {a.name for a in fleet if is_idle(a, T0)}

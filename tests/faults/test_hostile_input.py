@@ -1,0 +1,151 @@
+"""Hostile input: fuzzed events and settings, and a stream with bad lines in it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from watcher import SettingsError, load_settings
+from watcher.docker import DockerStream
+from watcher.normalize import BadEvent, normalize, parse_line
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+event_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "Type": st.sampled_from(["container", "service", "network", ""]) | st.text(max_size=5),
+        "Action": st.text(max_size=30) | json_values,
+        "Actor": st.fixed_dictionaries(
+            {},
+            optional={
+                "ID": st.text(max_size=70) | json_values,
+                "Attributes": st.dictionaries(st.text(max_size=10), json_values, max_size=5)
+                | json_values,
+            },
+        )
+        | json_values,
+        "time": json_values,
+        "timeNano": st.integers() | json_values,
+    },
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_any_bytes_give_an_event_none_or_bad_event(line: bytes) -> None:
+    with contextlib.suppress(BadEvent):
+        parse_line(line)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values | event_like)
+def test_any_json_gives_an_event_none_or_bad_event(raw: Any) -> None:
+    try:
+        ev = normalize(raw)
+    except BadEvent:
+        return
+    if ev is not None:
+        assert (
+            ev.actor_id
+            and ev.time_ns > 0
+            and all(isinstance(v, str) for v in ev.attributes.values())
+        )
+
+
+SETTINGS = [
+    "DOCKER_URL",
+    "DATABASE_URL",
+    "LABEL",
+    "IDLE_TIMEOUT",
+    "SWEEP_INTERVAL",
+    "DRY_RUN",
+    "PORT",
+    "MAX_REPLICAS",
+    "STOP_TIMEOUT",
+    "ALLOWED_IMAGES",
+    "WS_QUEUE_SIZE",
+    "WS_SEND_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "LOG_LEVEL",
+    "API_TOKEN",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(SETTINGS), st.text(max_size=30).filter(lambda s: "\x00" not in s))
+def test_any_setting_value_loads_or_fails_with_a_settings_error(name: str, value: str) -> None:
+    var = "IDLEWATCH_" + name
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        load_settings()
+    except SettingsError as exc:
+        assert name.lower() in str(exc)
+    finally:
+        if old is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = old
+
+
+class _Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def read(self, n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class _Response:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = _Content(chunks)
+
+    def close(self) -> None:
+        pass
+
+
+def _ev(action: str, t: int, type_: str = "container") -> bytes:
+    return orjson.dumps(
+        {
+            "Type": type_,
+            "Action": action,
+            "timeNano": t,
+            "Actor": {"ID": "c1", "Attributes": {"name": "box"}},
+        }
+    )
+
+
+async def test_a_stream_with_bad_items_skips_each_once(caplog: pytest.LogCaptureFixture) -> None:
+    good1, good2 = _ev("start", 2), _ev("die", 1)  # out of time order too
+    stream_bytes = (
+        good1
+        + b"\n"
+        + b'{"Type": "container", "Act'
+        + b"\n"
+        + b"not json\n"
+        + _ev("frobnicate", 3)
+        + b"\n"
+        + _ev("whatever", 4, "plugin")
+        + b"\n"
+        + good2
+        + b"\n"
+        + b'{"Type": "container", "Action": "start"'
+    )  # truncated end
+    chunks = [stream_bytes[i : i + 7] for i in range(0, len(stream_bytes), 7)]  # split anywhere
+    stream = DockerStream(_Response(chunks))  # type: ignore[arg-type]
+    got = [ev async for ev in stream]
+    assert [(e.action, e.time_ns) for e in got] == [("start", 2), ("frobnicate", 3), ("die", 1)]
+    assert stream.bad_items == 3
+    assert len([r for r in caplog.records if "skipping a bad events-stream item" in r.message]) == 3
