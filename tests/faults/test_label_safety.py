@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,7 +96,8 @@ async def _step(
             await asyncio.wait_for(calls[op](), 10)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.timeout(600)  # Hypothesis runs many scenarios in this one test
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet, ops)
 def test_nothing_unlabelled_is_ever_touched(
     spec: list[tuple[bool, bool, str]], steps: list[tuple[str, str, int]]
