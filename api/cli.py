@@ -59,6 +59,16 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+#: the one --config option every command that reads the settings takes
+CONFIG_OPTION = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML settings file (default: $IDLEWATCH_CONFIG).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """idlewatch: scale idle Docker containers and Swarm services to zero, event-driven."""
@@ -66,13 +76,7 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------- serve
 @main.command()
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TOML settings file (default: $IDLEWATCH_CONFIG).",
-)
+@CONFIG_OPTION
 @click.option("--docker-url", default=None, help="Docker engine address (unix:// or tcp://).")
 @click.option(
     "--database-url", default=None, help="sqlite+aiosqlite:/// or postgresql+asyncpg:// URL."
@@ -403,13 +407,7 @@ def audit(
 
 # ----------------------------------------------------------------------------- check
 @main.command()
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="TOML settings file (default: $IDLEWATCH_CONFIG).",
-)
+@CONFIG_OPTION
 def check(config: str | None) -> None:
     """Validate the settings, reach the engine and the database, list what would be managed."""
     settings = _settings(config)

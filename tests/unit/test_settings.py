@@ -94,17 +94,21 @@ def test_unknown_toml_key_and_missing_file(tmp_path: Path, monkeypatch: pytest.M
         load_settings()
 
 
-def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
-    env["IDLEWATCH_IDLE_TIMEOUT"] = "abc"
-    res = subprocess.run(
+def _serve(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `idlewatch serve` with only these IDLEWATCH_* variables; it must refuse to start."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+    return subprocess.run(
         [sys.executable, "-m", "api.cli", "serve"],
-        env=env,
-        cwd=tmp_path,
+        env={**full, **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
+    res = _serve(tmp_path, IDLEWATCH_IDLE_TIMEOUT="abc")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         "idlewatch: invalid setting idle_timeout='abc' (from environment variable "
@@ -119,16 +123,7 @@ def test_the_example_config_file_is_valid() -> None:
 
 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
-    env["IDLEWATCH_HOST"] = "0.0.0.0"
-    res = subprocess.run(
-        [sys.executable, "-m", "api.cli", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _serve(tmp_path, IDLEWATCH_HOST="0.0.0.0")
     assert res.returncode == 2
     assert "refusing to serve the API on 0.0.0.0 without a token" in res.stderr
 
