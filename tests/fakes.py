@@ -169,6 +169,9 @@ class FakeStore:
     async def ping(self) -> None:
         pass
 
+    def claim(self) -> None:
+        pass
+
     async def load_agents(self) -> list[Agent]:
         return list(self.rows.values())
 

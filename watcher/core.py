@@ -117,8 +117,12 @@ class Watcher:
             return
         await self.store.connect()
         try:
+            self.store.claim()  # one actor per database
             self.tracker.load(await self.store.load_agents())
             self.registry.load(await self.store.load_specs())
+        except StoreError:
+            await self.store.close()
+            raise
         except Exception as exc:
             await self.store.close()
             raise StoreError(f"cannot read agents from the database: {exc}") from exc

@@ -118,6 +118,10 @@ class Store(Protocol):
         """Succeed when the database answers."""
         ...
 
+    def claim(self) -> None:
+        """Become the one actor on this database, or raise StoreError."""
+        ...
+
     async def load_agents(self) -> list[Agent]:
         """Every agent row."""
         ...

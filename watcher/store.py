@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +83,7 @@ class SqlStore:
         self.url = url
         self._db = Database(url)
         self._sqlite = url.startswith("sqlite")
+        self._lock_fd: int | None = None
         self._dialect: Any = (
             postgresql.dialect()  # type: ignore[no-untyped-call]
             if url.startswith("postgres")
@@ -123,8 +126,45 @@ class SqlStore:
         except Exception as exc:  # opening or closing the connection failed
             raise StoreError(f"database session on {self._redacted()} failed: {exc}") from exc
 
+    def claim(self) -> None:
+        """Become the one actor on this database, or raise StoreError naming who holds it.
+
+        SQLite: an exclusive lock on ``<db>.lock`` held while this store is open (released
+        by the OS if the process dies). PostgreSQL: not enforced yet (run one actor).
+        """
+        path = self._sqlite_path()
+        if path is None or self._lock_fd is not None:
+            return
+        lock_path = path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"another idlewatch (pid {holder}) already acts on {path}: only one process "
+                f"may run the sweep and lifecycle actions per database (lock {lock_path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _sqlite_path(self) -> str | None:
+        if not self._sqlite:
+            return None
+        path = self.url.split(":///", 1)[-1].split("?", 1)[0]
+        return None if not path or path == ":memory:" else path
+
     async def close(self) -> None:
         """Close every connection (safe to call twice)."""
+        self._release()
         if self._db.is_connected:
             await self._db.disconnect()
 
