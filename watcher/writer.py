@@ -105,6 +105,9 @@ class StoreWriter:
     async def _run(self) -> None:
         delay_s = 0.05
         while True:
+            # The session opens with the first write (an open and close with nothing to
+            # write never starts a connection it would then have to abandon mid-connect).
+            await self._wake.wait()
             # One database session held across batches: opening a connection per write
             # (a thread and a connect for SQLite) cost more CPU than the writes themselves.
             async with self._store.session():
