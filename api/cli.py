@@ -157,13 +157,7 @@ def _api_options(fn: F) -> F:
     fn = click.option(
         "--url", default=None, help="API address (default: http://<host>:<port> from the settings)."
     )(fn)
-    fn = click.option(
-        "--config",
-        "config",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="TOML settings file (default: $IDLEWATCH_CONFIG).",
-    )(fn)
+    fn = CONFIG_OPTION(fn)
     return fn
 
 

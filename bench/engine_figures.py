@@ -129,16 +129,16 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
     }
 
 
-def _serve(engine: PrivateEngine, tmp: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+def serve_process(docker_url: str, tmp: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`idlewatch serve` in a subprocess on a free port, quiet, with a file SQLite in ``tmp``."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     full.update(
-        IDLEWATCH_DOCKER_URL=engine.url,
+        IDLEWATCH_DOCKER_URL=docker_url,
         IDLEWATCH_PORT=str(port),
         IDLEWATCH_SWEEP_INTERVAL="1h",
         IDLEWATCH_LOG_LEVEL="WARNING",
         IDLEWATCH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp}/serve.db",
-        **env,
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve"],
@@ -166,7 +166,7 @@ async def _ready(port: int, timeout_s: float = 60) -> None:
 async def cpu_at_max_churn(engine: PrivateEngine, seconds: float = 20) -> dict[str, Any]:
     """The watcher's CPU share of one core while the engine churns containers flat out."""
     tmp = tempfile.mkdtemp()
-    proc, port = _serve(engine, tmp)
+    proc, port = serve_process(engine.url, tmp)
     docker = aiodocker.Docker(url=engine.url)
     events = 0
     try:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,12 +11,12 @@ from typing import Any
 
 import aiohttp
 
-from api.private_engine import free_port
 from tests.fakes import FakeDocker, FakeStore
 from watcher import Settings, Watcher
 from watcher.models import ContainerInfo, freeze
 
 from .common import rss_mb, stats
+from .engine_figures import serve_process
 from .fake_engine import FakeEngineProcess
 
 
@@ -64,20 +61,7 @@ async def rss_10k() -> dict[str, Any]:
     tmp = tempfile.mkdtemp()
     engine = FakeEngineProcess(Path(tmp) / "fake.sock", 10, 10_000)
     await engine.start()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
-    env.update(
-        IDLEWATCH_DOCKER_URL=engine.url,
-        IDLEWATCH_PORT=str(port),
-        IDLEWATCH_LOG_LEVEL="WARNING",
-        IDLEWATCH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp}/rss.db",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, port = serve_process(engine.url, tmp)
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(600):

@@ -89,7 +89,6 @@ class SqlStore:
             if url.startswith("postgres")
             else sqlite.dialect()
         )
-        self._upsert = self._build_upsert()
         self._upsert_sql = self._build_upsert_sql()
 
     async def connect(self) -> None:
@@ -285,21 +284,10 @@ class SqlStore:
             f"ON CONFLICT (name) DO UPDATE SET {updates}"
         )
 
-    def _build_upsert(self) -> Any:
-        ins: Any = (
-            postgresql.insert(agents_table)
-            if self.url.startswith("postgres")
-            else sqlite.insert(agents_table)
-        )
-        return ins.on_conflict_do_update(
-            index_elements=["name"], set_={c: getattr(ins.excluded, c) for c in _UPDATABLE}
-        )
-
     def _ensure_sqlite_dir(self) -> None:
-        if self.url.startswith("sqlite"):
-            path = self.url.split(":///", 1)[-1].split("?", 1)[0]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = self._sqlite_path()
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def _redacted(self) -> str:
         scheme, sep, rest = self.url.partition("://")
