@@ -143,6 +143,18 @@ class PrivateEngine:
             self.proc.kill()
             self.proc.wait(10)
 
+    def kill(self) -> None:
+        """Crash the engine: SIGKILL dockerd and its containerd (its process group), no cleanup.
+
+        The next :meth:`start` must find no stale containerd pid file: a killed containerd
+        can linger as a zombie when PID 1 reaps slowly, and dockerd would wait for it.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        (self.root / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
+
     def restart(self, sig: int = signal.SIGTERM) -> None:
         """Stop and start the daemon with the same flags (drops every events stream)."""
         self.stop(sig)
@@ -171,11 +183,23 @@ class PrivateEngine:
     def cleanup(self) -> None:
         """Stop the daemon and remove its directory (unmounting leftovers first)."""
         self.stop()
+        self._kill_strays()
         with contextlib.suppress(OSError), open("/proc/self/mounts") as fh:
             mounts = [line.split()[1] for line in fh if str(self.root) in line]
         for mnt in sorted(mounts if "mounts" in locals() else [], key=len, reverse=True):
             subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+    def _kill_strays(self) -> None:
+        """SIGKILL processes left under this engine's directory (shims after a crash)."""
+        marker = str(self.root).encode() + b"/"
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:

@@ -217,7 +217,7 @@ class EventPump:
 
     def _report_unreachable(self, exc: EngineUnavailable, attempt: int) -> None:
         first = self.last_error is None or not self.last_error.startswith("engine unreachable")
-        self.last_error = f"engine unreachable: {exc}"
+        self.last_error = f"engine unreachable at {self._docker.address}: {exc}"
         if first:
             logger.warning(
                 "cannot reach the Docker engine at %s (%s); set IDLEWATCH_DOCKER_URL or "

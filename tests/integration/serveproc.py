@@ -30,9 +30,11 @@ class ServeProcess:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        self._need_sync = True
 
-    def start(self, timeout_s: float = 30) -> ServeProcess:
-        """Start and wait until the API listens and the first resync is done."""
+    def start(self, timeout_s: float = 30, *, wait_synced: bool = True) -> ServeProcess:
+        """Start and wait until the API listens (and, by default, the first resync is done)."""
+        self._need_sync = wait_synced
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve"],
             env=self.env,
@@ -54,7 +56,7 @@ class ServeProcess:
             self.lines.append(line)
             synced = synced or "resynced with the engine" in line
             listening = listening or "API and dashboard on" in line
-            if synced and listening:
+            if listening and (synced or not self._need_sync):
                 self._ready.set()
         self.proc.stderr.close()
 
