@@ -10,12 +10,13 @@ idleness after taking it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import AgentNotFound, InvalidOperation
+from .errors import AgentNotFound, EngineError, InvalidOperation
 from .models import Agent, AuditEntry, Kind, Status
 from .policy import is_idle, is_managed
 from .ports import Clock, DockerGateway
@@ -112,13 +113,15 @@ class Lifecycle:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
                 await self._live_check(agent)
-                await self._docker.start_container(agent.id)
+                with _gone_means_not_found(agent):
+                    await self._docker.start_container(agent.id)
                 n = 1
             else:
                 n = replicas if replicas is not None else max(agent.restore_replicas, 1)
                 self._check_replicas(name, n, minimum=1)
                 await self._live_check(agent)
-                await self._docker.scale_service(agent.id, n)
+                with _gone_means_not_found(agent):
+                    await self._docker.scale_service(agent.id, n)
             self._tracker.touch(name, reason="start")
             self._record(name, "start", f"requested {n} replica(s)", actor)
             logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
@@ -135,21 +138,23 @@ class Lifecycle:
             return self._agent(name)
 
     async def _stop_unlocked(self, agent: Agent) -> None:
-        if agent.kind is Kind.CONTAINER:
-            await self._docker.stop_container(agent.id, self._cfg.stop_timeout_s)
-        else:
-            self._tracker.remember_replicas(agent.name, agent.replicas)
-            await self._docker.scale_service(agent.id, 0)
+        with _gone_means_not_found(agent):
+            if agent.kind is Kind.CONTAINER:
+                await self._docker.stop_container(agent.id, self._cfg.stop_timeout_s)
+            else:
+                self._tracker.remember_replicas(agent.name, agent.replicas)
+                await self._docker.scale_service(agent.id, 0)
 
     async def restart(self, name: str, *, actor: str = "library") -> Agent:
         """Restart a container, or replace every task of a service."""
         async with self.lock(name):
             agent = self._agent(name)
             await self._live_check(agent)
-            if agent.kind is Kind.CONTAINER:
-                await self._docker.restart_container(agent.id, self._cfg.stop_timeout_s)
-            else:
-                await self._docker.restart_service(agent.id)
+            with _gone_means_not_found(agent):
+                if agent.kind is Kind.CONTAINER:
+                    await self._docker.restart_container(agent.id, self._cfg.stop_timeout_s)
+                else:
+                    await self._docker.restart_service(agent.id)
             self._tracker.touch(name, reason="restart")
             self._record(name, "restart", "requested", actor)
             return self._agent(name)
@@ -171,7 +176,8 @@ class Lifecycle:
             await self._live_check(agent)
             if replicas == 0:
                 self._tracker.remember_replicas(name, agent.replicas)
-            await self._docker.scale_service(agent.id, replicas)
+            with _gone_means_not_found(agent):
+                await self._docker.scale_service(agent.id, replicas)
             if replicas > 0:
                 self._tracker.touch(name, reason="scale")
             self._record(name, "scale", f"{agent.replicas} -> {replicas}", actor)
@@ -197,10 +203,10 @@ class Lifecycle:
                 return "dry-run"
             try:
                 await self._live_check(agent)
+                await self._stop_unlocked(agent)
             except AgentNotFound as exc:
                 logger.warning("idle stop of %s skipped: %s", name, exc.message)
                 return "skipped: " + exc.message
-            await self._stop_unlocked(agent)
             self._record(name, action, reason, "sweep", detail=f"replicas was {agent.replicas}")
             if agent.kind is Kind.SERVICE:
                 logger.info("scaled service %s to 0 (%s)", name, reason)
@@ -215,3 +221,21 @@ class Lifecycle:
                 f"(max_replicas), got {n}",
                 agent=name,
             )
+
+
+@contextlib.contextmanager
+def _gone_means_not_found(agent: Agent) -> Iterator[None]:
+    """The engine's 404 in the middle of a call: the object was removed meanwhile.
+
+    That is the caller's "not found" (never a success, never an engine failure); the
+    destroy event on the stream settles the agent's status.
+    """
+    try:
+        yield
+    except EngineError as exc:
+        if exc.status != 404:
+            raise
+        raise AgentNotFound(
+            f"{agent.kind} {agent.name!r} was removed during the call ({exc.message})",
+            agent=agent.name,
+        ) from exc
