@@ -15,13 +15,14 @@ from watcher import Settings, Watcher
 from .auth import auth_middleware
 from .errors import error_middleware
 from .keys import FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .limits import GUARD, ConnectionGuard
 from .metrics import Metrics
 from .openapi import routes as openapi_routes
 from .routes import routes as rest_routes
 from .ws import Feed, close_all, feed_ctx
 from .ws import routes as ws_routes
 
-__all__ = ["METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
+__all__ = ["GUARD", "METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
 
 
 def create_app(watcher: Watcher | None = None, settings: Settings | None = None) -> web.Application:
@@ -35,15 +36,22 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
             raise TypeError("create_app needs a watcher or the settings of one")
         settings = watcher.settings
     metrics = Metrics()
+    guard = ConnectionGuard(settings.max_connections, settings.request_timeout)
     token = settings.api_token.get_secret_value() if settings.api_token else None
     app = web.Application(
-        middlewares=[metrics.middleware(), error_middleware, auth_middleware(token)],
+        middlewares=[
+            guard.middleware,  # first: it must see every request, refused ones included
+            metrics.middleware(),
+            error_middleware,
+            auth_middleware(token),
+        ],
         client_max_size=settings.max_body_bytes,
     )
     if watcher is not None:
         app[WATCHER] = watcher
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[GUARD] = guard  # used when served through api.limits.GuardedSite
     app[SOCKETS] = Sockets()
     app[FEED] = Feed(settings.ws_max_buffer_bytes)
     app.cleanup_ctx.append(feed_ctx)

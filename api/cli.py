@@ -122,16 +122,22 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
     from aiohttp import web
 
     from . import create_app
+    from .limits import GUARD, HANDLER_ARGS, GuardedSite, fit_to_open_files
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Watcher(settings) as w:
-        runner = web.AppRunner(create_app(w, settings), handle_signals=False, access_log=None)
+        app = create_app(w, settings)
+        fit_to_open_files(app[GUARD])  # a 503 at max_connections, never an out-of-files error
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=5, **HANDLER_ARGS
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5)
+            # max_connections and request_timeout hold only for connections of this site
+            site = GuardedSite(runner, settings.host, settings.port)
             try:
                 await site.start()
             except OSError as exc:

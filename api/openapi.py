@@ -56,6 +56,8 @@ def _op(
             "required": body_required,
             "content": {"application/json": {"schema": _ref(body)}},
         }
+        responses.setdefault("408", _err("The body did not arrive within request_timeout"))
+        responses.setdefault("413", _err("The body is larger than max_body_bytes"))
     return op
 
 
@@ -307,7 +309,12 @@ def document() -> dict[str, Any]:
             "get": _op(
                 "Websocket feed: {type: snapshot, agents: [Agent]} then one "
                 "{type: change, agent: Agent, previous_status, reason} per change",
-                {"101": {"description": "Switching protocols"}, "401": _COMMON_ERRORS["401"]},
+                {
+                    "101": {"description": "Switching protocols"},
+                    "400": _err("Not a websocket upgrade request"),
+                    "401": _COMMON_ERRORS["401"],
+                    "503": _err("ws_max_clients clients are connected already"),
+                },
                 tag="feed",
             )
         },

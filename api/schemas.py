@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Any, Literal
@@ -110,16 +111,36 @@ class RegisterBody(_Strict):
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The body, refusing more than ``max_body_bytes`` (also when mounted as a sub-app)."""
+    """The whole body, refusing more than ``max_body_bytes`` (also when mounted as a sub-app)
+    and a body that does not arrive within ``request_timeout`` (a slow client)."""
     from .keys import SETTINGS
 
-    limit = request.config_dict[SETTINGS].max_body_bytes
+    settings = request.config_dict[SETTINGS]
+    limit = settings.max_body_bytes
+    too_large = ApiError(
+        413, "payload_too_large", f"the body is larger than max_body_bytes={limit} bytes"
+    )
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-    return raw
+        raise too_large  # before reading any of it
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(settings.request_timeout):
+            # read() with a size returns what has arrived so far: loop to the end
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large  # a chunked body announces no length
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the body did not arrive within request_timeout={settings.request_timeout:g}s",
+        ) from None
+    except (ConnectionError, web.RequestPayloadError) as exc:  # gone, or bad chunked framing
+        raise ApiError(400, "incomplete_body", f"the body could not be read: {exc}") from None
+    return b"".join(chunks)
 
 
 async def read_json(request: web.Request, model: type[BaseModel], *, required: bool) -> Any:

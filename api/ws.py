@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, web
 from watcher import SubscriberLagged, Watcher
 from watcher.models import Change
 
+from .errors import ApiError
 from .keys import FEED, SETTINGS, SOCKETS, WATCHER
 from .schemas import agent_json
 
@@ -134,11 +135,22 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     w = request.config_dict[WATCHER]
     settings = request.config_dict[SETTINGS]
     fan = request.config_dict[FEED]
+    sockets = request.config_dict[SOCKETS]
+    if len(sockets) >= settings.ws_max_clients:
+        raise ApiError(
+            503,
+            "too_many_clients",
+            f"the feed has ws_max_clients={settings.ws_max_clients} clients; try again later",
+        )
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
-    await ws.prepare(request)
+    sockets.add(ws)  # before the first await: concurrent upgrades count each other
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sockets.discard(ws)
+        raise
     if request.transport is not None:  # our byte limit decides, never a drain wait
         request.transport.set_write_buffer_limits(high=settings.ws_max_buffer_bytes * 4)
-    request.config_dict[SOCKETS].add(ws)
     client = Client(ws, request, settings.ws_queue_size)
     fan.ensure_started(w)
     fan.clients.add(client)  # before the snapshot: changes from now on queue for it

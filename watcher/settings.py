@@ -163,6 +163,25 @@ class Settings(BaseSettings):
         ge=1024,
         description="Request bodies above this get 413.",
     )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Open HTTP connections (websockets included) `serve` accepts; one more gets "
+        "503 and is closed at once. Also capped by the open-file limit.",
+    )
+    ws_max_clients: int = Field(
+        default=1024,
+        ge=1,
+        description="Websocket clients at once; one more gets a 503 JSON error instead of "
+        "the upgrade.",
+    )
+    request_timeout: DurationS = Field(
+        default=30.0,
+        description="A connection must send complete request headers within this long of "
+        "opening (or of its previous answer), and a body within this long of the route "
+        "reading it; else it is closed (slow clients, slow-loris).",
+        json_schema_extra={"default_text": "`30s`"},
+    )
     subscriber_queue_size: int = Field(
         default=10_000,
         ge=1,
@@ -170,7 +189,9 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
-    @field_validator("sweep_interval", "reconnect_backoff_max", "ws_send_timeout")
+    @field_validator(
+        "sweep_interval", "reconnect_backoff_max", "ws_send_timeout", "request_timeout"
+    )
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
