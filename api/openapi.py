@@ -201,8 +201,8 @@ SCHEMAS: dict[str, Any] = {
             "name": {
                 "type": "string",
                 "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$",
-                "description": "a Docker container name; for a service: letters, digits and "
-                "dashes only, at most 63",
+                "description": "a Docker container name: at least 2 characters; for a service: "
+                "letters, digits and dashes only, at most 63",
             },
             "image": {
                 "type": "string",

@@ -16,7 +16,8 @@ from watcher.models import Agent, AgentSpec, AuditEntry, Kind, freeze
 
 from .errors import ApiError
 
-CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+# the engine wants at least two characters ("Invalid container name (0)" otherwise)
+CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

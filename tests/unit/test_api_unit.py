@@ -108,8 +108,11 @@ async def test_registration_refuses_reserved_labels_and_container_replicas() -> 
     await client.start_server()
     try:
         for body, field in (
-            ({"name": "a", "image": "img", "labels": {"idlewatch.enable": "false"}}, "labels"),
-            ({"name": "a", "image": "img", "replicas": 2}, "replicas"),
+            ({"name": "ag", "image": "img", "labels": {"idlewatch.enable": "false"}}, "labels"),
+            ({"name": "ag", "image": "img", "replicas": 2}, "replicas"),
+            # the engine refuses a one-character container name: a 400 here, never its 502
+            # (found by tests/faults/test_api_fuzz.py)
+            ({"name": "a", "image": "img", "command": ["sh"]}, "name"),
         ):
             resp = await client.post("/api/agents", json=body)
             assert resp.status == 400 and (await resp.json())["error"]["field"] == field
@@ -117,6 +120,17 @@ async def test_registration_refuses_reserved_labels_and_container_replicas() -> 
     finally:
         await client.close()
         await w.close()
+
+
+def test_container_names_follow_the_engine_and_service_names_may_be_one_character() -> None:
+    from api.errors import ApiError
+    from api.schemas import RegisterBody
+
+    with pytest.raises(ApiError) as err:
+        RegisterBody(name="a", image="img").to_spec()
+    assert err.value.status == 400 and err.value.field == "name"
+    assert RegisterBody(name="ab", image="img").to_spec().name == "ab"
+    assert RegisterBody(name="a", image="img", kind="service").to_spec().name == "a"
 
 
 async def test_every_route_is_in_the_openapi_document(

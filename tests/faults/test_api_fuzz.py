@@ -1,0 +1,254 @@
+"""A schema-driven fuzz of the whole HTTP API from its own OpenAPI document (Schemathesis).
+
+The real app on a real Watcher connected to the private engine, served on 127.0.0.1. Every
+documented operation gets positive and negative cases with the bearer token: no answer may be a
+5xx, and every status, content type and body must be one the document declares. The same
+cases sent without a token, or with a wrong one, must get the documented 401.
+
+Schemathesis calls synchronously (requests), so the cases run in a worker thread while the
+server keeps the test's event loop. Generation is derandomized: CI sees the same cases each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import APIOperation, Case, GenerationMode
+from schemathesis.errors import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api import create_app
+from tests.integration import conftest as integration
+from tests.private_engine import TEST_IMAGE, PrivateEngine
+from watcher import Settings, Status, Watcher
+from watcher.models import AgentSpec
+
+# the private engine's fixtures, shared with the integration suite; clean_engine is autouse,
+# so whatever the fuzz deployed, stopped or deleted is wiped before the next test
+engine = integration.engine
+clean_engine = integration.clean_engine
+settings_for = integration.settings_for
+
+TOKEN = "fuzz-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: a discovered container, a discovered service and one registered through the API, so the
+#: lifecycle routes act on real agents of each sort (generated names cover the unknown ones)
+KNOWN = ("fuzz-c", "fuzz-s", "fuzz-r")
+EXAMPLES = 40  # cases per operation and mode (~28 pairs): 15-50 s on this 2-core machine
+CALL_TIMEOUT_S = 30.0  # a hang is a defect too: requests raises and the case fails
+MAX_WAIT_S = 5  # start?wait=running&timeout= is capped: an agent that never runs costs 5 s
+#: /api/ws is fuzzed as plain HTTP, which cannot follow an upgrade: it answers 400 (or 401)
+#: only. The 101 and the feed itself are covered by tests/integration/test_api.py.
+NO_SUCCESS_OVER_HTTP = {"GET /api/ws"}
+
+
+def no_server_fault(ctx: Any, response: Any, case: Case) -> bool | None:
+    """No 5xx, but for the documented answers the fuzz can honestly cause.
+
+    The engine and the database stay up throughout, so 500 and 503 are always defects. A
+    502 (the engine refused) is expected only when registering a generated command, or none
+    (the test image has no default command): the engine cannot run that. Any other 502
+    means idlewatch passed on a request it should have refused with a 400, or misused the
+    engine. 504 is the documented end of ``start?wait=running``.
+    """
+    status = response.status_code
+    if status == 502 and _runs_generated_command(case):
+        return None
+    if status == 504 and case.path.endswith("/start"):
+        return None
+    assert status < 500, f"{status} {response.text[:300]}"
+    return None
+
+
+def _runs_generated_command(case: Case) -> bool:
+    body = case.body
+    return (
+        case.method.upper() == "POST"
+        and case.path == "/api/agents"
+        and isinstance(body, dict)
+        and body.get("command") != integration.SLEEPER
+    )
+
+
+CHECKS = [
+    no_server_fault,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@dataclass
+class Fuzz:
+    """The loaded schema, the server's address, and every failure, collected across operations."""
+
+    schema: Any
+    base_url: str
+    session: requests.Session = field(default_factory=requests.Session)
+    failures: list[str] = field(default_factory=list)
+    #: the statuses each operation answered to positive cases
+    statuses: dict[str, set[int]] = field(default_factory=dict)
+
+
+@pytest.fixture
+async def fuzz(engine: PrivateEngine, settings_for: Callable[..., Settings]) -> AsyncIterator[Fuzz]:
+    """The app on a synced Watcher with three running agents, and its schema loaded from it."""
+    settings = settings_for(
+        api_token=TOKEN, allowed_images=["idlewatch-test/*"], max_replicas=2, ws_send_timeout=2
+    )
+    integration.run_container(engine, KNOWN[0])
+    integration.create_service(engine, KNOWN[1])
+    async with Watcher(settings) as w:
+        await w.wait_synced(30)
+        await w.register(AgentSpec(KNOWN[2], TEST_IMAGE, command=tuple(integration.SLEEPER)))
+        for name in KNOWN:
+            await w.wait_for(name, lambda a: a is not None and a.status is Status.RUNNING, 30)
+        server = TestServer(create_app(w), host="127.0.0.1")
+        await server.start_server()
+        try:
+            base = str(server.make_url("")).rstrip("/")
+            schema = await asyncio.to_thread(
+                schemathesis.openapi.from_url, base + "/api/openapi.json", headers=AUTH
+            )
+            fz = Fuzz(schema, base)
+            with fz.session:
+                yield fz
+        finally:
+            await server.close()
+
+
+def _operations(schema: Any) -> list[APIOperation]:
+    ops = [r.ok() for r in schema.get_all_operations()]
+    # DELETE last: the agents it removes stay there for every other route
+    return sorted(ops, key=lambda op: op.method.upper() == "DELETE")
+
+
+def _negatable(op: APIOperation) -> bool:
+    """Whether negative cases exist: a query or a body to break. The auth header is fixed to
+    the token (its absence is checked apart), and a string path parameter has no invalid value.
+    """
+    return bool(len(op.query) or len(op.body))
+
+
+def _allowed_image(case: Case) -> Case:
+    """The allowed image, whatever command was generated: the engine may refuse it (502)."""
+    if isinstance(case.body, dict):
+        case.body["image"] = TEST_IMAGE
+    return case
+
+
+def _deployable(case: Case) -> Case:
+    """The allowed image with a command that runs, so registration can succeed (201)."""
+    if isinstance(case.body, dict):
+        case.body.update(image=TEST_IMAGE, command=list(integration.SLEEPER))
+    return case
+
+
+def _capped_wait(case: Case) -> Case:
+    if case.query and isinstance(case.query.get("timeout"), int | float):
+        case.query["timeout"] = min(case.query["timeout"], MAX_WAIT_S)
+    return case
+
+
+def _strategy(op: APIOperation, mode: GenerationMode) -> st.SearchStrategy[Case]:
+    """Generated cases, plus a share aimed at the existing agents or (for registration) at
+    an allowed image, so that the success paths are fuzzed too and not only the refusals."""
+    base = op.as_strategy(generation_mode=mode, headers=AUTH)
+    parts = [base]
+    if any(p.name == "name" for p in op.path_parameters):
+        parts += [
+            op.as_strategy(generation_mode=mode, headers=AUTH, path_parameters={"name": n})
+            for n in KNOWN
+        ]
+    if op.method.upper() == "POST" and op.path == "/api/agents":
+        parts += [base.map(_allowed_image), base.map(_deployable)]
+    return st.one_of(parts).map(_capped_wait)
+
+
+def _label(op: APIOperation) -> str:
+    return f"{op.method.upper()} {op.path}"
+
+
+def _run(fz: Fuzz, op: APIOperation, mode: GenerationMode) -> None:
+    """Fuzz one operation in one mode; a failure is recorded and the next operation runs."""
+    label = f"{_label(op)} ({mode.value})"
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: each case acts on the engine
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+        ],
+    )
+    @given(case=_strategy(op, mode))
+    def check(case: Case) -> None:
+        resp = case.call_and_validate(
+            base_url=fz.base_url, session=fz.session, checks=CHECKS, timeout=CALL_TIMEOUT_S
+        )
+        if mode is GenerationMode.POSITIVE:
+            fz.statuses.setdefault(_label(op), set()).add(resp.status_code)
+        _check_unauthorized(fz, op, case)
+
+    try:
+        check()
+    except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup
+        fz.failures.append(f"{label}: {exc}")
+
+
+def _check_unauthorized(fz: Fuzz, op: APIOperation, case: Case) -> None:
+    """Without the token, or with a wrong one, a secured route answers the documented 401."""
+    if not _secured(fz.schema, op):
+        return
+    for auth in (None, f"Bearer {TOKEN}x"):
+        kwargs = case.as_transport_kwargs(base_url=fz.base_url)
+        kwargs["headers"].pop("Authorization", None)
+        if auth is not None:
+            kwargs["headers"]["Authorization"] = auth
+        resp = fz.session.request(**kwargs, timeout=CALL_TIMEOUT_S)
+        assert resp.status_code == 401, (
+            f"{auth or 'no token'}: {resp.status_code} {resp.text[:300]}"
+        )
+        case.validate_response(resp, checks=CHECKS)
+
+
+def _secured(schema: Any, op: APIOperation) -> bool:
+    """The operation's own ``security``, else the document's, names a scheme."""
+    return bool(op.definition.raw.get("security", schema.raw_schema.get("security")))
+
+
+@pytest.mark.timeout(180)
+async def test_every_operation_answers_as_documented(fuzz: Fuzz) -> None:
+    ops = _operations(fuzz.schema)
+    for op in ops:
+        modes = [GenerationMode.POSITIVE]
+        if _negatable(op):
+            modes.append(GenerationMode.NEGATIVE)
+        for mode in modes:
+            await asyncio.to_thread(_run, fuzz, op, mode)
+    assert not fuzz.failures, "\n\n".join(fuzz.failures)
+    # the fuzz reached every success path, not only the refusals (else it proves little)
+    unreached = {
+        _label(op): sorted(fuzz.statuses.get(_label(op), ()))
+        for op in ops
+        if _label(op) not in NO_SUCCESS_OVER_HTTP
+        and not any(200 <= s < 300 for s in fuzz.statuses.get(_label(op), ()))
+    }
+    assert not unreached, f"operations never answered 2xx: {unreached}"
