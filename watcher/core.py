@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,7 @@ class Watcher:
         self.store: Store = store or SqlStore(s.database_url)
         self.hub = Hub(s.subscriber_queue_size)
         self.writer = StoreWriter(self.store)
+        self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
         self._waiters: list[asyncio.Future[None]] = []
         self.tracker = Tracker(
             label=s.label,
@@ -98,6 +100,7 @@ class Watcher:
             interval_s=s.sweep_interval,
             dry_run=s.dry_run,
             ready=lambda: self.pump.connected and self.pump.synced.is_set(),
+            removed_retention_s=s.removed_retention,
         )
         self._started = False
         #: how long an operation waits for the engine's confirming event before answering
@@ -179,6 +182,29 @@ class Watcher:
         if self.writer.last_error:
             reasons.append(f"database: {self.writer.last_error}")
         return Health(ready=not reasons, reasons=reasons)
+
+    async def database_reason(
+        self, timeout_s: float = 2.0, answered_within_s: float = 10.0
+    ) -> str | None:
+        """Why the database is not answering, or None when it is (readiness asks this).
+
+        A ping that fails is a reason at once. A ping slower than ``timeout_s`` is a reason
+        only when the database has not answered (a ping, a committed write) within
+        ``answered_within_s``: on a loop busy with a burst of requests one turn can outlast
+        ``timeout_s``, so a slow ping there says nothing about the database
+        (bench/load_figures.py: 1,000 requests at once made /readyz flap to 503).
+        """
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout_s)
+        except TimeoutError:
+            last = max(self._db_answered_monotonic, self.writer.last_commit_monotonic)
+            if last and time.monotonic() - last <= answered_within_s:
+                return None
+            return f"database: no answer to a ping within {timeout_s:g}s"
+        except Exception as exc:  # any failure of the ping is a reason, never an error
+            return f"database: {exc}"
+        self._db_answered_monotonic = time.monotonic()
+        return None
 
     async def wait_synced(self, timeout_s: float | None = None) -> None:
         """Wait until the first full resync with the engine is done."""

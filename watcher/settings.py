@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         default=False,
         description="The sweep records and logs idle stops without acting.",
     )
+    removed_retention: TimeoutS = Field(
+        default=3600.0,
+        description=(
+            "How long an agent whose object is gone (status `removed`) stays listed before "
+            "it is forgotten, checked at each sweep; `never` keeps them all."
+        ),
+        json_schema_extra={"default_text": "`1h`"},
+    )
     host: str = Field(
         default="127.0.0.1",
         description="Where the HTTP API listens; a non-loopback host needs `api_token`.",

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .errors import WatcherError
 from .lifecycle import Lifecycle
@@ -30,6 +30,7 @@ class SweepReport:
     candidates: list[str] = field(default_factory=list)
     outcomes: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None
+    pruned: int = 0
 
 
 class Sweeper:
@@ -44,6 +45,7 @@ class Sweeper:
         interval_s: float,
         dry_run: bool,
         ready: Callable[[], bool] = lambda: True,
+        removed_retention_s: float | None = None,
     ) -> None:
         self._tracker = tracker
         self._lifecycle = lifecycle
@@ -51,6 +53,7 @@ class Sweeper:
         self._interval_s = interval_s
         self._dry_run = dry_run
         self._ready = ready
+        self._retention_s = removed_retention_s
         self._task: asyncio.Task[None] | None = None
         self._dry_reported: dict[str, datetime] = {}
         self.sweeps = 0
@@ -77,6 +80,9 @@ class Sweeper:
             report.outcomes[agent.name] = outcome
             if outcome == "dry-run":
                 self._dry_reported[agent.name] = agent.last_activity
+        if self._retention_s is not None:
+            cutoff = now - timedelta(seconds=self._retention_s)
+            report.pruned = len(self._tracker.prune_removed(cutoff))
         self.sweeps += 1
         self.last = report
         return report

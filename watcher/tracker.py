@@ -417,6 +417,14 @@ class Tracker:
         self._emit(updated, agent, reason)
         return updated
 
+    def note_activity(self, name: str, when: datetime, reason: str) -> bool:
+        """Use seen elsewhere (another node or replica): counts only when newer than ours."""
+        agent = self.agents.get(name)
+        if agent is None or when <= agent.last_activity:
+            return False
+        self._emit(_touched(agent, when), agent, reason)
+        return True
+
     def remember_replicas(self, name: str, replicas: int) -> None:
         """Remember what a later start should bring a service back to."""
         agent = self.agents.get(name)
@@ -432,6 +440,17 @@ class Tracker:
         updated = agent._replace(status=Status.ERROR, error=reason, running=0)
         self._emit(updated, agent, "dead-letter")
         return updated
+
+    def prune_removed(self, before: datetime) -> list[str]:
+        """Forget agents removed before ``before``: churn must not grow the table forever."""
+        old = [
+            a.name
+            for a in self.agents.values()
+            if a.status is Status.REMOVED and a.updated_at < before
+        ]
+        for name in old:
+            self._untrack(name, "removed longer than the retention")
+        return old
 
     # ------------------------------------------------------------------ helpers
     def forget(self, name: str, why: str) -> None:

@@ -218,3 +218,25 @@ async def test_unreachable_engine_is_retried_and_reported() -> None:
         assert w.health().ready
     finally:
         await w.close()
+
+
+async def test_removed_agents_are_forgotten_after_the_retention() -> None:
+    """Churn (agents created and removed all day) must not grow the table without bound."""
+    docker = FakeDocker()
+    docker.containers["c1"] = _container("c1", "keep")
+    docker.containers["c2"] = _container("c2", "gone", "exited")
+    clock = ManualClock(T0)
+    w = await started(docker, clock, removed_retention="10m")
+    try:
+        stream = docker.streams[0]
+        stream.queue.put_nowait(_ev("destroy", "c2", "gone", 1))
+        await w.wait_for("gone", lambda a: a is not None and a.status is Status.REMOVED, 5)
+        clock.advance(300)
+        assert (await w.sweep_once()).pruned == 0
+        clock.advance(301)
+        assert (await w.sweep_once()).pruned == 1
+        assert w.get("gone") is None and w.get("keep") is not None
+        await w.flush(5)
+        assert isinstance(w.store, FakeStore) and "gone" not in w.store.rows
+    finally:
+        await w.close()

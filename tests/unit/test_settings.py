@@ -136,7 +136,7 @@ def test_readme_settings_table_matches_the_model() -> None:
     end = readme.index("<!-- /settings-table -->")
     assert readme[start:end] == settings_table(), (
         "README settings table is stale: regenerate it with "
-        "python -c 'from watcher.settings import settings_table; print(settings_table())'"
+        ".venv/bin/python scripts/settings_table.py"
     )
 
 
