@@ -144,7 +144,7 @@ async def test_an_idle_stop_queued_behind_a_start_is_skipped(
     started = await start
     report = await sweep
     assert started.status is Status.RUNNING
-    assert report.outcomes == {"race-start": "skipped: no longer idle"}  # re-checked under the lock: no longer idle
+    assert report.outcomes == {"race-start": "skipped: no longer idle"}  # re-checked
     assert _state(engine, "race-start") == "running"
     assert "stop" not in await _actions(w, "race-start")
 
