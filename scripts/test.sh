@@ -9,11 +9,13 @@ source scripts/_venv.sh
 .venv/bin/python -m pip install -q -e '.[dev,postgres]'
 
 # Debian packages the suite needs: a Docker engine (run privately by the tests), a static
-# busybox (the test image), and Chromium (the dashboard's browser test, driven by Playwright).
+# busybox (the test image), Chromium (the dashboard's browser test, driven by Playwright),
+# and the PostgreSQL server binaries (the tests run a private cluster: api/private_postgres.py).
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
