@@ -8,9 +8,11 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
 from databases import Database
@@ -20,8 +22,6 @@ from .errors import StoreError
 from .models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
 
 logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 
@@ -69,11 +69,67 @@ schema_table = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 
+#: a lease per singleton role (e.g. 'sweeper') for leader election among replicas; times
+#: are epoch seconds so that both dialects can compare them with the database's own clock
+leader_table = sa.Table(
+    "leader",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: applied once, in order, in the transaction that records it.
+
+    ``ddl`` holds SQLAlchemy Core DDL compiled for the database's dialect (``sa.DDL("...")``
+    for text valid on both). A released migration never changes: change the schema with a
+    new one (tests/integration/test_migrations.py pins version 1 to the DDL it shipped with).
+    """
+
+    version: int
+    what: str
+    ddl: tuple[sa.schema.ExecutableDDLElement, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "agents, audit and specs",
+        (
+            sa.schema.CreateTable(agents_table, if_not_exists=True),
+            sa.schema.CreateTable(audit_table, if_not_exists=True),
+            sa.schema.CreateTable(specs_table, if_not_exists=True),
+            *(sa.schema.CreateIndex(i, if_not_exists=True) for i in audit_table.indexes),
+        ),
+    ),
+    Migration(2, "leader lease table", (sa.schema.CreateTable(leader_table),)),
+)
+#: the schema version this code writes; a database with a higher one is refused
+SCHEMA_VERSION = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+#: pg_advisory_xact_lock key: replicas starting together migrate one at a time
+_MIGRATION_LOCK = 0x69646C77
+_DIALECTS: dict[str, Any] = {
+    "sqlite": sqlite.dialect(),
+    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+}
+
+
+def migration_sql(migration: Migration, dialect: str) -> list[str]:
+    """The statements of one migration for ``dialect`` ('sqlite' or 'postgresql')."""
+    return [str(ddl.compile(dialect=_DIALECTS[dialect])) for ddl in migration.ddl]
+
+
 _UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
 _AUDIT_SQL = (
     "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_AUDIT_SQL_PG = _AUDIT_SQL.replace("?, ?, ?, ?, ?, ?, ?, ?", "$1, $2, $3, $4, $5, $6, $7, $8")
 
 
 class SqlStore:
@@ -81,33 +137,59 @@ class SqlStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._db = Database(url)
+        self._db = Database(url, **_pg_options(url))
         self._sqlite = url.startswith("sqlite")
         self._lock_fd: int | None = None
-        self._dialect: Any = (
-            postgresql.dialect()  # type: ignore[no-untyped-call]
-            if url.startswith("postgres")
-            else sqlite.dialect()
-        )
+        self._dialect_name = "sqlite" if self._sqlite else "postgresql"
         self._upsert_sql = self._build_upsert_sql()
 
     async def connect(self) -> None:
-        """Open the database, creating the SQLite directory and the schema when missing."""
-        self._ensure_sqlite_dir()
+        """Open the database (creating the SQLite directory) and apply pending migrations.
+
+        Raises StoreError when the database cannot be opened or migrated, or when its
+        schema is newer than this code.
+        """
         try:
+            self._ensure_sqlite_dir()
             await self._db.connect()
             if self._sqlite:
                 await self._db.execute("PRAGMA journal_mode=WAL")  # persists in the file
-            for table in metadata.sorted_tables:
-                ddl = sa.schema.CreateTable(table, if_not_exists=True)
-                await self._db.execute(str(ddl.compile(dialect=self._dialect)))
-            for index in audit_table.indexes:
-                ddl_i = sa.schema.CreateIndex(index, if_not_exists=True)
-                await self._db.execute(str(ddl_i.compile(dialect=self._dialect)))
-            if await self._db.fetch_val(sa.select(sa.func.count()).select_from(schema_table)) == 0:
-                await self._db.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+            await self._migrate()
         except Exception as exc:  # the drivers raise many unrelated types
+            with contextlib.suppress(Exception):
+                await self._db.disconnect()  # no pool (and its reconnect task) left behind
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open database {self._redacted()}: {exc}") from exc
+
+    async def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (all or nothing)."""
+        async with self._db.connection() as conn, conn.transaction():
+            if not self._sqlite:
+                await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            ddl = sa.schema.CreateTable(schema_table, if_not_exists=True)
+            await conn.execute(str(ddl.compile(dialect=_DIALECTS[self._dialect_name])))
+            found = int(await conn.fetch_val("SELECT max(version) FROM schema_version") or 0)
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self._redacted()} has schema version {found}, newer than this "
+                    f"idlewatch understands (version {SCHEMA_VERSION}): upgrade idlewatch, "
+                    "or point it at another database"
+                )
+            for migration in MIGRATIONS[found:]:
+                for statement in migration_sql(migration, self._dialect_name):
+                    await conn.execute(statement)
+            if found != SCHEMA_VERSION:
+                await conn.execute(schema_table.delete())
+                await conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+                logger.info("database schema migrated from version %d to %d", found, SCHEMA_VERSION)
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database (0 when none is)."""
+        try:
+            return int(await self._db.fetch_val("SELECT max(version) FROM schema_version") or 0)
+        except Exception as exc:
+            raise StoreError(f"cannot read the schema version: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -193,15 +275,19 @@ class SqlStore:
     ) -> None:
         """Upsert agents, append audits, delete forgotten agents, save specs: one transaction."""
         try:
-            raw = self._db.connection().raw_connection
-            if self._sqlite and hasattr(raw, "_execute"):
-                # aiosqlite runs each call in its thread: a batch as BEGIN, executemany and
-                # COMMIT through databases is five thread hops; as one function it is one.
-                # (`_execute` is aiosqlite's own way in; the else branch works without it.)
-                await raw._execute(self._write_sqlite, raw, agents, audits, forgets, specs)
-                return
-            async with self._db.transaction():
-                await self._write_generic(agents, audits, forgets, specs or {})
+            # the writer's session holds this connection already; any other caller gets one
+            async with self._db.connection() as conn:
+                raw = conn.raw_connection
+                if self._sqlite and hasattr(raw, "_execute"):
+                    # aiosqlite runs each call in its thread: a batch as BEGIN, executemany and
+                    # COMMIT through databases is five thread hops; as one function it is one.
+                    # (`_execute` is aiosqlite's own way in; the else branch works without it.)
+                    await raw._execute(self._write_sqlite, raw, agents, audits, forgets, specs)
+                elif not self._sqlite:
+                    await self._write_postgres(raw, agents, audits, forgets, specs or {})
+                else:
+                    async with self._db.transaction():
+                        await self._write_generic(agents, audits, forgets, specs or {})
         except Exception as exc:
             raise StoreError(f"write to {self._redacted()} failed: {exc}") from exc
 
@@ -233,6 +319,36 @@ class SqlStore:
         except BaseException:
             conn.rollback()
             raise
+
+    async def _write_postgres(
+        self,
+        raw: Any,
+        agents: Sequence[Agent],
+        audits: Sequence[AuditEntry],
+        forgets: Sequence[str],
+        specs: Mapping[str, AgentSpec | None],
+    ) -> None:
+        """One asyncpg transaction on the raw connection.
+
+        Not ``databases``' transaction: when BEGIN or COMMIT fails on a dead connection it
+        leaves the connection's use count raised, so the writer's task would keep that dead
+        connection for good and never write again (found with the server stopped mid-run).
+        """
+        async with raw.transaction():
+            for name, spec in specs.items():
+                await raw.execute("DELETE FROM specs WHERE name = $1", name)
+                if spec is not None:
+                    await raw.execute(
+                        "INSERT INTO specs (name, spec) VALUES ($1, $2)", name, _spec_json(spec)
+                    )
+            if forgets:
+                await raw.execute("DELETE FROM agents WHERE name = ANY($1::text[])", list(forgets))
+            if agents:
+                await raw.executemany(self._upsert_sql, [_agent_tuple(a) for a in agents])
+            if audits:
+                await raw.executemany(
+                    _AUDIT_SQL_PG, [tuple(_audit_row(e).values()) for e in audits]
+                )
 
     async def _write_generic(
         self,
@@ -294,6 +410,25 @@ class SqlStore:
         if "@" in rest:
             rest = "***@" + rest.split("@", 1)[1]
         return scheme + sep + rest
+
+
+def _pg_options(url: str) -> dict[str, Any]:
+    """Driver options that ``databases`` would drop from a PostgreSQL URL.
+
+    ``databases`` takes the port from the netloc only, so the libpq form for a unix socket,
+    ``postgresql+asyncpg://user@/db?host=/run/postgresql&port=5433``, would silently
+    connect to port 5432's socket; pass the port on.
+    """
+    if not url.startswith("postgres"):
+        return {}
+    parts = urlsplit(url)
+    port = dict(parse_qsl(parts.query)).get("port")
+    if port is None or parts.port is not None:
+        return {}
+    try:
+        return {"port": int(port)}
+    except ValueError:
+        raise StoreError(f"the port in the database URL is not a number: {port!r}") from None
 
 
 def _agent_row(a: Agent) -> dict[str, Any]:

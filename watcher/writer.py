@@ -110,16 +110,19 @@ class StoreWriter:
             await self._wake.wait()
             # One database session held across batches: opening a connection per write
             # (a thread and a connect for SQLite) cost more CPU than the writes themselves.
-            async with self._store.session():
-                while True:
-                    await self._wake.wait()
-                    self._wake.clear()
-                    ok = True
-                    while self.pending and ok:
-                        ok = await self._write_once()
-                    if not ok:
-                        break  # drop the session: the next one reconnects
-                    delay_s = 0.05
+            try:
+                async with self._store.session():
+                    while True:
+                        await self._wake.wait()
+                        self._wake.clear()
+                        ok = True
+                        while self.pending and ok:
+                            ok = await self._write_once()
+                        if not ok:
+                            break  # drop the session: the next one reconnects
+                        delay_s = 0.05
+            except StoreError as exc:  # no connection (server down): keep the rows, retry
+                self._failed(exc)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self._retry_max_s)
             self._wake.set()
@@ -136,9 +139,7 @@ class StoreWriter:
             self._put_back(agents, audits)
             self._forgets |= {n for n in forgets if n not in self._agents}
             self._specs = {**specs, **self._specs}
-            if self.last_error is None:
-                logger.error("database write failed, will retry: %s", exc)
-            self.last_error = str(exc)
+            self._failed(exc)
             return False
         if self.last_error is not None:
             logger.info("database writes recovered")
@@ -154,6 +155,11 @@ class StoreWriter:
                 self._committed = max(self._committed, target)
                 self._done.notify_all()
         return True
+
+    def _failed(self, exc: StoreError) -> None:
+        if self.last_error is None:
+            logger.error("database write failed, will retry: %s", exc)
+        self.last_error = str(exc)
 
     def _take_batch(self) -> tuple[list[Agent], list[AuditEntry]]:
         if len(self._agents) <= self._batch_max:

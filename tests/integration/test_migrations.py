@@ -1,0 +1,195 @@
+"""Versioned migrations: a version-1 database upgrades in place; a newer one is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.private_postgres import PrivatePostgres
+from watcher import StoreError
+from watcher.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from watcher.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migration_sql
+
+pytestmark = pytest.mark.both_backends
+
+#: The schema as idlewatch shipped it at version 1 (before versioned migrations), verbatim
+#: from what that code executed at start-up; only `audit.seq` differs between dialects.
+V1_DDL_COMMON = [
+    """CREATE TABLE IF NOT EXISTS agents (
+        name VARCHAR(255) NOT NULL, kind VARCHAR(16) NOT NULL, id VARCHAR(128) NOT NULL,
+        image TEXT NOT NULL, status VARCHAR(16) NOT NULL, replicas INTEGER NOT NULL,
+        running INTEGER NOT NULL, restore_replicas INTEGER NOT NULL,
+        last_activity VARCHAR(40) NOT NULL, idle_timeout_s FLOAT, labels TEXT NOT NULL,
+        error TEXT, updated_at VARCHAR(40) NOT NULL, last_event_ns BIGINT NOT NULL,
+        PRIMARY KEY (name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq {seq} NOT NULL, at VARCHAR(40) NOT NULL, agent VARCHAR(255) NOT NULL,
+        action VARCHAR(32) NOT NULL, reason TEXT NOT NULL, actor VARCHAR(32) NOT NULL,
+        ok BOOLEAN NOT NULL, dry_run BOOLEAN NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (seq)
+    )""",
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS specs (
+        name VARCHAR(255) NOT NULL, spec TEXT NOT NULL, PRIMARY KEY (name)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_audit_agent ON audit (agent)",
+]
+V1_SEQ = {"sqlite": "INTEGER", "postgresql": "SERIAL"}
+#: rows as version-1 code wrote them
+V1_ROWS = [
+    "INSERT INTO schema_version (version) VALUES (1)",
+    "INSERT INTO agents VALUES ('old-box', 'container', 'c0ffee', 'img:1', 'exited', 0, 0, 1, "
+    "'2026-04-01T08:00:00+00:00', 900.0, '{\"idlewatch.enable\": \"true\"}', NULL, "
+    "'2026-04-01T08:05:00.250000+00:00', 1775030700000000000)",
+    "INSERT INTO agents VALUES ('old-svc', 'service', 's1', 'img:2', 'stopped', 0, 0, 3, "
+    "'2026-04-01T07:00:00+00:00', NULL, '{}', NULL, '2026-04-01T07:30:00+00:00', 0)",
+    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail) VALUES "
+    "('2026-04-01T08:05:00+00:00', 'old-box', 'stop', 'idle for 905s (timeout 900s)', "
+    "'sweep', TRUE, FALSE, '')",
+    'INSERT INTO specs VALUES (\'old-svc\', \'{"name": "old-svc", "image": "img:2", '
+    '"kind": "service", "command": null, "env": {}, "labels": {}, "replicas": 3, '
+    '"idle_timeout": null}\')',
+]
+
+
+def v1_ddl(dialect: str) -> list[str]:
+    """The version-1 DDL for one dialect."""
+    return [s.replace("{seq}", V1_SEQ[dialect]) for s in V1_DDL_COMMON]
+
+
+def dialect_of(url: str) -> str:
+    """'sqlite' or 'postgresql'."""
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+def run_sql(url: str, statements: list[str], request: pytest.FixtureRequest) -> str:
+    """Run statements on the database behind ``url`` without idlewatch's store code."""
+    if dialect_of(url) == "sqlite":
+        with sqlite3.connect(url.split(":///", 1)[1]) as conn:
+            out = [conn.execute(s).fetchall() for s in statements]
+        conn.close()
+        return str(out[-1][0][0]) if out and out[-1] else ""
+    server: PrivatePostgres = request.getfixturevalue("postgres")
+    database = urlsplit(url).path.lstrip("/")
+    return server.psql("; ".join(statements), database)  # one simple query: one transaction
+
+
+def old_box() -> Agent:
+    """The agent row V1_ROWS wrote, as a model."""
+    return Agent(
+        name="old-box",
+        kind=Kind.CONTAINER,
+        id="c0ffee",
+        image="img:1",
+        status=Status.EXITED,
+        replicas=0,
+        running=0,
+        last_activity=datetime(2026, 4, 1, 8, 0, tzinfo=UTC),
+        idle_timeout_s=900.0,
+        updated_at=datetime(2026, 4, 1, 8, 5, 0, 250000, tzinfo=UTC),
+        labels=freeze({"idlewatch.enable": "true"}),
+        last_event_ns=1775030700000000000,
+    )
+
+
+@pytest.fixture(autouse=True)
+def clean_engine() -> None:
+    """Migration tests need no Docker engine (overrides the package's autouse wipe)."""
+
+
+@pytest.fixture
+def v1_database(database_url: str, request: pytest.FixtureRequest) -> str:
+    """A database created by the version-1 schema, holding rows: its URL."""
+    run_sql(database_url, v1_ddl(dialect_of(database_url)) + V1_ROWS, request)
+    return database_url
+
+
+async def test_a_version_1_database_upgrades_in_place_with_its_rows(
+    v1_database: str, request: pytest.FixtureRequest
+) -> None:
+    store = SqlStore(v1_database)
+    await store.connect()
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION
+        agents = {a.name: a for a in await store.load_agents()}
+        assert agents["old-box"] == old_box()
+        svc = agents["old-svc"]
+        assert (svc.kind, svc.status, svc.restore_replicas, svc.idle_timeout_s) == (
+            Kind.SERVICE,
+            Status.STOPPED,
+            3,
+            None,
+        )
+        assert [(e.agent, e.action, e.ok) for e in await store.audit()] == [
+            ("old-box", "stop", True)
+        ]
+        assert await store.load_specs() == [
+            AgentSpec(name="old-svc", image="img:2", kind=Kind.SERVICE, replicas=3)
+        ]
+        # the upgraded database takes new writes; the audit sequence carries on
+        entry = AuditEntry(datetime(2026, 5, 1, tzinfo=UTC), "old-box", "start", "api", "api")
+        await store.write([old_box()._replace(status=Status.RUNNING, running=1)], [entry])
+        assert [e.action for e in await store.audit("old-box")] == ["start", "stop"]
+    finally:
+        await store.close()
+    # migration 2 added the leader lease table, empty, with exactly its four columns
+    columns = run_sql(v1_database, [_columns_query(dialect_of(v1_database), "leader")], request)
+    assert columns.split(",") == ["name", "holder", "expires_at", "updated_at"]
+    assert run_sql(v1_database, ["SELECT count(*) FROM leader"], request) == "0"
+    assert run_sql(v1_database, ["SELECT count(*) FROM schema_version"], request) == "1"
+
+
+def _columns_query(dialect: str, table: str) -> str:
+    if dialect == "sqlite":
+        return f"SELECT group_concat(name, ',') FROM pragma_table_info('{table}')"
+    return (
+        "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) "
+        f"FROM information_schema.columns WHERE table_name = '{table}'"
+    )
+
+
+async def test_a_newer_database_is_refused_naming_both_versions(
+    database_url: str, request: pytest.FixtureRequest
+) -> None:
+    store = SqlStore(database_url)
+    await store.connect()
+    await store.close()
+    run_sql(database_url, ["UPDATE schema_version SET version = 7"], request)
+    newer = SqlStore(database_url)
+    with pytest.raises(StoreError) as err:
+        await newer.connect()
+    assert "schema version 7" in err.value.message
+    assert f"(version {SCHEMA_VERSION})" in err.value.message
+    assert "upgrade idlewatch" in err.value.message
+    await newer.close()  # safe after a refused connect
+    assert run_sql(database_url, ["SELECT max(version) FROM schema_version"], request) == "7"
+
+
+async def test_replicas_starting_together_migrate_once(postgres: PrivatePostgres) -> None:
+    # without the advisory lock, concurrent CREATE TABLEs fail on PostgreSQL's catalog
+    # (SQLite has one actor per database, enforced by claim(): nothing to race there)
+    url = postgres.create_database("together")
+    stores = [SqlStore(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.connect() for s in stores))
+        assert [await s.schema_version() for s in stores] == [SCHEMA_VERSION] * len(stores)
+    finally:
+        for s in stores:
+            await s.close()
+        postgres.drop_database("together")
+
+
+def test_migration_1_is_the_schema_version_1_shipped() -> None:
+    """Changing a released migration would leave old databases behind: add a new one."""
+
+    def norm(sql: str) -> str:
+        return re.sub(r"\s+", " ", sql).replace("( ", "(").replace(" )", ")").strip()
+
+    for dialect in ("sqlite", "postgresql"):
+        shipped = [norm(s) for s in v1_ddl(dialect) if "schema_version" not in s]
+        assert [norm(s) for s in migration_sql(MIGRATIONS[0], dialect)] == shipped

@@ -1,0 +1,215 @@
+"""The store on SQLite and on a real PostgreSQL: the same rows come back from both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.private_postgres import PrivatePostgres
+from watcher import StoreError
+from watcher.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from watcher.store import SCHEMA_VERSION, SqlStore
+from watcher.writer import StoreWriter
+
+pytestmark = pytest.mark.both_backends
+
+T0 = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+LABELS = {"idlewatch.enable": "true", "idlewatch.idle-timeout": "5m", "team": "réseau ✓"}
+
+
+@pytest.fixture(autouse=True)
+def clean_engine() -> None:
+    """Store tests need no Docker engine (overrides the package's autouse wipe)."""
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    """A connected store on an empty database of the parametrised backend."""
+    s = SqlStore(database_url)
+    await s.connect()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def agent(i: int, **changes: Any) -> Agent:
+    """A container agent (every field set, some to edge values)."""
+    a = Agent(
+        name=f"agent-{i}",
+        kind=Kind.CONTAINER,
+        id=f"{i:064x}",
+        image="registry.local/agents/worker:1.2",
+        status=Status.RUNNING,
+        replicas=1,
+        running=1,
+        last_activity=T0 + timedelta(seconds=i),
+        idle_timeout_s=300.0,
+        updated_at=T0 + timedelta(seconds=i, microseconds=1),
+        labels=freeze(LABELS),
+        error=None,
+        restore_replicas=1,
+        last_event_ns=1_777_000_000_000_000_000 + i,
+    )
+    return a._replace(**changes)
+
+
+def audit(i: int, agent_name: str = "agent-1", **changes: Any) -> AuditEntry:
+    """An audit entry at T0 + i seconds."""
+    e = AuditEntry(T0 + timedelta(seconds=i), agent_name, "stop", f"idle {i}s", "sweep")
+    return replace(e, **changes)
+
+
+async def test_agents_round_trip_with_every_field(store: SqlStore) -> None:
+    rows = [
+        agent(1),
+        agent(
+            2,
+            kind=Kind.SERVICE,
+            status=Status.STOPPED,
+            replicas=0,
+            running=0,
+            restore_replicas=7,
+            idle_timeout_s=None,
+            labels=freeze({}),
+        ),
+        agent(3, status=Status.ERROR, running=0, error="container no longer exists: 'x'"),
+    ]
+    await store.write(rows, [])
+    loaded = {a.name: a for a in await store.load_agents()}
+    assert loaded == {a.name: a for a in rows}
+    for a in loaded.values():
+        assert isinstance(a.labels, Mapping) and not isinstance(a.labels, str)
+        assert isinstance(a.status, Status) and isinstance(a.kind, Kind)
+    assert dict(loaded["agent-1"].labels) == LABELS, "the JSON label column comes back a dict"
+
+
+async def test_times_come_back_utc_aware(store: SqlStore) -> None:
+    await store.write([agent(1)], [audit(1)])
+    (a,) = await store.load_agents()
+    (e,) = await store.audit()
+    for when in (a.last_activity, a.updated_at, e.at):
+        assert when.tzinfo is not None and when.utcoffset() == timedelta(0)
+    assert a.last_activity == T0 + timedelta(seconds=1)
+    assert e.at == T0 + timedelta(seconds=1)
+
+
+async def test_upsert_replaces_and_forget_deletes(store: SqlStore) -> None:
+    await store.write([agent(1), agent(2), agent(3)], [])
+    newer = agent(1, status=Status.EXITED, running=0, replicas=0, last_event_ns=99)
+    await store.write([newer], [], forgets=["agent-2", "never-stored"])
+    loaded = {a.name: a for a in await store.load_agents()}
+    assert loaded == {"agent-1": newer, "agent-3": agent(3)}
+
+
+async def test_audit_newest_first_filtered_and_typed(store: SqlStore) -> None:
+    entries = [audit(i, f"agent-{i % 2}") for i in range(6)]
+    entries.append(audit(6, "agent-0", ok=False, dry_run=True, detail="replicas was 2"))
+    await store.write([], entries[:3])
+    await store.write([], entries[3:])
+    newest = await store.audit()
+    assert newest == entries[::-1]
+    assert await store.audit("agent-0", limit=2) == [entries[6], entries[4]]
+    flagged = newest[0]
+    assert flagged.ok is False and flagged.dry_run is True, "booleans come back as bool"
+
+
+async def test_specs_saved_replaced_and_deleted(store: SqlStore) -> None:
+    spec = AgentSpec(
+        name="w1",
+        image="img:1",
+        kind=Kind.SERVICE,
+        command=("sh", "-c", "echo 'hi' \"there\""),
+        env=freeze({"A": "1", "UNICODE": "ü"}),
+        labels=freeze({"team": "x"}),
+        replicas=3,
+        idle_timeout="10m",
+    )
+    await store.write([], [], specs={"w1": spec, "w2": AgentSpec(name="w2", image="img:2")})
+    assert {s.name: s for s in await store.load_specs()} == {
+        "w1": spec,
+        "w2": AgentSpec(name="w2", image="img:2"),
+    }
+    replaced = AgentSpec(name="w1", image="img:3")
+    await store.write([], [], specs={"w1": replaced, "w2": None})
+    assert await store.load_specs() == [replaced]
+
+
+async def test_a_big_batch_in_one_write(store: SqlStore) -> None:
+    agents = [agent(i) for i in range(5000)]
+    audits = [audit(i, f"agent-{i}") for i in range(5000)]
+    await store.write(agents, audits)
+    assert {a.name: a for a in await store.load_agents()} == {a.name: a for a in agents}
+    assert len(await store.audit(limit=10_000)) == 5000
+
+
+async def test_the_writer_splits_and_commits_a_big_queue(store: SqlStore) -> None:
+    writer = StoreWriter(store, batch_max=1000)
+    writer.start()
+    try:
+        for i in range(4500):
+            writer.put_agent(agent(i, running=0))
+            writer.put_agent(agent(i))  # coalesced: only the newest version is written
+        writer.forget("agent-7")
+        for i in range(300):
+            writer.put_audit(audit(i))
+        await writer.flush(60)
+    finally:
+        await writer.close()
+    loaded = {a.name: a for a in await store.load_agents()}
+    assert loaded == {a.name: a for a in (agent(i) for i in range(4500)) if a.name != "agent-7"}
+    assert len(await store.audit(limit=1000)) == 300
+
+
+async def test_connect_creates_the_current_schema_once(database_url: str) -> None:
+    for _ in range(2):  # a second start finds everything in place
+        s = SqlStore(database_url)
+        await s.connect()
+        try:
+            assert await s.schema_version() == SCHEMA_VERSION
+            assert await s.load_agents() == []
+        finally:
+            await s.close()
+
+
+async def test_a_write_needs_no_session(store: SqlStore) -> None:
+    # PostgreSQL used to fail with "Connection is not acquired" outside the writer's session
+    await store.write([agent(1)], [audit(1)])
+    assert [a.name for a in await store.load_agents()] == ["agent-1"]
+
+
+async def test_an_unusable_database_is_a_store_error(database_url: str, tmp_path: Path) -> None:
+    if database_url.startswith("sqlite"):
+        (tmp_path / "a-file").write_text("")
+        bad = f"sqlite+aiosqlite:///{tmp_path / 'a-file' / 'x.db'}"  # its "directory" is a file
+    else:
+        bad = database_url.replace(database_url.split("?")[0].rsplit("/", 1)[1], "no_such_db")
+    with pytest.raises(StoreError, match="cannot open database"):
+        await SqlStore(bad).connect()
+
+
+async def test_both_spellings_of_a_socket_url(postgres: PrivatePostgres) -> None:
+    # ``databases`` reads the port from the netloc only: ``?port=`` used to be dropped
+    # silently, reaching for the socket of port 5432 ("No such file or directory")
+    postgres.create_database("spellings")
+    try:
+        netloc_form = (
+            f"postgresql+asyncpg://postgres@:{postgres.port}/spellings?host={postgres.root}"
+        )
+        query_form = postgres.url("spellings")
+        assert f"&port={postgres.port}" in query_form
+        for url in (netloc_form, query_form):
+            s = SqlStore(url)
+            await s.connect()
+            try:
+                await s.ping()
+                assert await s.schema_version() == SCHEMA_VERSION
+            finally:
+                await s.close()
+    finally:
+        postgres.drop_database("spellings")
