@@ -6,17 +6,29 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from tests.private_postgres import BACKENDS
 from watcher import Settings, Watcher
 
 #: exits at once on SIGTERM, so stops and scale-to-0 never wait for the grace period
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
 LABEL = "idlewatch.enable"
+#: the core scenarios run on SQLite and on PostgreSQL; the API, CLI and dashboard tests,
+#: which exercise the HTTP layer rather than the store, stay on SQLite
+BOTH_BACKENDS_MODULES = frozenset(
+    {"test_tracking", "test_idle_and_reconcile", "test_lifecycle", "test_embedding"}
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``settings_for`` (through ``database_url``) for the core modules."""
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in BOTH_BACKENDS_MODULES and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", BACKENDS, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -133,13 +145,13 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: s
 
 
 @pytest.fixture
-def settings_for(engine: PrivateEngine, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings pointing at the private engine and a per-test SQLite file."""
+def settings_for(engine: PrivateEngine, database_url: str) -> Callable[..., Settings]:
+    """Settings pointing at the private engine and a per-test database (tests/conftest.py)."""
 
     def make(**kw: Any) -> Settings:
         base: dict[str, Any] = {
             "docker_url": engine.url,
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'idlewatch.db'}",
+            "database_url": database_url,
             "sweep_interval": 3600,
             "stop_timeout": 2,
             "reconnect_backoff_max": 0.5,
