@@ -73,6 +73,19 @@ def render(w: Watcher, metrics: Metrics) -> str:
         "Events stream reconnections.",
         [_line("idlewatch_stream_reconnects_total", max(0, p.reconnects - 1))],
     )
+    lead = w.leader_info()
+    out += _family(
+        "idlewatch_leader",
+        "gauge",
+        "1 while this replica leads (sweeps and reconciles) the replicas sharing its database.",
+        [
+            _line(
+                "idlewatch_leader",
+                int(bool(lead["leader"])),
+                {"replica": str(lead["replica"]), "holder": str(lead["holder"] or "")},
+            )
+        ],
+    )
     out += _family(
         "idlewatch_stream_connected",
         "gauge",

@@ -160,16 +160,38 @@ SCHEMAS: dict[str, Any] = {
             "ready": {"const": False},
             "reasons": {"type": "array", "items": {"type": "string"}},
             "checks": {"type": "object"},
+            "leader": _ref("Leader"),
         },
     },
     "Ready": {
         "type": "object",
-        "required": ["ready"],
-        "properties": {"ready": {"const": True}, "checks": {"type": "object"}},
+        "required": ["ready", "leader"],
+        "properties": {
+            "ready": {"const": True},
+            "checks": {"type": "object"},
+            "leader": _ref("Leader"),
+        },
+    },
+    "Leader": {
+        "type": "object",
+        "description": "Which replica leads (runs the idle sweep and reconciles) among the "
+        "replicas sharing this database. Every replica serves the API and the feed.",
+        "required": ["replica", "leader", "holder"],
+        "additionalProperties": False,
+        "properties": {
+            "replica": {"type": "string", "description": "This replica's replica_id."},
+            "leader": {"type": "boolean", "description": "Whether this replica leads now."},
+            "holder": {
+                "type": ["string", "null"],
+                "description": "The replica holding the lease, as last read (null: none yet).",
+            },
+        },
     },
     "AuditEntry": {
         "type": "object",
-        "required": ["at", "agent", "action", "reason", "actor", "ok", "dry_run", "detail"],
+        "required": [
+            "at", "agent", "action", "reason", "actor", "ok", "dry_run", "detail", "replica"
+        ],
         "additionalProperties": False,
         "properties": {
             "at": {"type": "string", "format": "date-time"},
@@ -180,6 +202,10 @@ SCHEMAS: dict[str, Any] = {
             "ok": {"type": "boolean"},
             "dry_run": {"type": "boolean"},
             "detail": {"type": "string"},
+            "replica": {
+                "type": "string",
+                "description": "The replica_id of the idlewatch replica that acted.",
+            },
         },
     },
     "ReplicasBody": {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -249,22 +248,29 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz", name="readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """200 only while the engine stream is connected and synced and the database answers."""
+    """200 only while the engine stream is connected and synced and the database answers
+    (see :meth:`Watcher.database_reason`: a ping that is only slow under load is no reason)."""
     w = _w(request)
     reasons = list(w.health().reasons)
-    try:
-        await asyncio.wait_for(w.store.ping(), 2)
-    except Exception as exc:  # any failure of the ping is a reason, never a 500
-        reasons.append(f"database: {exc}")
+    database = await w.database_reason()
+    if database is not None:
+        reasons.append(database)
     checks: dict[str, Any] = {
         "events_stream": w.pump.connected and w.pump.synced.is_set(),
         "database": not any(r.startswith("database") for r in reasons),
     }
     if reasons:
         return error_response(
-            503, "not_ready", "; ".join(reasons), None, ready=False, checks=checks, reasons=reasons
+            503,
+            "not_ready",
+            "; ".join(reasons),
+            None,
+            ready=False,
+            checks=checks,
+            reasons=reasons,
+            leader=w.leader_info(),
         )
-    return web.json_response({"ready": True, "checks": checks})
+    return web.json_response({"ready": True, "checks": checks, "leader": w.leader_info()})
 
 
 @routes.get("/metrics", name="metrics")

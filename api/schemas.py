@@ -216,4 +216,5 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "ok": entry.ok,
         "dry_run": entry.dry_run,
         "detail": entry.detail,
+        "replica": entry.replica,
     }

@@ -7,9 +7,11 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from watcher.errors import EngineUnavailable, StoreError
 from watcher.models import (
+    ActivityReport,
     Agent,
     AgentSpec,
     AuditEntry,
@@ -18,6 +20,7 @@ from watcher.models import (
     Kind,
     ServiceInfo,
     Snapshot,
+    Status,
 )
 
 
@@ -159,6 +162,11 @@ class FakeStore:
         self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
         self.writes = 0
+        self.leases: dict[str, tuple[str, float]] = {}
+        #: activity reports by (agent, source), with when each row was last written
+        self.activity: dict[tuple[str, str], tuple[ActivityReport, datetime]] = {}
+        self.fail_reports = 0  # report_activity fails this many more times
+        self.report_calls: list[list[ActivityReport]] = []
 
     async def connect(self) -> None:
         pass
@@ -204,6 +212,43 @@ class FakeStore:
             self.rows[a.name] = a
         self.audits.extend(audits)
 
+    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
+        """The lease table of one process: free, expired or ours is taken (monotonic time)."""
+        import time
+
+        now = time.monotonic()
+        current = self.leases.get(role)
+        if current is None or current[0] == holder or current[1] < now:
+            self.leases[role] = (holder, now + ttl_s)
+        return self.leases[role]
+
+    async def release_lease(self, role: str, holder: str) -> None:
+        if self.leases.get(role, ("", 0.0))[0] == holder:
+            del self.leases[role]
+
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         found = [e for e in reversed(self.audits) if agent is None or e.agent == agent]
         return found[:limit]
+
+    async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
+        self.report_calls.append(list(reports))
+        if self.fail_reports > 0:
+            self.fail_reports -= 1
+            raise StoreError("database is down (fake)")
+        now = datetime.now(UTC)
+        for r in reports:
+            old = self.activity.get((r.agent, r.source))
+            kept = old[0].last_activity if old is not None else None
+            if kept is not None and (r.last_activity is None or r.last_activity < kept):
+                r = replace(r, last_activity=kept)  # a row's last_activity never goes back
+            self.activity[(r.agent, r.source)] = (r, now)
+
+    async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
+        return [r for r, at in self.activity.values() if since is None or at > since]
+
+    async def managed_services(self) -> dict[str, str]:
+        return {
+            a.id: a.name
+            for a in self.rows.values()
+            if a.kind is Kind.SERVICE and a.status is not Status.REMOVED
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,12 +17,14 @@ from .docker import AioDockerGateway
 from .errors import AgentNotFound, EngineError, StoreError, WatcherError
 from .events import EventPump, exponential_backoff
 from .hub import Hub
+from .leader import ActivityMerger, Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
-from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
+from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
 from .settings import Settings, load_settings
 from .store import SqlStore
 from .sweeper import Sweeper, SweepReport
+from .tasks import cancel_and_wait
 from .tracker import Tracker
 from .writer import StoreWriter
 
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: how long an operation waits for the engine's event confirming it before answering
 CONFIRM_TIMEOUT_S = 5.0
+#: how often the leader reads activity reported by nodes and other replicas
+MERGE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Watcher:
             default_idle_timeout_s=s.idle_timeout,
             clock=self.clock,
             sink=self._on_change,
-            forget_sink=self.writer.forget,
+            forget_sink=self._on_forget,
         )
         self.lifecycle = Lifecycle(
             self.docker,
@@ -99,9 +104,19 @@ class Watcher:
             self.clock,
             interval_s=s.sweep_interval,
             dry_run=s.dry_run,
-            ready=lambda: self.pump.connected and self.pump.synced.is_set(),
+            ready=lambda: (
+                self.pump.connected and self.pump.synced.is_set() and self.leadership.is_leader
+            ),
             removed_retention_s=s.removed_retention,
+            prepare=self._merge_activity,
         )
+        self.leadership = Leadership(
+            self.store, s.replica_id, s.leader_lease, on_change=self._on_leadership
+        )
+        self.lifecycle.may_act = lambda: self.leadership.is_leader
+        self.merger = ActivityMerger(self.store, self.tracker, self.pump.enricher.refresh_service)
+        self._leading = False
+        self._merge_task: asyncio.Task[None] | None = None
         self._started = False
         #: how long an operation waits for the engine's confirming event before answering
         self.confirm_timeout_s = CONFIRM_TIMEOUT_S
@@ -131,8 +146,11 @@ class Watcher:
             raise StoreError(f"cannot read agents from the database: {exc}") from exc
         self._started = True
         self.writer.start()
+        await self.leadership.try_once()  # a lone replica leads before the first event
+        self.leadership.start()
         self.pump.start()
         self.sweeper.start()
+        self._merge_task = asyncio.create_task(self._merge_loop(), name="idlewatch-merge")
         logger.info(
             "idlewatch started: %d agents known, label %s=true, idle timeout %s",
             len(self.tracker.agents),
@@ -146,6 +164,9 @@ class Watcher:
             return
         self._started = False
         await self.sweeper.close()
+        await cancel_and_wait(self._merge_task)
+        self._merge_task = None
+        await self.leadership.close()
         await self.pump.close()
         self.hub.close()
         await self.writer.close()
@@ -236,6 +257,7 @@ class Watcher:
         Returns once the engine confirmed the new desired state (or after a few seconds).
         """
         agent = await self.lifecycle.start(name, replicas, actor=actor)
+        await self._share_activity(agent, "start")
         if agent.kind is Kind.CONTAINER:
             return await self._confirm(name, lambda a: a.status is Status.RUNNING)
         want = replicas if replicas is not None else agent.restore_replicas
@@ -248,11 +270,15 @@ class Watcher:
 
     async def restart(self, name: str, *, actor: str = "library") -> Agent:
         """Restart a container or force-update a service."""
-        return await self.lifecycle.restart(name, actor=actor)
+        agent = await self.lifecycle.restart(name, actor=actor)
+        await self._share_activity(agent, "restart")
+        return agent
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set a service's replicas (a container: 0 or 1); returns once the engine confirmed."""
-        await self.lifecycle.scale(name, replicas, actor=actor)
+        agent = await self.lifecycle.scale(name, replicas, actor=actor)
+        if replicas > 0:
+            await self._share_activity(agent, "scale")
         return await self._confirm(name, lambda a: a.replicas == replicas)
 
     async def _confirm(self, name: str, done: Callable[[Agent], bool]) -> Agent:
@@ -268,7 +294,9 @@ class Watcher:
 
     async def touch(self, name: str, *, actor: str = "library") -> Agent:
         """Record activity now."""
-        return await self.lifecycle.touch(name, actor=actor)
+        agent = await self.lifecycle.touch(name, actor=actor)
+        await self._share_activity(agent, "touch")
+        return agent
 
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""
@@ -299,9 +327,64 @@ class Watcher:
         """Run one idle sweep now (tests and tools)."""
         return await self.sweeper.sweep_once(now)
 
+    # ------------------------------------------------------------- replicas
+    def leader_info(self) -> dict[str, object]:
+        """Who leads the replicas sharing this database, as this replica knows it."""
+        return {
+            "replica": self.leadership.replica_id,
+            "leader": self.leadership.is_leader,
+            "holder": self.leadership.holder,
+        }
+
+    def _on_leadership(self, leading: bool) -> None:
+        self._leading = leading
+        if leading:  # the record becomes this replica's view, whole
+            for agent in self.tracker.agents.values():
+                self.writer.put_agent(agent)
+
+    async def _merge_activity(self, now: datetime) -> None:
+        """The leader counts use reported by nodes and other replicas (before each sweep)."""
+        if self.leadership.is_leader:
+            await self.merger.merge_once(now)
+
+    async def _merge_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(MERGE_INTERVAL_S)
+            try:
+                await self._merge_activity(self.clock.now())
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    logger.warning("cannot read activity reports: %s", exc)
+                failing = True
+            except Exception:  # the loop must outlive any one bad merge
+                logger.exception("merging activity reports failed")
+
+    async def _share_activity(self, agent: Agent, event: str) -> None:
+        """A follower's API call is use the leader must see: report it through the store."""
+        if self.leadership.is_leader:
+            return
+        report = ActivityReport(
+            agent.name,
+            f"replica:{self.leadership.replica_id}",
+            agent.last_activity,
+            event,
+            self.clock.now(),
+        )
+        try:
+            await self.store.report_activity([report])
+        except StoreError as exc:
+            logger.warning("could not share %s's activity with the leader: %s", agent.name, exc)
+
     # ------------------------------------------------------------------ sinks
+    def _on_forget(self, name: str) -> None:
+        if self._leading:
+            self.writer.forget(name)
+
     def _on_change(self, change: Change) -> None:
-        self.writer.put_agent(change.agent)
+        if self._leading:  # one replica writes the record; every one publishes
+            self.writer.put_agent(change.agent)
         self.hub.publish(change)
         if self._waiters:  # wake wait_for() callers; nothing to do on the hot path otherwise
             waiters, self._waiters = self._waiters, []
@@ -310,9 +393,11 @@ class Watcher:
                     fut.set_result(None)
 
     def _audit(self, entry: AuditEntry) -> None:
-        self.writer.put_audit(entry)
+        self.writer.put_audit(dataclasses.replace(entry, replica=self.settings.replica_id))
 
     def _on_dead_letters(self, agents: list[Agent]) -> None:
+        if not self._leading:
+            return  # the leader records them
         for agent in agents:
             logger.warning("dead letter: %s is now error (%s)", agent.name, agent.error)
             self._audit(

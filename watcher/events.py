@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from .errors import EngineUnavailable, WatcherError
-from .models import Agent, ContainerInfo, EngineEvent, ServiceInfo, Snapshot
+from .models import Agent, ContainerInfo, EngineEvent, EventType, ServiceInfo, Snapshot
 from .ports import DockerGateway, EventStream
 from .tasks import cancel_and_wait
 from .tracker import Need, Tracker
@@ -78,6 +78,11 @@ class Enricher:
                 return
             self._services_pending.add(ev.actor_id)
         self._queue.put_nowait((ev, need))
+
+    def refresh_service(self, service_id: str) -> None:
+        """Look at a service again (a task started or died on a node we do not watch)."""
+        ev = EngineEvent(EventType.SERVICE, "update", service_id, time.time_ns())
+        self.submit(ev, Need.SERVICE)
 
     def start(self) -> None:
         """Start the enricher task (idempotent)."""

@@ -53,6 +53,8 @@ class Lifecycle:
         self._audit = audit
         self._locks: dict[str, asyncio.Lock] = {}
         self.actions: dict[str, int] = {}
+        #: whether idle stops may act now (the leader among replicas; a lone watcher is)
+        self.may_act: Callable[[], bool] = lambda: True
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock that serializes operations on one agent."""
@@ -201,8 +203,12 @@ class Lifecycle:
                 self._record(name, action, reason, "sweep", dry_run=True)
                 logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
                 return "dry-run"
+            if not self.may_act():
+                return "skipped: not the leader"
             try:
                 await self._live_check(agent)
+                if not self.may_act():  # the lease may have run out during the look
+                    return "skipped: not the leader"
                 await self._stop_unlocked(agent)
             except AgentNotFound as exc:
                 logger.warning("idle stop of %s skipped: %s", name, exc.message)

@@ -87,6 +87,24 @@ class AuditEntry:
     ok: bool = True
     dry_run: bool = False
     detail: str = ""
+    replica: str = ""  # which idlewatch replica acted (its replica_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityReport:
+    """What one source (an ``idlewatch node`` or a replica) saw of one agent, for the leader.
+
+    Container events (and so exec/attach activity and task deaths) are only visible on the
+    node that runs the container; each node writes one row per managed service to the
+    shared store, and the leader merges them into its idle decisions.
+    """
+
+    agent: str  # the agent's name (a service name for a node's report)
+    source: str  # who reports: "node:<hostname>" or "replica:<replica id>"
+    last_activity: datetime | None  # the last use seen by that source, if any
+    event: str  # the last event seen, e.g. "exec_start", "die", "start", "touch"
+    event_at: datetime  # when that event happened
+    running: int = 0  # task containers of the agent running on that source's node now
 
 
 class EventType(enum.StrEnum):

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from .models import (
+    ActivityReport,
     Agent,
     AgentSpec,
     AuditEntry,
@@ -146,4 +147,27 @@ class Store(Protocol):
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries, newest first."""
+        ...
+
+    async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
+        """Upsert activity reports by (agent, source); a row's last_activity never goes back."""
+        ...
+
+    async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
+        """Activity reports updated after ``since`` (all of them when None)."""
+        ...
+
+    async def managed_services(self) -> dict[str, str]:
+        """Engine id -> name of every service agent in the store that is not removed."""
+        ...
+
+    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
+        """Take or renew the lease on ``role`` if free, expired or ours; (holder, expires_at).
+
+        Times are the database's clock in epoch seconds, so replicas need not agree on time.
+        """
+        ...
+
+    async def release_lease(self, role: str, holder: str) -> None:
+        """Give the lease up now if ``holder`` has it (a clean shutdown hands over at once)."""
         ...

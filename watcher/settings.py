@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -194,6 +195,32 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Changes a `changes()` consumer may fall behind before it is dropped.",
+    )
+    leader_lease: DurationS = Field(
+        default=15.0,
+        ge=1.0,
+        description="Replicas sharing one database elect a leader (the one that sweeps and "
+        "reconciles); when it dies, another takes over within this long.",
+        json_schema_extra={"default_text": "`15s`"},
+    )
+    replica_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        min_length=1,
+        description="This replica's name in the leader lease, `/readyz` and `/metrics`.",
+        json_schema_extra={"default_text": "`<hostname>-<pid>`"},
+    )
+    node_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="`idlewatch node`: this node's name in its activity reports "
+        "(source `node:<node_id>`); unique per Swarm node.",
+        json_schema_extra={"default_text": "the host name"},
+    )
+    report_interval: DurationS = Field(
+        default=1.0,
+        gt=0,
+        description="`idlewatch node`: activity reports are written at most this often.",
+        json_schema_extra={"default_text": "`1s`"},
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 

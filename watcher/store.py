@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -9,7 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,7 +20,8 @@ from databases import Database
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import StoreError
-from .models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +46,30 @@ agents_table = sa.Table(
     sa.Column("last_event_ns", sa.BigInteger, nullable=False),
 )
 
+
+def _audit_columns() -> list[sa.Column[Any]]:
+    """The audit columns of schema version 1 (later migrations add to them)."""
+    return [
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.String(40), nullable=False),
+        sa.Column("agent", sa.String(255), nullable=False, index=True),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(32), nullable=False),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("dry_run", sa.Boolean, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+    ]
+
+
+#: the audit table as migration 1 created it: a released migration never changes
+_audit_v1 = sa.Table("audit", sa.MetaData(), *_audit_columns())
+
 audit_table = sa.Table(
     "audit",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.String(40), nullable=False),
-    sa.Column("agent", sa.String(255), nullable=False, index=True),
-    sa.Column("action", sa.String(32), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("actor", sa.String(32), nullable=False),
-    sa.Column("ok", sa.Boolean, nullable=False),
-    sa.Column("dry_run", sa.Boolean, nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
+    *_audit_columns(),
+    sa.Column("replica", sa.String(255), nullable=False, server_default=""),
 )
 
 specs_table = sa.Table(
@@ -81,6 +95,20 @@ leader_table = sa.Table(
 )
 
 
+#: what each source (an ``idlewatch node``, a follower replica) saw of an agent, one row
+#: per (agent, source); times are epoch seconds so "never goes back" is a plain comparison
+activity_table = sa.Table(
+    "activity",
+    metadata,
+    sa.Column("agent", sa.String(255), primary_key=True),
+    sa.Column("source", sa.String(255), primary_key=True),
+    sa.Column("last_activity", sa.Float, nullable=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("event_at", sa.Float, nullable=False, index=True),
+    sa.Column("running", sa.Integer, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied once, in order, in the transaction that records it.
@@ -101,12 +129,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         "agents, audit and specs",
         (
             sa.schema.CreateTable(agents_table, if_not_exists=True),
-            sa.schema.CreateTable(audit_table, if_not_exists=True),
+            sa.schema.CreateTable(_audit_v1, if_not_exists=True),
             sa.schema.CreateTable(specs_table, if_not_exists=True),
-            *(sa.schema.CreateIndex(i, if_not_exists=True) for i in audit_table.indexes),
+            *(sa.schema.CreateIndex(i, if_not_exists=True) for i in _audit_v1.indexes),
         ),
     ),
     Migration(2, "leader lease table", (sa.schema.CreateTable(leader_table),)),
+    Migration(
+        3,
+        "activity reports from nodes and replicas",
+        (
+            sa.schema.CreateTable(activity_table),
+            *(sa.schema.CreateIndex(i) for i in activity_table.indexes),
+        ),
+    ),
+    Migration(
+        4,
+        "audit rows name the replica that acted",
+        (
+            sa.DDL(  # type: ignore[no-untyped-call]
+                "ALTER TABLE audit ADD COLUMN replica VARCHAR(255) NOT NULL DEFAULT ''"
+            ),
+        ),
+    ),
 )
 #: the schema version this code writes; a database with a higher one is refused
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -126,10 +171,12 @@ def migration_sql(migration: Migration, dialect: str) -> list[str]:
 
 _UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
 _AUDIT_SQL = (
-    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail, replica) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_AUDIT_SQL_PG = _AUDIT_SQL.replace("?, ?, ?, ?, ?, ?, ?, ?", "$1, $2, $3, $4, $5, $6, $7, $8")
+_AUDIT_SQL_PG = _AUDIT_SQL.replace(
+    "?, ?, ?, ?, ?, ?, ?, ?, ?", "$1, $2, $3, $4, $5, $6, $7, $8, $9"
+)
 
 
 class SqlStore:
@@ -142,6 +189,7 @@ class SqlStore:
         self._lock_fd: int | None = None
         self._dialect_name = "sqlite" if self._sqlite else "postgresql"
         self._upsert_sql = self._build_upsert_sql()
+        self._ping: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         """Open the database (creating the SQLite directory) and apply pending migrations.
@@ -245,12 +293,25 @@ class SqlStore:
 
     async def close(self) -> None:
         """Close every connection (safe to call twice)."""
+        if self._ping is not None and not self._ping.done():
+            await cancel_and_wait(self._ping)  # its outcome was for callers that gave up
         self._release()
         if self._db.is_connected:
             await self._db.disconnect()
 
     async def ping(self) -> None:
-        """Succeed when a trivial query answers."""
+        """Succeed when a trivial query answers.
+
+        Concurrent callers share the query in flight: on SQLite each query opens a connection
+        (a thread), and 100 readiness probes at once made 100 threads that starved the event
+        loop of the GIL until the probes timed out (bench/load_figures.py).
+        """
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.create_task(self._ping_once(), name="idlewatch-db-ping")
+            self._ping.add_done_callback(_retrieved)
+        await asyncio.shield(self._ping)  # a caller giving up does not cancel the others' ping
+
+    async def _ping_once(self) -> None:
         try:
             await self._db.fetch_val("SELECT 1")
         except Exception as exc:
@@ -380,6 +441,68 @@ class SqlStore:
         rows = await self._db.fetch_all(query)
         return [_audit_from_row(row._mapping) for row in rows]
 
+    # ------------------------------------------------ replicas and nodes (issue 7)
+    async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
+        """Upsert reports by (agent, source); a row's last_activity never goes back."""
+        if not reports:
+            return
+        try:
+            async with self._db.transaction():
+                for r in reports:
+                    await self._db.execute(_ACTIVITY_UPSERT, _activity_values(r))
+        except Exception as exc:  # the drivers raise many unrelated types
+            raise StoreError(f"cannot write activity reports: {exc}") from exc
+
+    async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
+        """Reports whose event happened at or after ``since`` (all when None)."""
+        query = activity_table.select()
+        if since is not None:
+            query = query.where(activity_table.c.event_at >= since.timestamp())
+        try:
+            rows = await self._db.fetch_all(query)
+        except Exception as exc:
+            raise StoreError(f"cannot read activity reports: {exc}") from exc
+        return [_activity_from_row(row._mapping) for row in rows]
+
+    async def managed_services(self) -> dict[str, str]:
+        """Engine id -> name of every service agent that is not removed."""
+        query = sa.select(agents_table.c.id, agents_table.c.name).where(
+            agents_table.c.kind == Kind.SERVICE.value,
+            agents_table.c.status != Status.REMOVED.value,
+        )
+        try:
+            rows = await self._db.fetch_all(query)
+        except Exception as exc:
+            raise StoreError(f"cannot read the managed services: {exc}") from exc
+        return {row._mapping["id"]: row._mapping["name"] for row in rows}
+
+    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
+        """Take or renew ``role`` when free, expired or ours, by the database's clock."""
+        now = _PG_NOW if self._dialect_name == "postgresql" else _SQLITE_NOW
+        values = {"role": role, "holder": holder, "ttl": ttl_s}
+        try:
+            async with self._db.transaction():
+                row = await self._db.fetch_one(_LEASE_SQL.format(now=now), values)
+                if row is None:  # someone else holds a valid lease
+                    row = await self._db.fetch_one(
+                        "SELECT holder, expires_at FROM leader WHERE name = :role", {"role": role}
+                    )
+        except Exception as exc:
+            raise StoreError(f"cannot take the {role} lease: {exc}") from exc
+        if row is None:
+            raise StoreError(f"the {role} lease vanished while being read")
+        return str(row._mapping["holder"]), float(row._mapping["expires_at"])
+
+    async def release_lease(self, role: str, holder: str) -> None:
+        """Drop the lease now if ``holder`` has it."""
+        try:
+            await self._db.execute(
+                "DELETE FROM leader WHERE name = :role AND holder = :holder",
+                {"role": role, "holder": holder},
+            )
+        except Exception as exc:
+            raise StoreError(f"cannot release the {role} lease: {exc}") from exc
+
     async def _upsert_many(self, agents: Sequence[Agent]) -> None:
         """The hot path: one pre-built statement through the driver's own executemany.
 
@@ -412,6 +535,12 @@ class SqlStore:
         return scheme + sep + rest
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a shared ping's outcome as seen: its callers may all have given up on it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _pg_options(url: str) -> dict[str, Any]:
     """Driver options that ``databases`` would drop from a PostgreSQL URL.
 
@@ -429,6 +558,51 @@ def _pg_options(url: str) -> dict[str, Any]:
         return {"port": int(port)}
     except ValueError:
         raise StoreError(f"the port in the database URL is not a number: {port!r}") from None
+
+
+_PG_NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+#: insert, or take over an expired lease, or renew our own; no row back: held by another
+_LEASE_SQL = (
+    "INSERT INTO leader (name, holder, expires_at, updated_at) "
+    "VALUES (:role, :holder, {now} + :ttl, {now}) "
+    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+    "expires_at = excluded.expires_at, updated_at = excluded.updated_at "
+    "WHERE leader.holder = excluded.holder OR leader.expires_at < excluded.updated_at "
+    "RETURNING holder, expires_at"
+)
+_ACTIVITY_UPSERT = (
+    "INSERT INTO activity (agent, source, last_activity, event, event_at, running) "
+    "VALUES (:agent, :source, :last_activity, :event, :event_at, :running) "
+    "ON CONFLICT (agent, source) DO UPDATE SET "
+    "last_activity = CASE WHEN activity.last_activity IS NULL "
+    "OR excluded.last_activity > activity.last_activity "
+    "THEN excluded.last_activity ELSE activity.last_activity END, "
+    "event = excluded.event, event_at = excluded.event_at, running = excluded.running"
+)
+
+
+def _activity_values(r: ActivityReport) -> dict[str, Any]:
+    return {
+        "agent": r.agent,
+        "source": r.source,
+        "last_activity": r.last_activity.timestamp() if r.last_activity else None,
+        "event": r.event,
+        "event_at": r.event_at.timestamp(),
+        "running": r.running,
+    }
+
+
+def _activity_from_row(row: Any) -> ActivityReport:
+    last = row["last_activity"]
+    return ActivityReport(
+        agent=row["agent"],
+        source=row["source"],
+        last_activity=datetime.fromtimestamp(last, UTC) if last is not None else None,
+        event=row["event"],
+        event_at=datetime.fromtimestamp(row["event_at"], UTC),
+        running=int(row["running"]),
+    )
 
 
 def _agent_row(a: Agent) -> dict[str, Any]:
@@ -484,6 +658,7 @@ def _audit_row(e: AuditEntry) -> dict[str, Any]:
         "ok": e.ok,
         "dry_run": e.dry_run,
         "detail": e.detail,
+        "replica": e.replica,
     }
 
 
@@ -497,6 +672,7 @@ def _audit_from_row(row: Any) -> AuditEntry:
         ok=bool(row["ok"]),
         dry_run=bool(row["dry_run"]),
         detail=row["detail"],
+        replica=row["replica"],
     )
 
 

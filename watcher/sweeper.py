@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -46,6 +46,7 @@ class Sweeper:
         dry_run: bool,
         ready: Callable[[], bool] = lambda: True,
         removed_retention_s: float | None = None,
+        prepare: Callable[[datetime], Awaitable[None]] | None = None,
     ) -> None:
         self._tracker = tracker
         self._lifecycle = lifecycle
@@ -54,6 +55,7 @@ class Sweeper:
         self._dry_run = dry_run
         self._ready = ready
         self._retention_s = removed_retention_s
+        self._prepare = prepare
         self._task: asyncio.Task[None] | None = None
         self._dry_reported: dict[str, datetime] = {}
         self.sweeps = 0
@@ -68,6 +70,8 @@ class Sweeper:
             report.skipped = "events stream not connected and synced"
             logger.info("idle sweep skipped: %s", report.skipped)
             return report
+        if self._prepare is not None:
+            await self._prepare(now)
         for agent in idle_agents(self._tracker.agents.values(), now):
             if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
                 continue  # already reported for this idle period

@@ -1,0 +1,170 @@
+"""Two `idlewatch serve` replicas on one PostgreSQL: one leader, both serve, a takeover.
+
+Real processes on the private engine and the private PostgreSQL. The lease is short
+(`leader_lease=3s`) so that a takeover is quick; the takeover deadline is that setting
+plus a little scheduling slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import fresh_database
+from tests.private_engine import PrivateEngine
+from tests.private_postgres import PrivatePostgres
+
+from .conftest import inspect, run_container
+from .serveproc import ServeProcess
+
+TOKEN = "replica-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LEASE_S = 3.0
+#: a takeover may take the lease plus one scheduling hiccup of a loaded CI machine
+TAKEOVER_SLACK_S = 2.0
+
+
+@pytest.fixture
+def replicas(
+    engine: PrivateEngine, postgres: PrivatePostgres, tmp_path: Path
+) -> Iterator[list[ServeProcess]]:
+    """Two serve processes sharing one fresh PostgreSQL database."""
+    name, url = fresh_database(postgres)
+    procs = []
+    try:
+        for rid in ("replica-a", "replica-b"):
+            workdir = tmp_path / rid
+            workdir.mkdir()
+            procs.append(
+                ServeProcess(
+                    engine,
+                    workdir,
+                    database_url=url,
+                    api_token=TOKEN,
+                    replica_id=rid,
+                    leader_lease=f"{LEASE_S}s",
+                    sweep_interval="1s",
+                ).start()
+            )
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        postgres.drop_database(name)
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url, headers=AUTH) as resp:
+        return resp.status, await resp.json()
+
+
+async def _leaders(http: aiohttp.ClientSession, procs: list[ServeProcess]) -> list[str]:
+    found = []
+    for p in procs:
+        if p.proc is None or p.proc.poll() is not None:
+            continue
+        _, body = await _get(http, p.url + "/readyz")
+        if body["leader"]["leader"]:
+            found.append(body["leader"]["replica"])
+    return found
+
+
+async def _until(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (result := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return result
+
+
+async def test_two_replicas_one_leader_both_serve(
+    engine: PrivateEngine, replicas: list[ServeProcess]
+) -> None:
+    a, b = replicas
+    run_container(engine, "rep-busy")
+    run_container(engine, "rep-idle", labels={"idlewatch.idle-timeout": "2s"})
+    async with aiohttp.ClientSession() as http:
+        leaders = await _until(lambda: _leaders(http, replicas), 10, "a leader")
+        assert len(leaders) == 1
+        leader, follower = (a, b) if leaders[0] == "replica-a" else (b, a)
+        _, fbody = await _get(http, follower.url + "/readyz")
+        assert fbody["ready"] and fbody["leader"]["holder"] == leaders[0]
+
+        async def same_agents() -> bool:
+            views = [await _get(http, p.url + "/api/agents") for p in replicas]
+            names = [{x["name"] for x in body} for _, body in views]
+            return names[0] == names[1] == {"rep-busy", "rep-idle"}
+
+        await _until(same_agents, 15, "both replicas to list both agents")
+
+        # the idle one is stopped once, by the leader
+        await _until(lambda: _status(http, follower.url, "rep-idle", "exited"), 20, "the idle stop")
+        _, audit = await _get(http, follower.url + "/api/audit?agent=rep-idle")
+        sweeps = [e for e in audit if e["actor"] == "sweep"]
+        assert [(e["action"], e["replica"]) for e in sweeps] == [("stop", leaders[0])]
+
+        # a websocket client of the follower sees a change the engine made
+        async with http.ws_connect(follower.url + "/api/ws", headers=AUTH) as ws:
+            engine.cli("stop", "-t", "1", "rep-busy")
+            seen = await _ws_until(ws, "rep-busy", "exited")
+        assert seen
+
+        # a lifecycle command sent to the follower works
+        async with http.post(
+            follower.url + "/api/agents/rep-busy/start?wait=running&timeout=20", headers=AUTH
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        assert inspect(engine, "rep-busy")["State"]["Status"] == "running"
+        _, metrics = await _metrics(http, leader.url)
+        assert f'idlewatch_leader{{replica="{leaders[0]}",holder="{leaders[0]}"}} 1' in metrics
+
+
+async def test_the_leader_killed_hands_over_within_the_lease(
+    engine: PrivateEngine, replicas: list[ServeProcess]
+) -> None:
+    run_container(engine, "rep-late", labels={"idlewatch.idle-timeout": "8s"})
+    async with aiohttp.ClientSession() as http:
+        (first,) = await _until(lambda: _leaders(http, replicas), 10, "a leader")
+        leader = next(p for p in replicas if first in p.env["IDLEWATCH_REPLICA_ID"])
+        follower = next(p for p in replicas if p is not leader)
+        assert leader.proc is not None
+        leader.proc.kill()  # SIGKILL: no clean hand-over
+        leader.proc.wait(10)
+        killed_at = time.monotonic()
+        (second,) = await _until(
+            lambda: _leaders(http, [follower]), LEASE_S + TAKEOVER_SLACK_S, "the takeover"
+        )
+        took_s = time.monotonic() - killed_at
+        assert second != first
+        # the new leader sweeps: the agent is stopped exactly once, by it
+        await _until(lambda: _status(http, follower.url, "rep-late", "exited"), 20, "the idle stop")
+        _, audit = await _get(http, follower.url + "/api/audit?agent=rep-late")
+    sweeps = [(e["action"], e["replica"]) for e in audit if e["actor"] == "sweep"]
+    print(f"\nleader {first} SIGKILLed; {second} led {took_s:.1f}s later (lease {LEASE_S}s)")
+    assert sweeps == [("stop", second)]
+
+
+async def _status(http: aiohttp.ClientSession, url: str, name: str, status: str) -> bool:
+    code, body = await _get(http, f"{url}/api/agents/{name}")
+    return code == 200 and body["status"] == status
+
+
+async def _ws_until(ws: aiohttp.ClientWebSocketResponse, name: str, status: str) -> bool:
+    async with asyncio.timeout(15):
+        while True:
+            msg = await ws.receive_json()
+            agent = msg.get("agent") or {}
+            if agent.get("name") == name and agent.get("status") == status:
+                return True
+
+
+async def _metrics(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with http.get(url + "/metrics") as resp:
+        return resp.status, await resp.text()
