@@ -443,13 +443,15 @@ class SqlStore:
 
     # ------------------------------------------------ replicas and nodes (issue 7)
     async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
-        """Upsert reports by (agent, source); a row's last_activity never goes back."""
-        if not reports:
-            return
+        """Upsert reports by (agent, source); a row's last_activity never goes back.
+
+        One statement per report and no explicit transaction: each upsert stands alone,
+        and a connection lost mid-transaction would stay stuck in ``databases`` for the
+        long-lived task that reports (see the writer's raw PostgreSQL path).
+        """
         try:
-            async with self._db.transaction():
-                for r in reports:
-                    await self._db.execute(_ACTIVITY_UPSERT, _activity_values(r))
+            for r in reports:
+                await self._db.execute(_ACTIVITY_UPSERT, _activity_values(r))
         except Exception as exc:  # the drivers raise many unrelated types
             raise StoreError(f"cannot write activity reports: {exc}") from exc
 
@@ -480,13 +482,12 @@ class SqlStore:
         """Take or renew ``role`` when free, expired or ours, by the database's clock."""
         now = _PG_NOW if self._dialect_name == "postgresql" else _SQLITE_NOW
         values = {"role": role, "holder": holder, "ttl": ttl_s}
-        try:
-            async with self._db.transaction():
-                row = await self._db.fetch_one(_LEASE_SQL.format(now=now), values)
-                if row is None:  # someone else holds a valid lease
-                    row = await self._db.fetch_one(
-                        "SELECT holder, expires_at FROM leader WHERE name = :role", {"role": role}
-                    )
+        try:  # one atomic statement; no transaction a lost connection could leave stuck
+            row = await self._db.fetch_one(_LEASE_SQL.format(now=now), values)
+            if row is None:  # someone else holds a valid lease: who, for the record
+                row = await self._db.fetch_one(
+                    "SELECT holder, expires_at FROM leader WHERE name = :role", {"role": role}
+                )
         except Exception as exc:
             raise StoreError(f"cannot take the {role} lease: {exc}") from exc
         if row is None:

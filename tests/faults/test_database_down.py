@@ -233,3 +233,34 @@ async def test_a_store_write_after_a_restart_in_the_same_task(
         assert sorted(a.name for a in await store.load_agents()) == ["a1", "a3"]
     finally:
         await store.close()
+
+
+async def test_the_leader_lapses_while_the_server_is_down_and_leads_again(
+    pg: PrivatePostgres, pg_url: str
+) -> None:
+    """An outage longer than the lease: the lone replica stops acting (it cannot know that
+    no other took over), leads again once the server is back, and rewrites the record."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", LABELS)
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url=pg_url, log_level="ERROR", leader_lease=2
+    )
+    w = Watcher(settings, docker=docker, backoff=lambda n: 0.0)
+    await w.open()
+    try:
+        await w.wait_synced(10)
+        assert w.leadership.is_leader
+        await asyncio.to_thread(pg.stop)
+        await until(lambda: not w.leadership.is_leader, "the lease to lapse", 10)
+        assert (await w.sweep_once()).skipped is not None  # no idle stop without the lease
+        docker.streams[-1].queue.put_nowait(container_event("die", "c1", "box"))
+        await w.wait_for("box", lambda a: a is not None and a.status is Status.EXITED, 10)
+        await asyncio.to_thread(pg.start)
+        await until(lambda: w.leadership.is_leader, "leadership after the outage", 30)
+        await w.flush(30)
+        stored = {a.name: a.status for a in await w.store.load_agents()}
+        assert stored == {"box": Status.EXITED}
+        await w.touch("box")  # the lease and the merge loop work on fresh connections
+        await w.merger.merge_once(w.clock.now())
+    finally:
+        await w.close()

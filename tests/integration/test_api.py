@@ -223,7 +223,7 @@ async def test_registration_disabled_by_default(
             async with ClientSession() as s:
                 api = Api(s, str(server.make_url("")).rstrip("/"))
                 status, err = await api.call(
-                    "POST", "/api/agents", json={"name": "x", "image": "idlewatch-test/busybox"}
+                    "POST", "/api/agents", json={"name": "xx", "image": "idlewatch-test/busybox"}
                 )
                 assert status == 403 and err["error"]["code"] == "registration_disabled"
                 assert "allowed_images" in err["error"]["message"]
