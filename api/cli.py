@@ -26,6 +26,10 @@ logger = logging.getLogger("idlewatch")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+#: pending connections the kernel queues for serve; aiohttp's default (128) drops the SYNs of
+#: a larger burst (1,000 clients at once, measured in bench/load_figures.py), which then wait
+#: out the 1 s, 3 s... SYN retransmissions. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 _STATUS_COLOURS = {
     "running": "green",
@@ -137,7 +141,7 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
         await runner.setup()
         try:
             # max_connections and request_timeout hold only for connections of this site
-            site = GuardedSite(runner, settings.host, settings.port)
+            site = GuardedSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
             try:
                 await site.start()
             except OSError as exc:

@@ -47,6 +47,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def tcp_counter(name: str) -> int:
+    """A machine-wide TCP counter of /proc/net/netstat (``TCPSynRetrans``, ``ListenOverflows``)."""
+    with open("/proc/net/netstat") as fh:
+        lines = fh.read().splitlines()
+    for keys, values in zip(lines[::2], lines[1::2], strict=True):
+        row = dict(zip(keys.split(), values.split(), strict=True))
+        if name in row:
+            return int(row[name])
+    raise KeyError(name)
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB."""
     with open(f"/proc/{pid}/status") as fh:

@@ -129,8 +129,14 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
     }
 
 
-def serve_process(docker_url: str, tmp: str) -> tuple[subprocess.Popen[bytes], int]:
-    """`idlewatch serve` in a subprocess on a free port, quiet, with a file SQLite in ``tmp``."""
+def serve_process(
+    docker_url: str, tmp: str, **settings: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`idlewatch serve` in a subprocess on a free port, with a file SQLite in ``tmp``.
+
+    It logs warnings and errors only, to ``tmp``/serve.log; ``settings`` add or override
+    settings by name (``api_token="..."`` sets IDLEWATCH_API_TOKEN).
+    """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     full.update(
@@ -140,19 +146,26 @@ def serve_process(docker_url: str, tmp: str) -> tuple[subprocess.Popen[bytes], i
         IDLEWATCH_LOG_LEVEL="WARNING",
         IDLEWATCH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp}/serve.db",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    full.update({f"IDLEWATCH_{k.upper()}": v for k, v in settings.items()})
+    with open(Path(tmp) / "serve.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve"],
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     return proc, port
 
 
-async def _ready(port: int, timeout_s: float = 60) -> None:
+async def wait_ready(
+    port: int, timeout_s: float = 60, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until the serve process on ``port`` answers 200 on /readyz (or ``proc`` exits)."""
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {proc.returncode} before it was ready")
             try:
                 async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
                     if r.status == 200:
@@ -170,7 +183,7 @@ async def cpu_at_max_churn(engine: PrivateEngine, seconds: float = 20) -> dict[s
     docker = aiodocker.Docker(url=engine.url)
     events = 0
     try:
-        await _ready(port)
+        await wait_ready(port)
         sub_docker = aiodocker.Docker(url=engine.url)
         sub = sub_docker.events.subscribe()
 

@@ -2,13 +2,16 @@
 
 It answers just what idlewatch (and aiodocker's own subscriber) ask for, so the ingest
 benchmark measures our pipeline and not the engine. The stream is realistic: starts, dies,
-exec sessions (some of them healthchecks), service scale updates, with labels.
+exec sessions (some of them healthchecks), service scale updates, with labels. With a
+``rate`` it then keeps emitting such events live, at that many a second, stamped with the
+wall clock, its listing and inspections following them (the load benchmark).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,13 +51,10 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
     rng = random.Random(seed)
     sc = Scenario()
     n_services = n_agents // 10
-    running: dict[str, bool] = {}
-    cids = []
     for i in range(n_agents - n_services):
         cid = f"{i:064x}"
         name = f"agent-{i}"
         state = "running" if i % 2 else "exited"
-        running[cid] = state == "running"
         sc.containers[cid] = {
             "Id": cid,
             "Names": ["/" + name],
@@ -62,12 +62,8 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
             "State": state,
             "Labels": _labels(i),
         }
-        cids.append(cid)
-    sids = []
-    replicas: dict[str, int] = {}
     for j in range(n_services):
         sid = f"svc{j:022d}"
-        replicas[sid] = 1
         sc.services[sid] = {
             "ID": sid,
             "Version": {"Index": 1},
@@ -78,45 +74,73 @@ def generate(n_events: int = 200_000, n_agents: int = 10_000, seed: int = 7) -> 
                 "TaskTemplate": {"ContainerSpec": {"Image": "agents/service:1"}},
             },
         }
-        sids.append(sid)
+    churn = Churn(sc, rng)
     t = BASE_NS
-    exec_n = 0
     while len(sc.lines) < n_events:
         t += rng.randint(1_000, 20_000)
-        roll = rng.random()
-        if roll < 0.10:
-            sid = rng.choice(sids)
-            new = rng.randint(0, 3)
-            sc.lines.append(
-                _service_update(sid, sc.services[sid]["Spec"]["Name"], replicas[sid], new, t)
-            )
-            replicas[sid] = new
-            continue
-        cid = rng.choice(cids)
-        item = sc.containers[cid]
+        sc.lines += churn.step(t)
+    sc.lines = sc.lines[:n_events]
+    _replay_truth(sc)  # the truth of the lines actually kept
+    return sc
+
+
+class Churn:
+    """The next realistic events over a scenario's agents: starts and dies, exec sessions
+    (half of them healthchecks), service scale updates.
+
+    With ``live`` the scenario's engine state (listing, inspections) follows every event, as
+    a real engine's would while it streams them; without, the scenario keeps its initial state
+    and the events are a replay to come.
+    """
+
+    def __init__(self, sc: Scenario, rng: random.Random, *, live: bool = False) -> None:
+        self.sc = sc
+        self.rng = rng
+        self.live = live
+        self.running = {cid: item["State"] == "running" for cid, item in sc.containers.items()}
+        self.replicas = {
+            sid: s["Spec"]["Mode"]["Replicated"]["Replicas"] for sid, s in sc.services.items()
+        }
+        self.cids = list(sc.containers)
+        self.sids = list(sc.services)
+        self.exec_n = 0
+
+    def step(self, t: int) -> list[bytes]:
+        """Zero, one or two event lines at time ``t`` (ns)."""
+        roll = self.rng.random()
+        if roll < 0.10 and self.sids:
+            return [self._scale(self.rng.choice(self.sids), t)]
+        cid = self.rng.choice(self.cids)
+        item = self.sc.containers[cid]
         name = item["Names"][0][1:]
         if roll < 0.55:
-            action = "die" if running[cid] else "start"
-            running[cid] = not running[cid]
-            sc.lines.append(_container(cid, name, action, item["Labels"], t))
-        elif running[cid]:
-            exec_n += 1
-            cmd = HEALTHCHECK if rng.random() < 0.5 else "python agent.py --step"
-            exec_id = f"{exec_n:064x}"
-            sc.lines.append(
-                _container(cid, name, f"exec_start: {cmd}", item["Labels"], t, execID=exec_id)
-            )
-            sc.lines.append(
-                _container(
-                    cid, name, "exec_die", item["Labels"], t + 500, execID=exec_id, exitCode="0"
-                )
-            )
-    sc.lines = sc.lines[:n_events]
-    for cid, item in sc.containers.items():
-        sc.expected_container[item["Names"][0][1:]] = "running" if running[cid] else "exited"
-    # recompute the truth from the lines actually kept
-    _replay_truth(sc)
-    return sc
+            action = "die" if self.running[cid] else "start"
+            self.running[cid] = not self.running[cid]
+            if self.live:
+                item["State"] = "running" if self.running[cid] else "exited"
+                self.sc.expected_container[name] = item["State"]
+            return [_container(cid, name, action, item["Labels"], t)]
+        if not self.running[cid]:
+            return []
+        self.exec_n += 1
+        cmd = HEALTHCHECK if self.rng.random() < 0.5 else "python agent.py --step"
+        exec_id = f"{self.exec_n:064x}"
+        return [
+            _container(cid, name, f"exec_start: {cmd}", item["Labels"], t, execID=exec_id),
+            _container(
+                cid, name, "exec_die", item["Labels"], t + 500, execID=exec_id, exitCode="0"
+            ),
+        ]
+
+    def _scale(self, sid: str, t: int) -> bytes:
+        svc = self.sc.services[sid]
+        new = self.rng.randint(0, 3)
+        line = _service_update(sid, svc["Spec"]["Name"], self.replicas[sid], new, t)
+        self.replicas[sid] = new
+        if self.live:
+            svc["Spec"]["Mode"] = {"Replicated": {"Replicas": new}}
+            self.sc.expected_replicas[svc["Spec"]["Name"]] = new
+        return line
 
 
 def _replay_truth(sc: Scenario) -> None:
@@ -173,12 +197,18 @@ def _service_update(sid: str, name: str, old: int, new: int, t: int) -> bytes:
 class FakeEngine:
     """Serves a :class:`Scenario` on a unix socket."""
 
-    def __init__(self, scenario: Scenario, socket_path: Path) -> None:
+    def __init__(self, scenario: Scenario, socket_path: Path, rate: float = 0.0) -> None:
+        if rate > 0 and scenario.lines:
+            raise ValueError("live events continue the initial state: no replay with a rate")
         self.sc = scenario
         self.socket_path = socket_path
+        self.rate = rate
         self.runner: web.AppRunner | None = None
         self.calls = 0
         self.streams_done = 0
+        self.live_sent = 0
+        self._live_task: asyncio.Task[None] | None = None
+        self._listeners: set[asyncio.Queue[bytes]] = set()
 
     @property
     def url(self) -> str:
@@ -200,11 +230,32 @@ class FakeEngine:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.UnixSite(self.runner, str(self.socket_path)).start()
+        if self.rate > 0:
+            self._live_task = asyncio.create_task(self._live(), name="fake-engine-live")
 
     async def stop(self) -> None:
-        """Stop listening."""
+        """Stop emitting and listening."""
+        if self._live_task is not None:
+            self._live_task.cancel()
+            await asyncio.gather(self._live_task, return_exceptions=True)
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def _live(self) -> None:
+        """Emit ``rate`` events a second on a schedule (every 10 ms what is due, no drift)."""
+        churn = Churn(self.sc, random.Random(11), live=True)
+        start = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            due = int((time.monotonic() - start) * self.rate)
+            lines: list[bytes] = []
+            while self.live_sent + len(lines) < due:
+                lines += churn.step(time.time_ns())
+            self.live_sent += len(lines)
+            if lines:
+                chunk = b"\n".join(lines) + b"\n"
+                for queue in self._listeners:
+                    queue.put_nowait(chunk)
 
     async def _version(self, request: web.Request) -> web.Response:
         self.calls += 1
@@ -263,8 +314,19 @@ class FakeEngine:
         self.calls += 1
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
-        if "since" in request.query:  # a resume: nothing new to replay
-            await asyncio.Event().wait()
+        live: asyncio.Queue[bytes] = asyncio.Queue()
+        self._listeners.add(live)  # before the replay: nothing emitted meanwhile is missed
+        try:
+            if "since" not in request.query:  # a resume: nothing old to replay
+                await self._replay(resp)
+            while True:  # live events (none without a rate), like a real engine
+                await resp.write(await live.get())
+        except ConnectionError:  # the client went away
+            return resp
+        finally:
+            self._listeners.discard(live)
+
+    async def _replay(self, resp: web.StreamResponse) -> None:
         chunk: list[bytes] = []
         size = 0
         for line in self.sc.lines:
@@ -276,16 +338,14 @@ class FakeEngine:
         if chunk:
             await resp.write(b"\n".join(chunk) + b"\n")
         self.streams_done += 1
-        await asyncio.Event().wait()  # keep the stream open, like a real engine
-        return resp
 
 
 class FakeEngineProcess:
     """The fake engine in its own process, as a real engine would be (it needs its own CPU)."""
 
-    def __init__(self, socket_path: Path, n_events: int, n_agents: int) -> None:
+    def __init__(self, socket_path: Path, n_events: int, n_agents: int, rate: float = 0.0) -> None:
         self.socket_path = socket_path
-        self.args = [str(socket_path), str(n_events), str(n_agents)]
+        self.args = [str(socket_path), str(n_events), str(n_agents), str(rate)]
         self.proc: Any = None
 
     @property
@@ -313,8 +373,8 @@ class FakeEngineProcess:
             await self.proc.wait()
 
 
-async def _serve_forever(socket_path: str, n_events: int, n_agents: int) -> None:
-    engine = FakeEngine(generate(n_events, n_agents), Path(socket_path))
+async def _serve_forever(socket_path: str, n_events: int, n_agents: int, rate: float) -> None:
+    engine = FakeEngine(generate(n_events, n_agents), Path(socket_path), rate)
     await engine.start()
     await asyncio.Event().wait()
 
@@ -324,4 +384,5 @@ if __name__ == "__main__":
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    asyncio.run(_serve_forever(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    asyncio.run(_serve_forever(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), rate))

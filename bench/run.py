@@ -13,7 +13,7 @@ from typing import Any
 
 from api.private_engine import PrivateEngine, ensure_installed
 
-from . import engine_figures, ingest, small_figures, ws_figures
+from . import engine_figures, ingest, load_figures, small_figures, ws_figures
 from .common import machine, stats
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -144,6 +144,8 @@ async def collect() -> dict[str, dict[str, Any]]:
         "reference",
         f"bare aiohttp broadcast loop, same load, same run; p50 {b['p50_ms']:.1f} ms",
     )
+    print("load: 5 waves of 1,000 concurrent API requests, 200 websocket clients ...", flush=True)
+    figures.update(await _load())
     print("memory of serve tracking 10,000 agents ...", flush=True)
     figures["rss_mb_10k"] = fig(
         (await small_figures.rss_10k())["rss_mb"],
@@ -153,6 +155,62 @@ async def collect() -> dict[str, dict[str, Any]]:
     )
     print(f"done in {time.monotonic() - t0:.0f} s", flush=True)
     return figures
+
+
+async def _load() -> dict[str, dict[str, Any]]:
+    """Figure 7 (bench/load_figures.py): API requests and websocket clients while events flow."""
+    ld = await load_figures.run()
+    ws = ld["ws"]
+    mix = ", ".join(f"{share:.0%} {m} {r}" for m, r, share in load_figures.MIX)
+    setting = (
+        f"`idlewatch serve` with {load_figures.AGENTS} agents, the engine emitting "
+        f"{load_figures.RATE} events/s, {ld['ws_clients']} websocket clients connected"
+    )
+    return {
+        "load_api_requests_per_s": fig(
+            ld["requests_per_s"],
+            "requests/s",
+            "-",
+            f"{ld['requests']} requests in waves of {load_figures.REQUESTS}, each all in flight "
+            f"at once on one client session ({mix}); {setting}; by wave "
+            f"{ld['wave_requests_per_s']} (the first opens the connections)",
+            by_wave=ld["wave_requests_per_s"],
+        ),
+        "load_api_p99_ms": fig(
+            ld["p99_ms"],
+            "ms",
+            "-",
+            f"p50 {ld['p50_ms']:.0f} ms, max {ld['max_ms']:.0f} ms; p99 by wave "
+            f"{ld['wave_p99_ms']}; SYN retransmissions meanwhile: {ld['syn_retransmits']}",
+            p50_ms=round(ld["p50_ms"], 1),
+            by_wave=ld["wave_p99_ms"],
+            by_route=ld["route_p99_ms"],
+        ),
+        "load_api_errors": fig(
+            ld["errors"],
+            "requests",
+            "0",
+            f"non-2xx answers or exceptions: {ld['error_kinds'] or 'none'}; serve's warnings "
+            f"and errors: {ld['serve_log'] or 'none'}",
+        ),
+        "load_ws_clients_lost": fig(
+            ws["connect_errors"] + ws["disconnected"],
+            "clients",
+            "0",
+            f"{ws['connected']}/{ld['ws_clients']} connected, {ws['disconnected']} disconnected; "
+            f"{ws['delivered']} changes delivered ({ws['min_per_client']}-"
+            f"{ws['max_per_client']} a client); change applied -> client p50 "
+            f"{ws['p50_ms']:.0f} ms, p99 {ws['p99_ms']:.0f} ms",
+            delivered=ws["delivered"],
+            lag_p99_ms=round(ws["p99_ms"], 1),
+        ),
+        "load_events_applied_per_s": fig(
+            ld["events_applied_per_s"],
+            "events/s",
+            f"= the engine's {load_figures.RATE}/s",
+            "events the watcher applied during the waves (idlewatch_events_applied_total)",
+        ),
+    }
 
 
 def table(figures: dict[str, dict[str, Any]]) -> str:

@@ -1,19 +1,27 @@
 """Websocket clients in their own process: connect N, read everything, report latency and loss.
 
-Run by bench/ws_figures.py. Prints one JSON line of results on stdout.
+Run by bench/ws_figures.py and bench/load_figures.py through :func:`spawn` and
+:func:`results`. It prints READY once every client has connected (or failed to), then reads
+until each client has ``expected`` changes or ``max_s`` passed; with ``expected`` < 0 it reads
+until a line arrives on stdin (:func:`results` with ``stop=True`` sends it). Then it prints one
+JSON line of results on stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import orjson
+
+UNTIL_STOPPED = -1
 
 
 def _sent_at(data: dict[str, Any]) -> float:
@@ -22,73 +30,148 @@ def _sent_at(data: dict[str, Any]) -> float:
     return datetime.fromisoformat(data["agent"]["updated_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def client(
-    session: aiohttp.ClientSession,
-    url: str,
-    counts: list[int],
-    i: int,
-    lat: list[float],
-    ready: asyncio.Event,
-    n_ready: list[int],
-    n: int,
-) -> None:
-    ws = await session.ws_connect(url, max_msg_size=0)
-    n_ready[0] += 1
-    if n_ready[0] == n:
-        ready.set()
+@dataclass
+class Tally:
+    """What the clients of this process saw."""
+
+    n: int
+    counts: list[int] = field(init=False)
+    lat: list[float] = field(default_factory=list)
+    connected: int = 0
+    connect_errors: int = 0
+    disconnected: int = 0  # clients whose socket ended before we stopped reading
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * self.n
+
+    def settled(self) -> None:
+        """One more client connected or failed; READY once all have."""
+        if self.connected + self.connect_errors == self.n:
+            self.ready.set()
+
+
+async def client(session: aiohttp.ClientSession, url: str, tally: Tally, i: int) -> None:
+    """One client: count the changes after the snapshot; sample latency on a tenth of them."""
+    try:
+        ws = await session.ws_connect(url, max_msg_size=0)
+    except (aiohttp.ClientError, OSError):
+        tally.connect_errors += 1
+        tally.settled()
+        return
+    tally.connected += 1
+    tally.settled()
     sample = i % 10 == 0  # latency from a tenth of the clients keeps this process light
+    counts = tally.counts
     try:
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
-            if counts[i] == 0 and b'"snapshot"' in msg.data[:40].encode():
-                counts[i] = 0
-                if msg.data.startswith('{"type":"snapshot"'):
-                    continue
+            if counts[i] == 0 and msg.data.startswith('{"type":"snapshot"'):
+                continue
             counts[i] += 1
             if sample:
-                lat.append(time.time() - _sent_at(orjson.loads(msg.data)))
+                tally.lat.append(time.time() - _sent_at(orjson.loads(msg.data)))
+        tally.disconnected += 1  # not cancelled: the server closed or dropped it
     finally:
         await ws.close()
 
 
+async def _stop_line() -> None:
+    """Until a line (or EOF) on stdin, without a thread that would outlive the loop."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()
+
+
+async def _read_until(tally: Tally, expected: int, max_s: float) -> None:
+    if expected < 0:
+        with contextlib.suppress(TimeoutError):  # max_s bounds a parent that never says STOP
+            await asyncio.wait_for(_stop_line(), max_s)
+        return
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline and min(tally.counts) < expected:
+        await asyncio.sleep(0.2)
+
+
 async def main(url: str, n: int, expected: int, max_s: float) -> None:
+    """Connect ``n`` clients, say READY, read, print the results line."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    counts = [0] * n
-    lat: list[float] = []
-    ready = asyncio.Event()
-    n_ready = [0]
+    tally = Tally(n)
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
-        tasks = [
-            asyncio.create_task(client(session, url, counts, i, lat, ready, n_ready, n))
-            for i in range(n)
-        ]
-        await asyncio.wait_for(ready.wait(), 120)
+        tasks = [asyncio.create_task(client(session, url, tally, i)) for i in range(n)]
+        await asyncio.wait_for(tally.ready.wait(), 120)
         print("READY", flush=True)
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline and min(counts) < expected:
-            await asyncio.sleep(0.2)
+        await _read_until(tally, expected, max_s)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    lat.sort()
-    p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: -1.0)
-    print(
-        orjson.dumps(
-            {
-                "delivered": sum(counts),
-                "expected_per_client": expected,
-                "min_per_client": min(counts),
-                "clients_short": sum(1 for c in counts if c < expected),
-                "p50_ms": p(0.5),
-                "p99_ms": p(0.99),
-                "samples": len(lat),
-            }
-        ).decode(),
-        flush=True,
+    print(orjson.dumps(_report(tally, expected)).decode(), flush=True)
+
+
+def _report(tally: Tally, expected: int) -> dict[str, Any]:
+    lat = sorted(tally.lat)
+
+    def p(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else -1.0
+
+    counts = tally.counts
+    return {
+        "delivered": sum(counts),
+        "expected_per_client": expected,
+        "min_per_client": min(counts),
+        "max_per_client": max(counts),
+        "clients_short": sum(1 for c in counts if c < expected),
+        "connected": tally.connected,
+        "connect_errors": tally.connect_errors,
+        "disconnected": tally.disconnected,
+        "p50_ms": p(0.5),
+        "p99_ms": p(0.99),
+        "samples": len(lat),
+    }
+
+
+async def spawn(url: str, n: int, expected: int, max_s: float) -> asyncio.subprocess.Process:
+    """Start the clients' process; returns once every client has connected or failed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.ws_clients",
+        url,
+        str(n),
+        str(expected),
+        str(max_s),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 180)
+    if line.strip() != b"READY":
+        await _end(proc)
+        raise RuntimeError(f"the websocket clients did not start: {line!r}")
+    return proc
+
+
+async def results(proc: asyncio.subprocess.Process, *, stop: bool = False) -> dict[str, Any]:
+    """The clients' results line; with ``stop``, first tell them to stop reading."""
+    assert proc.stdout is not None and proc.stdin is not None
+    if stop:
+        proc.stdin.write(b"STOP\n")
+        await proc.stdin.drain()
+    proc.stdin.close()
+    out = await proc.stdout.read()
+    await proc.wait()
+    data: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
+    return data
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import sys
 import time
 from typing import Any
 
@@ -17,34 +16,15 @@ from tests.fakes import FakeDocker, FakeStore
 from watcher import Settings, Watcher
 from watcher.models import ContainerInfo, freeze
 
+from . import ws_clients
+
 CLIENTS = 1000
 RATE = 50
 SECONDS = 20
 
 
 async def _clients(url: str, expected: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.ws_clients",
-        url,
-        str(CLIENTS),
-        str(expected),
-        str(SECONDS + 30),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 180)
-    assert line.strip() == b"READY", line
-    return proc
-
-
-async def _result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    out = await proc.stdout.read()
-    await proc.wait()
-    data: dict[str, Any] = orjson.loads(out.strip().splitlines()[-1])
-    return data
+    return await ws_clients.spawn(url, CLIENTS, expected, SECONDS + 30)
 
 
 async def _paced(produce: Any) -> None:
@@ -81,7 +61,7 @@ async def idlewatch_feed() -> dict[str, Any]:
             await w.touch("ws-agent")
 
         await _paced(touch)
-        result = await _result(proc)
+        result = await ws_clients.results(proc)
         result["seconds"] = time.monotonic() - t0
         result["dropped_by_server"] = w.hub.dropped_subscribers
     finally:
@@ -120,7 +100,7 @@ async def bare_baseline() -> dict[str, Any]:
                 await ws.send_str(msg)
 
         await _paced(broadcast)
-        result = await _result(proc)
+        result = await ws_clients.results(proc)
         result["seconds"] = time.monotonic() - t0
     finally:
         await runner.cleanup()
