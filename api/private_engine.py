@@ -60,6 +60,8 @@ class PrivateEngine:
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iw-dockerd-")))
     proc: subprocess.Popen[bytes] | None = None
+    #: the loopback port of its Swarm listener, once it made or joined a Swarm
+    swarm_port: int | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -179,6 +181,45 @@ class PrivateEngine:
             "--listen-addr",
             f"127.0.0.1:{port}",
         )
+        self.swarm_port = port
+
+    def worker_token(self) -> str:
+        """The token a worker joins this manager's Swarm with."""
+        return self.cli("swarm", "join-token", "-q", "worker")
+
+    def swarm_join(self, manager: PrivateEngine) -> None:
+        """Join ``manager``'s Swarm as a worker, over loopback on a free port of our own."""
+        if manager.swarm_port is None:
+            raise EngineSetupError("the manager has no Swarm: call swarm_init() on it first")
+        port = free_port()
+        self.cli(
+            "swarm",
+            "join",
+            "--listen-addr",
+            f"127.0.0.1:{port}",
+            "--advertise-addr",
+            f"127.0.0.1:{port}",
+            "--token",
+            manager.worker_token(),
+            f"127.0.0.1:{manager.swarm_port}",
+        )
+        self.swarm_port = port
+
+    def node_id(self) -> str:
+        """This engine's Swarm node id ('' when it is in no Swarm)."""
+        return self.cli("info", "--format", "{{.Swarm.NodeID}}", check=False)
+
+    def swarm_leave(self, manager: PrivateEngine | None = None) -> None:
+        """Leave the Swarm (forced); ``manager`` then removes this node from its list.
+
+        Best effort, for cleanups: failures are ignored, a stopped engine is skipped.
+        """
+        node = self.node_id() if self.ping() else ""
+        if node:
+            self.cli("swarm", "leave", "--force", check=False)
+        if manager is not None and node and manager.ping():
+            manager.cli("node", "rm", "--force", node, check=False)
+        self.swarm_port = None
 
     def cleanup(self) -> None:
         """Stop the daemon and remove its directory (unmounting leftovers first)."""
