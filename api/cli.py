@@ -159,6 +159,73 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
             await runner.cleanup()
 
 
+# ------------------------------------------------------------------------------ node
+@main.command()
+@CONFIG_OPTION
+@click.option("--docker-url", default=None, help="This node's Docker engine address.")
+@click.option("--database-url", default=None, help="The shared store (postgresql+asyncpg:// URL).")
+@click.option("--node-id", default=None, help="Its name in the reports (default: hostname).")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def node(config: str | None, **flags: Any) -> None:
+    """Report this node's task-container activity to the shared store, until SIGINT/SIGTERM.
+
+    Read-only: watches the engine's container events for tasks of managed services and
+    writes activity reports; it never starts, stops, scales or removes anything.
+    """
+    settings = _settings(config, **flags)
+    _setup_logging(settings.log_level)
+    try:
+        asyncio.run(run_node(settings))
+    except WatcherError as exc:
+        logger.error("idlewatch node stopped: %s", exc)
+        sys.exit(1)
+
+
+async def run_node(settings: Settings) -> None:
+    """Run a NodeReporter until SIGINT/SIGTERM (no API, no store lock: it does not act)."""
+    from watcher.docker import AioDockerGateway
+    from watcher.events import exponential_backoff
+    from watcher.node import NodeReporter
+    from watcher.store import SqlStore
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    store = SqlStore(settings.database_url)
+    await store.connect()  # no claim(): the one-actor lock is for processes that act
+    docker = AioDockerGateway(settings.docker_url, label=settings.label)
+    reporter = NodeReporter(
+        docker,
+        store,
+        node_id=settings.node_id,
+        report_interval_s=settings.report_interval,
+        backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
+    )
+    try:
+        reporter.start()
+        logger.info(
+            "idlewatch node %s (read-only): watching engine %s, reporting to %s",
+            settings.node_id,
+            settings.docker_url,
+            _redacted_url(settings.database_url),
+        )
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await reporter.close()
+        await store.close()
+        await docker.close()
+
+
+def _redacted_url(url: str) -> str:
+    """A database URL without its credentials, for log lines."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
 # ----------------------------------------------------------------------- API commands
 def _api_options(fn: F) -> F:
     fn = click.option("--token", default=None, help="API token (default: the api_token setting).")(
