@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from watcher import Agent, AgentNotFound, Status, Watcher
@@ -71,7 +72,7 @@ async def list_agents(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_parameter", f"unknown status {wanted!r}", "status")
         agents = [a for a in agents if a.status.value == wanted]
     now = _w(request).clock.now()
-    return web.json_response([agent_json(a, now) for a in agents])
+    return _json_list([agent_json(a, now) for a in agents])
 
 
 @routes.get("/api/agents/running", name="agents_running")
@@ -80,7 +81,7 @@ async def list_running(request: web.Request) -> web.Response:
     _query(request, set())
     now = _w(request).clock.now()
     running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
-    return web.json_response([agent_json(a, now) for a in running])
+    return _json_list([agent_json(a, now) for a in running])
 
 
 @routes.get("/api/agents/{name}", name="agent")
@@ -244,6 +245,12 @@ async def audit(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive."""
     return web.json_response({"status": "ok"})
+
+
+def _json_list(items: list[dict[str, Any]]) -> web.Response:
+    """A (possibly long) list as JSON, serialized by orjson: the fleet listing is the
+    API's biggest answer (bench/load_figures.py: 39% of serve's time went to it)."""
+    return web.Response(body=orjson.dumps(items), content_type="application/json")
 
 
 @routes.get("/readyz", name="readyz")
