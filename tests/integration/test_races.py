@@ -98,6 +98,12 @@ async def _idle(w: Watcher, name: str) -> None:
     )
 
 
+async def _queued(w: Watcher, name: str) -> None:
+    """Wait until a second call waits on the agent's lock (asyncio.Lock keeps its waiters)."""
+    lock = w.lifecycle.lock(name)
+    await eventually(lambda: bool(getattr(lock, "_waiters", None)), 10, f"a call queued on {name}")
+
+
 def _state(engine: PrivateEngine, name: str) -> str:
     return str(inspect(engine, name)["State"]["Status"])
 
@@ -114,7 +120,7 @@ async def test_start_during_an_idle_stop_ends_running(
     sweep = asyncio.create_task(w.sweep_once())
     await asyncio.wait_for(gate.entered.wait(), 15)  # the idle stop is in flight
     start = asyncio.create_task(w.start("race-idle", actor="api"))
-    await asyncio.sleep(0)  # let the start queue on the agent's lock
+    await _queued(w, "race-idle")
     assert not start.done()
     gate.release.set()
     report = await sweep
@@ -139,7 +145,7 @@ async def test_an_idle_stop_queued_behind_a_start_is_skipped(
     start = asyncio.create_task(w.start("race-start", actor="api"))  # e.g. a user arrives
     await asyncio.wait_for(gate.entered.wait(), 15)
     sweep = asyncio.create_task(w.sweep_once())  # sees it idle, queues on its lock
-    await asyncio.sleep(0)
+    await _queued(w, "race-start")
     gate.release.set()
     started = await start
     report = await sweep
@@ -161,7 +167,7 @@ async def test_stop_during_a_start_ends_stopped(
     start = asyncio.create_task(w.start("race-stop", actor="api"))
     await asyncio.wait_for(gate.entered.wait(), 15)
     stop = asyncio.create_task(w.stop("race-stop", actor="api"))
-    await asyncio.sleep(0)
+    await _queued(w, "race-stop")
     gate.release.set()
     await start  # it did start the container: reporting success is true
     stopped = await stop
