@@ -241,10 +241,10 @@ class FakeStore:
             kept = old[0].last_activity if old is not None else None
             if kept is not None and (r.last_activity is None or r.last_activity < kept):
                 r = replace(r, last_activity=kept)  # a row's last_activity never goes back
-            self.activity[(r.agent, r.source)] = (r, now)
+            self.activity[(r.agent, r.source)] = (replace(r, reported_at=now), now)
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
-        return [r for r, at in self.activity.values() if since is None or at > since]
+        return [r for r, at in self.activity.values() if since is None or at >= since]
 
     async def managed_services(self) -> dict[str, str]:
         return {

@@ -342,17 +342,17 @@ class Watcher:
             for agent in self.tracker.agents.values():
                 self.writer.put_agent(agent)
 
-    async def _merge_activity(self, now: datetime) -> None:
+    async def _merge_activity(self, now: datetime | None = None) -> None:
         """The leader counts use reported by nodes and other replicas (before each sweep)."""
         if self.leadership.is_leader:
-            await self.merger.merge_once(now)
+            await self.merger.merge_once()
 
     async def _merge_loop(self) -> None:
         failing = False
         while True:
             await asyncio.sleep(MERGE_INTERVAL_S)
             try:
-                await self._merge_activity(self.clock.now())
+                await self._merge_activity()
                 failing = False
             except StoreError as exc:
                 if not failing:

@@ -29,10 +29,12 @@ from .tracker import Tracker
 logger = logging.getLogger(__name__)
 
 ROLE = "leader"
+#: a node's report of these means its running tasks changed: the task list has the count
+TASK_EVENTS = frozenset({"start", "die", "destroy", "resync"})
 TTL_SHARE = 0.8
 RENEW_SHARE = 0.2
-#: activity reports are read again for this long (sources' clocks and writes lag a little)
-REREAD_MARGIN = timedelta(seconds=30)
+#: activity reports are read again for this long (writes may commit out of order)
+REREAD_MARGIN = timedelta(seconds=5)
 
 
 class Leadership:
@@ -132,14 +134,19 @@ class ActivityMerger:
         self._task_events: dict[tuple[str, str], datetime] = {}
         self.merged = 0
 
-    async def merge_once(self, now: datetime) -> int:
-        """Read the reports of the last while and apply them; returns how many counted.
+    async def merge_once(self) -> int:
+        """Read the reports written since the last read and apply them; how many counted.
 
-        Reports are re-read with a margin (applying one twice changes nothing), so a
-        report written late by a slow source is not skipped.
+        The cursor is the store's own clock (``reported_at``), so neither the sources'
+        clocks nor a source that reconnects after a long cut matter; it is moved back by
+        a margin for writes that commit out of order (applying a report twice changes
+        nothing).
         """
         reports = await self._store.load_activity(self._since)
-        self._since = now - REREAD_MARGIN
+        stamps = [r.reported_at for r in reports if r.reported_at is not None]
+        if stamps:
+            newest = max(stamps) - REREAD_MARGIN
+            self._since = newest if self._since is None else max(self._since, newest)
         counted = sum(self._apply(report) for report in reports)
         self.merged += counted
         return counted
@@ -151,7 +158,7 @@ class ActivityMerger:
         key = (report.agent, report.source)
         if (
             agent.kind is Kind.SERVICE
-            and report.event in ("start", "die", "destroy")
+            and report.event in TASK_EVENTS
             and self._task_events.get(key) != report.event_at
         ):
             # a task started or died on another node: the manager's task list has the count

@@ -105,6 +105,7 @@ class ActivityReport:
     event: str  # the last event seen, e.g. "exec_start", "die", "start", "touch"
     event_at: datetime  # when that event happened
     running: int = 0  # task containers of the agent running on that source's node now
+    reported_at: datetime | None = None  # when the store took it, by the store's clock
 
 
 class EventType(enum.StrEnum):

@@ -154,7 +154,8 @@ class Store(Protocol):
         ...
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
-        """Activity reports updated after ``since`` (all of them when None)."""
+        """Reports the store took at or after ``since`` by its own clock (all when None);
+        each carries that time as ``reported_at``."""
         ...
 
     async def managed_services(self) -> dict[str, str]:

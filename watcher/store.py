@@ -104,8 +104,9 @@ activity_table = sa.Table(
     sa.Column("source", sa.String(255), primary_key=True),
     sa.Column("last_activity", sa.Float, nullable=True),
     sa.Column("event", sa.String(64), nullable=False),
-    sa.Column("event_at", sa.Float, nullable=False, index=True),
+    sa.Column("event_at", sa.Float, nullable=False),
     sa.Column("running", sa.Integer, nullable=False),
+    sa.Column("reported_at", sa.Float, nullable=False, index=True),
 )
 
 
@@ -450,16 +451,18 @@ class SqlStore:
         long-lived task that reports (see the writer's raw PostgreSQL path).
         """
         try:
+            sql = _ACTIVITY_UPSERT.format(now=self._now_sql)
             for r in reports:
-                await self._db.execute(_ACTIVITY_UPSERT, _activity_values(r))
+                await self._db.execute(sql, _activity_values(r))
         except Exception as exc:  # the drivers raise many unrelated types
             raise StoreError(f"cannot write activity reports: {exc}") from exc
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
-        """Reports whose event happened at or after ``since`` (all when None)."""
+        """Reports written at or after ``since`` by the database's clock (all when None)."""
         query = activity_table.select()
         if since is not None:
-            query = query.where(activity_table.c.event_at >= since.timestamp())
+            # a millisecond of slack: the stamp went through a float and a datetime
+            query = query.where(activity_table.c.reported_at >= since.timestamp() - 1e-3)
         try:
             rows = await self._db.fetch_all(query)
         except Exception as exc:
@@ -480,7 +483,7 @@ class SqlStore:
 
     async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
         """Take or renew ``role`` when free, expired or ours, by the database's clock."""
-        now = _PG_NOW if self._dialect_name == "postgresql" else _SQLITE_NOW
+        now = self._now_sql
         values = {"role": role, "holder": holder, "ttl": ttl_s}
         try:  # one atomic statement; no transaction a lost connection could leave stuck
             row = await self._db.fetch_one(_LEASE_SQL.format(now=now), values)
@@ -493,6 +496,11 @@ class SqlStore:
         if row is None:
             raise StoreError(f"the {role} lease vanished while being read")
         return str(row._mapping["holder"]), float(row._mapping["expires_at"])
+
+    @property
+    def _now_sql(self) -> str:
+        """The database's clock in epoch seconds, as SQL."""
+        return _PG_NOW if self._dialect_name == "postgresql" else _SQLITE_NOW
 
     async def release_lease(self, role: str, holder: str) -> None:
         """Drop the lease now if ``holder`` has it."""
@@ -573,13 +581,14 @@ _LEASE_SQL = (
     "RETURNING holder, expires_at"
 )
 _ACTIVITY_UPSERT = (
-    "INSERT INTO activity (agent, source, last_activity, event, event_at, running) "
-    "VALUES (:agent, :source, :last_activity, :event, :event_at, :running) "
-    "ON CONFLICT (agent, source) DO UPDATE SET "
+    "INSERT INTO activity (agent, source, last_activity, event, event_at, running, "
+    "reported_at) VALUES (:agent, :source, :last_activity, :event, :event_at, :running, "
+    "{now}) ON CONFLICT (agent, source) DO UPDATE SET "
     "last_activity = CASE WHEN activity.last_activity IS NULL "
     "OR excluded.last_activity > activity.last_activity "
     "THEN excluded.last_activity ELSE activity.last_activity END, "
-    "event = excluded.event, event_at = excluded.event_at, running = excluded.running"
+    "event = excluded.event, event_at = excluded.event_at, running = excluded.running, "
+    "reported_at = excluded.reported_at"
 )
 
 
@@ -603,6 +612,7 @@ def _activity_from_row(row: Any) -> ActivityReport:
         event=row["event"],
         event_at=datetime.fromtimestamp(row["event_at"], UTC),
         running=int(row["running"]),
+        reported_at=datetime.fromtimestamp(row["reported_at"], UTC),
     )
 
 

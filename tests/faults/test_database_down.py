@@ -261,6 +261,6 @@ async def test_the_leader_lapses_while_the_server_is_down_and_leads_again(
         stored = {a.name: a.status for a in await w.store.load_agents()}
         assert stored == {"box": Status.EXITED}
         await w.touch("box")  # the lease and the merge loop work on fresh connections
-        await w.merger.merge_once(w.clock.now())
+        await w.merger.merge_once()
     finally:
         await w.close()

@@ -96,8 +96,15 @@ def test_stack_file_validates(engine: PrivateEngine) -> None:
     stack = yaml.safe_load(out)
     svc = stack["services"]["idlewatch"]
     assert svc["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert svc["deploy"]["replicas"] == 2  # several replicas, one leader, one PostgreSQL
     assert any(v["target"] == "/var/run/docker.sock" for v in svc["volumes"])
-    assert stack["secrets"]["idlewatch_api_token"]["external"] is True
+    for name in ("idlewatch_api_token", "idlewatch_database_url", "idlewatch_db_password"):
+        assert stack["secrets"][name]["external"] is True
+    # serve and node read the same database URL (a secret: it carries the password)
+    for service in ("idlewatch", "node"):
+        targets = {s["target"] for s in stack["services"][service]["secrets"]}
+        assert "idlewatch_database_url" in targets
+    assert stack["services"]["postgres"]["deploy"]["replicas"] == 1
 
 
 def test_compose_file_is_well_formed() -> None:

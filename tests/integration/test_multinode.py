@@ -221,12 +221,13 @@ def test_stack_file_runs_a_read_only_node_agent_on_every_node(
     node = stack["services"]["node"]
     assert node["command"] == ["node"] and node["deploy"]["mode"] == "global"
     assert node["image"] == stack["services"]["idlewatch"]["image"]
-    assert node["environment"]["IDLEWATCH_DATABASE_URL"].startswith("postgresql")
     assert node["environment"]["IDLEWATCH_NODE_ID"] == "{{.Node.Hostname}}"
+    # the shared PostgreSQL's URL, the same secret serve reads (it carries the password)
+    assert [x["target"] for x in node["secrets"]] == ["idlewatch_database_url"]
     (sock,) = [v for v in node["volumes"] if v["target"] == "/var/run/docker.sock"]
     assert sock["read_only"] is True
     assert node["healthcheck"]["disable"] is True  # the image's check needs serve's API
-    assert "ports" not in node and "secrets" not in node  # no API, no token
+    assert "ports" not in node  # no API, and so no token
 
 
 @pytest.mark.parametrize(
