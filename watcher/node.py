@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +40,7 @@ from .clock import SystemClock, from_ns
 from .errors import StoreError, WatcherError
 from .events import HEALTHY_AFTER_S, RESUME_MARGIN_NS, Dedup, exponential_backoff
 from .models import ActivityReport, EngineEvent, EventType, Snapshot
-from .policy import SERVICE_ID_LABEL, is_use
+from .policy import SERVICE_ID_LABEL, ExecSessions
 from .ports import Clock, DockerGateway, EventStream, Store
 from .tasks import cancel_and_wait
 
@@ -50,7 +49,6 @@ logger = logging.getLogger(__name__)
 #: the event name of a report caused by a relisting (a reconnect) rather than by one event
 RESYNC_EVENT = "resync"
 FLUSH_RETRY_MAX_S = 30.0
-_USER_EXECS_MAX = 10_000
 _TASK_UP = frozenset({"start", "restart", "unpause"})
 _TASK_DOWN = frozenset({"die", "destroy", "stop"})
 
@@ -73,7 +71,7 @@ class NodeActivity:
         self.services: dict[str, ServiceActivity] = {}  # by engine service id
         self.dirty: set[str] = set()  # service ids with something not reported yet
         self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck command
-        self._user_execs: OrderedDict[str, None] = OrderedDict()
+        self._execs = ExecSessions()
 
     @staticmethod
     def service_of(ev: EngineEvent) -> str | None:
@@ -123,18 +121,7 @@ class NodeActivity:
 
     def _is_use(self, ev: EngineEvent) -> bool:
         """The tracker's rule: an exec is use unless it is the healthcheck; its end follows it."""
-        if ev.action == "exec_die":
-            exec_id = ev.attributes.get("execID", "")
-            if exec_id in self._user_execs:
-                del self._user_execs[exec_id]
-                return True
-            return False
-        use = is_use(ev, self._healthcheck.get(ev.actor_id))
-        if use and ev.action == "exec_start":
-            self._user_execs[ev.attributes.get("execID", "")] = None
-            if len(self._user_execs) > _USER_EXECS_MAX:
-                self._user_execs.popitem(last=False)
-        return use
+        return self._execs.is_use(ev, self._healthcheck.get(ev.actor_id))
 
     def resync(self, snapshot: Snapshot) -> list[str]:
         """Make the running tasks match a listing; returns the service ids whose count changed."""

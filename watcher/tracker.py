@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -30,10 +29,10 @@ from .models import (
     freeze,
 )
 from .policy import (
+    ExecSessions,
     container_status,
     idle_timeout_s,
     is_managed,
-    is_use,
     service_status,
     status_after,
 )
@@ -43,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 _EVENT_ONLY_ATTRS = frozenset({"name", "image", "exitCode", "execID", "signal", "oldName"})
 _RUNNING_LIKE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING})
-_USER_EXECS_MAX = 10_000
 _GONE_ACTIONS = frozenset({"destroy", "die", "stop", "kill", "oom"})
 _ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
 
@@ -78,7 +76,7 @@ class Tracker:
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
         self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck exec command
-        self._user_execs: OrderedDict[str, None] = OrderedDict()
+        self._execs = ExecSessions()
         self._bad_timeout_logged: set[str] = set()
         self._seq = 0
         self._service_seq: dict[str, int] = {}  # service id -> seq of its last applied event
@@ -181,18 +179,7 @@ class Tracker:
         return ev.action == "exec_start" and ev.actor_id not in self._healthcheck
 
     def _is_use(self, ev: EngineEvent) -> bool:
-        if ev.action == "exec_die":  # the end of a session that was use is use too
-            exec_id = ev.attributes.get("execID", "")
-            if exec_id in self._user_execs:
-                del self._user_execs[exec_id]
-                return True
-            return False
-        use = is_use(ev, self._healthcheck.get(ev.actor_id))
-        if use and ev.action == "exec_start":
-            self._user_execs[ev.attributes.get("execID", "")] = None
-            if len(self._user_execs) > _USER_EXECS_MAX:
-                self._user_execs.popitem(last=False)
-        return use
+        return self._execs.is_use(ev, self._healthcheck.get(ev.actor_id))
 
     def _apply_task_event(self, ev: EngineEvent, service_id: str) -> Need:
         name = self._by_id.get(service_id)
