@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_S = 5.0
 #: how often the leader reads activity reported by nodes and other replicas
 MERGE_INTERVAL_S = 1.0
+#: a store call made on behalf of an API request gives up after this long
+STORE_CALL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Watcher:
             self.store, s.replica_id, s.leader_lease, on_change=self._on_leadership
         )
         self.lifecycle.may_act = lambda: self.leadership.is_leader
+        self.lifecycle.refresh = self._merge_activity
         self.merger = ActivityMerger(self.store, self.tracker, self.pump.enricher.refresh_service)
         self._leading = False
         self._merge_task: asyncio.Task[None] | None = None
@@ -341,11 +344,14 @@ class Watcher:
         if leading:  # the record becomes this replica's view, whole
             for agent in self.tracker.agents.values():
                 self.writer.put_agent(agent)
+        else:  # rows queued while leading must not land over the new leader's
+            self.writer.drop_agent_rows()
 
     async def _merge_activity(self, now: datetime | None = None) -> None:
-        """The leader counts use reported by nodes and other replicas (before each sweep)."""
-        if self.leadership.is_leader:
-            await self.merger.merge_once()
+        """Count use reported by nodes and other replicas (every second, before each sweep,
+        and again under the agent's lock before an idle stop); every replica does, so a
+        new leader starts from the newest activity."""
+        await self.merger.merge_once()
 
     async def _merge_loop(self) -> None:
         failing = False
@@ -362,9 +368,8 @@ class Watcher:
                 logger.exception("merging activity reports failed")
 
     async def _share_activity(self, agent: Agent, event: str) -> None:
-        """A follower's API call is use the leader must see: report it through the store."""
-        if self.leadership.is_leader:
-            return
+        """API use is reported through the store, by the leader too: whoever leads next
+        must count it (each replica merges every report, so all of them agree)."""
         report = ActivityReport(
             agent.name,
             f"replica:{self.leadership.replica_id}",
@@ -373,8 +378,9 @@ class Watcher:
             self.clock.now(),
         )
         try:
-            await self.store.report_activity([report])
-        except StoreError as exc:
+            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                await self.store.report_activity([report])
+        except (StoreError, TimeoutError) as exc:
             logger.warning("could not share %s's activity with the leader: %s", agent.name, exc)
 
     # ------------------------------------------------------------------ sinks

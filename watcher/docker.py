@@ -102,6 +102,7 @@ class AioDockerGateway:
         self._url = url
         self._label = label
         self._docker: aiodocker.Docker | None = None
+        self._node_id: str | None = None  # this engine's Swarm node, learnt at each snapshot
 
     @property
     def address(self) -> str:
@@ -178,7 +179,8 @@ class AioDockerGateway:
         )
         services: tuple[ServiceInfo, ...] = ()
         if swarm_active:
-            services = await self._list_services(str(swarm.get("NodeID", "")))
+            self._node_id = str(swarm.get("NodeID", ""))
+            services = await self._list_services(self._node_id)
         local: dict[str, set[str]] = {}
         for c in tasks_local:
             if c.state == "running" and c.service_id:
@@ -233,7 +235,11 @@ class AioDockerGateway:
             "tasks",
             params={"filters": {"service": [raw["ID"]], "desired-state": ["running"]}},
         )
-        return _service(raw, _running_counts(tasks).get(raw["ID"], 0))
+        info = _service(raw, _running_counts(tasks).get(raw["ID"], 0))
+        if self._node_id is None:
+            return info
+        elsewhere = [t for t in tasks if t.get("NodeID") != self._node_id]
+        return replace(info, remote_running=_running_counts(elsewhere).get(raw["ID"], 0))
 
     async def start_container(self, ref: str) -> None:
         """Start a container; an already running one is fine (the engine answers 304)."""

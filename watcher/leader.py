@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -51,6 +52,9 @@ class Leadership:
     ) -> None:
         self._store = store
         self.replica_id = replica_id
+        # the lease names this process, not only its replica_id: two processes started
+        # with the same replica_id must not both believe they hold it
+        self._token = f"{replica_id}#{secrets.token_hex(4)}"
         self._ttl_s = lease_s * TTL_SHARE
         self._every_s = lease_s * RENEW_SHARE
         self._on_change = on_change
@@ -80,33 +84,38 @@ class Leadership:
         if self.is_leader:
             self._valid_until = 0.0
             try:
-                await self._store.release_lease(ROLE, self.replica_id)
+                async with asyncio.timeout(self._every_s):
+                    await self._store.release_lease(ROLE, self._token)
                 logger.info("leadership released by %s", self.replica_id)
-            except StoreError as exc:
+            except (StoreError, TimeoutError) as exc:
                 logger.warning("could not release the leadership (it expires): %s", exc)
         self._notify()
 
     async def _run(self) -> None:
         while True:
-            await self.try_once()
+            try:
+                await self.try_once()
+            except Exception:  # the lease loop must outlive any one bad attempt
+                logger.exception("leadership attempt failed")
             await asyncio.sleep(self._every_s)
 
     async def try_once(self) -> bool:
         """Take or renew the lease once; returns whether this replica leads."""
         asked_at = self._monotonic()
         try:
-            holder, _expires = await self._store.acquire_lease(
-                ROLE, self.replica_id, self._ttl_s
-            )
-        except StoreError as exc:
+            async with asyncio.timeout(self._ttl_s):  # an answer later than that is no use
+                holder, _expires = await self._store.acquire_lease(
+                    ROLE, self._token, self._ttl_s
+                )
+        except (StoreError, TimeoutError) as exc:
             # keep what was granted: it runs out on its own by our clock
             if self.last_error is None:
                 logger.warning("leadership: the database does not answer: %s", exc)
             self.last_error = str(exc)
         else:
             self.last_error = None
-            self.holder = holder
-            self._valid_until = asked_at + self._ttl_s if holder == self.replica_id else 0.0
+            self.holder = holder.partition("#")[0]  # the holder's replica_id
+            self._valid_until = asked_at + self._ttl_s if holder == self._token else 0.0
         self.elected.set()
         self._notify()
         return self.is_leader
@@ -131,7 +140,7 @@ class ActivityMerger:
         self._tracker = tracker
         self._refresh_service = refresh_service
         self._since: datetime | None = None
-        self._task_events: dict[tuple[str, str], datetime] = {}
+        self._running: dict[tuple[str, str], int] = {}  # (agent, source) -> tasks reported
         self.merged = 0
 
     async def merge_once(self) -> int:
@@ -156,14 +165,12 @@ class ActivityMerger:
         if agent is None:
             return 0
         key = (report.agent, report.source)
-        if (
-            agent.kind is Kind.SERVICE
-            and report.event in TASK_EVENTS
-            and self._task_events.get(key) != report.event_at
-        ):
-            # a task started or died on another node: the manager's task list has the count
-            self._task_events[key] = report.event_at
-            self._refresh_service(agent.id)
+        if agent.kind is Kind.SERVICE and report.source.startswith("node:"):
+            before = self._running.get(key)
+            self._running[key] = report.running
+            if before != report.running and (before is not None or report.event in TASK_EVENTS):
+                # tasks started or died on a node: the manager's task list has the count
+                self._refresh_service(agent.id)
         if report.last_activity is None:
             return 0
         return int(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -55,6 +55,8 @@ class Lifecycle:
         self.actions: dict[str, int] = {}
         #: whether idle stops may act now (the leader among replicas; a lone watcher is)
         self.may_act: Callable[[], bool] = lambda: True
+        #: reads activity reported elsewhere into the tracker (other replicas, nodes)
+        self.refresh: Callable[[], Awaitable[None]] = _nothing
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock that serializes operations on one agent."""
@@ -186,9 +188,10 @@ class Lifecycle:
             return self._agent(name)
 
     async def touch(self, name: str, *, actor: str = "library") -> Agent:
-        """Record activity now (no engine call)."""
-        self._agent(name)
-        return self._tracker.touch(name, reason=f"touch by {actor}")
+        """Record activity now (no engine call); waits for an idle stop under way."""
+        async with self.lock(name):
+            self._agent(name)
+            return self._tracker.touch(name, reason=f"touch by {actor}")
 
     async def idle_stop(self, name: str, now: datetime, *, dry_run: bool) -> str:
         """Stop one idle agent if it is still idle once its lock is held; says what happened."""
@@ -207,6 +210,10 @@ class Lifecycle:
                 return "skipped: not the leader"
             try:
                 await self._live_check(agent)
+                await self.refresh()  # use reported elsewhere since the sweep began
+                fresh = self._tracker.get(name)
+                if fresh is None or not is_idle(fresh, now):
+                    return "skipped: no longer idle"
                 if not self.may_act():  # the lease may have run out during the look
                     return "skipped: not the leader"
                 await self._stop_unlocked(agent)
@@ -227,6 +234,10 @@ class Lifecycle:
                 f"(max_replicas), got {n}",
                 agent=name,
             )
+
+
+async def _nothing() -> None:
+    """The default refresh: a lone watcher has no other source of activity."""
 
 
 @contextlib.contextmanager

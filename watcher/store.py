@@ -526,7 +526,10 @@ class SqlStore:
         cols = [c.name for c in agents_table.columns]
         pg = self.url.startswith("postgres")
         marks = [f"${i}" for i in range(1, len(cols) + 1)] if pg else ["?"] * len(cols)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _UPDATABLE)
+        updates = ", ".join(
+            _KEEP_NEWER_ACTIVITY if c == "last_activity" else f"{c} = excluded.{c}"
+            for c in _UPDATABLE
+        )
         return (
             f"INSERT INTO agents ({', '.join(cols)}) VALUES ({', '.join(marks)}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}"
@@ -569,6 +572,14 @@ def _pg_options(url: str) -> dict[str, Any]:
         raise StoreError(f"the port in the database URL is not a number: {port!r}") from None
 
 
+#: a row's last activity never goes back for the same engine object: a replica that
+#: stopped leading (or a late write) cannot undo use recorded by another (ISO-8601 UTC
+#: strings of one format compare in time order)
+_KEEP_NEWER_ACTIVITY = (
+    "last_activity = CASE WHEN agents.id = excluded.id "
+    "AND agents.last_activity > excluded.last_activity "
+    "THEN agents.last_activity ELSE excluded.last_activity END"
+)
 _PG_NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 #: insert, or take over an expired lease, or renew our own; no row back: held by another

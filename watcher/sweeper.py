@@ -65,6 +65,9 @@ class Sweeper:
         """Stop every agent idle at ``now`` (default: the clock's now)."""
         now = now or self._clock.now()
         report = SweepReport(at=now)
+        if self._retention_s is not None:  # every replica: its own table must not grow
+            cutoff = now - timedelta(seconds=self._retention_s)
+            report.pruned = len(self._tracker.prune_removed(cutoff))
         if not self._ready():
             # without the stream, activity is not seen: stopping now could stop agents in use
             report.skipped = "events stream not connected and synced"
@@ -84,9 +87,6 @@ class Sweeper:
             report.outcomes[agent.name] = outcome
             if outcome == "dry-run":
                 self._dry_reported[agent.name] = agent.last_activity
-        if self._retention_s is not None:
-            cutoff = now - timedelta(seconds=self._retention_s)
-            report.pruned = len(self._tracker.prune_removed(cutoff))
         self.sweeps += 1
         self.last = report
         return report

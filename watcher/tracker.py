@@ -365,7 +365,11 @@ class Tracker:
         now = self._clock.now()
         same = old is not None and old.id == s.id
         desired = s.replicas if s.replicas is not None else max(s.running, 1)
-        if reason == "inspect" and same and old is not None:
+        if reason == "inspect" and same and old is not None and s.remote_running is not None:
+            # tasks here follow our events; tasks elsewhere come from the manager's list
+            self._remote_running[s.name] = s.remote_running
+            running = len(self._local_tasks.get(s.name, ())) + s.remote_running
+        elif reason == "inspect" and same and old is not None:
             running = old.running
         elif reason == "inspect":  # first seen (or a new service of that name): trust the inspect
             self._local_tasks[s.name] = set()

@@ -60,6 +60,12 @@ class StoreWriter:
         self._enqueued += 1
         self._wake.set()
 
+    def drop_agent_rows(self) -> None:
+        """Forget queued agent rows and deletions (audit rows and specs stay queued): this
+        replica stopped leading, and the record is the new leader's to write."""
+        self._agents.clear()
+        self._forgets.clear()
+
     def put_spec(self, name: str, spec: AgentSpec | None) -> None:
         """Queue saving (or, with None, deleting) a registered spec."""
         self._specs[name] = spec

@@ -106,9 +106,8 @@ async def test_two_replicas_one_leader_both_serve(
 
         # the idle one is stopped once, by the leader
         await _until(lambda: _status(http, follower.url, "rep-idle", "exited"), 20, "the idle stop")
-        _, audit = await _get(http, follower.url + "/api/audit?agent=rep-idle")
-        sweeps = [e for e in audit if e["actor"] == "sweep"]
-        assert [(e["action"], e["replica"]) for e in sweeps] == [("stop", leaders[0])]
+        sweeps = await _sweep_rows(http, follower.url, leader.url, "rep-idle")
+        assert sweeps == [("stop", leaders[0])]
 
         # a websocket client of the follower sees a change the engine made
         async with http.ws_connect(follower.url + "/api/ws", headers=AUTH) as ws:
@@ -145,10 +144,35 @@ async def test_the_leader_killed_hands_over_within_the_lease(
         assert second != first
         # the new leader sweeps: the agent is stopped exactly once, by it
         await _until(lambda: _status(http, follower.url, "rep-late", "exited"), 20, "the idle stop")
-        _, audit = await _get(http, follower.url + "/api/audit?agent=rep-late")
-    sweeps = [(e["action"], e["replica"]) for e in audit if e["actor"] == "sweep"]
+        sweeps = await _sweep_rows(http, follower.url, follower.url, "rep-late")
     print(f"\nleader {first} SIGKILLed; {second} led {took_s:.1f}s later (lease {LEASE_S}s)")
     assert sweeps == [("stop", second)]
+
+
+async def _sweep_rows(
+    http: aiohttp.ClientSession, url: str, leader_url: str, agent: str
+) -> list[tuple[str, str]]:
+    """The sweep's audit rows for ``agent``, once the first is committed and the leader has
+    swept twice more (a second stop, were there one, would be there by then)."""
+
+    async def rows() -> list[tuple[str, str]]:
+        _, audit = await _get(http, f"{url}/api/audit?agent={agent}")
+        return [(e["action"], e["replica"]) for e in audit if e["actor"] == "sweep"]
+
+    await _until(rows, 15, f"the sweep's audit row for {agent}")
+    done = await _sweeps(http, leader_url)
+    await _until(lambda: _swept_since(http, leader_url, done + 2), 15, "two more sweeps")
+    return await rows()
+
+
+async def _sweeps(http: aiohttp.ClientSession, url: str) -> int:
+    _, text = await _metrics(http, url)
+    (line,) = [x for x in text.splitlines() if x.startswith("idlewatch_sweeps_total ")]
+    return int(float(line.split()[1]))
+
+
+async def _swept_since(http: aiohttp.ClientSession, url: str, n: int) -> bool:
+    return await _sweeps(http, url) >= n
 
 
 async def _status(http: aiohttp.ClientSession, url: str, name: str, status: str) -> bool:

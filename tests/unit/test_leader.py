@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from tests.fakes import FakeDocker, FakeStore
 from watcher import ManualClock, Settings, Status, Watcher
@@ -135,3 +137,126 @@ async def test_the_leader_counts_activity_reported_by_a_node() -> None:
         assert audit[0].action == "scale_to_zero" and audit[0].replica == w.settings.replica_id
     finally:
         await w.close()
+
+
+# ----------------------------------------------- review findings (regressions)
+class HeldInspect(FakeDocker):
+    """inspect_container waits on ``hold`` once set (an idle stop's live check in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def inspect_container(self, ref: str) -> ContainerInfo | None:
+        if self.hold is not None:
+            self.held.set()
+            await self.hold.wait()
+        return await super().inspect_container(ref)
+
+
+def _box_engine(cls: type[FakeDocker] = FakeDocker) -> FakeDocker:
+    docker = cls()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", freeze({LABEL: "true"}))
+    return docker
+
+
+async def _replica(store: FakeStore, clock: ManualClock, rid: str, docker: FakeDocker) -> Watcher:
+    w = Watcher(
+        _settings(idle_timeout="1m", replica_id=rid),
+        docker=docker,
+        store=store,
+        clock=clock,
+        backoff=lambda n: 0.0,
+    )
+    await w.open()
+    await w.wait_synced(5)
+    return w
+
+
+async def test_a_touch_on_the_leader_survives_a_change_of_leader() -> None:
+    store, clock = FakeStore(), ManualClock(T0)
+    a = await _replica(store, clock, "a", _box_engine())
+    b = await _replica(store, clock, "b", _box_engine())
+    try:
+        assert a.leadership.is_leader and not b.leadership.is_leader
+        clock.advance(50)
+        await a.touch("box", actor="api")  # on the leader
+        await a.close()  # hands the lease over
+        assert await b.leadership.try_once()
+        clock.advance(20)  # 70 s after the start, 20 s after the touch
+        report = await b.sweep_once()
+        assert report.outcomes == {} and b.docker.calls["stop_container"] == 0  # type: ignore[attr-defined]
+        await b.flush(5)
+        assert store.rows["box"].last_activity == T0 + timedelta(seconds=50)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_touch_on_a_follower_during_the_leaders_idle_stop_wins() -> None:
+    store, clock = FakeStore(), ManualClock(T0)
+    docker_a = _box_engine(HeldInspect)
+    assert isinstance(docker_a, HeldInspect)
+    a = await _replica(store, clock, "a", docker_a)
+    b = await _replica(store, clock, "b", _box_engine())
+    try:
+        clock.advance(120)
+        docker_a.hold = asyncio.Event()
+        sweep = asyncio.create_task(a.sweep_once())
+        await asyncio.wait_for(docker_a.held.wait(), 5)  # the live check is in flight
+        await b.touch("box", actor="api")  # answered: it must not be undone
+        docker_a.hold.set()
+        report = await sweep
+        assert report.outcomes == {"box": "skipped: no longer idle"}
+        assert docker_a.calls["stop_container"] == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_former_leaders_queued_rows_are_dropped() -> None:
+    """Rows queued while leading (say, the database was unreachable) must not land over
+    the new leader's record once this replica stops leading; its audit rows still do."""
+    from watcher.models import AuditEntry
+    from watcher.writer import StoreWriter
+
+    store, clock = FakeStore(), ManualClock(T0)
+    a = await _replica(store, clock, "a", _box_engine())
+    await a.close()
+    writer = StoreWriter(store)  # not started: what is queued stays queued
+    a.writer = writer
+    writer.put_agent(a.agents()[0])
+    writer.forget("gone")
+    writer.put_audit(AuditEntry(T0, "box", "stop", "test", "api"))
+    a._on_leadership(False)  # the lease lapsed
+    assert writer.pending == 1  # the audit row only
+    writer.start()
+    await writer.flush(5)
+    await writer.close()
+    assert [e.action for e in store.audits] == ["stop"]
+
+
+async def test_a_node_report_of_a_task_death_updates_the_running_count() -> None:
+    docker = FakeDocker()
+    docker.services["s1"] = ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 2)
+    store, clock = FakeStore(), ManualClock(T0)
+    w = Watcher(_settings(), docker=docker, store=store, clock=clock, backoff=lambda n: 0.0)
+    await w.open()
+    try:
+        await w.wait_synced(5)
+        await store.report_activity([ActivityReport("svc", "node:w1", None, "start", T0, 2)])
+        await w.merger.merge_once()
+        docker.services["s1"] = replace(docker.services["s1"], running=1, remote_running=1)
+        await store.report_activity([ActivityReport("svc", "node:w1", None, "exec_die", T0, 1)])
+        await w.merger.merge_once()  # running went 2 -> 1 although the last event is an exec
+        await w.wait_for("svc", lambda a: a is not None and a.running == 1, 5)
+    finally:
+        await w.close()
+
+
+async def test_two_processes_with_one_replica_id_do_not_both_lead() -> None:
+    store = FakeStore()
+    first, second = Leadership(store, "same", 15), Leadership(store, "same", 15)
+    assert await first.try_once()
+    assert not await second.try_once() and second.holder == "same"
