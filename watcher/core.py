@@ -303,17 +303,35 @@ class Watcher:
 
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""
+        await self._refresh_specs()
         engine_id = await self.registry.register(spec, actor=actor)
         return await self._tracked(spec.name, engine_id)
 
     async def deploy(self, name: str, *, actor: str = "library") -> Agent:
         """(Re)deploy a registered agent; returns it once the engine reports it."""
+        await self._refresh_specs()
         engine_id = await self.registry.deploy(name, actor=actor)
         return await self._tracked(name, engine_id)
 
     async def delete(self, name: str, *, actor: str = "library") -> None:
         """Remove what idlewatch deployed under ``name`` and forget the agent."""
+        await self._refresh_specs()
         await self.registry.delete(name, actor=actor)
+
+    async def _refresh_specs(self) -> None:
+        """Registrations are shared through the store: another replica may have made one.
+
+        This replica's own pending spec writes go first; when the store cannot answer,
+        the specs known here are used as they are.
+        """
+        try:
+            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                await self.writer.flush()
+                specs = await self.store.load_specs()
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("using the registrations known here: %s", exc)
+            return
+        self.registry.load(specs)
 
     async def _tracked(self, name: str, engine_id: str, timeout_s: float = 10.0) -> Agent:
         try:

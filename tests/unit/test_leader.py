@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from tests.fakes import FakeDocker, FakeStore
 from watcher import ManualClock, Settings, Status, Watcher
-from watcher.errors import StoreError
+from watcher.errors import Conflict, StoreError
 from watcher.leader import Leadership
 from watcher.models import ActivityReport, ContainerInfo, ServiceInfo, freeze
 
@@ -260,3 +263,32 @@ async def test_two_processes_with_one_replica_id_do_not_both_lead() -> None:
     first, second = Leadership(store, "same", 15), Leadership(store, "same", 15)
     assert await first.try_once()
     assert not await second.try_once() and second.holder == "same"
+
+
+async def test_an_agent_registered_on_one_replica_deploys_on_another() -> None:
+    from watcher.models import AgentSpec
+
+    store, clock = FakeStore(), ManualClock(T0)
+    a = await _replica(store, clock, "a", FakeDocker())
+    b = await _replica(store, clock, "b", FakeDocker())
+    try:
+        spec = AgentSpec(name="sandbox", image="myorg/agent:1")
+        a.settings.allowed_images[:] = b.settings.allowed_images[:] = ["myorg/*"]
+        a.registry._cfg = replace(a.registry._cfg, allowed_images=("myorg/*",))
+        b.registry._cfg = replace(b.registry._cfg, allowed_images=("myorg/*",))
+        for w in (a, b):  # the fake engine reports nothing it creates: do not wait for it
+            w._tracked = _untracked  # type: ignore[method-assign]
+        await a.register(spec)
+        await a.flush(5)
+        assert "sandbox" in store.specs
+        await b.deploy("sandbox")  # was a 404 on b: it knew only its own registrations
+        assert b.docker.calls["create_agent"] == 1  # type: ignore[attr-defined]
+        with pytest.raises(Conflict):
+            await b.register(spec)  # the same name again, through the other replica
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _untracked(name: str, engine_id: str, timeout_s: float = 0) -> Any:
+    return None
