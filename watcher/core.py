@@ -395,11 +395,13 @@ class Watcher:
             event,
             self.clock.now(),
         )
-        try:
-            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
-                await self.store.report_activity([report])
-        except (StoreError, TimeoutError) as exc:
-            logger.warning("could not share %s's activity with the leader: %s", agent.name, exc)
+        self.writer.put_activity(report)  # the one writer: batched, retried, never lost
+        if self.leadership.is_leader:
+            return  # the leader's own tracker has it already, under the agent's lock
+        try:  # a follower answers once the leader can read it
+            await self.writer.flush(STORE_CALL_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("%s's activity is not in the database yet (it is queued)", agent.name)
 
     # ------------------------------------------------------------------ sinks
     def _on_forget(self, name: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from .errors import StoreError
-from .models import Agent, AgentSpec, AuditEntry
+from .models import ActivityReport, Agent, AgentSpec, AuditEntry
 from .ports import Store
 from .tasks import cancel_and_wait
 
@@ -30,6 +30,7 @@ class StoreWriter:
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []
         self._forgets: set[str] = set()
+        self._activity: dict[tuple[str, str], ActivityReport] = {}  # newest per (agent, source)
         self._specs: dict[str, AgentSpec | None] = {}
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
@@ -66,6 +67,12 @@ class StoreWriter:
         self._agents.clear()
         self._forgets.clear()
 
+    def put_activity(self, report: ActivityReport) -> None:
+        """Queue an activity report (the newest per agent and source is written)."""
+        self._activity[(report.agent, report.source)] = report
+        self._enqueued += 1
+        self._wake.set()
+
     def put_spec(self, name: str, spec: AgentSpec | None) -> None:
         """Queue saving (or, with None, deleting) a registered spec."""
         self._specs[name] = spec
@@ -81,7 +88,13 @@ class StoreWriter:
     @property
     def pending(self) -> int:
         """Rows waiting to be written."""
-        return len(self._agents) + len(self._audits) + len(self._forgets) + len(self._specs)
+        return (
+            len(self._agents)
+            + len(self._audits)
+            + len(self._forgets)
+            + len(self._specs)
+            + len(self._activity)
+        )
 
     def start(self) -> None:
         """Start the writer task (idempotent)."""
@@ -139,14 +152,23 @@ class StoreWriter:
         complete = not self._agents  # this batch holds everything queued up to `target`
         forgets, self._forgets = self._forgets, set()
         specs, self._specs = self._specs, {}
+        activity, self._activity = self._activity, {}
         try:
             await self._store.write(agents, audits, sorted(forgets), specs)
         except StoreError as exc:
             self._put_back(agents, audits)
             self._forgets |= {n for n in forgets if n not in self._agents}
             self._specs = {**specs, **self._specs}
+            self._activity = {**activity, **self._activity}
             self._failed(exc)
             return False
+        if activity:
+            try:
+                await self._store.report_activity(list(activity.values()))
+            except StoreError as exc:  # the rows above are committed: keep only the reports
+                self._activity = {**activity, **self._activity}
+                self._failed(exc)
+                return False
         if self.last_error is not None:
             logger.info("database writes recovered")
         self.last_error = None

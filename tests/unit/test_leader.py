@@ -292,3 +292,19 @@ async def test_an_agent_registered_on_one_replica_deploys_on_another() -> None:
 
 async def _untracked(name: str, engine_id: str, timeout_s: float = 0) -> Any:
     return None
+
+
+async def test_activity_reports_go_through_the_one_writer_and_survive_a_failure() -> None:
+    """API use is queued on the writer (not written from request handlers: on SQLite a
+    thousand concurrent touches would each open a connection) and retried until written."""
+    store, clock = FakeStore(), ManualClock(T0)
+    w = await _replica(store, clock, "a", _box_engine())
+    try:
+        store.fail_reports = 2
+        await w.touch("box", actor="api")
+        await w.flush(10)
+        (report,) = [r for r, _ in store.activity.values()]
+        assert (report.source, report.event) == ("replica:a", "touch")
+        assert len(store.report_calls) == 3  # two failures, then written
+    finally:
+        await w.close()
