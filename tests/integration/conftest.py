@@ -95,6 +95,7 @@ def create_service(
     replicas: int = 1,
     managed: bool = True,
     labels: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> str:
     """Create a replicated sleeper service (no networks) and return its id."""
     args = [
@@ -112,7 +113,7 @@ def create_service(
     all_labels.update(labels or {})
     for k, v in all_labels.items():
         args += ["--label", f"{k}={v}"]
-    return engine.cli(*args, TEST_IMAGE, *SLEEPER)
+    return engine.cli(*args, *extra, TEST_IMAGE, *SLEEPER)
 
 
 def inspect(engine: PrivateEngine, ref: str) -> dict[str, Any]:

@@ -62,15 +62,7 @@ class ServeProcess:
 
     def stop(self, timeout_s: float = 15) -> int:
         """SIGTERM and wait; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return terminate(self.proc, timeout_s)
 
     def cli(
         self, *args: str, token: str | None = None, url: str | None = None, timeout_s: float = 60
@@ -87,6 +79,19 @@ class ServeProcess:
             text=True,
             timeout=timeout_s,
         )
+
+
+def terminate(proc: subprocess.Popen[str] | None, timeout_s: float = 15) -> int:
+    """SIGTERM a child we started and wait (SIGKILL after ``timeout_s``); its exit code."""
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
 
 
 def wait_until(check: object, timeout_s: float = 15) -> None:

@@ -12,16 +12,16 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from tests.private_engine import PrivateEngine, ensure_installed
 
-from .conftest import LABEL, SLEEPER
+from .conftest import create_service
+from .serveproc import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -83,22 +83,9 @@ def create_worker_service(
     extra: tuple[str, ...] = (),
 ) -> str:
     """A managed one-replica sleeper service whose task runs on the worker (no networks)."""
-    args = [
-        "service",
-        "create",
-        "-d",
-        "--name",
-        name,
-        "--replicas",
-        "1",
-        "--stop-grace-period",
-        "1s",
-        "--constraint",
-        "node.role==worker",
-    ]
-    for k, v in {LABEL: "true", **(labels or {})}.items():
-        args += ["--label", f"{k}={v}"]
-    return manager.cli(*args, *extra, TEST_IMAGE, *SLEEPER)
+    return create_service(
+        manager, name, labels=labels, extra=("--constraint", "node.role==worker", *extra)
+    )
 
 
 def task_container(engine: PrivateEngine, service: str) -> str | None:
@@ -164,12 +151,4 @@ class NodeProcess:
 
     def stop(self, timeout_s: float = 15) -> int:
         """SIGTERM and wait; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return terminate(self.proc, timeout_s)
