@@ -365,7 +365,7 @@ class Watcher:
         else:  # rows queued while leading must not land over the new leader's
             self.writer.drop_agent_rows()
 
-    async def _merge_activity(self, now: datetime | None = None) -> None:
+    async def _merge_activity(self) -> None:
         """Count use reported by nodes and other replicas (every second, before each sweep,
         and again under the agent's lock before an idle stop); every replica does, so a
         new leader starts from the newest activity."""

@@ -64,7 +64,6 @@ class Leadership:
         self._task: asyncio.Task[None] | None = None
         self.holder: str | None = None  # who leads, as last read from the store
         self.last_error: str | None = None
-        self.elected = asyncio.Event()  # set once the first attempt is answered
 
     @property
     def is_leader(self) -> bool:
@@ -116,7 +115,6 @@ class Leadership:
             self.last_error = None
             self.holder = holder.partition("#")[0]  # the holder's replica_id
             self._valid_until = asked_at + self._ttl_s if holder == self._token else 0.0
-        self.elected.set()
         self._notify()
         return self.is_leader
 
@@ -141,7 +139,6 @@ class ActivityMerger:
         self._refresh_service = refresh_service
         self._since: datetime | None = None
         self._running: dict[tuple[str, str], int] = {}  # (agent, source) -> tasks reported
-        self.merged = 0
 
     async def merge_once(self) -> int:
         """Read the reports written since the last read and apply them; how many counted.
@@ -156,9 +153,7 @@ class ActivityMerger:
         if stamps:
             newest = max(stamps) - REREAD_MARGIN
             self._since = newest if self._since is None else max(self._since, newest)
-        counted = sum(self._apply(report) for report in reports)
-        self.merged += counted
-        return counted
+        return sum(self._apply(report) for report in reports)
 
     def _apply(self, report: ActivityReport) -> int:
         agent = self._tracker.get(report.agent)

@@ -46,7 +46,7 @@ class Sweeper:
         dry_run: bool,
         ready: Callable[[], bool] = lambda: True,
         removed_retention_s: float | None = None,
-        prepare: Callable[[datetime], Awaitable[None]] | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._tracker = tracker
         self._lifecycle = lifecycle
@@ -74,7 +74,7 @@ class Sweeper:
             logger.info("idle sweep skipped: %s", report.skipped)
             return report
         if self._prepare is not None:
-            await self._prepare(now)
+            await self._prepare()
         for agent in idle_agents(self._tracker.agents.values(), now):
             if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
                 continue  # already reported for this idle period
