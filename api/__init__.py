@@ -2,74 +2,38 @@
 
 ``create_app(watcher)`` returns an application a host app can mount with ``add_subapp``;
 ``watcher_ctx(settings)`` is a ``cleanup_ctx`` that runs a Watcher inside a host app.
+
+The names are imported on first use (PEP 562), so that the ``idlewatch`` command, which
+lives in this package, answers ``--help`` without importing aiohttp and the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from .app import create_app, watcher_ctx
+    from .keys import METRICS, SETTINGS, SOCKETS, WATCHER
+    from .limits import GUARD
 
-from watcher import Settings, Watcher
-
-from .auth import auth_middleware
-from .errors import error_middleware
-from .keys import FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
-from .limits import GUARD, ConnectionGuard
-from .metrics import Metrics
-from .openapi import routes as openapi_routes
-from .routes import routes as rest_routes
-from .ws import Feed, close_all, feed_ctx
-from .ws import routes as ws_routes
+_WHERE = {
+    "create_app": ".app",
+    "watcher_ctx": ".app",
+    "GUARD": ".limits",
+    "METRICS": ".keys",
+    "SETTINGS": ".keys",
+    "SOCKETS": ".keys",
+    "WATCHER": ".keys",
+}
 
 __all__ = ["GUARD", "METRICS", "SETTINGS", "SOCKETS", "WATCHER", "create_app", "watcher_ctx"]
 
 
-def create_app(watcher: Watcher | None = None, settings: Settings | None = None) -> web.Application:
-    """The API application for ``watcher`` (which its owner opens and closes).
-
-    Without ``watcher``, the app finds it under ``WATCHER`` in a parent app, put there by
-    :func:`watcher_ctx` in the parent's ``cleanup_ctx``; ``settings`` is then required.
-    """
-    if settings is None:
-        if watcher is None:
-            raise TypeError("create_app needs a watcher or the settings of one")
-        settings = watcher.settings
-    metrics = Metrics()
-    guard = ConnectionGuard(settings.max_connections, settings.request_timeout)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    app = web.Application(
-        middlewares=[
-            guard.middleware,  # first: it must see every request, refused ones included
-            metrics.middleware(),
-            error_middleware,
-            auth_middleware(token),
-        ],
-        client_max_size=settings.max_body_bytes,
-    )
-    if watcher is not None:
-        app[WATCHER] = watcher
-    app[SETTINGS] = settings
-    app[METRICS] = metrics
-    app[GUARD] = guard  # used when served through api.limits.GuardedSite
-    app[SOCKETS] = Sockets()
-    app[FEED] = Feed(settings.ws_max_buffer_bytes)
-    app.cleanup_ctx.append(feed_ctx)
-    app.add_routes(rest_routes)
-    app.add_routes(ws_routes)
-    app.add_routes(openapi_routes)
-    app.on_shutdown.append(close_all)
-    return app
-
-
-def watcher_ctx(
-    settings: Settings, key: web.AppKey[Watcher] = WATCHER
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry that opens a Watcher on start-up and closes it on cleanup."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Watcher(settings) as w:
-            app[key] = w
-            yield
-
-    return ctx
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -19,7 +19,13 @@ def auth_middleware(token: str | None) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or request.match_info.route.name in OPEN_ROUTES:
+        if (
+            expected is None
+            or request.match_info.route.name in OPEN_ROUTES
+            # no route, or not this method: the 404 or 405 (with Allow) says only what the
+            # public OpenAPI document says already, and a 401 there would be misleading
+            or request.match_info.http_exception is not None
+        ):
             return await handler(request)
         given = request.headers.get("Authorization", "")
         if request.match_info.route.name == "ws" and not given and "token" in request.query:

@@ -14,13 +14,17 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from watcher import Settings, SettingsError, Watcher, WatcherError, load_settings
+# Only what `--help` needs is imported here: the engine client, the database layer, pydantic
+# and aiohttp cost over a second to import and are imported by the commands that use them
+# (tests/unit/test_cli_imports.py checks it).
+if TYPE_CHECKING:
+    from watcher import Settings
 
-from .client import ApiCallError, ApiClient
+    from .client import ApiClient
 
 logger = logging.getLogger("idlewatch")
 
@@ -51,6 +55,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _settings(config: str | None, **overrides: Any) -> Settings:
+    from watcher import SettingsError, load_settings
+
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
@@ -104,6 +110,8 @@ def serve(config: str | None, **flags: Any) -> None:
         )
         sys.exit(2)
     _setup_logging(settings.log_level)
+    from watcher import WatcherError
+
     try:
         asyncio.run(run_server(settings))
     except WatcherError as exc:
@@ -124,6 +132,8 @@ def is_loopback(host: str) -> bool:
 async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the watcher and the API until SIGINT/SIGTERM."""
     from aiohttp import web
+
+    from watcher import Watcher, WatcherError
 
     from . import create_app
     from .limits import GUARD, HANDLER_ARGS, GuardedSite, fit_to_open_files
@@ -174,6 +184,8 @@ def node(config: str | None, **flags: Any) -> None:
     """
     settings = _settings(config, **flags)
     _setup_logging(settings.log_level)
+    from watcher import WatcherError
+
     try:
         asyncio.run(run_node(settings))
     except WatcherError as exc:
@@ -239,6 +251,8 @@ def _api_options(fn: F) -> F:
 
 
 def _client(config: str | None, url: str | None, token: str | None) -> ApiClient:
+    from .client import ApiClient
+
     s = _settings(config)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
     base = url or f"http://{host}:{s.port}"
@@ -247,6 +261,8 @@ def _client(config: str | None, url: str | None, token: str | None) -> ApiClient
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    from .client import ApiCallError
+
     try:
         return asyncio.run(make())
     except ApiCallError as exc:
@@ -321,15 +337,22 @@ def agents(
 ) -> None:
     """List the tracked agents (from the running API)."""
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, tuple[bool, list[str], dict[str, Any]]]:
         async with _client(config, url, token) as c:
-            return await c.call("GET", "/api/agents", params={"status": status} if status else None)
+            params = {"status": status} if status else None
+            return await c.call("GET", "/api/agents", params=params), await c.readiness()
 
-    found = _run(go)
+    found, (ready, reasons, checks) = _run(go)
     if as_json:
         click.echo(json.dumps(found, indent=2))
     else:
         _table(found)
+    if not ready:
+        # the list is what idlewatch knew last: without the engine it may be stale or empty
+        click.echo(f"idlewatch: not ready: {'; '.join(reasons)}", err=True)
+        if not checks.get("events_stream", True):
+            click.echo("idlewatch: the list above may be stale or incomplete", err=True)
+            sys.exit(1)
 
 
 def _lifecycle(verb: str, path: str) -> Callable[..., None]:
@@ -395,6 +418,8 @@ def _runs(agent: dict[str, Any]) -> bool:
 
 
 async def _start_and_follow(c: ApiClient, name: str, body: Any, timeout_s: float) -> dict[str, Any]:
+    from .client import ApiCallError
+
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     connected = asyncio.Event()
 
@@ -488,6 +513,7 @@ def check(config: str | None) -> None:
 
 
 async def _check(settings: Settings) -> bool:
+    from watcher import WatcherError
     from watcher.docker import AioDockerGateway
     from watcher.policy import is_managed
     from watcher.store import SqlStore
@@ -538,7 +564,12 @@ async def _check(settings: Settings) -> bool:
 
 # ------------------------------------------------------------------------------ demo
 @main.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the dashboard (default: the port setting, IDLEWATCH_PORT, else 8080).",
+)
 @click.option(
     "--idle",
     "idle",
@@ -547,8 +578,9 @@ async def _check(settings: Settings) -> bool:
     help="Idle timeout of the first sample agent.",
 )
 @click.option("--sweep-interval", default="5s", show_default=True)
-def demo(port: int, idle: str, sweep_interval: str) -> None:
+def demo(port: int | None, idle: str, sweep_interval: str) -> None:
     """Run a private Docker engine with sample agents and serve the dashboard (Ctrl-C ends)."""
+    from watcher import WatcherError
     from watcher.durations import DurationError, parse_duration_s
 
     from .demo import run_demo
@@ -559,7 +591,7 @@ def demo(port: int, idle: str, sweep_interval: str) -> None:
     except DurationError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
-        run_demo(port, idle_s, sweep_s)
+        run_demo(idle_s, sweep_s, port, lambda **kw: _settings(None, **kw))
     except EngineSetupError as exc:
         _fail(str(exc))
     except WatcherError as exc:

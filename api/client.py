@@ -65,6 +65,17 @@ class ApiClient:
             )
         return decoded
 
+    async def readiness(self) -> tuple[bool, list[str], dict[str, Any]]:
+        """``/readyz``: whether the server is ready, its reasons and its checks (503 is no
+        error here: it is the answer)."""
+        try:
+            async with self._session.get(self.base + "/readyz") as resp:
+                body = orjson.loads(await resp.read() or b"{}")
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            raise ApiCallError(0, "unreachable", f"cannot read {self.base}/readyz: {exc}") from exc
+        body = body if isinstance(body, dict) else {}
+        return bool(body.get("ready")), list(body.get("reasons") or []), body.get("checks") or {}
+
     async def changes(
         self, name: str, connected: asyncio.Event | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from watcher import Settings
+from watcher import Settings, WatcherError
 
 from .private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
 
@@ -69,26 +72,54 @@ def create_samples(engine: PrivateEngine, idle_s: float) -> None:
     engine.cli("run", "-d", "--name", "demo-unmanaged", "--network", "none", TEST_IMAGE, *SLEEPER)
 
 
-def run_demo(port: int, idle_s: float, sweep_s: float) -> None:
-    """Bring everything up, serve until Ctrl-C, tear it all down."""
+def demo_overrides(
+    engine: PrivateEngine, idle_s: float, sweep_s: float, port: int | None
+) -> dict[str, Any]:
+    """The settings the demo sets itself; the rest come from the usual sources, so
+    ``IDLEWATCH_PORT``, ``IDLEWATCH_HOST`` or a token work as they do for ``serve``."""
+    overrides: dict[str, Any] = {
+        "docker_url": engine.url,
+        "database_url": f"sqlite+aiosqlite:///{Path(engine.root) / 'idlewatch.db'}",
+        "sweep_interval": sweep_s,
+        "idle_timeout": idle_s,
+        "stop_timeout": 2,
+    }
+    if port is not None:
+        overrides["port"] = port
+    return overrides
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail at once, before the engine starts (about 8 s), when the port is taken."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise WatcherError(
+            f"cannot listen on {host}:{port}: {exc.strerror} "
+            "(set IDLEWATCH_PORT or --port to a free port)"
+        ) from None
+
+
+def run_demo(
+    idle_s: float, sweep_s: float, port: int | None, settings_of: Callable[..., Settings]
+) -> None:
+    """Bring everything up, serve until Ctrl-C, tear it all down.
+
+    ``settings_of(**overrides)`` reads the settings (the CLI's, which exits on a bad one).
+    """
     from .cli import run_server
 
-    ensure_installed()
-    engine = PrivateEngine()
+    engine = PrivateEngine()  # only a temporary directory until start()
     try:
+        settings = settings_of(**demo_overrides(engine, idle_s, sweep_s, port))
+        check_port_free(settings.host, settings.port)
+        ensure_installed()
         click.echo(f"starting a private Docker engine under {engine.root} ...")
         engine.start()
         engine.build_test_image()
         engine.swarm_init()
         create_samples(engine, idle_s)
-        settings = Settings(
-            docker_url=engine.url,
-            database_url=f"sqlite+aiosqlite:///{Path(engine.root) / 'idlewatch.db'}",
-            sweep_interval=sweep_s,
-            idle_timeout=idle_s,
-            port=port,
-            stop_timeout=2,
-        )
 
         def ready(url: str) -> None:
             click.echo(f"\nidlewatch demo: open {url}\n")
@@ -104,9 +135,14 @@ def run_demo(port: int, idle_s: float, sweep_s: float) -> None:
             )
             click.echo(f"engine: {engine.root}", err=False)
 
-        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         asyncio.run(run_server(settings, on_ready=ready))
     finally:
-        click.echo("tearing down the demo engine ...")
+        started = engine.proc is not None
+        if started:
+            click.echo("tearing down the demo engine ...")
         engine.cleanup()
-        click.echo("demo stopped; nothing left behind")
+        if started:
+            click.echo("demo stopped; nothing left behind")

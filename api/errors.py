@@ -86,8 +86,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 404 else f"no route {request.method} {request.path}"
-        if exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            resp = error_response(
+                405, code, f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+            )
+            resp.headers["Allow"] = allowed  # RFC 9110: a 405 names the methods that work
+            return resp
         return error_response(exc.status, code, message)
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from watcher.models import Status
 
+from .schemas import CONTAINER_NAME, DURATION, ENV_NAME, RESERVED_LABELS, SERVICE_NAME
+
 routes = web.RouteTableDef()
 
 _REF = "#/components/schemas/"
@@ -23,6 +25,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
+
+
+#: what every lifecycle answer waits for, stated once for the document and the README
+CONFIRMED = (
+    "Answers once the engine's own event confirmed the new state (a restarted container: "
+    "its new start), or after a 5 s confirmation wait with the state known then. A stop "
+    "first waits for the engine to stop the container (up to stop_timeout, then SIGKILL), "
+    "so a stop, restart or scale to 0 answers within stop_timeout + 5 s."
+)
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -98,6 +109,93 @@ _START = _agent_op(
     extra=_TIMEOUT,
 )
 _STOP = _agent_op("Stop (a service to 0 replicas, a container stopped)")
+_STOP["description"] = CONFIRMED
+_START["description"] = CONFIRMED
+
+def schemas(max_replicas: int) -> dict[str, Any]:
+    """The component schemas; replica bounds come from the ``max_replicas`` setting."""
+    return {
+        **SCHEMAS,
+        "ReplicasBody": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "replicas": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": max_replicas,
+                    "description": "a service's replicas (max_replicas at most); a container "
+                    "runs 1",
+                }
+            },
+        },
+        "ScaleBody": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["replicas"],
+            "properties": {
+                "replicas": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": max_replicas,
+                    "description": "a service: 0..max_replicas; a container: 0 or 1 (409 else)",
+                }
+            },
+        },
+        "RegisterBody": _register_body(max_replicas),
+    }
+
+
+def _register_body(max_replicas: int) -> dict[str, Any]:
+    """A new agent: a container runs exactly 1 replica and takes a container name; a service
+    takes 1..max_replicas and a service name (letters, digits and dashes)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "image"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": "a Docker container name (2 to 128 characters); for a service: "
+                "letters, digits and dashes only, at most 63",
+            },
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "must match a pattern of allowed_images (403 otherwise)",
+            },
+            "command": {"type": ["array", "null"], "items": {"type": "string"}},
+            "env": {
+                "type": ["object", "null"],
+                "propertyNames": {"pattern": ENV_NAME.pattern},
+                "additionalProperties": {"type": "string"},
+            },
+            "labels": {
+                "type": ["object", "null"],
+                "propertyNames": {"not": {"pattern": RESERVED_LABELS.pattern}},
+                "additionalProperties": {"type": "string"},
+                "description": "Docker's and idlewatch's own label prefixes are reserved",
+            },
+            "kind": {"type": "string", "enum": ["container", "service"], "default": "container"},
+            "replicas": {"type": "integer", "minimum": 1, "maximum": max_replicas, "default": 1},
+            "idle_timeout": {
+                "oneOf": [
+                    {"type": "number", "minimum": 0},
+                    {"type": "string", "pattern": DURATION.pattern},
+                    {"type": "null"},
+                ],
+                "description": "seconds, '15m', '1h30m', or 'never' (0 too); default: the "
+                "idle_timeout setting",
+            },
+        },
+        "if": {"required": ["kind"], "properties": {"kind": {"const": "service"}}},
+        "then": {"properties": {"name": {"pattern": SERVICE_NAME.pattern}}},
+        "else": {
+            "properties": {"name": {"pattern": CONTAINER_NAME.pattern}, "replicas": {"const": 1}}
+        },
+    }
+
 
 SCHEMAS: dict[str, Any] = {
     "Agent": {
@@ -190,11 +288,30 @@ SCHEMAS: dict[str, Any] = {
     "AuditEntry": {
         "type": "object",
         "required": [
-            "at", "agent", "action", "reason", "actor", "ok", "dry_run", "detail", "replica"
+            "at",
+            "agent",
+            "action",
+            "reason",
+            "actor",
+            "ok",
+            "dry_run",
+            "detail",
+            "replica",
+            "finished_at",
         ],
         "additionalProperties": False,
         "properties": {
-            "at": {"type": "string", "format": "date-time"},
+            "at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the action was decided (just before its engine call).",
+            },
+            "finished_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When its engine call ended (a stop: up to stop_timeout "
+                "later); null for an action without an engine call.",
+            },
             "agent": {"type": "string"},
             "action": {"type": "string"},
             "reason": {"type": "string"},
@@ -208,53 +325,19 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "ReplicasBody": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"replicas": {"type": ["integer", "null"], "minimum": 1}},
-    },
-    "ScaleBody": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["replicas"],
-        "properties": {"replicas": {"type": "integer", "minimum": 0}},
-    },
-    "RegisterBody": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "image"],
-        "properties": {
-            "name": {
-                "type": "string",
-                "pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$",
-                "description": "a Docker container name: at least 2 characters; for a service: "
-                "letters, digits and dashes only, at most 63",
-            },
-            "image": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 512,
-                "description": "must match a pattern of allowed_images",
-            },
-            "command": {"type": ["array", "null"], "items": {"type": "string"}},
-            "env": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
-            "labels": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
-            "kind": {"type": "string", "enum": ["container", "service"], "default": "container"},
-            "replicas": {"type": "integer", "minimum": 1, "default": 1},
-            "idle_timeout": {
-                "type": ["number", "string", "null"],
-                "description": "seconds, '15m', or 'never'; default: the setting",
-            },
-        },
-    },
 }
 
+
+_SERVICE_RESTART = (
+    " A service's restart answers once the engine accepted the update; its tasks are then "
+    "replaced one after another."
+)
 
 _OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
 
 
-def document() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+def document(max_replicas: int = 10) -> dict[str, Any]:
+    """The whole OpenAPI document (for a server whose ``max_replicas`` setting is given)."""
     agents_list = _json({"type": "array", "items": _ref("Agent")}, "Agents")
     paths: dict[str, Any] = {
         "/api/agents": {
@@ -296,8 +379,12 @@ def document() -> dict[str, Any]:
         },
         "/api/agents/{name}/start": {"post": _START},
         "/api/agents/{name}/stop": {"post": _STOP},
-        "/api/agents/{name}/restart": {"post": _agent_op("Restart")},
-        "/api/agents/{name}/scale": {"post": _agent_op("Scale a service", "ScaleBody", True)},
+        "/api/agents/{name}/restart": {
+            "post": {**_agent_op("Restart"), "description": CONFIRMED + _SERVICE_RESTART}
+        },
+        "/api/agents/{name}/scale": {
+            "post": {**_agent_op("Scale a service", "ScaleBody", True), "description": CONFIRMED}
+        },
         "/api/agents/{name}/activity": {"post": _agent_op("Touch: last activity = now")},
         "/api/agents/{name}/deploy": {"post": _agent_op("(Re)deploy a registered agent")},
         "/api/swarm/agents/{name}/start": {"post": {**_START, "tags": ["legacy"]}},
@@ -345,7 +432,11 @@ def document() -> dict[str, Any]:
             )
         },
         "/api/openapi.json": {
-            "get": _op("This document", {"200": {"description": "OpenAPI 3.1"}}, tag="meta")
+            "get": _op(
+                "This document",
+                {"200": {"description": "OpenAPI 3.1"}, "401": _COMMON_ERRORS["401"]},
+                tag="meta",
+            )
         },
         "/healthz": {
             "get": _op(
@@ -426,7 +517,7 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas(max_replicas),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -436,4 +527,6 @@ def document() -> dict[str, Any]:
 @routes.get("/api/openapi.json", name="openapi")
 async def openapi(request: web.Request) -> web.Response:
     """Serve the document."""
-    return web.json_response(document())
+    from .keys import SETTINGS
+
+    return web.json_response(document(request.config_dict[SETTINGS].max_replicas))

@@ -21,6 +21,7 @@ from .schemas import (
     audit_json,
     no_body,
     read_json,
+    whole_number,
 )
 
 routes = web.RouteTableDef()
@@ -82,6 +83,13 @@ async def list_running(request: web.Request) -> web.Response:
     now = _w(request).clock.now()
     running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
     return _json_list([agent_json(a, now) for a in running])
+
+
+@routes.route("*", "/api/agents/running", name="agents_running_other")
+async def running_other_methods(request: web.Request) -> web.Response:
+    """``/api/agents/running`` is the listing for every method: 405 with ``Allow``, never
+    a route for an agent called "running" (which the listing shadows for GET already)."""
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
 
 
 @routes.get("/api/agents/{name}", name="agent")
@@ -235,9 +243,10 @@ async def audit(request: web.Request) -> web.Response:
     """The audit trail, newest first (``?agent=&limit=``)."""
     _query(request, {"agent", "limit"})
     text = request.query.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
+    limit = whole_number(text)
+    if limit is None or not 1 <= limit <= 1000:
         raise ApiError(400, "invalid_parameter", f"limit must be 1..1000, got {text!r}", "limit")
-    entries = await _w(request).audit(request.query.get("agent"), int(text))
+    entries = await _w(request).audit(request.query.get("agent"), limit)
     return web.json_response([audit_json(e) for e in entries])
 
 
@@ -285,11 +294,13 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     text = render(_w(request), request.config_dict[METRICS])
     return web.Response(
-        text=text,
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
+        body=text.encode(),
+        headers={"Content-Type": PROMETHEUS_TEXT, "X-Content-Type-Options": "nosniff"},
     )
+
+
+#: Prometheus's text exposition format names its version in the content type
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 _STATIC = Path(__file__).parent / "static"

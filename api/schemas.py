@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
+from watcher.core import Health
 from watcher.durations import DurationError, parse_timeout_s
 from watcher.models import Agent, AgentSpec, AuditEntry, Kind, freeze
 
@@ -20,6 +29,10 @@ from .errors import ApiError
 CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: label keys a registration may not set: Docker's own and idlewatch's
+RESERVED_LABELS = re.compile(r"^(com\.docker\.|io\.docker\.|org\.dockerproject\.|idlewatch\.)")
+#: a duration in a request body: seconds, or parts like 15m, 1h30m, 500ms; or never/off/0
+DURATION = re.compile(r"^(never|off|none|disabled|\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d))+)$")
 
 #: fields people try to smuggle in; each gets its own clear refusal
 PRIVILEGED_FIELDS = {
@@ -40,6 +53,26 @@ PRIVILEGED_FIELDS = {
 }
 
 
+def _whole(value: object) -> object:
+    """JSON Schema's integers: ``3`` and ``3.0`` alike (never ``true``, never ``3.5``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: an integer field as the OpenAPI document declares it (``{"type": "integer"}``)
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
+
+
+def whole_number(text: str) -> int | None:
+    """An integer query parameter: ``"5"`` or ``"5.0"``; None when it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**53 else None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -47,13 +80,13 @@ class _Strict(BaseModel):
 class ReplicasBody(_Strict):
     """``{"replicas": N}`` (optional for start)."""
 
-    replicas: StrictInt | None = None
+    replicas: WholeNumber | None = None
 
 
 class ScaleBody(_Strict):
     """``{"replicas": N}`` (required)."""
 
-    replicas: StrictInt
+    replicas: WholeNumber
 
 
 class RegisterBody(_Strict):
@@ -65,7 +98,7 @@ class RegisterBody(_Strict):
     env: dict[StrictStr, StrictStr] | None = None
     labels: dict[StrictStr, StrictStr] | None = None
     kind: Literal["container", "service"] = "container"
-    replicas: StrictInt = 1
+    replicas: WholeNumber = 1
     idle_timeout: StrictInt | float | StrictStr | None = None
 
     def to_spec(self) -> AgentSpec:
@@ -78,7 +111,7 @@ class RegisterBody(_Strict):
             if not ENV_NAME.match(key):
                 raise ApiError(400, "invalid_body", f"{key!r} is not a valid variable name", "env")
         for key in self.labels or {}:
-            if key.startswith(("com.docker.", "io.docker.", "org.dockerproject.", "idlewatch.")):
+            if RESERVED_LABELS.match(key):
                 raise ApiError(
                     400,
                     "invalid_body",
@@ -104,11 +137,22 @@ class RegisterBody(_Strict):
     def _timeout_label(self) -> str | None:
         if self.idle_timeout is None:
             return None
+        if isinstance(self.idle_timeout, str) and not DURATION.match(self.idle_timeout):
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"expected a duration like 90, '90s', '15m', '1h30m' or 'never', "
+                f"got {self.idle_timeout!r}",
+                "idle_timeout",
+            )
         try:
             seconds = parse_timeout_s(self.idle_timeout)
         except DurationError as exc:
             raise ApiError(400, "invalid_body", str(exc), "idle_timeout") from None
-        return "never" if seconds is None else f"{seconds:g}s"
+        if seconds is None:
+            return "never"
+        short = f"{seconds:g}"  # the label must read back as the same duration: "1e+23s"
+        return f"{short}s" if "e" not in short else repr(seconds)  # would not, "1e+23" does
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -205,6 +249,15 @@ def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
     }
 
 
+def health_json(health: Health) -> dict[str, Any]:
+    """Readiness as the websocket feed and the dashboard see it (``/readyz`` adds a DB ping)."""
+    return {
+        "ready": health.ready,
+        "reasons": list(health.reasons),
+        "checks": {"events_stream": health.events_stream, "database": health.database},
+    }
+
+
 def audit_json(entry: AuditEntry) -> dict[str, Any]:
     """One audit entry."""
     return {
@@ -217,4 +270,5 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "dry_run": entry.dry_run,
         "detail": entry.detail,
         "replica": entry.replica,
+        "finished_at": _iso(entry.finished_at) if entry.finished_at is not None else None,
     }

@@ -25,7 +25,7 @@ from watcher.models import Change
 
 from .errors import ApiError
 from .keys import FEED, SETTINGS, SOCKETS, WATCHER
-from .schemas import agent_json
+from .schemas import agent_json, health_json
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +69,33 @@ class Feed:
         self.max_buffer_bytes = max_buffer_bytes
         self.clients: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
 
     def ensure_started(self, watcher: Watcher) -> None:
-        """Start the fan-out task on the first client (the watcher may come from a parent app)."""
+        """Start the fan-out tasks on the first client (the watcher may come from a parent app)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(watcher), name="idlewatch-ws-feed")
+            self._health_task = asyncio.create_task(
+                self._run_health(watcher), name="idlewatch-ws-health"
+            )
 
     async def close(self) -> None:
-        """Stop the fan-out task."""
+        """Stop the fan-out tasks."""
         from watcher.tasks import cancel_and_wait
 
+        await cancel_and_wait(self._health_task)
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = self._health_task = None
+
+    async def _run_health(self, watcher: Watcher) -> None:
+        """Tell every client when readiness changes (an engine outage, its end...): a
+        dashboard must not show "live" and an empty fleet while the engine is unreachable."""
+        first = True
+        async for health in watcher.health_changes():
+            if not first:  # the snapshot carried the health of the moment
+                msg = {"type": "health", **health_json(health)}
+                await self._fan_out(orjson.dumps(msg).decode())
+            first = False
 
     async def _run(self, watcher: Watcher) -> None:
         while True:
@@ -143,6 +158,14 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
             f"the feed has ws_max_clients={settings.ws_max_clients} clients; try again later",
         )
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(
+            400,
+            "websocket_upgrade_required",
+            "GET /api/ws is the websocket feed: connect with a websocket client (headers "
+            "Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key, "
+            "Sec-WebSocket-Version: 13); the REST routes are under /api/agents",
+        )
     sockets.add(ws)  # before the first await: concurrent upgrades count each other
     try:
         await ws.prepare(request)
@@ -155,7 +178,11 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     fan.ensure_started(w)
     fan.clients.add(client)  # before the snapshot: changes from now on queue for it
     now = w.clock.now()
-    snapshot = {"type": "snapshot", "agents": [agent_json(a, now) for a in w.agents()]}
+    snapshot = {
+        "type": "snapshot",
+        "agents": [agent_json(a, now) for a in w.agents()],
+        "health": health_json(w.health()),
+    }
     try:
         try:
             async with asyncio.timeout(settings.ws_send_timeout):

@@ -60,7 +60,7 @@ class FakeDocker:
         self.streams: list[FakeStream] = []
         self.since: list[int | None] = []
         self.reachable = True
-        self.gate: asyncio.Event | None = None  # when set, scale/stop wait on it
+        self.gate: asyncio.Event | None = None  # when set, scale/stop/restart wait on it
         self.subscribed = asyncio.Event()
         self._called = asyncio.Event()
         self.acted: list[tuple[str, str]] = []  # (call, ref) of every action
@@ -130,6 +130,7 @@ class FakeDocker:
     async def restart_container(self, ref: str, timeout_s: float) -> None:
         self._call("restart_container")
         self._act("restart_container", ref)
+        await self._wait_gate()
 
     async def scale_service(self, ref: str, replicas: int) -> None:
         self._call("scale_service")

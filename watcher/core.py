@@ -44,6 +44,10 @@ class Health:
 
     ready: bool
     reasons: list[str] = field(default_factory=list)
+    #: the events stream is connected and the resync after it is done
+    events_stream: bool = True
+    #: the last database write succeeded (the writer has nothing failing)
+    database: bool = True
 
 
 class Watcher:
@@ -68,7 +72,8 @@ class Watcher:
         self.docker: DockerGateway = docker or AioDockerGateway(s.docker_url, label=s.label)
         self.store: Store = store or SqlStore(s.database_url)
         self.hub = Hub(s.subscriber_queue_size)
-        self.writer = StoreWriter(self.store)
+        self._health_poked = asyncio.Event()
+        self.writer = StoreWriter(self.store, on_state=self._poke_health)
         self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
         self._waiters: list[asyncio.Future[None]] = []
         self.tracker = Tracker(
@@ -99,6 +104,7 @@ class Watcher:
             self.tracker,
             on_dead_letters=self._on_dead_letters,
             backoff=backoff or exponential_backoff(0.25, s.reconnect_backoff_max),
+            on_state=self._poke_health,
         )
         self.sweeper = Sweeper(
             self.tracker,
@@ -203,9 +209,29 @@ class Watcher:
             reasons.append(self.pump.last_error or "events stream not connected")
         elif not self.pump.synced.is_set():
             reasons.append("initial sync with the engine not finished")
+        stream = not reasons
         if self.writer.last_error:
             reasons.append(f"database: {self.writer.last_error}")
-        return Health(ready=not reasons, reasons=reasons)
+        return Health(
+            ready=not reasons,
+            reasons=reasons,
+            events_stream=stream,
+            database=self.writer.last_error is None,
+        )
+
+    async def health_changes(self) -> AsyncIterator[Health]:
+        """The health now, then each time it changes (a connect, a resync, an outage...)."""
+        last: Health | None = None
+        while True:
+            self._health_poked.clear()
+            now = self.health()
+            if now != last:
+                last = now
+                yield now
+            await self._health_poked.wait()
+
+    def _poke_health(self) -> None:
+        self._health_poked.set()
 
     async def database_reason(
         self, timeout_s: float = 2.0, answered_within_s: float = 10.0
@@ -272,10 +298,19 @@ class Watcher:
         return await self._confirm(name, lambda a: a.replicas == 0)
 
     async def restart(self, name: str, *, actor: str = "library") -> Agent:
-        """Restart a container or force-update a service."""
-        agent = await self.lifecycle.restart(name, actor=actor)
+        """Restart a container or force-update a service.
+
+        A container's answer comes once the restart's own start event was applied (a
+        status from before the restart is never the answer); a service's once the engine
+        accepted the update (its tasks are then replaced one after another).
+        """
+        agent, before_ns = await self.lifecycle.restart(name, actor=actor)
         await self._share_activity(agent, "restart")
-        return agent
+        if agent.kind is Kind.SERVICE:
+            return agent
+        return await self._confirm(
+            name, lambda a: a.status is Status.RUNNING and a.last_event_ns > before_ns
+        )
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set a service's replicas (a container: 0 or 1); returns once the engine confirmed."""

@@ -164,10 +164,12 @@ class EventPump:
         *,
         on_dead_letters: Callable[[list[Agent]], None],
         backoff: Callable[[int], float],
+        on_state: Callable[[], None] = lambda: None,
     ) -> None:
         self._docker = docker
         self._tracker = tracker
         self._on_dead_letters = on_dead_letters
+        self._on_state = on_state  # told when connected, synced or last_error change
         self._backoff = backoff
         self.enricher = Enricher(docker, tracker)
         self._dedup = Dedup()
@@ -202,7 +204,7 @@ class EventPump:
             started = time.monotonic()
             try:
                 await self._connect_and_read()
-                self.last_error = "the events stream ended"
+                self.last_error = f"the events stream from {self._docker.address} ended"
                 logger.warning("events stream from %s ended; reconnecting", self._docker.address)
             except EngineUnavailable as exc:
                 self._report_unreachable(exc, attempt)
@@ -214,6 +216,7 @@ class EventPump:
                 logger.exception("events stream loop failed; reconnecting")
             self.connected = False
             self.synced.clear()
+            self._on_state()
             if time.monotonic() - started > HEALTHY_AFTER_S:
                 attempt = 0
             delay_s = self._backoff(attempt)
@@ -242,6 +245,7 @@ class EventPump:
             logger.info("watching the events stream of %s", self._docker.address)
         self.reconnects += 1
         self.connected = True
+        self._on_state()
         self._parked = []
         reader = asyncio.create_task(self._read(stream), name="idlewatch-events-reader")
         try:
@@ -275,6 +279,7 @@ class EventPump:
             self._apply(ev)
         self.last_error = None
         self.synced.set()
+        self._on_state()
         logger.info(
             "resynced with the engine: %d agents tracked, %d events replayed",
             len(self._tracker.agents),

@@ -85,10 +85,11 @@ class Leadership:
             try:
                 async with asyncio.timeout(self._every_s):
                     await self._store.release_lease(ROLE, self._token)
-                logger.info("leadership released by %s", self.replica_id)
+                self.holder = None
+                logger.info("leadership released by %s (shutting down)", self.replica_id)
             except (StoreError, TimeoutError) as exc:
                 logger.warning("could not release the leadership (it expires): %s", exc)
-        self._notify()
+        self._notify(closing=True)
 
     async def _run(self) -> None:
         while True:
@@ -118,15 +119,18 @@ class Leadership:
         self._notify()
         return self.is_leader
 
-    def _notify(self) -> None:
+    def _notify(self, *, closing: bool = False) -> None:
         leading = self.is_leader
         if leading != self._was_leader:
             self._was_leader = leading
-            logger.info(
-                "replica %s %s",
-                self.replica_id,
-                "is now the leader" if leading else f"follows (leader: {self.holder or 'none'})",
-            )
+            if not closing:  # on shutdown the release line above said it
+                logger.info(
+                    "replica %s %s",
+                    self.replica_id,
+                    "is now the leader"
+                    if leading
+                    else f"follows (leader: {self.holder or 'none'})",
+                )
             self._on_change(leading)
 
 

@@ -100,12 +100,23 @@ class Lifecycle:
         reason: str,
         actor: str,
         *,
-        ok: bool = True,
+        started: datetime | None = None,
         dry_run: bool = False,
         detail: str = "",
     ) -> None:
+        """Audit an action: ``started`` is when it was decided, just before its engine call
+        (the entry's ``at``); it finished now. Without ``started``, it made no engine call."""
         self.actions[action] = self.actions.get(action, 0) + 1
-        self._audit(AuditEntry(self._clock.now(), name, action, reason, actor, ok, dry_run, detail))
+        now = self._clock.now()
+        at, finished = (started, now) if started is not None else (now, None)
+        self._audit(
+            AuditEntry(
+                *(at, name, action, reason, actor),
+                dry_run=dry_run,
+                detail=detail,
+                finished_at=finished,
+            )
+        )
 
     async def start(
         self, name: str, replicas: int | None = None, *, actor: str = "library"
@@ -113,6 +124,7 @@ class Lifecycle:
         """Start a container, or bring a service to ``replicas`` (default: remembered, else 1)."""
         async with self.lock(name):
             agent = self._agent(name)
+            started = self._clock.now()
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
@@ -127,7 +139,7 @@ class Lifecycle:
                 with _gone_means_not_found(agent):
                     await self._docker.scale_service(agent.id, n)
             self._tracker.touch(name, reason="start")
-            self._record(name, "start", f"requested {n} replica(s)", actor)
+            self._record(name, "start", f"requested {n} replica(s)", actor, started=started)
             logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
             return self._agent(name)
 
@@ -135,9 +147,10 @@ class Lifecycle:
         """Stop a container, or scale a service to 0 (remembering its count)."""
         async with self.lock(name):
             agent = self._agent(name)
+            started = self._clock.now()
             await self._live_check(agent)
             await self._stop_unlocked(agent)
-            self._record(name, "stop", reason, actor)
+            self._record(name, "stop", reason, actor, started=started)
             logger.info("stopped %s %s (%s, by %s)", agent.kind, name, reason, actor)
             return self._agent(name)
 
@@ -149,19 +162,27 @@ class Lifecycle:
                 self._tracker.remember_replicas(agent.name, agent.replicas)
                 await self._docker.scale_service(agent.id, 0)
 
-    async def restart(self, name: str, *, actor: str = "library") -> Agent:
-        """Restart a container, or replace every task of a service."""
+    async def restart(self, name: str, *, actor: str = "library") -> tuple[Agent, int]:
+        """Restart a container, or replace every task of a service.
+
+        Returns the agent and the engine time of the last event applied to it before the
+        restart was sent: the restart's own events are the ones newer than that, and a
+        caller that answers with the new state waits for them (the engine's answer comes
+        before its events reach the stream).
+        """
         async with self.lock(name):
             agent = self._agent(name)
+            started = self._clock.now()
             await self._live_check(agent)
+            before_ns = self._agent(name).last_event_ns
             with _gone_means_not_found(agent):
                 if agent.kind is Kind.CONTAINER:
                     await self._docker.restart_container(agent.id, self._cfg.stop_timeout_s)
                 else:
                     await self._docker.restart_service(agent.id)
             self._tracker.touch(name, reason="restart")
-            self._record(name, "restart", "requested", actor)
-            return self._agent(name)
+            self._record(name, "restart", "requested", actor, started=started)
+            return self._agent(name), before_ns
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set the desired count: 0..max_replicas for services, 0 or 1 for containers."""
@@ -177,6 +198,7 @@ class Lifecycle:
         self._check_replicas(name, replicas, minimum=0)
         async with self.lock(name):
             agent = self._agent(name)
+            started = self._clock.now()
             await self._live_check(agent)
             if replicas == 0:
                 self._tracker.remember_replicas(name, agent.replicas)
@@ -184,7 +206,7 @@ class Lifecycle:
                 await self._docker.scale_service(agent.id, replicas)
             if replicas > 0:
                 self._tracker.touch(name, reason="scale")
-            self._record(name, "scale", f"{agent.replicas} -> {replicas}", actor)
+            self._record(name, "scale", f"{agent.replicas} -> {replicas}", actor, started=started)
             return self._agent(name)
 
     async def touch(self, name: str, *, actor: str = "library") -> Agent:
@@ -216,15 +238,25 @@ class Lifecycle:
                     return "skipped: no longer idle"
                 if not self.may_act():  # the lease may have run out during the look
                     return "skipped: not the leader"
+                decided = self._clock.now()
+                logger.info("idle stop of %s %s: %s", agent.kind, name, reason)
                 await self._stop_unlocked(agent)
             except AgentNotFound as exc:
                 logger.warning("idle stop of %s skipped: %s", name, exc.message)
                 return "skipped: " + exc.message
-            self._record(name, action, reason, "sweep", detail=f"replicas was {agent.replicas}")
+            self._record(
+                name,
+                action,
+                reason,
+                "sweep",
+                started=decided,
+                detail=f"replicas was {agent.replicas}",
+            )
+            took_s = (self._clock.now() - decided).total_seconds()
             if agent.kind is Kind.SERVICE:
-                logger.info("scaled service %s to 0 (%s)", name, reason)
+                logger.info("scaled service %s to 0 (%s; took %.1fs)", name, reason, took_s)
             else:
-                logger.info("stopped container %s (%s)", name, reason)
+                logger.info("stopped container %s (%s; took %.1fs)", name, reason, took_s)
             return "acted"
 
     def _check_replicas(self, name: str, n: int, *, minimum: int) -> None:

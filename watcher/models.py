@@ -88,6 +88,8 @@ class AuditEntry:
     dry_run: bool = False
     detail: str = ""
     replica: str = ""  # which idlewatch replica acted (its replica_id)
+    #: when the engine call ended (``at`` is when it was decided); None: no engine call
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

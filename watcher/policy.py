@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from .durations import parse_timeout_s
 from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
@@ -128,6 +128,19 @@ def is_idle(agent: Agent, now: datetime) -> bool:
     return agent.idle_for_s(now) >= agent.idle_timeout_s
 
 
+#: the earliest time there is: a cutoff further back than this is never reached
+_DAWN = datetime.min.replace(tzinfo=UTC)
+
+
+def cutoff(now: datetime, seconds: float) -> datetime:
+    """``now - seconds``, saturating at the earliest datetime: a timeout of 1e300 s (a
+    label can say so) means "never", not an OverflowError that ends the sweep."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return _DAWN
+
+
 def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
     """The idle ones among ``agents``, longest idle first (same rule as :func:`is_idle`).
 
@@ -140,10 +153,10 @@ def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
         timeout = a.idle_timeout_s
         if timeout is None or a.status not in ACTIVE_STATUSES:
             continue
-        cutoff = cutoffs.get(timeout)
-        if cutoff is None:
-            cutoff = cutoffs[timeout] = now - timedelta(seconds=timeout)
-        if a.last_activity <= cutoff and not (a.kind is Kind.SERVICE and a.replicas == 0):
+        since = cutoffs.get(timeout)
+        if since is None:
+            since = cutoffs[timeout] = cutoff(now, timeout)
+        if a.last_activity <= since and not (a.kind is Kind.SERVICE and a.replicas == 0):
             found.append(a)
     found.sort(key=lambda a: a.last_activity)
     return found

@@ -70,6 +70,7 @@ audit_table = sa.Table(
     metadata,
     *_audit_columns(),
     sa.Column("replica", sa.String(255), nullable=False, server_default=""),
+    sa.Column("finished_at", sa.String(40), nullable=True),
 )
 
 specs_table = sa.Table(
@@ -153,6 +154,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        5,
+        "audit rows record when an action finished as well as when it was decided",
+        (
+            sa.DDL(  # type: ignore[no-untyped-call]
+                "ALTER TABLE audit ADD COLUMN finished_at VARCHAR(40)"
+            ),
+        ),
+    ),
 )
 #: the schema version this code writes; a database with a higher one is refused
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -172,11 +182,11 @@ def migration_sql(migration: Migration, dialect: str) -> list[str]:
 
 _UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
 _AUDIT_SQL = (
-    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail, replica) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail, replica, "
+    "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _AUDIT_SQL_PG = _AUDIT_SQL.replace(
-    "?, ?, ?, ?, ?, ?, ?, ?, ?", "$1, $2, $3, $4, $5, $6, $7, $8, $9"
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?", "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10"
 )
 
 
@@ -681,6 +691,7 @@ def _audit_row(e: AuditEntry) -> dict[str, Any]:
         "dry_run": e.dry_run,
         "detail": e.detail,
         "replica": e.replica,
+        "finished_at": e.finished_at.isoformat() if e.finished_at is not None else None,
     }
 
 
@@ -695,6 +706,7 @@ def _audit_from_row(row: Any) -> AuditEntry:
         dry_run=bool(row["dry_run"]),
         detail=row["detail"],
         replica=row["replica"],
+        finished_at=datetime.fromisoformat(row["finished_at"]) if row["finished_at"] else None,
     )
 
 

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .errors import WatcherError
 from .lifecycle import Lifecycle
-from .policy import idle_agents
+from .policy import cutoff, idle_agents
 from .ports import Clock
 from .tasks import cancel_and_wait
 from .tracker import Tracker
@@ -66,8 +66,7 @@ class Sweeper:
         now = now or self._clock.now()
         report = SweepReport(at=now)
         if self._retention_s is not None:  # every replica: its own table must not grow
-            cutoff = now - timedelta(seconds=self._retention_s)
-            report.pruned = len(self._tracker.prune_removed(cutoff))
+            report.pruned = len(self._tracker.prune_removed(cutoff(now, self._retention_s)))
         if not self._ready():
             # without the stream, activity is not seen: stopping now could stop agents in use
             report.skipped = "events stream not connected and synced"

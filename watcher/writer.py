@@ -23,8 +23,16 @@ logger = logging.getLogger(__name__)
 class StoreWriter:
     """Owns the writer task; start with :meth:`start`, stop with :meth:`close` (flushes)."""
 
-    def __init__(self, store: Store, *, retry_max_s: float = 5.0, batch_max: int = 5000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retry_max_s: float = 5.0,
+        batch_max: int = 5000,
+        on_state: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
+        self._on_state = on_state  # told when writes start failing or recover
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
         self._agents: dict[str, Agent] = {}
@@ -171,7 +179,8 @@ class StoreWriter:
                 return False
         if self.last_error is not None:
             logger.info("database writes recovered")
-        self.last_error = None
+            self.last_error = None
+            self._on_state()
         self.rows_written += len(agents) + len(audits)
         self.last_commit_monotonic = time.monotonic()
         if agents:
@@ -185,9 +194,12 @@ class StoreWriter:
         return True
 
     def _failed(self, exc: StoreError) -> None:
-        if self.last_error is None:
+        first = self.last_error is None
+        if first:
             logger.error("database write failed, will retry: %s", exc)
         self.last_error = str(exc)
+        if first:
+            self._on_state()
 
     def _take_batch(self) -> tuple[list[Agent], list[AuditEntry]]:
         if len(self._agents) <= self._batch_max:

@@ -6,6 +6,7 @@
   const agents = new Map();
   const $ = (sel) => document.querySelector(sel);
   let socket = null;
+  let health = null; // readiness from the feed: {ready, reasons, checks}
   let retryDelay = 1000;
   let retryTimer = null;
 
@@ -20,6 +21,23 @@
     el.textContent = text || state;
   }
   function say(text) { $("#message").textContent = text || ""; }
+
+  // "live" only while the feed is open AND idlewatch sees the engine: with the engine
+  // unreachable the table is what was last known, and an empty one means nothing.
+  function showHealth() {
+    const down = health && !health.checks.events_stream;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      if (down) setConn("engine-down", "engine unreachable");
+      else if (health && !health.ready) setConn("degraded", "degraded");
+      else setConn("live");
+    }
+    const why = health && !health.ready ? health.reasons.join("; ") : "";
+    $("#health").hidden = !why;
+    $("#health").textContent = why ? "idlewatch is not ready: " + why : "";
+    $("#empty").textContent = down
+      ? "The Docker engine is unreachable, so idlewatch cannot list the agents; they show here once it answers."
+      : "No managed agents yet. Label a container or service with the management label.";
+  }
 
   function human(seconds) {
     const s = Math.max(0, Math.floor(seconds));
@@ -126,14 +144,19 @@
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     if (token()) url.searchParams.set("token", token());
     socket = new WebSocket(url);
-    socket.onopen = () => { retryDelay = 1000; setConn("live"); };
+    socket.onopen = () => { retryDelay = 1000; showHealth(); };
     socket.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.type === "snapshot") {
         agents.clear();
         for (const a of msg.agents) agents.set(a.name, a);
+        health = msg.health || null;
+        showHealth();
       } else if (msg.type === "change") {
         agents.set(msg.agent.name, msg.agent);
+      } else if (msg.type === "health") {
+        health = msg;
+        showHealth();
       }
       render();
     };

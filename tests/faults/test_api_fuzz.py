@@ -12,8 +12,10 @@ server keeps the test's event loop. Generation is derandomized: CI sees the same
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +25,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import APIOperation, Case, GenerationMode
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
 from schemathesis.errors import FailureGroup
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.specs.openapi import checks as _openapi_checks  # registers them all
 
 from api import create_app
 from tests.integration import conftest as integration
@@ -53,6 +52,13 @@ MAX_WAIT_S = 5  # start?wait=running&timeout= is capped: an agent that never run
 #: /api/ws is fuzzed as plain HTTP, which cannot follow an upgrade: it answers 400 (or 401)
 #: only. The 101 and the feed itself are covered by tests/integration/test_api.py.
 NO_SUCCESS_OVER_HTTP = {"GET /api/ws"}
+#: The one exclusion from "every check": positive_data_acceptance on GET /api/ws. A plain
+#: HTTP client cannot perform the websocket upgrade (requests would hand the upgraded
+#: socket back to its pool), so every request it sends there is refused with a 400
+#: `websocket_upgrade_required` that says how to connect. Declaring the upgrade headers
+#: as parameters would make the fuzz complete real handshakes and then read websocket
+#: frames as HTTP. Every other check runs on that route too.
+EXCLUDED = {("GET /api/ws", "positive_data_acceptance")}
 
 
 def no_server_fault(ctx: Any, response: Any, case: Case) -> bool | None:
@@ -83,12 +89,12 @@ def _runs_generated_command(case: Case) -> bool:
     )
 
 
-CHECKS = [
-    no_server_fault,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
+#: every check the installed Schemathesis offers; its not_a_server_error is replaced by
+#: no_server_fault, which allows the two documented 5xx above and nothing else
+CHECKS = [no_server_fault] + [
+    c for c in REGISTERED_CHECKS.get_all() if c.__name__ != "not_a_server_error"
 ]
+assert _openapi_checks and len(CHECKS) >= 10, "the OpenAPI checks were not registered"
 
 
 @dataclass
@@ -165,7 +171,11 @@ def _capped_wait(case: Case) -> Case:
 
 def _strategy(op: APIOperation, mode: GenerationMode) -> st.SearchStrategy[Case]:
     """Generated cases, plus a share aimed at the existing agents or (for registration) at
-    an allowed image, so that the success paths are fuzzed too and not only the refusals."""
+    an allowed image, so that the success paths are fuzzed too and not only the refusals.
+
+    The edits apply to positive cases only: editing a negative case could make it valid,
+    and negative_data_rejection would then rightly call its acceptance a failure.
+    """
     base = op.as_strategy(generation_mode=mode, headers=AUTH)
     parts = [base]
     if any(p.name == "name" for p in op.path_parameters):
@@ -173,6 +183,8 @@ def _strategy(op: APIOperation, mode: GenerationMode) -> st.SearchStrategy[Case]
             op.as_strategy(generation_mode=mode, headers=AUTH, path_parameters={"name": n})
             for n in KNOWN
         ]
+    if mode is not GenerationMode.POSITIVE:
+        return st.one_of(parts)
     if op.method.upper() == "POST" and op.path == "/api/agents":
         parts += [base.map(_allowed_image), base.map(_deployable)]
     return st.one_of(parts).map(_capped_wait)
@@ -185,6 +197,7 @@ def _label(op: APIOperation) -> str:
 def _run(fz: Fuzz, op: APIOperation, mode: GenerationMode) -> None:
     """Fuzz one operation in one mode; a failure is recorded and the next operation runs."""
     label = f"{_label(op)} ({mode.value})"
+    checks = [c for c in CHECKS if (_label(op), c.__name__) not in EXCLUDED]
 
     @settings(
         max_examples=EXAMPLES,
@@ -201,7 +214,7 @@ def _run(fz: Fuzz, op: APIOperation, mode: GenerationMode) -> None:
     @given(case=_strategy(op, mode))
     def check(case: Case) -> None:
         resp = case.call_and_validate(
-            base_url=fz.base_url, session=fz.session, checks=CHECKS, timeout=CALL_TIMEOUT_S
+            base_url=fz.base_url, session=fz.session, checks=checks, timeout=CALL_TIMEOUT_S
         )
         if mode is GenerationMode.POSITIVE:
             fz.statuses.setdefault(_label(op), set()).add(resp.status_code)
@@ -252,3 +265,55 @@ async def test_every_operation_answers_as_documented(fuzz: Fuzz) -> None:
         and not any(200 <= s < 300 for s in fuzz.statuses.get(_label(op), ()))
     }
     assert not unreached, f"operations never answered 2xx: {unreached}"
+
+
+#: the CLI run's one exclusion, the same as EXCLUDED above and for the same reason
+CLI_CONFIG = """
+[checks]
+enabled = true
+
+[[operations]]
+include-path = "/api/ws"
+include-method = "GET"
+checks.positive_data_acceptance.enabled = false
+"""
+
+
+@pytest.mark.timeout(240)
+async def test_the_schemathesis_cli_with_every_check_finds_nothing(
+    fuzz: Fuzz, tmp_path: Path
+) -> None:
+    """What a stranger runs: the Schemathesis CLI with every check (its default, as the
+    config file's [checks] says; `--checks all` would override the one exclusion), through
+    its examples, coverage and fuzzing phases (the coverage phase sends the unsupported
+    methods, boundary values and missing parameters that the generator above does not)."""
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CLI_CONFIG)
+    st_bin = Path(sys.executable).with_name("schemathesis")
+    proc = await asyncio.create_subprocess_exec(
+        str(st_bin),
+        "--config-file",
+        str(config),
+        "run",
+        fuzz.base_url + "/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "25",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--request-timeout",
+        str(CALL_TIMEOUT_S),
+        "--no-color",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    assert "failures" not in text.rsplit("SUMMARY", 1)[-1].lower() or " 0 failures" in text

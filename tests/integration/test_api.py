@@ -95,6 +95,26 @@ async def test_routes_on_a_container_and_a_service(
     assert status == 200 and doc["openapi"].startswith("3.1")
 
 
+async def test_every_restart_answers_the_state_it_produced(
+    engine: PrivateEngine, served: tuple[Watcher, TestServer, Api]
+) -> None:
+    """30 restarts of a container that stops at once: every answer is the restarted
+    container, running, never the exited one in between (1 answer in 6 was, issue 11)."""
+    w, _, api = served
+    run_container(engine, "again")
+    await w.wait_for("again", has(Status.RUNNING), 10)
+    started = {inspect(engine, "again")["State"]["StartedAt"]}
+    for i in range(30):
+        status, agent = await api.call("POST", "/api/agents/again/restart", A + "/restart")
+        assert status == 200 and agent["status"] == "running", (i, agent)
+        started.add(inspect(engine, "again")["State"]["StartedAt"])
+    assert len(started) == 31, "each call restarted the container"
+    engine.cli("stop", "-t", "1", "again")
+    await w.wait_for("again", has(Status.EXITED), 10)
+    status, agent = await api.call("POST", "/api/agents/again/restart", A + "/restart")
+    assert status == 200 and agent["status"] == "running", "a stopped container restarts too"
+
+
 async def test_register_deploy_delete(
     engine: PrivateEngine, served: tuple[Watcher, TestServer, Api]
 ) -> None:

@@ -136,3 +136,17 @@ def test_help_everywhere() -> None:
             timeout=60,
         )
         assert res.returncode == 0 and "Usage:" in res.stdout, cmd
+
+
+def test_agents_says_when_the_engine_is_unreachable(engine: PrivateEngine, tmp_path: Path) -> None:
+    """With no engine at the address, the listing is no empty success (issue 11)."""
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    proc = ServeProcess(engine, tmp_path, api_token=TOKEN, docker_url=nowhere)
+    proc.start(wait_synced=False)
+    try:
+        res = proc.cli("agents", token=TOKEN)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "engine unreachable" in res.stderr and nowhere in res.stderr, res.stderr
+        assert "may be stale" in res.stderr
+    finally:
+        assert proc.stop() == 0

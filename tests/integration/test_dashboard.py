@@ -78,3 +78,21 @@ def test_wrong_token_says_so(browser: Browser, server: ServeProcess) -> None:
     expect(page.locator("#auth-error")).to_contain_text("The token was rejected")
     expect(page.locator("#conn")).to_have_attribute("data-state", "unauthorized")
     page.close()
+
+
+def test_an_unreachable_engine_is_shown_not_an_empty_live_fleet(
+    browser: Browser, engine: PrivateEngine, tmp_path: Path
+) -> None:
+    """No green "live" badge and no "No managed agents yet" while the engine is away."""
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    proc = ServeProcess(engine, tmp_path, api_token=TOKEN, docker_url=nowhere)
+    proc.start(wait_synced=False)
+    try:
+        page = _open(browser, proc, TOKEN)
+        expect(page.locator("#conn")).to_have_attribute("data-state", "engine-down")
+        expect(page.locator("#conn")).to_have_text("engine unreachable")
+        expect(page.locator("#health")).to_contain_text(nowhere)
+        expect(page.locator("#empty")).to_contain_text("Docker engine is unreachable")
+        page.close()
+    finally:
+        proc.stop()

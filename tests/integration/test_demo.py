@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -76,3 +77,25 @@ def test_demo_smoke(tmp_path: Path) -> None:
     root = next(line.split("engine: ", 1)[1].strip() for line in out if line.startswith("engine: "))
     assert not Path(root).exists(), "the demo engine's directory was removed"
     assert "Traceback" not in text
+
+
+def test_a_taken_port_fails_at_once_and_the_hint_works(tmp_path: Path) -> None:
+    """The demo honours IDLEWATCH_PORT, and a taken port is found before the engine starts
+    (that took about 8 s before issue 11), with a hint that names the settings to use."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
+        env["IDLEWATCH_PORT"] = str(port)
+        res = subprocess.run(
+            [sys.executable, "-m", "api.cli", "demo"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in res.stderr
+    assert "IDLEWATCH_PORT" in res.stderr and "--port" in res.stderr
+    assert "starting a private Docker engine" not in res.stdout, "no engine was started"
+    assert "Traceback" not in res.stderr

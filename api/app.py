@@ -1,0 +1,69 @@
+"""The application: ``create_app`` wires the routes, middlewares and app keys of the API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from watcher import Settings, Watcher
+
+from .auth import auth_middleware
+from .errors import error_middleware
+from .keys import FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .limits import GUARD, ConnectionGuard
+from .metrics import Metrics
+from .openapi import routes as openapi_routes
+from .routes import routes as rest_routes
+from .ws import Feed, close_all, feed_ctx
+from .ws import routes as ws_routes
+
+
+def create_app(watcher: Watcher | None = None, settings: Settings | None = None) -> web.Application:
+    """The API application for ``watcher`` (which its owner opens and closes).
+
+    Without ``watcher``, the app finds it under ``WATCHER`` in a parent app, put there by
+    :func:`watcher_ctx` in the parent's ``cleanup_ctx``; ``settings`` is then required.
+    """
+    if settings is None:
+        if watcher is None:
+            raise TypeError("create_app needs a watcher or the settings of one")
+        settings = watcher.settings
+    metrics = Metrics()
+    guard = ConnectionGuard(settings.max_connections, settings.request_timeout)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    app = web.Application(
+        middlewares=[
+            guard.middleware,  # first: it must see every request, refused ones included
+            metrics.middleware(),
+            error_middleware,
+            auth_middleware(token),
+        ],
+        client_max_size=settings.max_body_bytes,
+    )
+    if watcher is not None:
+        app[WATCHER] = watcher
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[GUARD] = guard  # used when served through api.limits.GuardedSite
+    app[SOCKETS] = Sockets()
+    app[FEED] = Feed(settings.ws_max_buffer_bytes)
+    app.cleanup_ctx.append(feed_ctx)
+    app.add_routes(rest_routes)
+    app.add_routes(ws_routes)
+    app.add_routes(openapi_routes)
+    app.on_shutdown.append(close_all)
+    return app
+
+
+def watcher_ctx(
+    settings: Settings, key: web.AppKey[Watcher] = WATCHER
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry that opens a Watcher on start-up and closes it on cleanup."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with Watcher(settings) as w:
+            app[key] = w
+            yield
+
+    return ctx

@@ -1,0 +1,237 @@
+"""Issue 11's defects, each pinned on fakes: what a stranger's first hour and tools found."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from api import create_app
+from tests.fakes import FakeDocker, FakeStore
+from watcher import ManualClock, Settings, Watcher
+from watcher.leader import Leadership
+from watcher.models import ContainerInfo, EngineEvent, EventType, freeze
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+MANAGED = freeze({"idlewatch.enable": "true"})
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[FakeDocker, Watcher, TestClient[object, object]]]:
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", api_token="tok"
+    )
+    w = Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0))
+    w.confirm_timeout_s = 0.2  # the fake engine emits no events of its own
+    await w.open()
+    await w.wait_synced(5)
+    client = TestClient(TestServer(create_app(w)))
+    await client.start_server()
+    try:
+        yield docker, w, client  # type: ignore[misc]
+    finally:
+        await client.close()
+        await w.close()
+
+
+AUTH = {"Authorization": "Bearer tok"}
+
+
+async def test_a_405_names_the_allowed_methods_and_open_routes_answer_it_without_a_token(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    _, _, client = served
+    resp = await client.post("/healthz")  # open route, wrong method, no token
+    assert resp.status == 405
+    assert set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+    resp = await client.delete("/api/audit", headers=AUTH)
+    assert resp.status == 405 and "GET" in resp.headers["Allow"]
+    resp = await client.put("/api/agents/box/stop")  # a secured route: still 405, not 401
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    resp = await client.get("/api/agents")  # the right method without a token: 401
+    assert resp.status == 401
+    # the running listing's path is never an agent's name, whatever the method
+    resp = await client.request("OPTIONS", "/api/agents/running", headers=AUTH)
+    assert resp.status == 405 and set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
+async def test_integral_numbers_are_integers_as_json_schema_says(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    _, _, client = served
+    resp = await client.post("/api/agents/box/scale", json={"replicas": 1.0}, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    for bad in (1.5, True, "1"):
+        resp = await client.post("/api/agents/box/scale", json={"replicas": bad}, headers=AUTH)
+        assert resp.status == 400 and (await resp.json())["error"]["field"] == "replicas"
+    resp = await client.get("/api/audit?limit=5.0", headers=AUTH)
+    assert resp.status == 200
+    resp = await client.get("/api/audit?limit=5.5", headers=AUTH)
+    assert resp.status == 400
+
+
+async def test_the_document_states_the_rules_the_server_applies(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    _, _, client = served
+    doc = await (await client.get("/api/openapi.json", headers=AUTH)).json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["ScaleBody"]["properties"]["replicas"]["maximum"] == 10  # max_replicas
+    assert schemas["ReplicasBody"]["properties"]["replicas"]["maximum"] == 10
+    register = schemas["RegisterBody"]
+    assert register["properties"]["env"]["propertyNames"]["pattern"]
+    assert register["else"]["properties"]["replicas"] == {"const": 1}
+    assert "stop_timeout + 5 s" in doc["paths"]["/api/agents/{name}/stop"]["post"]["description"]
+
+
+async def test_a_plain_get_of_the_feed_says_it_is_a_websocket(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    _, _, client = served
+    resp = await client.get("/api/ws", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "websocket_upgrade_required"
+    assert "websocket" in body["error"]["message"]
+
+
+async def test_metrics_name_the_prometheus_text_version(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    _, _, client = served
+    resp = await client.get("/metrics")
+    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def test_the_feed_says_when_the_engine_goes_away_and_comes_back(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    docker, _, client = served
+    ws = await client.ws_connect("/api/ws", headers=AUTH)
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "snapshot" and first["health"]["ready"] is True
+    docker.reachable = False
+    docker.streams[-1].end()  # the daemon went away
+    msg = await ws.receive_json(timeout=5)
+    assert msg["type"] == "health" and msg["ready"] is False
+    assert msg["checks"]["events_stream"] is False
+    assert any("fake://engine" in r for r in msg["reasons"]), msg
+    docker.reachable = True
+    while msg.get("type") != "health" or not msg["ready"]:
+        msg = await ws.receive_json(timeout=10)
+    assert msg["checks"] == {"events_stream": True, "database": True}
+    await ws.close()
+
+
+async def test_a_restart_answers_with_the_state_the_restart_produced(
+    served: tuple[FakeDocker, Watcher, TestClient[object, object]],
+) -> None:
+    """The engine stops the container (its die reaches the stream while the call runs),
+    starts it, answers; the start event arrives after the answer. The answer is the
+    restarted container, never the exited one in between (it was, 1 time in 6)."""
+    docker, w, client = served
+    w.confirm_timeout_s = 5.0
+    docker.gate = asyncio.Event()
+    box = w.get("box")
+    assert box is not None
+    t = box.last_event_ns + 1_000_000
+
+    def event(action: str, i: int) -> EngineEvent:
+        return EngineEvent(EventType.CONTAINER, action, "c1", t + i, "box", "img", "", MANAGED)
+
+    async def engine() -> None:
+        await docker.wait_calls("restart_container", 1)
+        stream = docker.streams[-1]
+        for i, action in enumerate(("kill", "die", "stop")):
+            stream.queue.put_nowait(event(action, i))
+        await w.wait_for("box", lambda a: a is not None and a.status.value == "exited", 5)
+        assert docker.gate is not None
+        docker.gate.set()  # the engine answers the restart...
+        await asyncio.sleep(0.05)
+        for i, action in enumerate(("start", "restart"), start=3):
+            stream.queue.put_nowait(event(action, i))  # ...before its start event arrives
+
+    feeder = asyncio.create_task(engine())
+    resp = await client.post("/api/agents/box/restart", headers=AUTH)
+    body = await resp.json()
+    await feeder
+    assert resp.status == 200 and body["status"] == "running", body
+
+
+async def test_an_idle_stop_is_audited_when_decided_and_when_finished() -> None:
+    clock = ManualClock(T0)
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    docker.gate = asyncio.Event()
+    store = FakeStore()
+    w = Watcher(
+        Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db", idle_timeout=60),
+        docker=docker,
+        store=store,
+        clock=clock,
+    )
+    async with w:
+        await w.wait_synced(5)
+        clock.advance(120)
+        decided = clock.now()
+        sweep = asyncio.create_task(w.sweep_once())
+        await docker.wait_calls("stop_container", 1)
+        clock.advance(7)  # the container takes its stop_timeout to end
+        docker.gate.set()
+        report = await sweep
+        assert report.outcomes == {"box": "acted"}
+        await w.flush(5)
+    [entry] = [e for e in store.audits if e.action == "stop"]
+    assert entry.at == decided and entry.finished_at == decided.replace(second=7)
+
+
+async def test_shutdown_logs_the_release_once_and_no_follow_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lead = Leadership(FakeStore(), "r1", 5.0)
+    assert await lead.try_once()
+    caplog.set_level(logging.INFO, logger="watcher.leader")
+    await lead.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["leadership released by r1 (shutting down)"], lines
+
+
+def test_help_imports_only_what_help_needs() -> None:
+    """`idlewatch --help` must answer fast: it may not import the engine client, the
+    database layer, pydantic or aiohttp (over a second of imports; issue 11)."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from api.cli import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = ('aiohttp', 'aiodocker', 'databases', 'sqlalchemy', 'pydantic', "
+        "'pydantic_settings', 'orjson', 'watcher.core', 'watcher.settings')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", out
+
+
+def test_a_huge_idle_timeout_means_never_and_reads_back_from_its_label() -> None:
+    """Found by the widened fuzz: 1e+23 was labelled "1e+23s", which the tracker could not
+    read back, and a timeout past datetime's range ended every sweep in an OverflowError."""
+    from api.schemas import RegisterBody
+    from watcher.models import Agent, Kind, Status
+    from watcher.policy import idle_agents, idle_timeout_s
+
+    label = RegisterBody(name="ab", image="img", idle_timeout=1e23).to_spec().idle_timeout
+    assert label is not None
+    assert idle_timeout_s({"idlewatch.idle-timeout": label}, None) == 1e23
+    agent = Agent("ab", Kind.CONTAINER, "c", "img", Status.RUNNING, 1, 1, T0, 1e300, T0)
+    assert idle_agents([agent], T0.replace(year=2030)) == []
