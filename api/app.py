@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-
-from watcher import Settings, Watcher
+from idlewatch import Settings, Watcher
 
 from .auth import auth_middleware
 from .errors import error_middleware

@@ -1,4 +1,5 @@
-"""The ``idlewatch`` command. The only place that installs signal handlers or runs a loop.
+"""The ``idlewatch`` command: it parses arguments and calls the composition roots in
+:mod:`idlewatch.api.runtime` (the only place that installs signal handlers) or the API.
 
 Exit codes: 0 success, 1 a failed action (API error, API or engine unreachable), 2 bad usage.
 """
@@ -10,7 +11,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -20,9 +20,9 @@ import click
 
 # Only what `--help` needs is imported here: the engine client, the database layer, pydantic
 # and aiohttp cost over a second to import and are imported by the commands that use them
-# (tests/unit/test_cli_imports.py checks it).
+# (tests/unit/test_first_hour.py checks it).
 if TYPE_CHECKING:
-    from watcher import Settings
+    from idlewatch import Settings
 
     from .client import ApiClient
 
@@ -30,11 +30,6 @@ logger = logging.getLogger("idlewatch")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-#: pending connections the kernel queues for serve; aiohttp's default (128) drops the SYNs of
-#: a larger burst (1,000 clients at once, measured in bench/load_figures.py), which then wait
-#: out the 1 s, 3 s... SYN retransmissions. The kernel caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
-
 _STATUS_COLOURS = {
     "running": "green",
     "starting": "yellow",
@@ -52,10 +47,13 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # "Connected to database ..." at INFO on every start says nothing idlewatch does not
+    for name in ("databases", "aiosqlite", "asyncio"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _settings(config: str | None, **overrides: Any) -> Settings:
-    from watcher import SettingsError, load_settings
+    from idlewatch import SettingsError, load_settings
 
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -110,7 +108,9 @@ def serve(config: str | None, **flags: Any) -> None:
         )
         sys.exit(2)
     _setup_logging(settings.log_level)
-    from watcher import WatcherError
+    from idlewatch import WatcherError
+
+    from .runtime import run_server
 
     try:
         asyncio.run(run_server(settings))
@@ -129,46 +129,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the watcher and the API until SIGINT/SIGTERM."""
-    from aiohttp import web
-
-    from watcher import Watcher, WatcherError
-
-    from . import create_app
-    from .limits import GUARD, HANDLER_ARGS, GuardedSite, fit_to_open_files
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Watcher(settings) as w:
-        app = create_app(w, settings)
-        fit_to_open_files(app[GUARD])  # a 503 at max_connections, never an out-of-files error
-        runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=5, **HANDLER_ARGS
-        )
-        await runner.setup()
-        try:
-            # max_connections and request_timeout hold only for connections of this site
-            site = GuardedSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise WatcherError(
-                    f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
-                    "(set IDLEWATCH_PORT or --port)"
-                ) from exc
-            url = f"http://{settings.host}:{settings.port}/"
-            logger.info("API and dashboard on %s", url)
-            if on_ready is not None:
-                on_ready(url)
-            await stop.wait()
-            logger.info("shutting down")
-        finally:
-            await runner.cleanup()
-
-
 # ------------------------------------------------------------------------------ node
 @main.command()
 @CONFIG_OPTION
@@ -184,58 +144,15 @@ def node(config: str | None, **flags: Any) -> None:
     """
     settings = _settings(config, **flags)
     _setup_logging(settings.log_level)
-    from watcher import WatcherError
+    from idlewatch import WatcherError
+
+    from .runtime import run_node
 
     try:
         asyncio.run(run_node(settings))
     except WatcherError as exc:
         logger.error("idlewatch node stopped: %s", exc)
         sys.exit(1)
-
-
-async def run_node(settings: Settings) -> None:
-    """Run a NodeReporter until SIGINT/SIGTERM (no API, no store lock: it does not act)."""
-    from watcher.docker import AioDockerGateway
-    from watcher.events import exponential_backoff
-    from watcher.node import NodeReporter
-    from watcher.store import SqlStore
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    store = SqlStore(settings.database_url)
-    await store.connect()  # no claim(): the one-actor lock is for processes that act
-    docker = AioDockerGateway(settings.docker_url, label=settings.label)
-    reporter = NodeReporter(
-        docker,
-        store,
-        node_id=settings.node_id,
-        report_interval_s=settings.report_interval,
-        backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
-    )
-    try:
-        reporter.start()
-        logger.info(
-            "idlewatch node %s (read-only): watching engine %s, reporting to %s",
-            settings.node_id,
-            settings.docker_url,
-            _redacted_url(settings.database_url),
-        )
-        await stop.wait()
-        logger.info("shutting down")
-    finally:
-        await reporter.close()
-        await store.close()
-        await docker.close()
-
-
-def _redacted_url(url: str) -> str:
-    """A database URL without its credentials, for log lines."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 # ----------------------------------------------------------------------- API commands
@@ -508,58 +425,10 @@ def check(config: str | None) -> None:
     """Validate the settings, reach the engine and the database, list what would be managed."""
     settings = _settings(config)
     click.echo("settings: ok")
-    ok = asyncio.run(_check(settings))
+    from .runtime import check as check_all
+
+    ok = asyncio.run(check_all(settings, click.echo))
     sys.exit(0 if ok else 1)
-
-
-async def _check(settings: Settings) -> bool:
-    from watcher import WatcherError
-    from watcher.docker import AioDockerGateway
-    from watcher.policy import is_managed
-    from watcher.store import SqlStore
-
-    ok = True
-    store = SqlStore(settings.database_url)
-    try:
-        await store.connect()
-        await store.ping()
-        click.echo(f"database: ok ({settings.database_url.split('://')[0]})")
-    except WatcherError as exc:
-        click.echo(f"database: FAILED: {exc}")
-        ok = False
-    finally:
-        await store.close()
-    docker = AioDockerGateway(settings.docker_url, label=settings.label)
-    try:
-        info = await docker.describe()
-        click.echo(
-            f"engine: ok ({settings.docker_url}, Docker {info.version}, API {info.api_version})"
-        )
-        click.echo(
-            f"swarm: {'active' if info.swarm_active else 'inactive'}, this node "
-            f"{'is' if info.manager else 'is not'} a manager"
-        )
-        snap = await docker.snapshot()
-        managed = [
-            c
-            for c in snap.containers
-            if c.service_id is None and is_managed(c.labels, settings.label)
-        ]
-        services = [s for s in snap.services if is_managed(s.labels, settings.label)]
-        click.echo(
-            f"would manage {len(managed)} container(s) and {len(services)} service(s) "
-            f"labelled {settings.label}=true:"
-        )
-        for c in managed:
-            click.echo(f"  container {c.name} ({c.state})")
-        for s in services:
-            click.echo(f"  service {s.name} ({s.running}/{s.replicas} running)")
-    except WatcherError as exc:
-        click.echo(f"engine: FAILED: cannot use {settings.docker_url}: {exc}")
-        ok = False
-    finally:
-        await docker.close()
-    return ok
 
 
 # ------------------------------------------------------------------------------ demo
@@ -580,18 +449,18 @@ async def _check(settings: Settings) -> bool:
 @click.option("--sweep-interval", default="5s", show_default=True)
 def demo(port: int | None, idle: str, sweep_interval: str) -> None:
     """Run a private Docker engine with sample agents and serve the dashboard (Ctrl-C ends)."""
-    from watcher import WatcherError
-    from watcher.durations import DurationError, parse_duration_s
+    from idlewatch import WatcherError
+    from idlewatch.durations import DurationError, parse_duration_s
 
-    from .demo import run_demo
-    from .private_engine import EngineSetupError
+    from .demo_engine import EngineSetupError
+    from .runtime import run_demo
 
     try:
         idle_s, sweep_s = parse_duration_s(idle), parse_duration_s(sweep_interval)
     except DurationError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
-        run_demo(idle_s, sweep_s, port, lambda **kw: _settings(None, **kw))
+        run_demo(idle_s, sweep_s, port, lambda **kw: _settings(None, **kw), click.echo)
     except EngineSetupError as exc:
         _fail(str(exc))
     except WatcherError as exc:

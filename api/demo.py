@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
+from idlewatch import WatcherError
 
-from watcher import Settings, WatcherError
-
-from .private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from .demo_engine import SAMPLE_IMAGE, DemoEngine
 
 logger = logging.getLogger(__name__)
 
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
 
 
-def create_samples(engine: PrivateEngine, idle_s: float) -> None:
+def create_samples(engine: DemoEngine, idle_s: float) -> None:
     """A service, a container and a container with a healthcheck, with short idle timeouts."""
     enable = ["--label", "idlewatch.enable=true"]
     engine.cli(
@@ -36,7 +32,7 @@ def create_samples(engine: PrivateEngine, idle_s: float) -> None:
         *enable,
         "--label",
         f"idlewatch.idle-timeout={idle_s:g}s",
-        TEST_IMAGE,
+        SAMPLE_IMAGE,
         *SLEEPER,
     )
     engine.cli(
@@ -49,7 +45,7 @@ def create_samples(engine: PrivateEngine, idle_s: float) -> None:
         *enable,
         "--label",
         f"idlewatch.idle-timeout={idle_s + 15:g}s",
-        TEST_IMAGE,
+        SAMPLE_IMAGE,
         *SLEEPER,
     )
     engine.cli(
@@ -66,14 +62,14 @@ def create_samples(engine: PrivateEngine, idle_s: float) -> None:
         "true",
         "--health-interval",
         "2s",
-        TEST_IMAGE,
+        SAMPLE_IMAGE,
         *SLEEPER,
     )
-    engine.cli("run", "-d", "--name", "demo-unmanaged", "--network", "none", TEST_IMAGE, *SLEEPER)
+    engine.cli("run", "-d", "--name", "demo-unmanaged", "--network", "none", SAMPLE_IMAGE, *SLEEPER)
 
 
 def demo_overrides(
-    engine: PrivateEngine, idle_s: float, sweep_s: float, port: int | None
+    engine: DemoEngine, idle_s: float, sweep_s: float, port: int | None
 ) -> dict[str, Any]:
     """The settings the demo sets itself; the rest come from the usual sources, so
     ``IDLEWATCH_PORT``, ``IDLEWATCH_HOST`` or a token work as they do for ``serve``."""
@@ -101,48 +97,15 @@ def check_port_free(host: str, port: int) -> None:
         ) from None
 
 
-def run_demo(
-    idle_s: float, sweep_s: float, port: int | None, settings_of: Callable[..., Settings]
-) -> None:
-    """Bring everything up, serve until Ctrl-C, tear it all down.
-
-    ``settings_of(**overrides)`` reads the settings (the CLI's, which exits on a bad one).
-    """
-    from .cli import run_server
-
-    engine = PrivateEngine()  # only a temporary directory until start()
-    try:
-        settings = settings_of(**demo_overrides(engine, idle_s, sweep_s, port))
-        check_port_free(settings.host, settings.port)
-        ensure_installed()
-        click.echo(f"starting a private Docker engine under {engine.root} ...")
-        engine.start()
-        engine.build_test_image()
-        engine.swarm_init()
-        create_samples(engine, idle_s)
-
-        def ready(url: str) -> None:
-            click.echo(f"\nidlewatch demo: open {url}\n")
-            click.echo(
-                "  demo-service (2 replicas), demo-container and demo-healthcheck go idle "
-                f"after {idle_s:g}s, {idle_s + 15:g}s and {idle_s + 30:g}s."
-            )
-            click.echo("  Activity keeps them up, e.g.:")
-            click.echo(f"    DOCKER_HOST={engine.url} docker exec demo-container echo hi")
-            click.echo(
-                "  (the healthcheck's own execs do not count). demo-unmanaged is never "
-                "touched.\n  Ctrl-C stops the demo and removes everything.",
-            )
-            click.echo(f"engine: {engine.root}", err=False)
-
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        asyncio.run(run_server(settings, on_ready=ready))
-    finally:
-        started = engine.proc is not None
-        if started:
-            click.echo("tearing down the demo engine ...")
-        engine.cleanup()
-        if started:
-            click.echo("demo stopped; nothing left behind")
+def ready_message(engine: DemoEngine, url: str, idle_s: float) -> str:
+    """What the demo prints once the dashboard answers."""
+    return (
+        f"\nidlewatch demo: open {url}\n\n"
+        "  demo-service (2 replicas), demo-container and demo-healthcheck go idle "
+        f"after {idle_s:g}s, {idle_s + 15:g}s and {idle_s + 30:g}s.\n"
+        "  Activity keeps them up, e.g.:\n"
+        f"    DOCKER_HOST={engine.url} docker exec demo-container echo hi\n"
+        "  (the healthcheck's own execs do not count). demo-unmanaged is never touched.\n"
+        "  Ctrl-C stops the demo and removes everything.\n"
+        f"engine: {engine.root}"
+    )

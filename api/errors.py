@@ -6,8 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-
-from watcher.errors import (
+from idlewatch.errors import (
     AgentNotFound,
     Conflict,
     EngineError,

@@ -6,8 +6,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-
-from watcher import Settings, Watcher
+from idlewatch import Settings, Watcher
 
 from .metrics import Metrics
 

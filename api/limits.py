@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: aiohttp's request handler logs every malformed request (a header line too long, bad
 #: chunked framing...) with a traceback at ERROR, so one client could flood the log; through
 #: this logger such a request is one DEBUG line, and other errors keep their traceback
-HTTP_LOGGER = logging.getLogger("api.http")
+HTTP_LOGGER = logging.getLogger("idlewatch.api.http")
 
 
 class _MalformedRequests(logging.Filter):

@@ -8,8 +8,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-
-from watcher import Status, Watcher
+from idlewatch import WatcherStatus
 
 from .errors import Handler
 
@@ -49,31 +48,34 @@ def _family(name: str, kind: str, help_text: str, lines: Iterable[str]) -> list[
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
 
 
-def render(w: Watcher, metrics: Metrics) -> str:
-    """The whole exposition."""
-    p, wr = w.pump, w.writer
-    by_status = Counter(a.status for a in w.tracker.agents.values())
-    lag_s = p.lag_ns_last / 1e9 + wr.last_queue_lag_s
+def render(status: WatcherStatus, metrics: Metrics) -> str:
+    """The whole exposition, from the watcher's public status view."""
     out: list[str] = []
     out += _family(
         "idlewatch_events_received_total",
         "counter",
         "Events read from the engine.",
-        [_line("idlewatch_events_received_total", p.events_received)],
+        [_line("idlewatch_events_received_total", status.events_received)],
     )
     out += _family(
         "idlewatch_events_applied_total",
         "counter",
         "Events applied to the state.",
-        [_line("idlewatch_events_applied_total", p.events_applied)],
+        [_line("idlewatch_events_applied_total", status.events_applied)],
     )
     out += _family(
         "idlewatch_stream_reconnects_total",
         "counter",
         "Events stream reconnections.",
-        [_line("idlewatch_stream_reconnects_total", max(0, p.reconnects - 1))],
+        [_line("idlewatch_stream_reconnects_total", status.reconnects)],
     )
-    lead = w.leader_info()
+    out += _family(
+        "idlewatch_periodic_resyncs_total",
+        "counter",
+        "Listings compared with the tracked table while the stream was up (resync_interval).",
+        [_line("idlewatch_periodic_resyncs_total", status.periodic_resyncs)],
+    )
+    lead = status.leader
     out += _family(
         "idlewatch_leader",
         "gauge",
@@ -81,8 +83,8 @@ def render(w: Watcher, metrics: Metrics) -> str:
         [
             _line(
                 "idlewatch_leader",
-                int(bool(lead["leader"])),
-                {"replica": str(lead["replica"]), "holder": str(lead["holder"] or "")},
+                int(lead.leader),
+                {"replica": lead.replica, "holder": lead.holder or ""},
             )
         ],
     )
@@ -90,25 +92,25 @@ def render(w: Watcher, metrics: Metrics) -> str:
         "idlewatch_stream_connected",
         "gauge",
         "1 while the events stream is up.",
-        [_line("idlewatch_stream_connected", int(p.connected))],
+        [_line("idlewatch_stream_connected", int(status.stream_connected))],
     )
     out += _family(
         "idlewatch_event_to_store_lag_seconds",
         "gauge",
         "Last event's time from the engine to its row committed.",
-        [_line("idlewatch_event_to_store_lag_seconds", round(lag_s, 6))],
+        [_line("idlewatch_event_to_store_lag_seconds", round(status.event_to_store_lag_s, 6))],
     )
     out += _family(
         "idlewatch_store_rows_written_total",
         "counter",
         "Rows committed.",
-        [_line("idlewatch_store_rows_written_total", wr.rows_written)],
+        [_line("idlewatch_store_rows_written_total", status.rows_written)],
     )
     out += _family(
         "idlewatch_sweeps_total",
         "counter",
         "Idle sweeps run.",
-        [_line("idlewatch_sweeps_total", w.sweeper.sweeps)],
+        [_line("idlewatch_sweeps_total", status.sweeps)],
     )
     out += _family(
         "idlewatch_actions_total",
@@ -116,14 +118,14 @@ def render(w: Watcher, metrics: Metrics) -> str:
         "Actions taken, by kind.",
         [
             _line("idlewatch_actions_total", n, {"action": a})
-            for a, n in sorted(w.lifecycle.actions.items())
+            for a, n in sorted(status.actions.items())
         ],
     )
     out += _family(
         "idlewatch_agents",
         "gauge",
         "Tracked agents by status.",
-        [_line("idlewatch_agents", by_status.get(s, 0), {"status": s.value}) for s in Status],
+        [_line("idlewatch_agents", n, {"status": s.value}) for s, n in status.agents.items()],
     )
     out += _family(
         "idlewatch_api_requests_total",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-
-from watcher.models import Status
+from idlewatch.models import Status
 
 from .schemas import CONTAINER_NAME, DURATION, ENV_NAME, RESERVED_LABELS, SERVICE_NAME
 

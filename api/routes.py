@@ -7,8 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from watcher import Agent, AgentNotFound, Status, Watcher
+from idlewatch import Agent, AgentNotFound, Status, Watcher
 
 from .errors import ApiError, error_response
 from .keys import METRICS, SETTINGS, WATCHER
@@ -267,12 +266,13 @@ async def readyz(request: web.Request) -> web.Response:
     """200 only while the engine stream is connected and synced and the database answers
     (see :meth:`Watcher.database_reason`: a ping that is only slow under load is no reason)."""
     w = _w(request)
-    reasons = list(w.health().reasons)
+    health = w.health()
+    reasons = list(health.reasons)
     database = await w.database_reason()
     if database is not None:
         reasons.append(database)
     checks: dict[str, Any] = {
-        "events_stream": w.pump.connected and w.pump.synced.is_set(),
+        "events_stream": health.events_stream,
         "database": not any(r.startswith("database") for r in reasons),
     }
     if reasons:
@@ -292,7 +292,7 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics", name="metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    text = render(_w(request), request.config_dict[METRICS])
+    text = render(_w(request).status(), request.config_dict[METRICS])
     return web.Response(
         body=text.encode(),
         headers={"Content-Type": PROMETHEUS_TEXT, "X-Content-Type-Options": "nosniff"},

@@ -9,6 +9,9 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
+from idlewatch.core import Health
+from idlewatch.durations import DurationError, parse_timeout_s
+from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, freeze
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -18,10 +21,6 @@ from pydantic import (
     StrictStr,
     ValidationError,
 )
-
-from watcher.core import Health
-from watcher.durations import DurationError, parse_timeout_s
-from watcher.models import Agent, AgentSpec, AuditEntry, Kind, freeze
 
 from .errors import ApiError
 

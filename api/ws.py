@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web
-
-from watcher import SubscriberLagged, Watcher
-from watcher.models import Change
+from idlewatch import SubscriberLagged, Watcher
+from idlewatch.models import Change
+from idlewatch.tasks import cancel_and_wait
 
 from .errors import ApiError
 from .keys import FEED, SETTINGS, SOCKETS, WATCHER
@@ -81,8 +81,6 @@ class Feed:
 
     async def close(self) -> None:
         """Stop the fan-out tasks."""
-        from watcher.tasks import cancel_and_wait
-
         await cancel_and_wait(self._health_task)
         await cancel_and_wait(self._task)
         self._task = self._health_task = None
@@ -100,7 +98,7 @@ class Feed:
     async def _run(self, watcher: Watcher) -> None:
         while True:
             try:
-                async for change in watcher.hub.subscribe(FEED_QUEUE):
+                async for change in watcher.changes(FEED_QUEUE):
                     await self._fan_out(_change_msg(change, watcher.clock.now()))
             except SubscriberLagged:
                 # the feed itself fell behind: every client may have missed changes, so

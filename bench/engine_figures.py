@@ -16,16 +16,27 @@ from typing import Any
 import aiodocker
 import aiohttp
 from aiohttp import web
+from idlewatch import Settings, Watcher
+from idlewatch.api import create_app
+from idlewatch.docker import AioDockerGateway
+from idlewatch.models import Agent
 
-from api import create_app
-from api.private_engine import TEST_IMAGE, PrivateEngine, free_port
-from watcher import Settings, Watcher
-from watcher.models import Agent
+from tests.private_engine import TEST_IMAGE, PrivateEngine, free_port
 
 from .common import cpu_seconds, percentile, wait_for
 
 LABEL = "idlewatch.enable"
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
+
+
+class CountingGateway(AioDockerGateway):
+    """The real gateway, counting every engine call it makes (each goes through ``_call``)."""
+
+    calls = 0
+
+    async def _call(self, what: str, fn: Any, *, timeout_s: float = 30.0) -> Any:
+        self.calls += 1
+        return await super()._call(what, fn, timeout_s=timeout_s)
 
 
 async def _run_containers(
@@ -62,18 +73,17 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
     )
     store_ms: list[float] = []
     ws_ms: list[float] = []
-    async with Watcher(settings) as w:
+    seen: dict[tuple[str, int], int] = {}
+
+    def on_commit(rows: list[Agent], wall_ns: int) -> None:
+        for a in rows:
+            key = (a.name, a.last_event_ns)
+            if a.name in names and a.last_event_ns and key not in seen:
+                seen[key] = wall_ns
+                store_ms.append((wall_ns - a.last_event_ns) / 1e6)
+
+    async with Watcher(settings, on_commit=on_commit) as w:
         await w.wait_synced(30)
-        seen: dict[tuple[str, int], int] = {}
-
-        def on_commit(rows: list[Agent], wall_ns: int) -> None:
-            for a in rows:
-                key = (a.name, a.last_event_ns)
-                if a.name in names and a.last_event_ns and key not in seen:
-                    seen[key] = wall_ns
-                    store_ms.append((wall_ns - a.last_event_ns) / 1e6)
-
-        w.writer.commit_hook = on_commit
         runner = web.AppRunner(create_app(w))
         await runner.setup()
         port = free_port()
@@ -149,7 +159,7 @@ def serve_process(
     full.update({f"IDLEWATCH_{k.upper()}": v for k, v in settings.items()})
     with open(Path(tmp) / "serve.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve"],
+            [sys.executable, "-m", "idlewatch.api.cli", "serve"],
             env=full,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -243,25 +253,18 @@ async def polling_baseline(engine: PrivateEngine, n: int = 100) -> dict[str, Any
     calls_per_cycle = calls / 5
     # idlewatch in steady state: count its engine calls over an idle window
     tmp = tempfile.mkdtemp()
-    counted = {"n": 0}
     settings = Settings(
         docker_url=engine.url,
         database_url=f"sqlite+aiosqlite:///{tmp}/p.db",
         sweep_interval=5,
         log_level="WARNING",
     )
-    async with Watcher(settings) as w:
+    gateway = CountingGateway(settings.docker_url, label=settings.label)
+    async with Watcher(settings, docker=gateway) as w:
         await w.wait_synced(30)
-        gw: Any = w.docker
-        real = gw._call
-
-        async def counting(*args: Any, **kw: Any) -> Any:
-            counted["n"] += 1
-            return await real(*args, **kw)
-
-        gw._call = counting
+        gateway.calls = 0
         await asyncio.sleep(12)  # an idle window with two sweeps in it: count the calls
-        idle_calls_per_min = counted["n"] * 60 / 12
+        idle_calls_per_min = gateway.calls * 60 / 12
     for c in await docker.containers.list(all=True, filters={"name": ["poll"]}):
         await c.delete(force=True)
     await docker.close()

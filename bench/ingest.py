@@ -6,12 +6,13 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiodocker
-
-from watcher import Settings, Watcher
+from idlewatch import Agent, Change, Settings, Watcher
+from idlewatch.store import SqlStore
 
 from .common import wait_for
 from .fake_engine import FakeEngineProcess, Scenario, generate
@@ -45,36 +46,43 @@ async def pipeline(engine: FakeEngineProcess, sc: Scenario, db: Path) -> dict[st
         sweep_interval=3600,
         log_level="WARNING",
     )
+    published = 0
+
+    async def consume(changes: AsyncIterator[Change]) -> None:
+        nonlocal published
+        async for _ in changes:
+            published += 1
+
     async with Watcher(settings) as w:
-        sub = w.hub.subscribe(queue_size=N_EVENTS * 2)  # a consumer of the published changes
-        await wait_for(lambda: w.pump.events_received > 0, 60, "the first event")
+        consumer = asyncio.create_task(consume(w.changes(N_EVENTS * 2)))  # a subscriber
+        await wait_for(lambda: w.status().events_received > 0, 60, "the first event")
         t0 = time.perf_counter()
-        await wait_for(lambda: w.pump.events_received >= len(sc.lines), 300, "every event")
-        await wait_for(lambda: w.pump.synced.is_set(), 60, "the resync")
+        await wait_for(lambda: w.status().events_received >= len(sc.lines), 300, "every event")
+        await w.wait_synced(60)
         t_read = time.perf_counter() - t0
-        await w.pump.enricher.idle()
+        await w.settled(300)
         t_enriched = time.perf_counter() - t0
         await w.flush(300)
         elapsed = time.perf_counter() - t0
-        published = sub.queue.qsize()
         wrong = _check(w, sc)
-        stored = {a.name: a for a in await w.store.load_agents()}
+        stored = {a.name: a for a in await _stored(settings.database_url)}
         wrong_stored = sum(
             1
             for a in w.agents()
             if (s := stored.get(a.name)) is None or s.status != a.status or s.replicas != a.replicas
         )
-        enrich_backlog = w.pump.enricher._queue.qsize()
+        status = w.status()
+        consumer.cancel()
     return {
         "events_per_s": (len(sc.lines) - 1) / elapsed,
         "elapsed_s": elapsed,
         "wrong_status": wrong,
         "wrong_in_store": wrong_stored,
         "published": published,
-        "enricher_backlog_at_end": enrich_backlog,
+        "enricher_backlog_at_end": status.lookups_pending,
         "read_s": t_read,
         "enriched_s": t_enriched,
-        "inspections": w.pump.enricher.inspections,
+        "inspections": status.inspections,
     }
 
 
@@ -114,3 +122,13 @@ async def run(repeats: int = 3) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(asyncio.run(run(1)))
+
+
+async def _stored(url: str) -> list[Agent]:
+    """The rows the watcher committed, read through a store of our own."""
+    store = SqlStore(url)
+    await store.connect()
+    try:
+        return await store.load_agents()
+    finally:
+        await store.close()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.private_engine import PrivateEngine, ensure_installed
+from tests.private_engine import PrivateEngine, ensure_installed
 
 from . import engine_figures, ingest, load_figures, small_figures, ws_figures
 from .common import machine, stats

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from idlewatch import Settings, Watcher
+from idlewatch.models import ContainerInfo, freeze
 
 from tests.fakes import FakeDocker, FakeStore
-from watcher import Settings, Watcher
-from watcher.models import ContainerInfo, freeze
 
 from .common import rss_mb, stats
 from .engine_figures import serve_process

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from idlewatch import Settings, Watcher
+from idlewatch.api import create_app
+from idlewatch.models import ContainerInfo, freeze
 
-from api import create_app
-from api.private_engine import free_port
 from tests.fakes import FakeDocker, FakeStore
-from watcher import Settings, Watcher
-from watcher.models import ContainerInfo, freeze
+from tests.private_engine import free_port
 
 from . import ws_clients
 
@@ -63,7 +63,7 @@ async def idlewatch_feed() -> dict[str, Any]:
         await _paced(touch)
         result = await ws_clients.results(proc)
         result["seconds"] = time.monotonic() - t0
-        result["dropped_by_server"] = w.hub.dropped_subscribers
+        result["dropped_by_server"] = w.status().subscribers_dropped
     finally:
         await runner.cleanup()
         await w.close()

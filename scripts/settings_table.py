@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from watcher.settings import settings_table
+from idlewatch.settings import settings_table
 
 
 readme = Path(__file__).resolve().parent.parent / "README.md"

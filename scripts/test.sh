@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-.venv/bin/python -m pip install -q -e '.[dev,postgres]'
+.venv/bin/python -m pip install -q -e '.[dev,postgres]' --config-settings editable_mode=strict
 
 # Debian packages the suite needs: a Docker engine (run privately by the tests), a static
 # busybox (the test image), Chromium (the dashboard's browser test, driven by Playwright),
-# and the PostgreSQL server binaries (the tests run a private cluster: api/private_postgres.py).
+# and the PostgreSQL server binaries (the tests run a private cluster: tests/private_postgres.py).
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 [ -x /bin/busybox ] || missing+=(busybox-static)
@@ -29,6 +29,8 @@ fi
 echo "== ruff"
 .venv/bin/ruff check watcher api tests bench
 echo "== mypy --strict"
+# the package as installed (a link tree: the editable install's strict mode, above), whose
+# import name is idlewatch; the folders watcher/ and api/ are not import names
 .venv/bin/mypy
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from watcher.errors import EngineUnavailable, StoreError
-from watcher.models import (
+from idlewatch.errors import EngineUnavailable, StoreError
+from idlewatch.models import (
     ActivityReport,
     Agent,
     AgentSpec,
     AuditEntry,
+    Change,
     ContainerInfo,
     EngineEvent,
+    EventType,
     Kind,
     ServiceInfo,
     Snapshot,
     Status,
+    freeze,
 )
 
 
@@ -100,7 +104,7 @@ class FakeDocker:
         self.subscribed.set()
         return stream
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, *, recheck_swarm: bool = True) -> Snapshot:
         self._call("snapshot")
         return Snapshot(tuple(self.containers.values()), tuple(self.services.values()), True)
 
@@ -144,7 +148,28 @@ class FakeDocker:
 
     async def create_agent(self, spec: AgentSpec, *, network: str | None) -> str:
         self._call("create_agent")
-        return "new-" + spec.name
+        cid = "new-" + spec.name
+        labels = freeze({**spec.labels, "idlewatch.enable": "true", "idlewatch.deployed": "true"})
+        self.containers[cid] = ContainerInfo(cid, spec.name, spec.image, "running", labels)
+        self.emit(cid, "start")  # as an engine does: the watcher sees it on its stream
+        return cid
+
+    def emit(self, ref: str, action: str, **attrs: str) -> None:
+        """Put an engine event about a container on every open stream."""
+        c = self.containers[ref]
+        ev = EngineEvent(
+            EventType.CONTAINER,
+            action,
+            ref,
+            time.time_ns(),
+            c.name,
+            c.image,
+            "",
+            freeze({**c.labels, **attrs}),
+        )
+        for stream in self.streams:
+            if not stream.closed:
+                stream.queue.put_nowait(ev)
 
     async def remove_agent(self, kind: Kind, ref: str) -> None:
         self._call("remove_agent")
@@ -163,11 +188,13 @@ class FakeStore:
         self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
         self.writes = 0
-        self.leases: dict[str, tuple[str, float]] = {}
+        self.lease_rows: dict[str, tuple[str, float]] = {}
         #: activity reports by (agent, source), with when each row was last written
-        self.activity: dict[tuple[str, str], tuple[ActivityReport, datetime]] = {}
+        self.activity_rows: dict[tuple[str, str], tuple[ActivityReport, datetime]] = {}
         self.fail_reports = 0  # report_activity fails this many more times
         self.report_calls: list[list[ActivityReport]] = []
+        self.leases = self  # one fake for the whole port: the lease and the reports too
+        self.activity = self
 
     async def connect(self) -> None:
         pass
@@ -215,17 +242,16 @@ class FakeStore:
 
     async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
         """The lease table of one process: free, expired or ours is taken (monotonic time)."""
-        import time
 
         now = time.monotonic()
-        current = self.leases.get(role)
+        current = self.lease_rows.get(role)
         if current is None or current[0] == holder or current[1] < now:
-            self.leases[role] = (holder, now + ttl_s)
-        return self.leases[role]
+            self.lease_rows[role] = (holder, now + ttl_s)
+        return self.lease_rows[role]
 
     async def release_lease(self, role: str, holder: str) -> None:
-        if self.leases.get(role, ("", 0.0))[0] == holder:
-            del self.leases[role]
+        if self.lease_rows.get(role, ("", 0.0))[0] == holder:
+            del self.lease_rows[role]
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         found = [e for e in reversed(self.audits) if agent is None or e.agent == agent]
@@ -238,14 +264,14 @@ class FakeStore:
             raise StoreError("database is down (fake)")
         now = datetime.now(UTC)
         for r in reports:
-            old = self.activity.get((r.agent, r.source))
+            old = self.activity_rows.get((r.agent, r.source))
             kept = old[0].last_activity if old is not None else None
             if kept is not None and (r.last_activity is None or r.last_activity < kept):
                 r = replace(r, last_activity=kept)  # a row's last_activity never goes back
-            self.activity[(r.agent, r.source)] = (replace(r, reported_at=now), now)
+            self.activity_rows[(r.agent, r.source)] = (replace(r, reported_at=now), now)
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
-        return [r for r, at in self.activity.values() if since is None or at >= since]
+        return [r for r, at in self.activity_rows.values() if since is None or at >= since]
 
     async def managed_services(self) -> dict[str, str]:
         return {
@@ -253,3 +279,25 @@ class FakeStore:
             for a in self.rows.values()
             if a.kind is Kind.SERVICE and a.status is not Status.REMOVED
         }
+
+
+class ChangeLog(list[Change]):
+    """A change-bus listener that keeps every change (and the names forgotten)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten_names: list[str] = []
+
+    def changed(self, change: Change) -> None:
+        self.append(change)
+
+    def forgotten(self, name: str) -> None:
+        self.forgotten_names.append(name)
+
+
+class FakeLeadership:
+    """A leadership a test sets: ``is_leader`` is a plain attribute."""
+
+    def __init__(self, is_leader: bool = True, replica_id: str = "test-replica") -> None:
+        self.is_leader = is_leader
+        self.replica_id = replica_id

@@ -1,11 +1,21 @@
-"""idlewatch's embeddable core: track managed Docker agents from the events stream, stop idle ones.
+"""idlewatch: event-driven scale-to-zero for Docker containers and Swarm services.
+
+The embeddable core: track managed Docker agents from the events stream, stop idle ones.
 
 >>> async with Watcher(load_settings()) as w:   # doctest: +SKIP
 ...     async for change in w.changes(): ...
+
+The HTTP API is :mod:`idlewatch.api`. Names that pull in the engine client, the database
+layer or pydantic (``Watcher``, ``Settings``...) are imported on first use (PEP 562), so
+that ``import idlewatch`` and the ``idlewatch`` command stay fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .clock import ManualClock, SystemClock
-from .core import Health, Watcher
 from .errors import (
     AgentNotFound,
     EngineError,
@@ -16,13 +26,29 @@ from .errors import (
     SubscriberLagged,
     WatcherError,
 )
-from .models import Agent, AuditEntry, Change, Kind, Status
-from .settings import Settings, load_settings
-from .sweeper import SweepReport
+from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
+
+if TYPE_CHECKING:
+    from .core import Watcher
+    from .replicas import LeaderInfo
+    from .settings import Settings, load_settings
+    from .status import Health, WatcherStatus
+    from .sweeper import SweepReport
+
+_LAZY = {
+    "Watcher": ".core",
+    "Settings": ".settings",
+    "load_settings": ".settings",
+    "Health": ".status",
+    "WatcherStatus": ".status",
+    "LeaderInfo": ".replicas",
+    "SweepReport": ".sweeper",
+}
 
 __all__ = [
     "Agent",
     "AgentNotFound",
+    "AgentSpec",
     "AuditEntry",
     "Change",
     "EngineError",
@@ -30,6 +56,7 @@ __all__ = [
     "Health",
     "InvalidOperation",
     "Kind",
+    "LeaderInfo",
     "ManualClock",
     "Settings",
     "SettingsError",
@@ -40,5 +67,15 @@ __all__ = [
     "SystemClock",
     "Watcher",
     "WatcherError",
+    "WatcherStatus",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

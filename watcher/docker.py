@@ -33,7 +33,6 @@ from .normalize import BadEvent, parse_line
 from .policy import (
     DEPLOYED_LABEL,
     IDLE_TIMEOUT_LABEL,
-    SERVICE_ID_LABEL,
     healthcheck_command,
     is_managed,
 )
@@ -103,6 +102,7 @@ class AioDockerGateway:
         self._label = label
         self._docker: aiodocker.Docker | None = None
         self._node_id: str | None = None  # this engine's Swarm node, learnt at each snapshot
+        self._swarm_manager: bool | None = None  # None: not asked yet
 
     @property
     def address(self) -> str:
@@ -166,36 +166,49 @@ class AioDockerGateway:
         )
         return DockerStream(resp)
 
-    async def snapshot(self) -> Snapshot:
-        """Managed containers, local Swarm task containers and services with running counts."""
-        managed, tasks_local = await asyncio.gather(
-            self._list_containers({"label": [self._label]}),
-            self._list_containers({"label": [SERVICE_ID_LABEL]}),
-        )
-        info = await self._json("engine info", "info")
-        swarm = info.get("Swarm") or {}
-        swarm_active = bool(
-            swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable")
-        )
+    async def snapshot(self, *, recheck_swarm: bool = True) -> Snapshot:
+        """Every container, and the services with their running counts when this engine is
+        a Swarm manager: at most 3 calls (containers, services, tasks), plus the engine's
+        Swarm role when ``recheck_swarm`` (after a (re)connect; a periodic listing reuses
+        the role learnt then)."""
+        if recheck_swarm or self._swarm_manager is None:
+            await self._learn_swarm_role()
+        containers = await self._list_containers()
         services: tuple[ServiceInfo, ...] = ()
+        swarm_active = bool(self._swarm_manager)
         if swarm_active:
-            self._node_id = str(swarm.get("NodeID", ""))
-            services = await self._list_services(self._node_id)
+            try:
+                services = await self._list_services(self._node_id or "")
+            except EngineError as exc:
+                if exc.status != 503:  # 503: this engine left the Swarm or is no manager
+                    raise
+                self._swarm_manager = swarm_active = False
         local: dict[str, set[str]] = {}
-        for c in tasks_local:
+        for c in containers:
             if c.state == "running" and c.service_id:
                 local.setdefault(c.service_id, set()).add(c.id)
         return Snapshot(
-            containers=tuple(managed) + tuple(tasks_local),
+            containers=tuple(
+                c for c in containers if c.service_id or is_managed(c.labels, self._label)
+            ),
             services=services,
             swarm_active=swarm_active,
             task_containers=freeze({k: frozenset(v) for k, v in local.items()}),
         )
 
-    async def _list_containers(self, filters: dict[str, list[str]]) -> list[ContainerInfo]:
-        raw = await self._json(
-            "list containers", "containers/json", params={"all": True, "filters": filters}
+    async def _learn_swarm_role(self) -> None:
+        info = await self._json("engine info", "info")
+        swarm = info.get("Swarm") or {}
+        self._swarm_manager = bool(
+            swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable")
         )
+        if self._swarm_manager:
+            self._node_id = str(swarm.get("NodeID", ""))
+
+    async def _list_containers(self) -> list[ContainerInfo]:
+        """Every container in one call (filters cannot say "managed OR a task": the two
+        label filters would be ANDed), kept here when managed or a Swarm task."""
+        raw = await self._json("list containers", "containers/json", params={"all": True})
         return [_container_from_list(item) for item in raw]
 
     async def _list_services(self, local_node: str) -> tuple[ServiceInfo, ...]:

@@ -1,12 +1,18 @@
-"""The events-stream supervisor: subscribe, read, reconnect forever, resync after each connect.
+"""The one events-stream supervisor, for ``serve`` (the tracker) and ``idlewatch node``.
 
 Policy (read this first):
-- The reader only parses and applies to the in-memory tracker; it never awaits the
-  database or a consumer, so the engine never drops us for being slow (moby #36928).
-- Subscribe first, then list: while the snapshot is fetched, events are parked in order,
-  then the snapshot is applied and the parked events after it, in one synchronous step.
+- The reader only parses and hands events to the consumer synchronously; it never awaits
+  the database or a consumer, so the engine never drops us for being slow (moby #36928).
+- Subscribe first, then list: while a listing is fetched, events are parked in order; then
+  the listing is applied and the parked events after it, in one synchronous step.
+- An event counts as taken (for the duplicate filter and the resume point) when it is
+  applied, not when it is read: a listing that fails leaves the parked events to the
+  replay of the next subscription.
 - On any end or error of the stream: back off (capped, reset after a healthy connection),
-  resubscribe from the last seen ``timeNano`` minus a margin, drop the duplicates, resync.
+  resubscribe from the last taken ``timeNano`` minus a margin, drop the duplicates, resync.
+- Every ``resync_interval_s`` (None: never) the listing is taken again with the stream up,
+  the same way, so drift that no event announced (Swarm has no task events; an event
+  filtered or lost) is corrected; the consumer logs each correction.
 - Events that need a look at the engine (an unknown healthcheck, a new service) go to the
   enricher task, off the reader's path.
 """
@@ -19,12 +25,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from .errors import EngineUnavailable, WatcherError
-from .models import Agent, ContainerInfo, EngineEvent, EventType, ServiceInfo, Snapshot
+from .models import Agent, ContainerInfo, EngineEvent, EventType, Need, ServiceInfo, Snapshot
 from .ports import DockerGateway, EventStream
 from .tasks import cancel_and_wait
-from .tracker import Need, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,60 @@ HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 def exponential_backoff(initial_s: float, max_s: float) -> Callable[[int], float]:
     """Delay before attempt ``n`` (0-based): initial * 2**n, capped at ``max_s``."""
     return lambda attempt: min(max_s, initial_s * (2 ** min(attempt, 30)))
+
+
+class StreamConsumer(Protocol):
+    """What the supervisor keeps in step with the engine: the tracker, a node's activity.
+
+    Every method is synchronous: the reader calls them and never waits.
+    """
+
+    def accepts(self, ev: EngineEvent) -> bool:
+        """Whether an event may matter at all (others are not parked, deduplicated or kept)."""
+        ...
+
+    def apply(self, ev: EngineEvent) -> Need:
+        """Apply one event; say what must be looked at when it cannot be decided alone."""
+        ...
+
+    def resync(self, snapshot: Snapshot, *, periodic: bool) -> list[Agent]:
+        """Make the state match a full listing; returns the agents that became dead letters.
+
+        ``periodic``: the stream was up all along, so whatever this corrects is drift that
+        no event announced, and each correction is logged.
+        """
+        ...
+
+    def describe(self) -> str:
+        """What it holds, for the log line of a resync (``12 agents tracked``)."""
+        ...
+
+    @property
+    def seq(self) -> int:
+        """A counter of applied service events (to tell an inspect from before one)."""
+        ...
+
+    def knows_container(self, container_id: str) -> bool:
+        """Whether the container was looked at already."""
+        ...
+
+    def apply_container(self, info: ContainerInfo) -> None:
+        """The look at a container."""
+        ...
+
+    def unknown_container(self, container_id: str) -> None:
+        """A look at a container found nothing (or failed): no healthcheck is known."""
+        ...
+
+    def forget_container(self, container_id: str) -> None:
+        """Forget what was learnt of a container (after a failed look: ask again next time)."""
+        ...
+
+    def apply_service(
+        self, info: ServiceInfo | None, service_id: str, seq_before: int | None = None
+    ) -> None:
+        """The look at a service (None: it does not exist)."""
+        ...
 
 
 class Dedup:
@@ -61,15 +121,20 @@ class Dedup:
 
 
 class Enricher:
-    """Looks at the engine for events the tracker cannot decide alone, in arrival order."""
+    """Looks at the engine for events the consumer cannot decide alone, in arrival order."""
 
-    def __init__(self, docker: DockerGateway, tracker: Tracker) -> None:
+    def __init__(self, docker: DockerGateway, consumer: StreamConsumer) -> None:
         self._docker = docker
-        self._tracker = tracker
+        self._consumer = consumer
         self._queue: asyncio.Queue[tuple[EngineEvent, Need]] = asyncio.Queue()
         self._services_pending: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self.inspections = 0
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting for a look."""
+        return self._queue.qsize()
 
     def submit(self, ev: EngineEvent, need: Need) -> None:
         """Queue an event for a look (never blocks); one look per service is enough."""
@@ -95,8 +160,8 @@ class Enricher:
             await cancel_and_wait(self._task)
             self._task = None
 
-    async def idle(self) -> None:
-        """Wait until everything submitted so far is handled (tests)."""
+    async def settled(self) -> None:
+        """Wait until every look asked for so far is done and applied."""
         await self._queue.join()
 
     async def _run(self) -> None:
@@ -115,33 +180,39 @@ class Enricher:
     async def _handle_batch(self, batch: list[tuple[EngineEvent, Need]]) -> None:
         """Look at every distinct container and service of the batch at once, then apply
         the batch's events in their order."""
+        consumer = self._consumer
         containers = list(
             dict.fromkeys(
                 ev.actor_id
                 for ev, need in batch
-                if need is Need.CONTAINER and not self._tracker.knows_container(ev.actor_id)
+                if need is Need.CONTAINER and not consumer.knows_container(ev.actor_id)
             )
         )
         services = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SERVICE))
         self._services_pending.difference_update(services)  # a later event asks again
-        seq = self._tracker.seq
+        seq = consumer.seq
         limit = asyncio.Semaphore(ENRICH_CONCURRENCY)
         looks = await asyncio.gather(
             *(self._look(limit, self._docker.inspect_container(c)) for c in containers),
             *(self._look(limit, self._docker.inspect_service(s)) for s in services),
         )
         self.inspections += len(looks)
+        failed = []
         for cid, cinfo in zip(containers, looks[: len(containers)], strict=True):
             if isinstance(cinfo, ContainerInfo):
-                self._tracker.apply_container(cinfo)
+                consumer.apply_container(cinfo)
             else:  # gone, or the look failed: no healthcheck known, so execs count as use
-                self._tracker.set_healthcheck(cid, None)
+                consumer.unknown_container(cid)
+                if cinfo is not None:
+                    failed.append(cid)
         for sid, sinfo in zip(services, looks[len(containers) :], strict=True):
             if isinstance(sinfo, ServiceInfo) or sinfo is None:
-                self._tracker.apply_service(sinfo, sid, seq)
+                consumer.apply_service(sinfo, sid, seq)
         for ev, need in batch:
             if need is Need.CONTAINER:
-                self._tracker.apply(ev)
+                consumer.apply(ev)
+        for cid in failed:  # a look that failed is asked again at the next exec
+            consumer.forget_container(cid)
 
     async def _look(
         self, limit: asyncio.Semaphore, call: Awaitable[ContainerInfo | ServiceInfo | None]
@@ -154,24 +225,29 @@ class Enricher:
                 return exc
 
 
-class EventPump:
-    """Owns the reader task: keeps the tracker in step with the engine, forever."""
+class StreamSupervisor:
+    """Owns the reader and enricher tasks: keeps one consumer in step with one engine."""
 
     def __init__(
         self,
         docker: DockerGateway,
-        tracker: Tracker,
+        consumer: StreamConsumer,
+        enricher: Enricher,
         *,
-        on_dead_letters: Callable[[list[Agent]], None],
         backoff: Callable[[int], float],
+        resync_interval_s: float | None = None,
         on_state: Callable[[], None] = lambda: None,
+        on_dead_letters: Callable[[list[Agent]], None] = lambda agents: None,
+        name: str = "events",
     ) -> None:
         self._docker = docker
-        self._tracker = tracker
-        self._on_dead_letters = on_dead_letters
-        self._on_state = on_state  # told when connected, synced or last_error change
+        self._consumer = consumer
+        self.enricher = enricher
         self._backoff = backoff
-        self.enricher = Enricher(docker, tracker)
+        self._resync_interval_s = resync_interval_s
+        self._on_state = on_state  # told when connected, synced or last_error change
+        self._on_dead_letters = on_dead_letters
+        self._name = name
         self._dedup = Dedup()
         self._task: asyncio.Task[None] | None = None
         self._parked: list[EngineEvent] | None = None
@@ -179,6 +255,7 @@ class EventPump:
         self.synced = asyncio.Event()
         self.last_ns = 0
         self.reconnects = 0
+        self.resyncs = 0  # periodic resyncs done
         self.events_received = 0
         self.events_applied = 0
         self.last_error: str | None = None
@@ -188,7 +265,7 @@ class EventPump:
         """Start the reader and enricher tasks (idempotent)."""
         self.enricher.start()
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="idlewatch-events")
+            self._task = asyncio.create_task(self._run(), name=f"idlewatch-{self._name}")
 
     async def close(self) -> None:
         """Cancel and await both tasks (safe to call twice)."""
@@ -198,19 +275,21 @@ class EventPump:
         await self.enricher.close()
         self.connected = False
 
+    async def settled(self) -> None:
+        """Wait until every event read so far is applied, looks at the engine included."""
+        await self.enricher.settled()
+
     async def _run(self) -> None:
         attempt = 0
         while True:
             started = time.monotonic()
             try:
                 await self._connect_and_read()
-                self.last_error = f"the events stream from {self._docker.address} ended"
-                logger.warning("events stream from %s ended; reconnecting", self._docker.address)
+                self._failed(f"the events stream from {self._docker.address} ended")
             except EngineUnavailable as exc:
                 self._report_unreachable(exc, attempt)
             except WatcherError as exc:
-                self.last_error = str(exc)
-                logger.warning("events stream failed: %s; reconnecting", exc)
+                self._failed(str(exc))
             except Exception as exc:  # a bug must not end the stream for good
                 self.last_error = f"internal error: {exc!r}"
                 logger.exception("events stream loop failed; reconnecting")
@@ -222,6 +301,12 @@ class EventPump:
             delay_s = self._backoff(attempt)
             attempt += 1
             await asyncio.sleep(delay_s)
+
+    def _failed(self, reason: str) -> None:
+        """Warn once per outage (the first failure after a good sync), then only debug."""
+        log = logger.warning if self.last_error is None else logger.debug
+        self.last_error = reason
+        log("events stream of %s: %s; reconnecting", self._docker.address, reason)
 
     def _report_unreachable(self, exc: EngineUnavailable, attempt: int) -> None:
         first = self.last_error is None or not self.last_error.startswith("engine unreachable")
@@ -247,11 +332,12 @@ class EventPump:
         self.connected = True
         self._on_state()
         self._parked = []
-        reader = asyncio.create_task(self._read(stream), name="idlewatch-events-reader")
+        reader = asyncio.create_task(self._read(stream), name=f"idlewatch-{self._name}-reader")
         try:
-            snapshot = await self._docker.snapshot()
-            self._finish_sync(snapshot)
-            await reader
+            await self._resync(periodic=False)
+            while not await self._ended_within(reader, self._resync_interval_s):
+                await self._resync(periodic=True)
+            await reader  # the stream ended: its error, if any, is the reason
         finally:
             self._parked = None
             reader.cancel()
@@ -259,38 +345,65 @@ class EventPump:
                 await reader
             await stream.close()
 
-    async def _read(self, stream: EventStream) -> None:
-        async for ev in stream:
-            self.events_received += 1
-            if self._dedup.seen(ev):
-                continue
-            if ev.time_ns > self.last_ns:
-                self.last_ns = ev.time_ns
-            if self._parked is not None:
-                self._parked.append(ev)
-            else:
-                self._apply(ev)
+    @staticmethod
+    async def _ended_within(reader: asyncio.Task[None], timeout_s: float | None) -> bool:
+        """Wait for the reader to end, at most ``timeout_s`` (None: for ever)."""
+        done, _ = await asyncio.wait({reader}, timeout=timeout_s)
+        return bool(done)
 
-    def _finish_sync(self, snapshot: Snapshot) -> None:
-        """Apply the snapshot, then the events parked meanwhile: one step, nothing between."""
-        dead = self._tracker.reconcile(snapshot)
-        parked, self._parked = self._parked or [], None
-        for ev in parked:
-            self._apply(ev)
-        self.last_error = None
-        self.synced.set()
-        self._on_state()
-        logger.info(
-            "resynced with the engine: %d agents tracked, %d events replayed",
-            len(self._tracker.agents),
-            len(parked),
-        )
+    async def _resync(self, *, periodic: bool) -> None:
+        """List the engine (events parked meanwhile), then apply the listing and the parked
+        events in one step. A periodic listing that fails lets the parked events through and
+        waits for the next one; a first one that fails ends the connection (resubscribe)."""
+        if self._parked is None:
+            self._parked = []
+        try:
+            snapshot = await self._docker.snapshot(recheck_swarm=not periodic)
+        except WatcherError as exc:
+            if not periodic:
+                raise
+            logger.warning("periodic resync skipped: %s", exc)
+            self._unpark()
+            return
+        dead = self._consumer.resync(snapshot, periodic=periodic)
+        replayed = self._unpark()
+        if periodic:
+            self.resyncs += 1
+        else:
+            self.last_error = None
+            self.synced.set()
+            self._on_state()
+            logger.info(
+                "resynced with the engine: %s, %d events replayed",
+                self._consumer.describe(),
+                replayed,
+            )
         if dead:
             self._on_dead_letters(dead)
 
-    def _apply(self, ev: EngineEvent) -> None:
+    def _unpark(self) -> int:
+        parked, self._parked = self._parked or [], None
+        for ev in parked:
+            self._take(ev)
+        return len(parked)
+
+    async def _read(self, stream: EventStream) -> None:
+        async for ev in stream:
+            self.events_received += 1
+            if not self._consumer.accepts(ev):
+                continue
+            if self._parked is not None:
+                self._parked.append(ev)
+            else:
+                self._take(ev)
+
+    def _take(self, ev: EngineEvent) -> None:
+        if self._dedup.seen(ev):
+            return
+        if ev.time_ns > self.last_ns:
+            self.last_ns = ev.time_ns
         try:
-            need = self._tracker.apply(ev)
+            need = self._consumer.apply(ev)
         except Exception:  # one bad event must not stop the stream
             logger.exception("could not apply %s %s event", ev.type, ev.action)
             return

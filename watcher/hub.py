@@ -81,6 +81,13 @@ class Hub:
         """How many subscribers are attached."""
         return len(self._subs)
 
+    def changed(self, change: Change) -> None:
+        """The change bus: publish every change."""
+        self.publish(change)
+
+    def forgotten(self, name: str) -> None:
+        """The change bus: subscribers learn of removals through changes, not this."""
+
     def publish(self, change: Change) -> None:
         """Queue ``change`` for every subscriber; one that is full is dropped and told so."""
         self.published += 1

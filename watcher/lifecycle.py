@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,25 +45,42 @@ class Lifecycle:
         clock: Clock,
         config: LifecycleConfig,
         audit: Callable[[AuditEntry], None],
+        *,
+        may_act: Callable[[], bool] = lambda: True,
+        refresh: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._docker = docker
         self._tracker = tracker
         self._clock = clock
         self._cfg = config
         self._audit = audit
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.actions: dict[str, int] = {}
         #: whether idle stops may act now (the leader among replicas; a lone watcher is)
-        self.may_act: Callable[[], bool] = lambda: True
+        self._may_act = may_act
         #: reads activity reported elsewhere into the tracker (other replicas, nodes)
-        self.refresh: Callable[[], Awaitable[None]] = _nothing
+        self._refresh = refresh
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._busy: dict[str, int] = {}
+        self.actions: dict[str, int] = {}
 
-    def lock(self, name: str) -> asyncio.Lock:
-        """The lock that serializes operations on one agent."""
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock that serializes operations on one agent."""
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
-        return lock
+        self._busy[name] = self._busy.get(name, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._busy[name] -= 1
+            if not self._busy[name]:  # nobody holds or waits: churn must not grow the dict
+                del self._busy[name]
+                del self._locks[name]
+
+    def busy(self, name: str) -> int:
+        """How many operations on ``name`` are under way or waiting for its lock."""
+        return self._busy.get(name, 0)
 
     def _agent(self, name: str) -> Agent:
         agent = self._tracker.get(name)
@@ -228,15 +245,16 @@ class Lifecycle:
                 self._record(name, action, reason, "sweep", dry_run=True)
                 logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
                 return "dry-run"
-            if not self.may_act():
+            if not self._may_act():
                 return "skipped: not the leader"
             try:
                 await self._live_check(agent)
-                await self.refresh()  # use reported elsewhere since the sweep began
+                if self._refresh is not None:
+                    await self._refresh()  # use reported elsewhere since the sweep began
                 fresh = self._tracker.get(name)
                 if fresh is None or not is_idle(fresh, now):
                     return "skipped: no longer idle"
-                if not self.may_act():  # the lease may have run out during the look
+                if not self._may_act():  # the lease may have run out during the look
                     return "skipped: not the leader"
                 decided = self._clock.now()
                 logger.info("idle stop of %s %s: %s", agent.kind, name, reason)
@@ -266,10 +284,6 @@ class Lifecycle:
                 f"(max_replicas), got {n}",
                 agent=name,
             )
-
-
-async def _nothing() -> None:
-    """The default refresh: a lone watcher has no other source of activity."""
 
 
 @contextlib.contextmanager

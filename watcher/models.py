@@ -110,6 +110,14 @@ class ActivityReport:
     reported_at: datetime | None = None  # when the store took it, by the store's clock
 
 
+class Need(enum.Enum):
+    """What the caller must fetch before an event can be fully applied."""
+
+    NOTHING = 0
+    CONTAINER = 1  # inspect the container (its healthcheck command is unknown)
+    SERVICE = 2  # inspect the service (labels, managed-ness)
+
+
 class EventType(enum.StrEnum):
     """Engine event types idlewatch reads."""
 

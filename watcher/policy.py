@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -90,33 +89,6 @@ def is_use(event: EngineEvent, healthcheck_cmd: str | None) -> bool:
     if event.action == "exec_start":
         return healthcheck_cmd is None or event.detail != healthcheck_cmd
     return False
-
-
-class ExecSessions:
-    """Use across an exec's start and end: the end of a session that was use is use too.
-
-    One per event consumer (the tracker, a node reporter); it remembers the ids of the
-    sessions that were use, at most ``limit`` of them (the oldest are forgotten).
-    """
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._user: OrderedDict[str, None] = OrderedDict()
-        self._limit = limit
-
-    def is_use(self, event: EngineEvent, healthcheck_cmd: str | None) -> bool:
-        """:func:`is_use`, and an ``exec_die`` counts when its ``exec_start`` did."""
-        exec_id = event.attributes.get("execID", "")
-        if event.action == "exec_die":
-            if exec_id in self._user:
-                del self._user[exec_id]
-                return True
-            return False
-        use = is_use(event, healthcheck_cmd)
-        if use and event.action == "exec_start":
-            self._user[exec_id] = None
-            if len(self._user) > self._limit:
-                self._user.popitem(last=False)
-        return use
 
 
 def is_idle(agent: Agent, now: datetime) -> bool:

@@ -1,4 +1,4 @@
-"""The interfaces the core needs; adapters (docker.py, store.py) and test fakes implement them."""
+"""The interfaces the core needs; adapters (docker.py, store/) and test fakes implement them."""
 
 from __future__ import annotations
 
@@ -59,8 +59,12 @@ class DockerGateway(Protocol):
         """
         ...
 
-    async def snapshot(self) -> Snapshot:
-        """List every container that could matter and every Swarm service, with task counts."""
+    async def snapshot(self, *, recheck_swarm: bool = True) -> Snapshot:
+        """List every container that could matter and every Swarm service, with task counts.
+
+        ``recheck_swarm``: ask the engine's Swarm role again (after a (re)connect); a
+        periodic listing reuses the role learnt then, to cost as few calls as it can.
+        """
         ...
 
     async def inspect_container(self, ref: str) -> ContainerInfo | None:
@@ -104,8 +108,51 @@ class DockerGateway(Protocol):
         ...
 
 
+class LeaseStore(Protocol):
+    """The leader lease among replicas sharing one database."""
+
+    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
+        """Take or renew the lease on ``role`` if free, expired or ours; (holder, expires_at).
+
+        Times are the database's clock in epoch seconds, so replicas need not agree on time.
+        """
+        ...
+
+    async def release_lease(self, role: str, holder: str) -> None:
+        """Give the lease up now if ``holder`` has it (a clean shutdown hands over at once)."""
+        ...
+
+
+class ActivityStore(Protocol):
+    """Activity reports of nodes and replicas, merged by whoever leads."""
+
+    async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
+        """Upsert activity reports by (agent, source); a row's last_activity never goes back."""
+        ...
+
+    async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
+        """Reports the store took at or after ``since`` by its own clock (all when None);
+        each carries that time as ``reported_at``."""
+        ...
+
+    async def managed_services(self) -> dict[str, str]:
+        """Engine id -> name of every service agent in the store that is not removed."""
+        ...
+
+
 class Store(Protocol):
-    """Persistence of agents and the audit trail (the writer task is its only writer)."""
+    """Persistence of agents, the audit trail and specs (the writer task is its only
+    writer), with the lease and the activity reports on the same database."""
+
+    @property
+    def leases(self) -> LeaseStore:
+        """The leader lease."""
+        ...
+
+    @property
+    def activity(self) -> ActivityStore:
+        """Activity reports of nodes and replicas."""
+        ...
 
     async def connect(self) -> None:
         """Open the database and create or upgrade the schema."""
@@ -147,28 +194,4 @@ class Store(Protocol):
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries, newest first."""
-        ...
-
-    async def report_activity(self, reports: Sequence[ActivityReport]) -> None:
-        """Upsert activity reports by (agent, source); a row's last_activity never goes back."""
-        ...
-
-    async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
-        """Reports the store took at or after ``since`` by its own clock (all when None);
-        each carries that time as ``reported_at``."""
-        ...
-
-    async def managed_services(self) -> dict[str, str]:
-        """Engine id -> name of every service agent in the store that is not removed."""
-        ...
-
-    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
-        """Take or renew the lease on ``role`` if free, expired or ours; (holder, expires_at).
-
-        Times are the database's clock in epoch seconds, so replicas need not agree on time.
-        """
-        ...
-
-    async def release_lease(self, role: str, holder: str) -> None:
-        """Give the lease up now if ``holder`` has it (a clean shutdown hands over at once)."""
         ...

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         description="Cap of the backoff between events-stream reconnects.",
         json_schema_extra={"default_text": "`30s`"},
     )
+    resync_interval: TimeoutS = Field(
+        default=300.0,
+        description="How often the engine is listed again while the events stream is up, "
+        "to correct drift that no event announced (each correction is logged); `never` "
+        "disables it.",
+        json_schema_extra={"default_text": "`5m`"},
+    )
     allowed_images: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
         default_factory=list,
         description="Glob patterns of images `POST /api/agents` may deploy; empty disables "

@@ -46,7 +46,7 @@ class Sweeper:
         dry_run: bool,
         ready: Callable[[], bool] = lambda: True,
         removed_retention_s: float | None = None,
-        prepare: Callable[[], Awaitable[None]] | None = None,
+        prepare: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._tracker = tracker
         self._lifecycle = lifecycle

@@ -1,18 +1,19 @@
 """The live table of managed agents, updated from events and snapshots. Pure: no I/O.
 
-Every change goes to ``sink`` (the core wires it to the writer and the hub). The reader of
-the events stream calls :meth:`Tracker.apply` synchronously, so nothing here may await.
+Its one output is the change bus (:mod:`idlewatch.bus`: the writer, the hub and the
+waiters listen). The events supervisor calls :meth:`Tracker.apply` synchronously, so
+nothing here may await.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from .bus import ChangeListener
 from .clock import from_ns
 from .durations import DurationError
 from .models import (
@@ -23,13 +24,13 @@ from .models import (
     EngineEvent,
     EventType,
     Kind,
+    Need,
     ServiceInfo,
     Snapshot,
     Status,
     freeze,
 )
 from .policy import (
-    ExecSessions,
     container_status,
     idle_timeout_s,
     is_managed,
@@ -37,6 +38,7 @@ from .policy import (
     status_after,
 )
 from .ports import Clock
+from .usage import ContainerUse
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,6 @@ _EVENT_ONLY_ATTRS = frozenset({"name", "image", "exitCode", "execID", "signal", 
 _RUNNING_LIKE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING})
 _GONE_ACTIONS = frozenset({"destroy", "die", "stop", "kill", "oom"})
 _ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
-
-
-class Need(enum.Enum):
-    """What the caller must fetch before an event can be fully applied."""
-
-    NOTHING = 0
-    CONTAINER = 1  # inspect the container (its healthcheck command is unknown)
-    SERVICE = 2  # inspect the service (labels, managed-ness)
 
 
 class Tracker:
@@ -63,20 +57,17 @@ class Tracker:
         label: str,
         default_idle_timeout_s: float | None,
         clock: Clock,
-        sink: Callable[[Change], None],
-        forget_sink: Callable[[str], None] = lambda name: None,
+        bus: ChangeListener,
     ) -> None:
         self.label = label
         self.default_idle_timeout_s = default_idle_timeout_s
         self._clock = clock
-        self._sink = sink
-        self._forget_sink = forget_sink
+        self._bus = bus
         self.agents: dict[str, Agent] = {}
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
-        self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck exec command
-        self._execs = ExecSessions()
+        self.use = ContainerUse()
         self._bad_timeout_logged: set[str] = set()
         self._seq = 0
         self._service_seq: dict[str, int] = {}  # service id -> seq of its last applied event
@@ -93,7 +84,15 @@ class Tracker:
         """The agent called ``name``, if tracked."""
         return self.agents.get(name)
 
+    def describe(self) -> str:
+        """For the log line of a resync."""
+        return f"{len(self.agents)} agents tracked"
+
     # ------------------------------------------------------------------ events
+    def accepts(self, ev: EngineEvent) -> bool:
+        """Every container and service event may matter to the table."""
+        return True
+
     def apply(self, ev: EngineEvent) -> Need:
         """Apply one engine event; says what must be inspected when it cannot decide alone."""
         if ev.type is EventType.SERVICE:
@@ -168,18 +167,18 @@ class Tracker:
         if not ev.name or ev.name == agent.name:
             return agent
         self.agents.pop(agent.name, None)
-        self._forget_sink(agent.name)
+        self._bus.forgotten(agent.name)
         renamed = agent._replace(name=ev.name, updated_at=self._clock.now())
         self._by_id[agent.id] = ev.name
         self.agents[ev.name] = renamed
-        self._sink(Change(renamed, agent.status, f"event:rename from {agent.name}"))
+        self._bus.changed(Change(renamed, agent.status, f"event:rename from {agent.name}"))
         return renamed
 
     def _needs_healthcheck(self, ev: EngineEvent) -> bool:
-        return ev.action == "exec_start" and ev.actor_id not in self._healthcheck
+        return self.use.needs_look(ev)
 
     def _is_use(self, ev: EngineEvent) -> bool:
-        return self._execs.is_use(ev, self._healthcheck.get(ev.actor_id))
+        return self.use.is_use(ev)
 
     def _apply_task_event(self, ev: EngineEvent, service_id: str) -> Need:
         name = self._by_id.get(service_id)
@@ -194,7 +193,7 @@ class Tracker:
         elif ev.action in ("die", "destroy", "stop"):
             tasks.discard(ev.actor_id)
         if ev.action == "destroy":
-            self._healthcheck.pop(ev.actor_id, None)
+            self.use.forget(ev.actor_id)
         running = len(tasks) + self._remote_running.get(name, 0)
         changes: dict[str, Any] = {
             "running": running,
@@ -248,15 +247,19 @@ class Tracker:
     # -------------------------------------------------------------- inspections
     def knows_container(self, container_id: str) -> bool:
         """Whether the healthcheck command of a container is known (it was looked at)."""
-        return container_id in self._healthcheck
+        return self.use.knows(container_id)
 
-    def set_healthcheck(self, container_id: str, command: str | None) -> None:
-        """Record a container's healthcheck command (from an inspect)."""
-        self._healthcheck[container_id] = command
+    def unknown_container(self, container_id: str) -> None:
+        """A look found nothing (gone) or failed: no healthcheck known, execs count as use."""
+        self.use.learn(container_id, None)
+
+    def forget_container(self, container_id: str) -> None:
+        """Forget the look at a container (one that failed is asked again next time)."""
+        self.use.forget(container_id)
 
     def apply_container(self, info: ContainerInfo) -> None:
         """Apply an inspected container: remember its healthcheck, track it if it is new."""
-        self._healthcheck[info.id] = info.healthcheck_cmd
+        self.use.learn(info.id, info.healthcheck_cmd)
         if (
             info.id not in self._by_id
             and info.service_id is None
@@ -292,6 +295,25 @@ class Tracker:
         self._upsert_service(info, "inspect")
 
     # -------------------------------------------------------------- reconcile
+    def resync(self, snap: Snapshot, *, periodic: bool = False) -> list[Agent]:
+        """:meth:`reconcile`; a periodic one (the stream was up all along) logs each
+        correction it makes: those are drift that no event announced."""
+        if not periodic:
+            return self.reconcile(snap)
+        before = dict(self.agents)
+        dead = self.reconcile(snap)
+        for name, agent in self.agents.items():
+            old = before.get(name)
+            if old is None or not _same(agent, old):
+                logger.warning(
+                    "periodic resync corrected %s: %s",
+                    name,
+                    _difference(old, agent),
+                )
+        for name in before.keys() - self.agents.keys():
+            logger.warning("periodic resync corrected %s: no longer tracked", name)
+        return dead
+
     def reconcile(self, snap: Snapshot) -> list[Agent]:
         """Make the table match a full listing; returns agents that became dead letters."""
         seen: set[str] = set()
@@ -453,11 +475,11 @@ class Tracker:
         if agent is not None:
             self._drop_id(agent.id)
             logger.info("no longer tracking %s: %s", name, why)
-            self._forget_sink(name)
+            self._bus.forgotten(name)
 
     def _drop_id(self, engine_id: str) -> None:
         self._by_id.pop(engine_id, None)
-        self._healthcheck.pop(engine_id, None)
+        self.use.forget(engine_id)
 
     def _timeout_for(self, name: str, labels: Mapping[str, str]) -> float | None:
         try:
@@ -481,7 +503,7 @@ class Tracker:
             return new
         new = old._replace(updated_at=self._clock.now(), **differ)
         self.agents[new.name] = new
-        self._sink(Change(new, old.status, reason))
+        self._bus.changed(Change(new, old.status, reason))
         return new
 
     def _emit(self, new: Agent, old: Agent | None, reason: str) -> None:
@@ -490,7 +512,7 @@ class Tracker:
             return
         new = new._replace(updated_at=self._clock.now())
         self.agents[new.name] = new
-        self._sink(Change(new, old.status if old is not None else None, reason))
+        self._bus.changed(Change(new, old.status if old is not None else None, reason))
 
 
 _COMPARED = tuple(f for f in Agent._fields if f not in ("updated_at", "last_event_ns"))
@@ -499,6 +521,18 @@ _COMPARED = tuple(f for f in Agent._fields if f not in ("updated_at", "last_even
 def _same(a: Agent, b: Agent) -> bool:
     """Equal in everything but bookkeeping (when it was updated, the last event's time)."""
     return all(getattr(a, f) == getattr(b, f) for f in _COMPARED)
+
+
+def _difference(old: Agent | None, new: Agent) -> str:
+    """What a correction changed, for the log: ``status running -> exited, running 1 -> 0``."""
+    if old is None:
+        return f"not tracked -> {new.status}"
+    parts = [
+        f"{f} {getattr(old, f)} -> {getattr(new, f)}"
+        for f in ("status", "replicas", "running", "image", "id", "error")
+        if getattr(old, f) != getattr(new, f)
+    ]
+    return ", ".join(parts) or "labels or bookkeeping"
 
 
 def _touched(agent: Agent, when: datetime, *, force: bool = False) -> Agent:

@@ -3,19 +3,42 @@
 Callers never wait on the database: ``put_agent``/``put_audit`` are synchronous and cheap.
 A failed batch is kept (newer rows replace older ones of the same agent) and retried with
 capped backoff, so a database hiccup loses nothing.
+
+It listens on the change bus: the record of agents is the leader's to write, so it asks
+:class:`~idlewatch.leader.Leadership` when a change arrives and again before a batch
+is written (a replica that lost the lease never writes an agent row over the new leader's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from .errors import StoreError
-from .models import ActivityReport, Agent, AgentSpec, AuditEntry
+from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change
 from .ports import Store
 from .tasks import cancel_and_wait
+
+#: told after each commit with the agent rows written and the wall time in ns
+CommitObserver = Callable[[list[Agent], int], None]
+
+
+class LeaderView(Protocol):
+    """What the writer asks of the leadership (:class:`~idlewatch.leader.Leadership`)."""
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica may write the record now."""
+        ...
+
+    @property
+    def replica_id(self) -> str:
+        """This replica's name, stamped on its audit rows."""
+        ...
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +49,18 @@ class StoreWriter:
     def __init__(
         self,
         store: Store,
+        leadership: LeaderView,
         *,
         retry_max_s: float = 5.0,
         batch_max: int = 5000,
         on_state: Callable[[], None] = lambda: None,
+        on_commit: CommitObserver | None = None,
     ) -> None:
         self._store = store
+        self._leadership = leadership
+        self._replica_id = leadership.replica_id
         self._on_state = on_state  # told when writes start failing or recover
+        self._on_commit = on_commit
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
         self._agents: dict[str, Agent] = {}
@@ -49,9 +77,19 @@ class StoreWriter:
         self.rows_written = 0
         self.last_commit_monotonic = 0.0
         self.last_queue_lag_s = 0.0  # from the oldest queued row of a batch to its commit
-        #: called after each commit with the rows written and the wall time (benchmarks)
-        self.commit_hook: Callable[[list[Agent], int], None] | None = None
         self._oldest_queued = 0.0
+
+    # ------------------------------------------------------------ the change bus
+    def changed(self, change: Change) -> None:
+        """A change of the table: its row, when this replica leads (every replica
+        publishes; one writes the record)."""
+        if self._leadership.is_leader:
+            self.put_agent(change.agent)
+
+    def forgotten(self, name: str) -> None:
+        """An agent is no longer tracked: its row goes, when this replica leads."""
+        if self._leadership.is_leader:
+            self.forget(name)
 
     def put_agent(self, agent: Agent) -> None:
         """Queue the newest version of an agent row."""
@@ -88,8 +126,8 @@ class StoreWriter:
         self._wake.set()
 
     def put_audit(self, entry: AuditEntry) -> None:
-        """Queue an audit entry."""
-        self._audits.append(entry)
+        """Queue an audit entry (stamped with the replica that acted)."""
+        self._audits.append(dataclasses.replace(entry, replica=self._replica_id))
         self._enqueued += 1
         self._wake.set()
 
@@ -156,6 +194,8 @@ class StoreWriter:
 
     async def _write_once(self) -> bool:
         target = self._enqueued
+        if not self._leadership.is_leader:
+            self.drop_agent_rows()  # the lease ran out: the record is the new leader's
         agents, audits = self._take_batch()
         complete = not self._agents  # this batch holds everything queued up to `target`
         forgets, self._forgets = self._forgets, set()
@@ -172,7 +212,7 @@ class StoreWriter:
             return False
         if activity:
             try:
-                await self._store.report_activity(list(activity.values()))
+                await self._store.activity.report_activity(list(activity.values()))
             except StoreError as exc:  # the rows above are committed: keep only the reports
                 self._activity = {**activity, **self._activity}
                 self._failed(exc)
@@ -185,8 +225,8 @@ class StoreWriter:
         self.last_commit_monotonic = time.monotonic()
         if agents:
             self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
-            if self.commit_hook is not None:
-                self.commit_hook(agents, time.time_ns())
+            if self._on_commit is not None:
+                self._on_commit(agents, time.time_ns())
         if complete:
             async with self._done:
                 self._committed = max(self._committed, target)

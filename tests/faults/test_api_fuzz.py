@@ -24,16 +24,16 @@ import schemathesis
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from idlewatch import Settings, Status, Watcher
+from idlewatch.api import create_app
+from idlewatch.models import AgentSpec
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import CHECKS as REGISTERED_CHECKS
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks as _openapi_checks  # registers them all
 
-from api import create_app
 from tests.integration import conftest as integration
 from tests.private_engine import TEST_IMAGE, PrivateEngine
-from watcher import Settings, Status, Watcher
-from watcher.models import AgentSpec
 
 # the private engine's fixtures, shared with the integration suite; clean_engine is autouse,
 # so whatever the fuzz deployed, stopped or deleted is wiped before the next test

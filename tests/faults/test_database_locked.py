@@ -8,9 +8,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher.models import Agent, Kind, Status, freeze
-from watcher.store import SqlStore
-from watcher.writer import StoreWriter
+from idlewatch.models import Agent, Kind, Status, freeze
+from idlewatch.store import SqlStore
+from idlewatch.writer import StoreWriter
+
+from tests.fakes import FakeLeadership
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 LOCKER = """
@@ -43,7 +45,7 @@ async def test_writes_survive_a_locked_database(tmp_path: Path) -> None:
     db = tmp_path / "locked.db"
     store = SqlStore(f"sqlite+aiosqlite:///{db}")
     await store.connect()
-    writer = StoreWriter(store, retry_max_s=0.2)
+    writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.2)
     writer.start()
     locker = await asyncio.create_subprocess_exec(
         sys.executable, "-c", LOCKER, str(db), "7", stdout=subprocess.PIPE

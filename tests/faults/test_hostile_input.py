@@ -10,10 +10,9 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from watcher import SettingsError, load_settings
-from watcher.docker import DockerStream
-from watcher.normalize import BadEvent, normalize, parse_line
+from idlewatch import SettingsError, load_settings
+from idlewatch.docker import DockerStream
+from idlewatch.normalize import BadEvent, normalize, parse_line
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

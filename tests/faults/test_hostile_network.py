@@ -21,12 +21,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from idlewatch import Settings, SettingsError, load_settings
+from idlewatch.api import limits
+from idlewatch.api.schemas import read_body
 
-from api import limits
-from api.schemas import read_body
 from tests.integration.serveproc import ServeProcess
 from tests.private_engine import PrivateEngine, ensure_installed
-from watcher import Settings, SettingsError, load_settings
 
 MAX_BODY = 256 * 1024
 REQUEST_TIMEOUT_S = 3.0
@@ -168,7 +168,7 @@ async def test_oversized_bodies_get_413_naming_the_limit(server: ServeProcess) -
 async def test_a_body_arriving_in_pieces_is_read_whole() -> None:
     """read_body loops to the end of the body (one read() returns what has arrived so far)."""
     settings = Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db")
-    from api.keys import SETTINGS
+    from idlewatch.api.keys import SETTINGS
 
     app = web.Application()
     app[SETTINGS] = settings

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from idlewatch import ManualClock, Settings, Watcher, WatcherError
+from idlewatch.models import ContainerInfo, ServiceInfo, freeze
 
 from tests.fakes import FakeDocker, FakeStore
-from watcher import ManualClock, Settings, Watcher, WatcherError
-from watcher.models import ContainerInfo, ServiceInfo, freeze
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 NAMES = [f"a{i}" for i in range(6)]

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from idlewatch import Settings, StoreError, Watcher
 
 from tests.fakes import FakeDocker
-from watcher import Settings, StoreError, Watcher
 
 
 def _settings(db: Path) -> Settings:
@@ -56,7 +56,7 @@ def test_a_second_serve_process_exits_with_the_reason(tmp_path: Path) -> None:
             IDLEWATCH_DOCKER_URL="unix:///nonexistent.sock",
         )
         res = subprocess.run(
-            [sys.executable, "-m", "api.cli", "serve"],
+            [sys.executable, "-m", "idlewatch.api.cli", "serve"],
             env=env,
             cwd=tmp_path,
             capture_output=True,

@@ -6,9 +6,8 @@ from typing import Any
 
 import orjson
 from aiohttp import ClientSession
+from idlewatch.api.openapi import document
 from jsonschema import Draft202012Validator
-
-from api.openapi import document
 
 DOC = document()
 

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from idlewatch import Settings, Watcher
+from idlewatch.docker import AioDockerGateway
+from idlewatch.models import EngineEvent
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
 from tests.private_postgres import BACKENDS
-from watcher import Settings, Watcher
 
 #: exits at once on SIGTERM, so stops and scale-to-0 never wait for the grace period
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
@@ -143,6 +145,35 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
         await asyncio.sleep(0.05)
+
+
+class MutableGateway(AioDockerGateway):
+    """The real gateway, whose events streams a test can mute: events stop reaching the
+    watcher while the connection stays up (to show what only a live check finds)."""
+
+    def __init__(self, url: str, *, label: str) -> None:
+        super().__init__(url, label=label)
+        self.muted = False
+
+    async def subscribe(self, since_ns: int | None) -> Any:
+        return _MutedStream(await super().subscribe(since_ns), self)
+
+
+class _MutedStream:
+    def __init__(self, inner: Any, gateway: MutableGateway) -> None:
+        self._inner = inner
+        self._gateway = gateway
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[EngineEvent]:
+        async for ev in self._inner:
+            if not self._gateway.muted:
+                yield ev
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ class ServeProcess:
         """Start and wait until the API listens (and, by default, the first resync is done)."""
         self._need_sync = wait_synced
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve"],
+            [sys.executable, "-m", "idlewatch.api.cli", "serve"],
             env=self.env,
             cwd=self.workdir,
             stderr=subprocess.PIPE,
@@ -72,7 +72,7 @@ class ServeProcess:
         if token is not None:
             extra += ["--token", token]
         return subprocess.run(
-            [sys.executable, "-m", "api.cli", *args, *extra],
+            [sys.executable, "-m", "idlewatch.api.cli", *args, *extra],
             env=self.env,
             cwd=self.workdir,
             capture_output=True,

@@ -129,7 +129,7 @@ class NodeProcess:
     def start(self, timeout_s: float = 30) -> NodeProcess:
         """Start it and wait until it has listed the engine's task containers."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "node"],
+            [sys.executable, "-m", "idlewatch.api.cli", "node"],
             env=self.env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -145,7 +145,7 @@ class NodeProcess:
         assert self.proc is not None and self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
-            if "resynced:" in line:
+            if "resynced with the engine" in line:
                 self._synced.set()
         self.proc.stderr.close()
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestServer
+from idlewatch import Settings, Status, Watcher
+from idlewatch.api import SOCKETS, WATCHER, create_app, watcher_ctx
 
-from api import SOCKETS, WATCHER, create_app, watcher_ctx
 from tests.private_engine import PrivateEngine
-from watcher import Settings, Status, Watcher
 
 from .apiclient import Api
 from .conftest import create_service, eventually, inspect, run_container

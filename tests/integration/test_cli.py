@@ -91,7 +91,7 @@ def test_check(engine: PrivateEngine, tmp_path: Path, server: ServeProcess) -> N
 
     env = dict(server.env)
     res = subprocess.run(
-        [sys.executable, "-m", "api.cli", "check"],
+        [sys.executable, "-m", "idlewatch.api.cli", "check"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -103,7 +103,7 @@ def test_check(engine: PrivateEngine, tmp_path: Path, server: ServeProcess) -> N
     assert "container cli-c (running)" in res.stdout and "service cli-s" in res.stdout
     env["IDLEWATCH_DOCKER_URL"] = "unix:///nonexistent/docker.sock"
     res = subprocess.run(
-        [sys.executable, "-m", "api.cli", "check"],
+        [sys.executable, "-m", "idlewatch.api.cli", "check"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -130,7 +130,7 @@ def test_help_everywhere() -> None:
         ["audit"],
     ):
         res = subprocess.run(
-            [sys.executable, "-m", "api.cli", *cmd, "--help"],
+            [sys.executable, "-m", "idlewatch.api.cli", *cmd, "--help"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -29,7 +29,7 @@ def test_demo_smoke(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "api.cli",
+            "idlewatch.api.cli",
             "demo",
             "--port",
             str(port),
@@ -87,7 +87,7 @@ def test_a_taken_port_fails_at_once_and_the_hint_works(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
         env["IDLEWATCH_PORT"] = str(port)
         res = subprocess.run(
-            [sys.executable, "-m", "api.cli", "demo"],
+            [sys.executable, "-m", "idlewatch.api.cli", "demo"],
             env=env,
             cwd=tmp_path,
             capture_output=True,

@@ -12,8 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from idlewatch import Change, Status, Watcher
+
 from tests.private_engine import PrivateEngine, free_port
-from watcher import Change, Status, Watcher
 
 from .conftest import run_container
 
@@ -48,7 +49,7 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
     )
     run_container(engine, "served")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve"],
+        [sys.executable, "-m", "idlewatch.api.cli", "serve"],
         env=env,
         cwd=tmp_path,
         stderr=subprocess.PIPE,

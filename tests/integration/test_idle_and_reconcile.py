@@ -7,9 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from idlewatch import ManualClock, Settings, Status, Watcher
 
 from tests.private_engine import PrivateEngine
-from watcher import ManualClock, Settings, Status, Watcher
 
 from .conftest import create_service, eventually, inspect, run_container, running_tasks
 from .test_tracking import has
@@ -95,10 +95,10 @@ async def test_reconnects_after_daemon_restart(engine: PrivateEngine, watcher: W
     run_container(engine, "casualty")
     await watcher.wait_for("survivor", has(Status.RUNNING), 10)
     await watcher.wait_for("casualty", has(Status.RUNNING), 10)
-    connects = watcher.pump.reconnects
+    connects = watcher.status().reconnects
     engine.restart()
     await eventually(
-        lambda: watcher.pump.reconnects > connects and watcher.health().ready,
+        lambda: watcher.status().reconnects > connects and watcher.health().ready,
         60,
         "reconnect and resync",
     )
@@ -118,9 +118,11 @@ async def test_engine_absent_at_start_then_appears(
     late = PrivateEngine()
     try:
         settings = settings_for(docker_url=late.url)
-        caplog.set_level(logging.INFO, logger="watcher")
+        caplog.set_level(logging.INFO, logger="idlewatch")
         async with Watcher(settings) as w:
-            await eventually(lambda: w.pump.last_error is not None, 10, "first failure")
+            await eventually(
+                lambda: any("unreachable" in r for r in w.health().reasons), 10, "first failure"
+            )
             assert not w.health().ready
             warnings = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
             assert len(warnings) == 1, warnings

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from idlewatch import AgentNotFound, InvalidOperation, Settings, Status, Watcher
 
 from tests.private_engine import PrivateEngine
-from watcher import AgentNotFound, InvalidOperation, Status, Watcher
 
-from .conftest import create_service, inspect, run_container
+from .conftest import MutableGateway, create_service, inspect, run_container
 from .test_tracking import has
 
 
@@ -57,7 +59,17 @@ async def test_service_lifecycle(engine: PrivateEngine, watcher: Watcher) -> Non
 
 
 async def test_unlabelled_and_vanished_are_never_touched(
-    engine: PrivateEngine, watcher: Watcher
+    engine: PrivateEngine, settings_for: Callable[..., Settings]
+) -> None:
+    settings = settings_for()
+    gateway = MutableGateway(settings.docker_url, label=settings.label)
+    async with Watcher(settings, docker=gateway) as watcher:
+        await watcher.wait_synced(30)
+        await _unlabelled_and_vanished(engine, watcher, gateway)
+
+
+async def _unlabelled_and_vanished(
+    engine: PrivateEngine, watcher: Watcher, gateway: MutableGateway
 ) -> None:
     run_container(engine, "outsider", managed=False)
     create_service(engine, "outsider-svc", managed=False)
@@ -71,7 +83,7 @@ async def test_unlabelled_and_vanished_are_never_touched(
     await watcher.wait_for("ghost", has(Status.RUNNING), 10)
     ghost = watcher.get("ghost")
     assert ghost is not None
-    await watcher.pump.close()  # stop listening, so the removal is only found by the live check
+    gateway.muted = True  # deaf to events: the removal is only found by the live check
     engine.cli("rm", "-f", "ghost")
     with pytest.raises(AgentNotFound, match="no longer exists"):
         await watcher.stop("ghost")

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
+from idlewatch import StoreError
+from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from idlewatch.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migration_sql
 
 from tests.private_postgres import PrivatePostgres
-from watcher import StoreError
-from watcher.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
-from watcher.store import MIGRATIONS, SCHEMA_VERSION, SqlStore, migration_sql
 
 pytestmark = pytest.mark.both_backends
 

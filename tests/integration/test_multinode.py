@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import yaml
+from idlewatch import Settings, Watcher
+from idlewatch.docker import AioDockerGateway
+from idlewatch.models import ActivityReport
+from idlewatch.node import NodeReporter
+from idlewatch.store import SqlStore
 
 from tests.private_engine import PrivateEngine
-from watcher import Settings, Watcher
-from watcher.docker import AioDockerGateway
-from watcher.models import ActivityReport
-from watcher.node import NodeReporter
-from watcher.store import SqlStore
 
 from .conftest import LABEL, eventually
 from .swarmpair import (
@@ -71,7 +71,7 @@ def leader_settings(manager: PrivateEngine, database_url: str, **kw: Any) -> Set
 
 async def report_of(store: SqlStore, agent: str) -> ActivityReport | None:
     """The worker's report of ``agent`` in the shared store."""
-    for report in await store.load_activity():
+    for report in await store.activity.load_activity():
         if report.agent == agent and report.source == SOURCE:
             return report
     return None
@@ -94,7 +94,7 @@ async def until_report(
 async def until_managed(store: SqlStore, service_id: str) -> None:
     """Wait until the leader has recorded the service (what managed_services() reads)."""
     deadline = time.monotonic() + 20
-    while service_id not in await store.managed_services():
+    while service_id not in await store.activity.managed_services():
         assert time.monotonic() < deadline, "the leader never recorded the service"
         await asyncio.sleep(0.1)
 
@@ -129,7 +129,7 @@ async def test_worker_exec_and_task_death_reach_the_shared_store(
         gateway = AioDockerGateway(worker.url, label=LABEL)
         reporter = NodeReporter(
             gateway,
-            store,
+            store.activity,
             node_id="worker",
             report_interval_s=0.2,
             refresh_interval_s=1,
@@ -145,7 +145,7 @@ async def test_worker_exec_and_task_death_reach_the_shared_store(
 
             # the engine's healthcheck execs on the worker are not use
             await eventually(lambda: health_runs(worker, cid) >= 3, 30, "three healthchecks")
-            await reporter.idle()
+            await reporter.stream.settled()
             report = await report_of(store, "mn-exec")
             assert report is not None and report.last_activity is None, report
 
@@ -247,7 +247,7 @@ def test_node_command_fails_clearly(
     _, worker = two_nodes
     base = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     res = subprocess.run(
-        [sys.executable, "-m", "api.cli", "node"],
+        [sys.executable, "-m", "idlewatch.api.cli", "node"],
         env={**base, "IDLEWATCH_DOCKER_URL": worker.url, **env},
         capture_output=True,
         text=True,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from idlewatch import AgentNotFound, Settings, Status, Watcher
+from idlewatch.docker import AioDockerGateway
 
 from tests.private_engine import PrivateEngine
-from watcher import AgentNotFound, Settings, Status, Watcher
-from watcher.docker import AioDockerGateway
 
 from .conftest import create_service, eventually, inspect, run_container
 from .test_tracking import has
@@ -99,9 +99,8 @@ async def _idle(w: Watcher, name: str) -> None:
 
 
 async def _queued(w: Watcher, name: str) -> None:
-    """Wait until a second call waits on the agent's lock (asyncio.Lock keeps its waiters)."""
-    lock = w.lifecycle.lock(name)
-    await eventually(lambda: bool(getattr(lock, "_waiters", None)), 10, f"a call queued on {name}")
+    """Wait until a second call waits its turn behind the one under way."""
+    await eventually(lambda: w.busy(name) >= 2, 10, f"a call queued on {name}")
 
 
 def _state(engine: PrivateEngine, name: str) -> str:
@@ -230,8 +229,7 @@ async def test_container_removed_by_hand_during_an_api_stop(
     """Through the HTTP API the same race is a 404 naming the agent, not a 502."""
     from aiohttp import ClientSession
     from aiohttp.test_utils import TestServer
-
-    from api import create_app
+    from idlewatch.api import create_app
 
     gate = Gate("stop_container", before=lambda: engine.cli("rm", "-f", "race-api"))
     w: Watcher = await gated(gate)

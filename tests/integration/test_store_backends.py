@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from idlewatch import StoreError
+from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from idlewatch.store import SCHEMA_VERSION, SqlStore
+from idlewatch.writer import StoreWriter
 
+from tests.fakes import FakeLeadership
 from tests.private_postgres import PrivatePostgres
-from watcher import StoreError
-from watcher.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
-from watcher.store import SCHEMA_VERSION, SqlStore
-from watcher.writer import StoreWriter
 
 pytestmark = pytest.mark.both_backends
 
@@ -149,7 +150,7 @@ async def test_a_big_batch_in_one_write(store: SqlStore) -> None:
 
 
 async def test_the_writer_splits_and_commits_a_big_queue(store: SqlStore) -> None:
-    writer = StoreWriter(store, batch_max=1000)
+    writer = StoreWriter(store, FakeLeadership(), batch_max=1000)
     writer.start()
     try:
         for i in range(4500):
@@ -216,39 +217,40 @@ async def test_both_spellings_of_a_socket_url(postgres: PrivatePostgres) -> None
 
 
 async def test_the_lease_goes_to_one_holder_until_released_or_expired(store: SqlStore) -> None:
-    holder, expires = await store.acquire_lease("leader", "a", 30)
+    holder, expires = await store.leases.acquire_lease("leader", "a", 30)
     assert holder == "a" and expires > datetime.now(UTC).timestamp()
-    assert (await store.acquire_lease("leader", "b", 30))[0] == "a"  # held: b is told who
-    assert (await store.acquire_lease("leader", "a", 30))[0] == "a"  # renewed
-    await store.release_lease("leader", "b")  # not b's to release
-    assert (await store.acquire_lease("leader", "b", 30))[0] == "a"
-    await store.release_lease("leader", "a")
-    assert (await store.acquire_lease("leader", "b", -1))[0] == "b"  # already expired ...
-    assert (await store.acquire_lease("leader", "a", 30))[0] == "a"  # ... so a takes it
+    assert (await store.leases.acquire_lease("leader", "b", 30))[0] == "a"  # held: b is told who
+    assert (await store.leases.acquire_lease("leader", "a", 30))[0] == "a"  # renewed
+    await store.leases.release_lease("leader", "b")  # not b's to release
+    assert (await store.leases.acquire_lease("leader", "b", 30))[0] == "a"
+    await store.leases.release_lease("leader", "a")
+    assert (await store.leases.acquire_lease("leader", "b", -1))[0] == "b"  # already expired ...
+    assert (await store.leases.acquire_lease("leader", "a", 30))[0] == "a"  # ... so a takes it
 
 
 async def test_activity_reports_never_go_back_and_are_read_by_store_time(
     store: SqlStore,
 ) -> None:
-    from watcher.models import ActivityReport
+    from idlewatch.models import ActivityReport
 
     used = T0 + timedelta(minutes=5)
     first = ActivityReport("svc", "node:w1", used, "exec_die", used, running=1)
-    await store.report_activity([first])
+    await store.activity.report_activity([first])
     older = ActivityReport("svc", "node:w1", T0, "die", T0 + timedelta(minutes=6), running=0)
-    await store.report_activity([older, ActivityReport("svc", "node:w2", None, "start", T0)])
-    rows = {r.source: r for r in await store.load_activity()}
+    fresh = ActivityReport("svc", "node:w2", None, "start", T0)
+    await store.activity.report_activity([older, fresh])
+    rows = {r.source: r for r in await store.activity.load_activity()}
     assert rows["node:w1"].last_activity == used  # never goes back
     assert (rows["node:w1"].event, rows["node:w1"].running) == ("die", 0)
     assert rows["node:w2"].last_activity is None
     stamp = rows["node:w1"].reported_at
     assert stamp is not None and stamp.tzinfo is not None
-    assert {r.source for r in await store.load_activity(stamp)} >= {"node:w1"}
-    assert await store.load_activity(stamp + timedelta(hours=1)) == []
+    assert {r.source for r in await store.activity.load_activity(stamp)} >= {"node:w1"}
+    assert await store.activity.load_activity(stamp + timedelta(hours=1)) == []
 
 
 async def test_managed_services_lists_live_service_agents(store: SqlStore) -> None:
     svc = agent(1, name="svc", kind=Kind.SERVICE, id="s1")
     gone = agent(2, name="gone", kind=Kind.SERVICE, id="s2", status=Status.REMOVED)
     await store.write([svc, gone, agent(3)], [])
-    assert await store.managed_services() == {"s1": "svc"}
+    assert await store.activity.managed_services() == {"s1": "svc"}

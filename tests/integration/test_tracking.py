@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from idlewatch import Agent, Kind, Settings, Status, Watcher
+from idlewatch.store import SqlStore
+
 from tests.private_engine import PrivateEngine
-from watcher import Agent, Kind, Settings, Status, Watcher
 
 from .conftest import create_service, eventually, run_container, running_tasks
 
@@ -26,8 +28,18 @@ def has(status: Status, **fields: int) -> Callable[[Agent | None], bool]:
 async def stored(w: Watcher, name: str) -> Agent | None:
     """The agent's row as committed to the database."""
     await w.flush(10)
-    rows = {a.name: a for a in await w.store.load_agents()}
+    rows = {a.name: a for a in await stored_rows(w)}
     return rows.get(name)
+
+
+async def stored_rows(w: Watcher) -> list[Agent]:
+    """Every agent row committed to the watcher's database, read through a store of our own."""
+    store = SqlStore(w.settings.database_url)
+    await store.connect()
+    try:
+        return await store.load_agents()
+    finally:
+        await store.close()
 
 
 async def test_discovery_tracks_only_labelled(
@@ -46,8 +58,7 @@ async def test_discovery_tracks_only_labelled(
         assert s is not None and s.kind is Kind.SERVICE
         assert has(Status.RUNNING, replicas=1, running=1)(s)
         await w.flush(10)
-        stored_rows = {a.name for a in await w.store.load_agents()}
-        assert stored_rows == {"labelled-c", "labelled-s"}
+        assert {a.name for a in await stored_rows(w)} == {"labelled-c", "labelled-s"}
 
 
 async def test_container_changes_reach_the_store(engine: PrivateEngine, watcher: Watcher) -> None:
@@ -111,9 +122,11 @@ async def test_exec_is_activity_but_healthchecks_are_not(
     started = watcher.get("hc")
     assert started is not None
     # let at least three healthcheck runs go by (each is exec_create/start/die on the stream)
-    base = watcher.pump.events_received
-    await eventually(lambda: watcher.pump.events_received >= base + 9, 20, "healthcheck execs")
-    await watcher.pump.enricher.idle()
+    base = watcher.status().events_received
+    await eventually(
+        lambda: watcher.status().events_received >= base + 9, 20, "healthcheck execs"
+    )
+    await watcher.settled(10)
     after_health = watcher.get("hc")
     assert after_health is not None
     assert after_health.last_activity == started.last_activity, "healthchecks counted as use"

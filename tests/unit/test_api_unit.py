@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from idlewatch import ManualClock, Settings, Watcher
+from idlewatch.api import create_app
+from idlewatch.models import ContainerInfo, freeze
 
-from api import create_app
 from tests.fakes import FakeDocker, FakeStore
-from watcher import ManualClock, Settings, Watcher
-from watcher.models import ContainerInfo, freeze
 
 
 @pytest.fixture
@@ -123,8 +123,8 @@ async def test_registration_refuses_reserved_labels_and_container_replicas() -> 
 
 
 def test_container_names_follow_the_engine_and_service_names_may_be_one_character() -> None:
-    from api.errors import ApiError
-    from api.schemas import RegisterBody
+    from idlewatch.api.errors import ApiError
+    from idlewatch.api.schemas import RegisterBody
 
     with pytest.raises(ApiError) as err:
         RegisterBody(name="a", image="img").to_spec()
@@ -136,7 +136,7 @@ def test_container_names_follow_the_engine_and_service_names_may_be_one_characte
 async def test_every_route_is_in_the_openapi_document(
     setup: tuple[FakeDocker, TestClient[object, object]],
 ) -> None:
-    from api.openapi import document
+    from idlewatch.api.openapi import document
 
     _, client = setup
     doc = document()["paths"]

@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from idlewatch import ManualClock, Settings, Watcher
+from idlewatch.api import create_app
+from idlewatch.models import ContainerInfo, EngineEvent, EventType, freeze
 
-from api import create_app
 from tests.fakes import FakeDocker, FakeStore
-from watcher import ManualClock, Settings, Watcher
-from watcher.leader import Leadership
-from watcher.models import ContainerInfo, EngineEvent, EventType, freeze
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})
@@ -196,11 +195,16 @@ async def test_an_idle_stop_is_audited_when_decided_and_when_finished() -> None:
 async def test_shutdown_logs_the_release_once_and_no_follow_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    lead = Leadership(FakeStore(), "r1", 5.0)
-    assert await lead.try_once()
-    caplog.set_level(logging.INFO, logger="watcher.leader")
-    await lead.close()
-    lines = [r.getMessage() for r in caplog.records]
+    settings = Settings(
+        docker_url="unix:///f.sock", database_url="sqlite:///u.db", replica_id="r1"
+    )
+    w = Watcher(settings, docker=FakeDocker(), store=FakeStore(), clock=ManualClock(T0))
+    await w.open()
+    assert w.leader_info()["leader"]
+    caplog.set_level(logging.INFO, logger="idlewatch")
+    caplog.clear()
+    await w.close()
+    lines = [r.getMessage() for r in caplog.records if "lead" in r.getMessage()]
     assert lines == ["leadership released by r1 (shutting down)"], lines
 
 
@@ -210,11 +214,11 @@ def test_help_imports_only_what_help_needs() -> None:
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from api.cli import main\n"
+        "from idlewatch.api.cli import main\n"
         "r = CliRunner().invoke(main, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "heavy = ('aiohttp', 'aiodocker', 'databases', 'sqlalchemy', 'pydantic', "
-        "'pydantic_settings', 'orjson', 'watcher.core', 'watcher.settings')\n"
+        "'pydantic_settings', 'orjson', 'idlewatch.core', 'idlewatch.settings')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
     )
     out = subprocess.run(
@@ -226,9 +230,9 @@ def test_help_imports_only_what_help_needs() -> None:
 def test_a_huge_idle_timeout_means_never_and_reads_back_from_its_label() -> None:
     """Found by the widened fuzz: 1e+23 was labelled "1e+23s", which the tracker could not
     read back, and a timeout past datetime's range ended every sweep in an OverflowError."""
-    from api.schemas import RegisterBody
-    from watcher.models import Agent, Kind, Status
-    from watcher.policy import idle_agents, idle_timeout_s
+    from idlewatch.api.schemas import RegisterBody
+    from idlewatch.models import Agent, Kind, Status
+    from idlewatch.policy import idle_agents, idle_timeout_s
 
     label = RegisterBody(name="ab", image="img", idle_timeout=1e23).to_spec().idle_timeout
     assert label is not None

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from idlewatch import ManualClock, Settings, Status, Watcher
+from idlewatch.errors import Conflict, StoreError
+from idlewatch.leader import Leadership
+from idlewatch.models import ActivityReport, ContainerInfo, ServiceInfo, freeze
 
-from tests.fakes import FakeDocker, FakeStore
-from watcher import ManualClock, Settings, Status, Watcher
-from watcher.errors import Conflict, StoreError
-from watcher.leader import Leadership
-from watcher.models import ActivityReport, ContainerInfo, ServiceInfo, freeze
+from tests.fakes import FakeDocker, FakeLeadership, FakeStore
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 LABEL = "idlewatch.enable"
@@ -48,8 +49,8 @@ async def test_one_leader_and_a_takeover_after_expiry() -> None:
     assert await a.try_once() is True
     assert await b.try_once() is False and b.holder == "a"
     # a dies (stops renewing); b takes over once the lease has expired in the store
-    expires = store.leases["leader"][1]
-    store.leases["leader"] = ("a", expires - 13)  # the store's clock moved on 13 s
+    expires = store.lease_rows["leader"][1]
+    store.lease_rows["leader"] = ("a", expires - 13)  # the store's clock moved on 13 s
     assert await b.try_once() is True
     mono.t += 12.1  # a's own clock says its 12 s (80 % of 15 s) have run out
     assert a.is_leader is False
@@ -58,16 +59,15 @@ async def test_one_leader_and_a_takeover_after_expiry() -> None:
 async def test_a_leader_cut_off_from_the_database_stops_acting_on_its_own_clock() -> None:
     store = FlakyStore()
     mono = Mono()
-    changes: list[bool] = []
-    a = Leadership(store, "a", 10, monotonic=mono, on_change=changes.append)
+    a = Leadership(store, "a", 10, monotonic=mono)
     assert await a.try_once()
     store.down = True
     mono.t += 5
     assert await a.try_once()  # still within its 8 s
     assert a.is_leader and a.last_error is not None
     mono.t += 3.1
-    await a.try_once()
-    assert not a.is_leader and changes == [True, False]
+    assert not await a.try_once()
+    assert not a.is_leader
 
 
 async def test_a_clean_close_hands_over_at_once() -> None:
@@ -75,7 +75,7 @@ async def test_a_clean_close_hands_over_at_once() -> None:
     a = Leadership(store, "a", 15)
     b = Leadership(store, "b", 15)
     assert await a.try_once()
-    await a.close()
+    await a.release()
     assert await b.try_once()
 
 
@@ -87,7 +87,7 @@ async def test_a_follower_neither_sweeps_nor_writes_and_shares_its_touches() -> 
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", freeze({LABEL: "true"}))
     store = FakeStore()
-    store.leases["leader"] = ("someone-else", float("inf"))
+    store.lease_rows["leader"] = ("someone-else", float("inf"))
     clock = ManualClock(T0)
     w = Watcher(
         _settings(idle_timeout="1m", replica_id="follower"),
@@ -106,7 +106,7 @@ async def test_a_follower_neither_sweeps_nor_writes_and_shares_its_touches() -> 
         await w.touch("box", actor="api")
         await w.flush(5)
         assert store.rows == {}  # the leader writes the record
-        (shared,) = [r for r, _ in store.activity.values()]
+        (shared,) = [r for r, _ in store.activity_rows.values()]
         assert (shared.agent, shared.source, shared.event) == ("box", "replica:follower", "touch")
     finally:
         await w.close()
@@ -123,7 +123,7 @@ async def test_the_leader_counts_activity_reported_by_a_node() -> None:
     await w.open()
     try:
         await w.wait_synced(5)
-        assert w.leadership.is_leader
+        assert w.leader_info()["leader"]
         clock.advance(50)
         used = clock.now()
         await store.report_activity(
@@ -164,9 +164,11 @@ def _box_engine(cls: type[FakeDocker] = FakeDocker) -> FakeDocker:
     return docker
 
 
-async def _replica(store: FakeStore, clock: ManualClock, rid: str, docker: FakeDocker) -> Watcher:
+async def _replica(
+    store: FakeStore, clock: ManualClock, rid: str, docker: FakeDocker, **kw: object
+) -> Watcher:
     w = Watcher(
-        _settings(idle_timeout="1m", replica_id=rid),
+        _settings(idle_timeout="1m", replica_id=rid, **kw),
         docker=docker,
         store=store,
         clock=clock,
@@ -179,17 +181,18 @@ async def _replica(store: FakeStore, clock: ManualClock, rid: str, docker: FakeD
 
 async def test_a_touch_on_the_leader_survives_a_change_of_leader() -> None:
     store, clock = FakeStore(), ManualClock(T0)
-    a = await _replica(store, clock, "a", _box_engine())
-    b = await _replica(store, clock, "b", _box_engine())
+    a = await _replica(store, clock, "a", _box_engine(), leader_lease=1)
+    docker_b = _box_engine()
+    b = await _replica(store, clock, "b", docker_b, leader_lease=1)
     try:
-        assert a.leadership.is_leader and not b.leadership.is_leader
+        assert a.leader_info()["leader"] and not b.leader_info()["leader"]
         clock.advance(50)
         await a.touch("box", actor="api")  # on the leader
         await a.close()  # hands the lease over
-        assert await b.leadership.try_once()
+        await _until(lambda: bool(b.leader_info()["leader"]), "b takes the lease")
         clock.advance(20)  # 70 s after the start, 20 s after the touch
         report = await b.sweep_once()
-        assert report.outcomes == {} and b.docker.calls["stop_container"] == 0  # type: ignore[attr-defined]
+        assert report.outcomes == {} and docker_b.calls["stop_container"] == 0
         await b.flush(5)
         assert store.rows["box"].last_activity == T0 + timedelta(seconds=50)
     finally:
@@ -220,24 +223,26 @@ async def test_a_touch_on_a_follower_during_the_leaders_idle_stop_wins() -> None
 
 async def test_a_former_leaders_queued_rows_are_dropped() -> None:
     """Rows queued while leading (say, the database was unreachable) must not land over
-    the new leader's record once this replica stops leading; its audit rows still do."""
-    from watcher.models import AuditEntry
-    from watcher.writer import StoreWriter
+    the new leader's record once this replica stops leading; its audit rows still do. The
+    writer asks the lease itself, at the moment it writes (one source of truth)."""
+    from idlewatch.models import AuditEntry
+    from idlewatch.writer import StoreWriter
 
     store, clock = FakeStore(), ManualClock(T0)
     a = await _replica(store, clock, "a", _box_engine())
+    agent = a.agents()[0]
     await a.close()
-    writer = StoreWriter(store)  # not started: what is queued stays queued
-    a.writer = writer
-    writer.put_agent(a.agents()[0])
+    leading = FakeLeadership(is_leader=True)
+    writer = StoreWriter(store, leading)  # not started: what is queued stays queued
+    writer.put_agent(agent)
     writer.forget("gone")
     writer.put_audit(AuditEntry(T0, "box", "stop", "test", "api"))
-    a._on_leadership(False)  # the lease lapsed
-    assert writer.pending == 1  # the audit row only
+    leading.is_leader = False  # the lease lapsed before the rows could be written
     writer.start()
     await writer.flush(5)
     await writer.close()
     assert [e.action for e in store.audits] == ["stop"]
+    assert store.rows == {"box": agent}, "only what was written while leading"
 
 
 async def test_a_node_report_of_a_task_death_updates_the_running_count() -> None:
@@ -249,10 +254,10 @@ async def test_a_node_report_of_a_task_death_updates_the_running_count() -> None
     try:
         await w.wait_synced(5)
         await store.report_activity([ActivityReport("svc", "node:w1", None, "start", T0, 2)])
-        await w.merger.merge_once()
+        await w.merge_activity()
         docker.services["s1"] = replace(docker.services["s1"], running=1, remote_running=1)
         await store.report_activity([ActivityReport("svc", "node:w1", None, "exec_die", T0, 1)])
-        await w.merger.merge_once()  # running went 2 -> 1 although the last event is an exec
+        await w.merge_activity()  # running went 2 -> 1 although the last event is an exec
         await w.wait_for("svc", lambda a: a is not None and a.running == 1, 5)
     finally:
         await w.close()
@@ -266,32 +271,24 @@ async def test_two_processes_with_one_replica_id_do_not_both_lead() -> None:
 
 
 async def test_an_agent_registered_on_one_replica_deploys_on_another() -> None:
-    from watcher.models import AgentSpec
+    from idlewatch.models import AgentSpec
 
     store, clock = FakeStore(), ManualClock(T0)
-    a = await _replica(store, clock, "a", FakeDocker())
-    b = await _replica(store, clock, "b", FakeDocker())
+    a = await _replica(store, clock, "a", FakeDocker(), allowed_images=["myorg/*"])
+    docker_b = FakeDocker()
+    b = await _replica(store, clock, "b", docker_b, allowed_images=["myorg/*"])
     try:
         spec = AgentSpec(name="sandbox", image="myorg/agent:1")
-        a.settings.allowed_images[:] = b.settings.allowed_images[:] = ["myorg/*"]
-        a.registry._cfg = replace(a.registry._cfg, allowed_images=("myorg/*",))
-        b.registry._cfg = replace(b.registry._cfg, allowed_images=("myorg/*",))
-        for w in (a, b):  # the fake engine reports nothing it creates: do not wait for it
-            w._tracked = _untracked  # type: ignore[method-assign]
         await a.register(spec)
         await a.flush(5)
         assert "sandbox" in store.specs
         await b.deploy("sandbox")  # was a 404 on b: it knew only its own registrations
-        assert b.docker.calls["create_agent"] == 1  # type: ignore[attr-defined]
+        assert docker_b.calls["create_agent"] == 1
         with pytest.raises(Conflict):
             await b.register(spec)  # the same name again, through the other replica
     finally:
         await a.close()
         await b.close()
-
-
-async def _untracked(name: str, engine_id: str, timeout_s: float = 0) -> Any:
-    return None
 
 
 async def test_activity_reports_go_through_the_one_writer_and_survive_a_failure() -> None:
@@ -303,8 +300,16 @@ async def test_activity_reports_go_through_the_one_writer_and_survive_a_failure(
         store.fail_reports = 2
         await w.touch("box", actor="api")
         await w.flush(10)
-        (report,) = [r for r, _ in store.activity.values()]
+        (report,) = [r for r, _ in store.activity_rows.values()]
         assert (report.source, report.event) == ("replica:a", "touch")
         assert len(store.report_calls) == 3  # two failures, then written
     finally:
         await w.close()
+
+
+async def _until(check: Any, what: str, timeout_s: float = 10) -> None:
+    """Wait for a condition of the replicas' own tasks, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Node mode (watcher/node.py) with the fakes: what counts as use, coalescing, retries, resync."""
+"""Node mode (idlewatch.node) with the fakes: what counts as use, coalescing, retries, resync."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
-
-from tests.fakes import FakeDocker, FakeStore
-from watcher.clock import ManualClock, from_ns, to_ns
-from watcher.errors import StoreError
-from watcher.models import (
+from idlewatch.clock import ManualClock, from_ns, to_ns
+from idlewatch.errors import StoreError
+from idlewatch.models import (
     ActivityReport,
     Agent,
     ContainerInfo,
@@ -23,8 +21,10 @@ from watcher.models import (
     Status,
     freeze,
 )
-from watcher.node import RESYNC_EVENT, NodeActivity, NodeReporter
-from watcher.policy import SERVICE_ID_LABEL
+from idlewatch.node import RESYNC_EVENT, NodeActivity, NodeReporter
+from idlewatch.policy import SERVICE_ID_LABEL
+
+from tests.fakes import FakeDocker, FakeStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NS0 = to_ns(T0)
@@ -78,58 +78,82 @@ def at(t: float) -> datetime:
     return from_ns(NS0 + int(t * 10**9))
 
 
+class Node:
+    """A NodeActivity that says which service each step changed (``on_change``)."""
+
+    def __init__(self) -> None:
+        self.changed: list[str] = []
+        self.act = NodeActivity(ManualClock(T0), on_change=self.changed.extend)
+
+    def apply(self, ev: EngineEvent) -> str | None:
+        """Apply one event: the service whose report it changed, or None."""
+        self.changed.clear()
+        self.act.apply(ev)
+        return self.changed[0] if self.changed else None
+
+    def resync(self, snap: Snapshot) -> list[str]:
+        """Apply a listing: the services whose report it changed."""
+        self.changed.clear()
+        assert self.act.resync(snap) == []  # node mode records no dead letters
+        return list(self.changed)
+
+
 # ------------------------------------------------------------------ NodeActivity (pure)
 def test_task_start_and_die_change_the_running_count_but_are_not_use() -> None:
-    act = NodeActivity(ManualClock(T0))
-    assert act.apply(tev("create")) is None  # no state change, nothing to report
-    assert act.apply(tev("start", t=1)) == "s1"
+    node = Node()
+    act = node.act
+    assert node.apply(tev("create")) is None  # no state change, nothing to report
+    assert node.apply(tev("start", t=1)) == "s1"
     rep = act.report("s1", "web", SOURCE)
     assert (rep.running, rep.event, rep.event_at, rep.last_activity) == (1, "start", at(1), None)
-    assert act.apply(tev("start", cid="c2", t=2)) == "s1"
+    assert node.apply(tev("start", cid="c2", t=2)) == "s1"
     assert act.report("s1", "web", SOURCE).running == 2
-    assert act.apply(tev("die", t=3)) == "s1"
-    assert act.apply(tev("stop", t=3.1)) is None  # already counted down: keeps "die"
+    assert node.apply(tev("die", t=3)) == "s1"
+    assert node.apply(tev("stop", t=3.1)) is None  # already counted down: keeps "die"
     rep = act.report("s1", "web", SOURCE)
     assert (rep.running, rep.event, rep.last_activity) == (1, "die", None)
 
 
 def test_user_exec_attach_are_use_healthcheck_execs_are_not() -> None:
-    act = NodeActivity(ManualClock(T0))
-    act.apply(tev("start", t=1))
+    node = Node()
+    act = node.act
+    node.apply(tev("start", t=1))
     act.dirty.clear()
-    act.set_healthcheck("c1", HEALTHCHECK)
-    assert act.apply(tev("exec_create", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
-    assert act.apply(tev("exec_start", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
-    assert act.apply(tev("exec_die", t=3, exec_id="h1")) is None
+    act.use.learn("c1", HEALTHCHECK)
+    assert node.apply(tev("exec_create", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
+    assert node.apply(tev("exec_start", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
+    assert node.apply(tev("exec_die", t=3, exec_id="h1")) is None
     assert not act.dirty and act.report("s1", "web", SOURCE).last_activity is None
-    assert act.apply(tev("exec_start", t=4, detail="sh", exec_id="u1")) == "s1"
+    assert node.apply(tev("exec_start", t=4, detail="sh", exec_id="u1")) == "s1"
     assert act.report("s1", "web", SOURCE).last_activity == at(4)
-    assert act.apply(tev("exec_die", t=9, exec_id="u1")) == "s1"  # the session's end is use
+    assert node.apply(tev("exec_die", t=9, exec_id="u1")) == "s1"  # the session's end is use
     rep = act.report("s1", "web", SOURCE)
     assert (rep.last_activity, rep.event, rep.running) == (at(9), "exec_die", 1)
-    assert act.apply(tev("attach", t=10)) == "s1"
+    assert node.apply(tev("attach", t=10)) == "s1"
     assert act.report("s1", "web", SOURCE).last_activity == at(10)
-    assert act.apply(tev("exec_start", t=5, detail="sh", exec_id="u2")) is None  # older: no news
+    assert node.apply(tev("exec_start", t=5, detail="sh", exec_id="u2")) is None  # older: no news
     assert act.report("s1", "web", SOURCE).last_activity == at(10)
 
 
 def test_events_of_other_containers_are_ignored() -> None:
-    act = NodeActivity(ManualClock(T0))
+    node = Node()
+    act = node.act
     plain = EngineEvent(EventType.CONTAINER, "exec_start", "x", NS0, attributes=freeze({}))
     service = EngineEvent(EventType.SERVICE, "update", "s1", NS0, attributes=freeze({}))
-    assert act.apply(plain) is None and act.apply(service) is None
+    assert node.apply(plain) is None and node.apply(service) is None
     assert not act.services
 
 
 def test_resync_sets_the_running_tasks_and_reports_only_changes() -> None:
-    act = NodeActivity(ManualClock(T0))
+    node = Node()
+    act = node.act
     snap = Snapshot((task("c1"), task("c2"), task("c3", state="exited")), (), True)
-    assert act.resync(snap) == ["s1"]
+    assert node.resync(snap) == ["s1"]
     rep = act.report("s1", "web", SOURCE)
     assert (rep.running, rep.event, rep.event_at) == (2, RESYNC_EVENT, T0)
     act.dirty.clear()
-    assert act.resync(snap) == []  # nothing changed: nothing to report
-    assert act.resync(Snapshot((task("c1"),), (), True)) == ["s1"]
+    assert node.resync(snap) == []  # nothing changed: nothing to report
+    assert node.resync(Snapshot((task("c1"),), (), True)) == ["s1"]
     assert act.report("s1", "web", SOURCE).running == 1
 
 
@@ -160,7 +184,7 @@ async def reporter(docker: FakeDocker, store: FakeStore) -> AsyncIterator[NodeRe
     )
     rep.start()
     try:
-        await asyncio.wait_for(rep.synced.wait(), 5)
+        await asyncio.wait_for(rep.stream.synced.wait(), 5)
         yield rep
     finally:
         await rep.close()
@@ -177,7 +201,7 @@ async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 def row(store: FakeStore, agent: str = "web") -> ActivityReport | None:
-    found = store.activity.get((agent, SOURCE))
+    found = store.activity_rows.get((agent, SOURCE))
     return found[0] if found else None
 
 
@@ -189,7 +213,7 @@ def push(docker: FakeDocker, *events: EngineEvent) -> None:
 async def settle(reporter: NodeReporter, docker: FakeDocker) -> None:
     """Wait until every pushed event is read off the stream and applied."""
     await until(lambda: docker.streams[-1].queue.empty())
-    await reporter.idle()
+    await reporter.stream.settled()
 
 
 async def test_listing_seeds_the_running_count(reporter: NodeReporter, store: FakeStore) -> None:
@@ -224,10 +248,10 @@ async def test_a_burst_is_coalesced_into_few_writes(docker: FakeDocker, store: F
     rep = NodeReporter(docker, store, node_id="n1", clock=ManualClock(T0), report_interval_s=0.5)
     rep.start()
     try:
-        await asyncio.wait_for(rep.synced.wait(), 5)
+        await asyncio.wait_for(rep.stream.synced.wait(), 5)
         await until(lambda: row(store) is not None)
         writes = len(store.report_calls)
-        rep.activity.set_healthcheck("c1", HEALTHCHECK)
+        rep.activity.use.learn("c1", HEALTHCHECK)
         # 200 user execs in 20 bursts, each applied before the next (a few ms in all, far
         # less than one report interval): a write per burst would be 20 writes
         for burst in range(20):
@@ -315,7 +339,7 @@ async def test_reconnect_resumes_relists_and_drops_replays(
     docker.streams[-1].end()
     await docker.wait_calls("subscribe", 3)  # at least one failed attempt
     docker.reachable = True
-    await until(lambda: len(docker.streams) >= 2 and reporter.synced.is_set())
+    await until(lambda: len(docker.streams) >= 2 and reporter.stream.synced.is_set())
     assert docker.since[-1] == NS0 + 5 * 10**9 - 10**9  # last event minus the margin
     push(docker, tev("attach", t=5))  # a replay of what was already applied
     await until(lambda: (r := row(store)) is not None and r.running == 0)
@@ -342,7 +366,7 @@ async def test_a_failing_inspect_counts_the_exec_and_asks_again(
 async def test_close_writes_what_is_pending(docker: FakeDocker, store: FakeStore) -> None:
     rep = NodeReporter(docker, store, node_id="n1", clock=ManualClock(T0), report_interval_s=3600)
     rep.start()
-    await asyncio.wait_for(rep.synced.wait(), 5)
+    await asyncio.wait_for(rep.stream.synced.wait(), 5)
     await until(lambda: row(store) is not None)  # the first write goes at once
     push(docker, tev("attach", t=9))  # the next waits out the interval...
     await settle(rep, docker)

@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-
-from watcher.durations import DurationError, parse_duration_s, parse_timeout_s
-from watcher.models import Agent, EngineEvent, EventType, Kind, Status, freeze
-from watcher.normalize import BadEvent, normalize, parse_line
-from watcher.policy import (
+from idlewatch.durations import DurationError, parse_duration_s, parse_timeout_s
+from idlewatch.models import Agent, EngineEvent, EventType, Kind, Status, freeze
+from idlewatch.normalize import BadEvent, normalize, parse_line
+from idlewatch.policy import (
     healthcheck_command,
     idle_agents,
     idle_timeout_s,

@@ -4,14 +4,14 @@ recently; concurrent pings share one query (both found by bench/load_figures.py)
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
+from idlewatch import Settings, StoreError, Watcher
+from idlewatch.models import ContainerInfo, freeze
+from idlewatch.store import SqlStore
 
 from tests.fakes import FakeDocker, FakeStore
-from watcher import Settings, StoreError, Watcher
-from watcher.store import SqlStore
 
 
 class PingStore(FakeStore):
@@ -32,7 +32,11 @@ def _watcher(store: PingStore) -> Watcher:
     settings = Settings(
         docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", log_level="ERROR"
     )
-    return Watcher(settings, docker=FakeDocker(), store=store, backoff=lambda n: 0.0)
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo(
+        "c1", "box", "img", "running", freeze({"idlewatch.enable": "true"})
+    )
+    return Watcher(settings, docker=docker, store=store, backoff=lambda n: 0.0)
 
 
 async def test_a_ping_that_fails_or_never_answered_is_a_reason() -> None:
@@ -58,9 +62,11 @@ async def test_a_slow_ping_is_no_reason_while_the_database_answered_recently() -
 async def test_a_recent_commit_counts_as_an_answer() -> None:
     store = PingStore()
     store.mode = "hang"
-    w = _watcher(store)
-    w.writer.last_commit_monotonic = time.monotonic()
-    assert await w.database_reason(0.05, answered_within_s=60) is None
+    async with _watcher(store) as w:
+        await w.wait_synced(5)  # the lone replica's leadership commits the table's rows
+        await w.touch("box")
+        await w.flush(5)  # a commit: the database answered just now
+        assert await w.database_reason(0.05, answered_within_s=60) is None
 
 
 async def test_concurrent_pings_share_one_query(

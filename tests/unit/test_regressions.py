@@ -6,12 +6,10 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-
-from tests.fakes import FakeDocker, FakeStore
-from watcher import AgentNotFound, ManualClock, Settings, Status, Watcher
-from watcher.clock import to_ns
-from watcher.errors import Conflict, StoreError
-from watcher.models import (
+from idlewatch import AgentNotFound, ManualClock, Settings, Status, Watcher
+from idlewatch.clock import to_ns
+from idlewatch.errors import Conflict, StoreError
+from idlewatch.models import (
     AgentSpec,
     Change,
     ContainerInfo,
@@ -21,8 +19,10 @@ from watcher.models import (
     Snapshot,
     freeze,
 )
-from watcher.tracker import Tracker
-from watcher.writer import StoreWriter
+from idlewatch.tracker import Tracker
+from idlewatch.writer import StoreWriter
+
+from tests.fakes import ChangeLog, FakeDocker, FakeLeadership, FakeStore
 
 from .test_runtime import agent
 
@@ -34,11 +34,11 @@ def _settings(**kw: object) -> Settings:
     return Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", **kw)  # type: ignore[arg-type]
 
 
-async def _watcher(docker: FakeDocker, **kw: object) -> Watcher:
+async def _watcher(docker: FakeDocker, store: FakeStore | None = None, **kw: object) -> Watcher:
     w = Watcher(
         _settings(**kw),
         docker=docker,
-        store=FakeStore(),
+        store=store or FakeStore(),
         clock=ManualClock(T0),
         backoff=lambda n: 0.0,
     )
@@ -49,19 +49,20 @@ async def _watcher(docker: FakeDocker, **kw: object) -> Watcher:
 
 async def test_redeploy_never_removes_a_managed_container_it_did_not_deploy() -> None:
     docker = FakeDocker()
-    w = await _watcher(docker, allowed_images=["img*"])
+    store = FakeStore()
+    w = await _watcher(docker, store, allowed_images=["img*"])
     try:
         docker.containers["web"] = ContainerInfo(
             "u1", "web", "postgres", "running", freeze({LABEL: "true"})
         )
-        w.registry.specs["web"] = AgentSpec("web", "img")
+        store.specs["web"] = AgentSpec("web", "img")  # registered (through another replica)
 
         async def conflict(spec: AgentSpec, *, network: str | None) -> str:
             raise Conflict("name taken")
 
         docker.create_agent = conflict  # type: ignore[method-assign]
         with pytest.raises(Conflict, match="not deployed by idlewatch"):
-            await w.registry.deploy("web")
+            await w.deploy("web")
         assert docker.calls["remove_agent"] == 0
     finally:
         await w.close()
@@ -72,7 +73,7 @@ async def test_the_stream_survives_a_bug_in_a_resync() -> None:
     real = docker.snapshot
     failures = [KeyError("Spec")]
 
-    async def flaky() -> Snapshot:
+    async def flaky(*, recheck_swarm: bool = True) -> Snapshot:
         if failures:
             raise failures.pop()
         return await real()
@@ -115,9 +116,9 @@ async def test_no_idle_stop_while_the_stream_is_down() -> None:
 
 
 def _tracker() -> tuple[Tracker, list[Change]]:
-    changes: list[Change] = []
+    changes = ChangeLog()
     return Tracker(
-        label=LABEL, default_idle_timeout_s=900, clock=ManualClock(T0), sink=changes.append
+        label=LABEL, default_idle_timeout_s=900, clock=ManualClock(T0), bus=changes
     ), changes
 
 
@@ -193,7 +194,7 @@ def test_rename_writes_the_new_row() -> None:
 
 async def test_a_forgotten_agent_is_not_resurrected_by_a_retry() -> None:
     store = FakeStore()
-    writer = StoreWriter(store, retry_max_s=0.01)
+    writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.01)
     gate = asyncio.Event()
     real = store.write
 
@@ -222,7 +223,7 @@ async def test_flush_returns_under_a_steady_stream_of_changes() -> None:
         await real(*args, **kw)  # type: ignore[arg-type]
 
     store.write = slow_write  # type: ignore[method-assign]
-    writer = StoreWriter(store)
+    writer = StoreWriter(store, FakeLeadership())
     writer.start()
     stop = asyncio.Event()
 
@@ -252,7 +253,7 @@ async def test_removed_agents_are_not_acted_on_and_can_be_forgotten() -> None:
         docker.streams[-1].end()  # resync: the container is gone -> removed
         await w.wait_for("gone", lambda a: a is not None and a.status is Status.REMOVED, 5)
         with pytest.raises(AgentNotFound, match="removed"):
-            await w.lifecycle.start("gone")
+            await w.start("gone")
         await w.delete("gone")
         assert w.get("gone") is None and docker.calls["remove_agent"] == 0
     finally:

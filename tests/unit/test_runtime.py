@@ -6,12 +6,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from tests.fakes import FakeDocker, FakeStore
-from watcher import ManualClock, Settings, Status, SubscriberLagged, Watcher
-from watcher.clock import to_ns
-from watcher.hub import Hub
-from watcher.models import (
+from idlewatch import ManualClock, Settings, Status, SubscriberLagged, Watcher
+from idlewatch.clock import to_ns
+from idlewatch.hub import Hub
+from idlewatch.models import (
     Agent,
     Change,
     ContainerInfo,
@@ -21,7 +19,9 @@ from watcher.models import (
     ServiceInfo,
     freeze,
 )
-from watcher.writer import StoreWriter
+from idlewatch.writer import StoreWriter
+
+from tests.fakes import FakeDocker, FakeLeadership, FakeStore
 
 LABEL = "idlewatch.enable"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -34,7 +34,7 @@ def agent(name: str, status: Status = Status.RUNNING) -> Agent:
 async def test_writer_retries_and_loses_nothing() -> None:
     store = FakeStore()
     store.fail_writes = 3
-    writer = StoreWriter(store, retry_max_s=0.01)
+    writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.01)
     writer.start()
     writer.put_agent(agent("a"))
     writer.put_agent(agent("a", Status.EXITED))  # coalesced: only the newest is written
@@ -48,7 +48,7 @@ async def test_writer_retries_and_loses_nothing() -> None:
 
 async def test_writer_keeps_newer_rows_queued_during_a_failure() -> None:
     store = FakeStore()
-    writer = StoreWriter(store, retry_max_s=0.01)
+    writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.01)
     store.fail_writes = 1
     writer.start()
     writer.put_agent(agent("a"))
@@ -91,9 +91,15 @@ def _settings(**kw: object) -> Settings:
     return Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", **kw)  # type: ignore[arg-type]
 
 
-async def started(docker: FakeDocker, clock: ManualClock, **kw: object) -> Watcher:
+async def started(
+    docker: FakeDocker, clock: ManualClock, store: FakeStore | None = None, **kw: object
+) -> Watcher:
     w = Watcher(
-        _settings(**kw), docker=docker, store=FakeStore(), clock=clock, backoff=lambda n: 0.0
+        _settings(**kw),
+        docker=docker,
+        store=store or FakeStore(),
+        clock=clock,
+        backoff=lambda n: 0.0,
     )
     await w.open()
     await w.wait_synced(5)
@@ -187,13 +193,13 @@ async def test_stream_reconnects_resumes_and_drops_duplicates() -> None:
         await asyncio.wait_for(docker.subscribed.wait(), 5)
         assert docker.since[-1] == start_ev.time_ns - 1_000_000_000
         second = docker.streams[-1]
-        applied = w.pump.events_applied
+        applied = w.status().events_applied
         second.queue.put_nowait(start_ev)  # replayed by `since`
         die = _ev("die", "c1", "box", 2)
         second.queue.put_nowait(die)
         await w.wait_for("box", lambda a: a is not None and a.status is Status.EXITED, 5)
-        assert w.pump.events_applied == applied + 1, "the replayed start was dropped"
-        assert w.pump.reconnects == 2 and w.health().ready
+        assert w.status().events_applied == applied + 1, "the replayed start was dropped"
+        assert w.status().reconnects == 1 and w.health().ready
     finally:
         await w.close()
 
@@ -226,7 +232,8 @@ async def test_removed_agents_are_forgotten_after_the_retention() -> None:
     docker.containers["c1"] = _container("c1", "keep")
     docker.containers["c2"] = _container("c2", "gone", "exited")
     clock = ManualClock(T0)
-    w = await started(docker, clock, removed_retention="10m")
+    store = FakeStore()
+    w = await started(docker, clock, store, removed_retention="10m")
     try:
         stream = docker.streams[0]
         stream.queue.put_nowait(_ev("destroy", "c2", "gone", 1))
@@ -237,6 +244,6 @@ async def test_removed_agents_are_forgotten_after_the_retention() -> None:
         assert (await w.sweep_once()).pruned == 1
         assert w.get("gone") is None and w.get("keep") is not None
         await w.flush(5)
-        assert isinstance(w.store, FakeStore) and "gone" not in w.store.rows
+        assert "gone" not in store.rows
     finally:
         await w.close()

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from watcher import SettingsError, load_settings
+from idlewatch import SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +97,7 @@ def _serve(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `idlewatch serve` with only these IDLEWATCH_* variables; it must refuse to start."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", "serve"],
+        [sys.executable, "-m", "idlewatch.api.cli", "serve"],
         env={**full, **env},
         cwd=cwd,
         capture_output=True,
@@ -129,7 +128,7 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
 
 
 def test_readme_settings_table_matches_the_model() -> None:
-    from watcher.settings import settings_table
+    from idlewatch.settings import settings_table
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")

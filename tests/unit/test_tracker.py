@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from watcher.clock import ManualClock, to_ns
-from watcher.models import (
+from idlewatch.clock import ManualClock, to_ns
+from idlewatch.models import (
     Change,
     ContainerInfo,
     EngineEvent,
     EventType,
+    Need,
     ServiceInfo,
     Snapshot,
     Status,
     freeze,
 )
-from watcher.tracker import Need, Tracker
+from idlewatch.tracker import Tracker
+
+from tests.fakes import ChangeLog
 
 LABEL = "idlewatch.enable"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -23,9 +26,9 @@ NS0 = to_ns(T0)
 
 
 def make() -> tuple[Tracker, list[Change], ManualClock]:
-    changes: list[Change] = []
+    changes = ChangeLog()
     clock = ManualClock(T0)
-    tracker = Tracker(label=LABEL, default_idle_timeout_s=900, clock=clock, sink=changes.append)
+    tracker = Tracker(label=LABEL, default_idle_timeout_s=900, clock=clock, bus=changes)
     return tracker, changes, clock
 
 
@@ -110,7 +113,7 @@ def test_healthcheck_execs_are_not_use_but_sessions_are() -> None:
     tr.apply(cev("start", t=1))
     started = tr.agents["box"].last_activity
     assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.CONTAINER
-    tr.set_healthcheck("c1", "/bin/sh -c true")
+    tr.use.learn("c1", "/bin/sh -c true")
     assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.NOTHING
     tr.apply(cev("exec_die", t=3, execID="h1"))
     assert tr.agents["box"].last_activity == started

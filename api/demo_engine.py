@@ -1,9 +1,9 @@
-"""A private, throw-away Docker engine for the test suite (recipe: shared/TESTING.md).
+"""The demo's own Docker engine: private, throw-away, started by ``idlewatch demo``.
 
 Everything lives under one temporary directory; only the pid this module started is
-ever signalled. Used by ``tests/conftest.py`` and runnable by hand::
-
-    python -m api.private_engine up     # prints DOCKER_HOST=... and stays up until Ctrl-C
+ever signalled, and :meth:`DemoEngine.cleanup` removes it all. The test suite's engine
+(tests/private_engine.py) builds on this one and adds what only tests need (a crash, a
+restart, a second node joining the Swarm).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TEST_IMAGE = "idlewatch-test/busybox:latest"
+#: the sample agents' image, built from the host's static busybox (no registry needed)
+SAMPLE_IMAGE = "idlewatch-test/busybox:latest"
 _DOCKERFILE = (
     'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
 )
@@ -37,7 +37,7 @@ def ensure_installed() -> None:
         return
     if os.geteuid() != 0:
         raise EngineSetupError(
-            "the test suite needs a Docker engine binary and a static busybox: "
+            "the demo needs a Docker engine binary and a static busybox: "
             "run `sudo apt-get install -y docker.io busybox-static` and try again"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 @dataclass
-class PrivateEngine:
+class DemoEngine:
     """One private dockerd under ``root``; ``start()``/``stop()`` are idempotent."""
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="iw-dockerd-")))
@@ -145,30 +145,13 @@ class PrivateEngine:
             self.proc.kill()
             self.proc.wait(10)
 
-    def kill(self) -> None:
-        """Crash the engine: SIGKILL dockerd and its containerd (its process group), no cleanup.
-
-        The next :meth:`start` must find no stale containerd pid file: a killed containerd
-        can linger as a zombie when PID 1 reaps slowly, and dockerd would wait for it.
-        """
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        (self.root / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop and start the daemon with the same flags (drops every events stream)."""
-        self.stop(sig)
-        self.start()
-
-    def build_test_image(self) -> None:
-        """Build the busybox test image from a local context (no registry)."""
+    def build_sample_image(self) -> None:
+        """Build the busybox image of the sample agents from a local context (no registry)."""
         ctx = self.root / "image"
         ctx.mkdir(exist_ok=True)
         shutil.copy2("/bin/busybox", ctx / "busybox")
         (ctx / "Dockerfile").write_text(_DOCKERFILE)
-        self.cli("build", "-q", "-t", TEST_IMAGE, str(ctx))
+        self.cli("build", "-q", "-t", SAMPLE_IMAGE, str(ctx))
 
     def swarm_init(self) -> None:
         """Make this engine a single-node Swarm manager on a free loopback port."""
@@ -182,44 +165,6 @@ class PrivateEngine:
             f"127.0.0.1:{port}",
         )
         self.swarm_port = port
-
-    def worker_token(self) -> str:
-        """The token a worker joins this manager's Swarm with."""
-        return self.cli("swarm", "join-token", "-q", "worker")
-
-    def swarm_join(self, manager: PrivateEngine) -> None:
-        """Join ``manager``'s Swarm as a worker, over loopback on a free port of our own."""
-        if manager.swarm_port is None:
-            raise EngineSetupError("the manager has no Swarm: call swarm_init() on it first")
-        port = free_port()
-        self.cli(
-            "swarm",
-            "join",
-            "--listen-addr",
-            f"127.0.0.1:{port}",
-            "--advertise-addr",
-            f"127.0.0.1:{port}",
-            "--token",
-            manager.worker_token(),
-            f"127.0.0.1:{manager.swarm_port}",
-        )
-        self.swarm_port = port
-
-    def node_id(self) -> str:
-        """This engine's Swarm node id ('' when it is in no Swarm)."""
-        return self.cli("info", "--format", "{{.Swarm.NodeID}}", check=False)
-
-    def swarm_leave(self, manager: PrivateEngine | None = None) -> None:
-        """Leave the Swarm (forced); ``manager`` then removes this node from its list.
-
-        Best effort, for cleanups: failures are ignored, a stopped engine is skipped.
-        """
-        node = self.node_id() if self.ping() else ""
-        if node:
-            self.cli("swarm", "leave", "--force", check=False)
-        if manager is not None and node and manager.ping():
-            manager.cli("node", "rm", "--force", node, check=False)
-        self.swarm_port = None
 
     def cleanup(self) -> None:
         """Stop the daemon and remove its directory (unmounting leftovers first)."""
@@ -241,27 +186,3 @@ class PrivateEngine:
             with contextlib.suppress(OSError):
                 if marker in (proc / "cmdline").read_bytes():
                     os.kill(int(proc.name), signal.SIGKILL)
-
-
-def main(argv: list[str]) -> int:
-    """``up``: start an engine with the test image and Swarm, print its address, wait."""
-    if argv[1:] != ["up"]:
-        print("usage: python -m api.private_engine up", file=sys.stderr)
-        return 2
-    ensure_installed()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on TERM as on Ctrl-C
-    engine = PrivateEngine()
-    try:
-        engine.start()
-        engine.build_test_image()
-        engine.swarm_init()
-        print(f"DOCKER_HOST={engine.url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
-    finally:
-        engine.cleanup()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))

@@ -1,0 +1,204 @@
+"""The composition roots: ``serve``, ``node``, ``check`` and ``demo``, each wired here.
+
+The CLI (:mod:`idlewatch.api.cli`) parses arguments and calls these; embedders use
+:func:`idlewatch.api.create_app` with a Watcher of their own instead. Only these functions
+install signal handlers, and only inside the loop that ``asyncio.run`` gave them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from idlewatch import Settings, Watcher, WatcherError
+
+if TYPE_CHECKING:
+    from .demo_engine import DemoEngine
+
+logger = logging.getLogger("idlewatch")
+
+#: pending connections the kernel queues for serve; aiohttp's default (128) drops the SYNs of
+#: a larger burst (1,000 clients at once, measured in bench/load_figures.py), which then wait
+#: out the 1 s, 3 s... SYN retransmissions. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
+
+def _until_signalled() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (the one place handlers are installed)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the watcher and the API until SIGINT/SIGTERM."""
+    from aiohttp import web
+
+    from .app import create_app
+    from .limits import GUARD, HANDLER_ARGS, GuardedSite, fit_to_open_files
+
+    stop = _until_signalled()
+    async with Watcher(settings) as w:
+        app = create_app(w, settings)
+        fit_to_open_files(app[GUARD])  # a 503 at max_connections, never an out-of-files error
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=5, **HANDLER_ARGS
+        )
+        await runner.setup()
+        try:
+            # max_connections and request_timeout hold only for connections of this site
+            site = GuardedSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise WatcherError(
+                    f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+                    "(set IDLEWATCH_PORT or --port)"
+                ) from exc
+            url = f"http://{settings.host}:{settings.port}/"
+            logger.info("API and dashboard on %s", url)
+            if on_ready is not None:
+                on_ready(url)
+            await stop.wait()
+            logger.info("shutting down")
+        finally:
+            await runner.cleanup()
+
+
+async def run_node(settings: Settings) -> None:
+    """Run a NodeReporter until SIGINT/SIGTERM (no API, no store lock: it does not act)."""
+    from idlewatch.docker import AioDockerGateway
+    from idlewatch.events import exponential_backoff
+    from idlewatch.node import NodeReporter
+    from idlewatch.store import SqlStore
+
+    stop = _until_signalled()
+    store = SqlStore(settings.database_url)
+    await store.connect()  # no claim(): the one-actor lock is for processes that act
+    docker = AioDockerGateway(settings.docker_url, label=settings.label)
+    reporter = NodeReporter(
+        docker,
+        store.activity,
+        node_id=settings.node_id,
+        report_interval_s=settings.report_interval,
+        resync_interval_s=settings.resync_interval,
+        backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
+    )
+    try:
+        reporter.start()
+        logger.info(
+            "idlewatch node %s (read-only): watching engine %s, reporting to %s",
+            settings.node_id,
+            settings.docker_url,
+            redacted_url(settings.database_url),
+        )
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await reporter.close()
+        await store.close()
+        await docker.close()
+
+
+def redacted_url(url: str) -> str:
+    """A database URL without its credentials, for log lines."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+async def check(settings: Settings, say: Callable[[str], None]) -> bool:
+    """Reach the database and the engine, say what would be managed; True when all is well."""
+    from idlewatch.docker import AioDockerGateway
+    from idlewatch.policy import is_managed
+    from idlewatch.store import SqlStore
+
+    ok = True
+    store = SqlStore(settings.database_url)
+    try:
+        await store.connect()
+        await store.ping()
+        say(f"database: ok ({settings.database_url.split('://')[0]})")
+    except WatcherError as exc:
+        say(f"database: FAILED: {exc}")
+        ok = False
+    finally:
+        await store.close()
+    docker = AioDockerGateway(settings.docker_url, label=settings.label)
+    try:
+        info = await docker.describe()
+        say(f"engine: ok ({settings.docker_url}, Docker {info.version}, API {info.api_version})")
+        say(
+            f"swarm: {'active' if info.swarm_active else 'inactive'}, this node "
+            f"{'is' if info.manager else 'is not'} a manager"
+        )
+        snap = await docker.snapshot()
+        managed = [
+            c
+            for c in snap.containers
+            if c.service_id is None and is_managed(c.labels, settings.label)
+        ]
+        services = [s for s in snap.services if is_managed(s.labels, settings.label)]
+        say(
+            f"would manage {len(managed)} container(s) and {len(services)} service(s) "
+            f"labelled {settings.label}=true:"
+        )
+        for c in managed:
+            say(f"  container {c.name} ({c.state})")
+        for s in services:
+            say(f"  service {s.name} ({s.running}/{s.replicas} running)")
+    except WatcherError as exc:
+        say(f"engine: FAILED: cannot use {settings.docker_url}: {exc}")
+        ok = False
+    finally:
+        await docker.close()
+    return ok
+
+
+def run_demo(
+    idle_s: float,
+    sweep_s: float,
+    port: int | None,
+    settings_of: Callable[..., Settings],
+    say: Callable[[str], None],
+) -> None:
+    """The demo: a private engine, sample agents and ``serve`` until Ctrl-C, then nothing
+    left behind. ``settings_of(**overrides)`` reads the settings (the CLI's exits on a bad
+    one); the port is checked before the engine starts (about 8 s)."""
+    from .demo import check_port_free, create_samples, demo_overrides, ready_message
+    from .demo_engine import DemoEngine, ensure_installed
+
+    engine = DemoEngine()  # only a temporary directory until start()
+    try:
+        settings = settings_of(**demo_overrides(engine, idle_s, sweep_s, port))
+        check_port_free(settings.host, settings.port)
+        ensure_installed()
+        say(f"starting a private Docker engine under {engine.root} ...")
+        engine.start()
+        engine.build_sample_image()
+        engine.swarm_init()
+        create_samples(engine, idle_s)
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        def ready(url: str) -> None:
+            say(ready_message(engine, url, idle_s))
+
+        asyncio.run(run_server(settings, on_ready=ready))
+    finally:
+        _teardown(engine, say)
+
+
+def _teardown(engine: DemoEngine, say: Callable[[str], None]) -> None:
+    started = engine.proc is not None
+    if started:
+        say("tearing down the demo engine ...")
+    engine.cleanup()
+    if started:
+        say("demo stopped; nothing left behind")

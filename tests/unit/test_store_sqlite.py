@@ -1,0 +1,70 @@
+"""The one private aiosqlite call (idlewatch.store.sqlite): used when there, fallen back from
+when not, and the same rows written either way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from idlewatch.models import Agent, AuditEntry, Kind, Status
+from idlewatch.store import SqlStore
+from idlewatch.store import sql as sql_module
+from idlewatch.store.sqlite import run_in_sqlite_thread
+
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _agent(name: str) -> Agent:
+    return Agent(name, Kind.CONTAINER, f"id-{name}", "img", Status.RUNNING, 1, 1, T0, 60.0, T0)
+
+
+async def _write_and_read(url: str) -> tuple[list[str], list[str]]:
+    store = SqlStore(url)
+    await store.connect()
+    try:
+        async with store.session():
+            await store.write([_agent("a"), _agent("b")], [AuditEntry(T0, "a", "stop", "x", "api")])
+        agents = sorted(a.name for a in await store.load_agents())
+        audits = [e.action for e in await store.audit()]
+    finally:
+        await store.close()
+    return agents, audits
+
+
+async def test_the_installed_aiosqlite_takes_the_one_hop_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used: list[bool] = []
+
+    async def spy(raw: object, fn: object) -> bool:
+        ok = await run_in_sqlite_thread(raw, fn)  # type: ignore[arg-type]
+        used.append(ok)
+        return ok
+
+    monkeypatch.setattr(sql_module, "run_in_sqlite_thread", spy)
+    assert await _write_and_read(f"sqlite+aiosqlite:///{tmp_path}/fast.db") == (
+        ["a", "b"],
+        ["stop"],
+    )
+    assert used == [True], "aiosqlite changed: the fast path is no longer taken"
+
+
+async def test_without_it_the_same_rows_go_through_databases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def absent(raw: object, fn: object) -> bool:
+        return False  # an aiosqlite without `_execute`
+
+    monkeypatch.setattr(sql_module, "run_in_sqlite_thread", absent)
+    assert await _write_and_read(f"sqlite+aiosqlite:///{tmp_path}/slow.db") == (
+        ["a", "b"],
+        ["stop"],
+    )
+
+
+async def test_an_object_without_the_private_call_is_refused_not_crashed() -> None:
+    class NotAiosqlite:
+        pass
+
+    assert await run_in_sqlite_thread(NotAiosqlite(), lambda conn: None) is False

@@ -1,0 +1,75 @@
+"""The one events supervisor: the periodic resync corrects drift, and costs nothing when off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from idlewatch import ManualClock, Settings, Status, Watcher
+from idlewatch.events import StreamSupervisor
+from idlewatch.models import ContainerInfo, freeze
+from idlewatch.node import NodeReporter
+
+from tests.fakes import FakeDocker, FakeStore
+
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+MANAGED = freeze({"idlewatch.enable": "true"})
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for a condition of the watchers' own tasks, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def _watcher(docker: FakeDocker, resync_interval: object) -> Watcher:
+    settings = Settings(
+        docker_url="unix:///f.sock",
+        database_url="sqlite:///u.db",
+        resync_interval=resync_interval,  # type: ignore[arg-type]
+    )
+    return Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0))
+
+
+async def test_a_drift_no_event_announced_is_corrected_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    async with _watcher(docker, 0.05) as w:
+        await w.wait_synced(5)
+        # the container stops, and its events never reach us (filtered, lost, a bug)
+        docker.containers["c1"] = replace(docker.containers["c1"], state="exited")
+        agent = await w.wait_for("box", lambda a: a is not None and a.status is Status.EXITED, 5)
+        assert agent is not None and w.status().periodic_resyncs >= 1
+        assert len(docker.streams) == 1, "corrected without a reconnect"
+    corrections = [r.getMessage() for r in caplog.records if "periodic resync" in r.getMessage()]
+    assert corrections == ["periodic resync corrected box: status running -> exited, "
+                           "replicas 1 -> 0, running 1 -> 0"], corrections
+
+
+async def test_never_means_no_listing_after_the_first() -> None:
+    """With `never`, the engine is listed once per connection; a watcher with a short
+    interval, running alongside for the same time, lists it again and again."""
+    quiet, busy = FakeDocker(), FakeDocker()
+    async with _watcher(quiet, "never") as w_quiet, _watcher(busy, 0.02) as w_busy:
+        await w_quiet.wait_synced(5)
+        await w_busy.wait_synced(5)
+        await until(lambda: w_busy.status().periodic_resyncs >= 5)
+        assert quiet.calls["snapshot"] == 1 and w_quiet.status().periodic_resyncs == 0
+        assert busy.calls["snapshot"] >= 6
+
+
+def test_serve_and_node_mode_keep_their_streams_with_the_same_supervisor() -> None:
+    reporter = NodeReporter(FakeDocker(), FakeStore(), node_id="n1")
+    assert type(reporter.stream) is StreamSupervisor
+    w = _watcher(FakeDocker(), "never")
+    assert type(w._stream) is StreamSupervisor  # the wiring, checked once here

@@ -1,0 +1,223 @@
+"""Several replicas, one actor: everything about sharing a database with other replicas.
+
+Every replica watches the engine and serves the API and the feed; only the leader runs
+the idle sweep, writes dead letters and agent rows. :class:`Replicas` owns the replica
+concerns in one place: renewing the lease (:mod:`idlewatch.leader`), merging the
+activity that other replicas and ``idlewatch node`` processes report through the store,
+sharing this replica's API use, recording what only the leader records, and saying who
+leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import StoreError
+from .leader import Leadership
+from .models import ActivityReport, Agent, AuditEntry, Kind
+from .ports import ActivityStore, Clock
+from .tasks import cancel_and_wait
+from .tracker import Tracker
+from .writer import StoreWriter
+
+logger = logging.getLogger(__name__)
+
+#: a node's report of these means its running tasks changed: the task list has the count
+TASK_EVENTS = frozenset({"start", "die", "destroy", "resync"})
+#: activity reports are read again for this long (writes may commit out of order)
+REREAD_MARGIN = timedelta(seconds=5)
+#: how often every replica reads activity reported by nodes and other replicas
+MERGE_INTERVAL_S = 1.0
+#: a store call made on behalf of an API request gives up after this long
+STORE_CALL_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who leads the replicas sharing this database, as this replica knows it."""
+
+    replica: str  # this replica's replica_id
+    leader: bool  # whether this replica leads now
+    holder: str | None  # the replica holding the lease, as last read (None: none yet)
+
+
+class ActivityMerger:
+    """Newer use seen elsewhere counts here too: the reports read into the tracker."""
+
+    def __init__(
+        self, activity: ActivityStore, tracker: Tracker, refresh_service: Callable[[str], None]
+    ) -> None:
+        self._activity = activity
+        self._tracker = tracker
+        self._refresh_service = refresh_service
+        self._since: datetime | None = None
+        self._running: dict[tuple[str, str], int] = {}  # (agent, source) -> tasks reported
+
+    async def merge_once(self) -> int:
+        """Read the reports written since the last read and apply them; how many counted.
+
+        The cursor is the store's own clock (``reported_at``), so neither the sources'
+        clocks nor a source that reconnects after a long cut matter; it is moved back by
+        a margin for writes that commit out of order (applying a report twice changes
+        nothing).
+        """
+        reports = await self._activity.load_activity(self._since)
+        stamps = [r.reported_at for r in reports if r.reported_at is not None]
+        if stamps:
+            newest = max(stamps) - REREAD_MARGIN
+            self._since = newest if self._since is None else max(self._since, newest)
+        return sum(self._apply(report) for report in reports)
+
+    def _apply(self, report: ActivityReport) -> int:
+        agent = self._tracker.get(report.agent)
+        if agent is None:
+            return 0
+        key = (report.agent, report.source)
+        if agent.kind is Kind.SERVICE and report.source.startswith("node:"):
+            before = self._running.get(key)
+            self._running[key] = report.running
+            if before != report.running and (before is not None or report.event in TASK_EVENTS):
+                # tasks started or died on a node: the manager's task list has the count
+                self._refresh_service(agent.id)
+        if report.last_activity is None:
+            return 0
+        return int(
+            self._tracker.note_activity(
+                report.agent, report.last_activity, reason=f"activity on {report.source}"
+            )
+        )
+
+
+class Replicas:
+    """Owns the lease and merge tasks; ``is_leader`` says whether this replica may act."""
+
+    def __init__(
+        self,
+        leadership: Leadership,
+        merger: ActivityMerger,
+        tracker: Tracker,
+        writer: StoreWriter,
+        clock: Clock,
+        *,
+        merge_interval_s: float = MERGE_INTERVAL_S,
+    ) -> None:
+        self.leadership = leadership
+        self._merger = merger
+        self._tracker = tracker
+        self._writer = writer
+        self._clock = clock
+        self._merge_interval_s = merge_interval_s
+        self._leading = False  # what the last look said: to notice a change, never to act
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica may act right now (the lease, asked now)."""
+        return self.leadership.is_leader
+
+    def info(self) -> LeaderInfo:
+        """Who leads, as this replica knows it."""
+        lead = self.leadership
+        return LeaderInfo(lead.replica_id, lead.is_leader, lead.holder)
+
+    async def open(self) -> None:
+        """Try the lease once (a lone replica leads before its first event), then start the
+        lease and merge tasks (idempotent)."""
+        if self._tasks:
+            return
+        await self.leadership.try_once()
+        self._noticed()
+        self._tasks = [
+            asyncio.create_task(self._lease_loop(), name="idlewatch-leadership"),
+            asyncio.create_task(self._merge_loop(), name="idlewatch-merge"),
+        ]
+
+    async def close(self) -> None:
+        """Stop both tasks and hand the lease over at once (safe to call twice)."""
+        tasks, self._tasks = self._tasks, []
+        for task in reversed(tasks):
+            await cancel_and_wait(task)
+        await self.leadership.release()
+        self._leading = False
+
+    async def merge_once(self) -> int:
+        """Count use reported by nodes and other replicas (every second, before each sweep,
+        and again under the agent's lock before an idle stop); every replica does, so a
+        new leader starts from the newest activity."""
+        return await self._merger.merge_once()
+
+    async def share_activity(self, agent: Agent, event: str) -> None:
+        """API use is reported through the store, by the leader too: whoever leads next
+        must count it (each replica merges every report, so all of them agree)."""
+        report = ActivityReport(
+            agent.name,
+            f"replica:{self.leadership.replica_id}",
+            agent.last_activity,
+            event,
+            self._clock.now(),
+        )
+        self._writer.put_activity(report)  # the one writer: batched, retried, never lost
+        if self.is_leader:
+            return  # the leader's own tracker has it already, under the agent's lock
+        try:  # a follower answers once the leader can read it
+            await self._writer.flush(STORE_CALL_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("%s's activity is not in the database yet (it is queued)", agent.name)
+
+    def record_dead_letters(self, agents: list[Agent]) -> None:
+        """Audit the agents a resync found gone while recorded running (the leader does)."""
+        if not self.is_leader:
+            return
+        for agent in agents:
+            logger.warning("dead letter: %s is now error (%s)", agent.name, agent.error)
+            self._writer.put_audit(
+                AuditEntry(
+                    self._clock.now(), agent.name, "dead_letter", agent.error or "", "reconcile"
+                )
+            )
+
+    def _noticed(self) -> None:
+        """Act on a change of leadership: the record is the leader's to write."""
+        leading = self.is_leader
+        if leading == self._leading:
+            return
+        self._leading = leading
+        logger.info(
+            "replica %s %s",
+            self.leadership.replica_id,
+            "is now the leader"
+            if leading
+            else f"follows (leader: {self.leadership.holder or 'none'})",
+        )
+        if leading:  # the record becomes this replica's view, whole
+            for agent in self._tracker.agents.values():
+                self._writer.put_agent(agent)
+        else:  # rows queued while leading must not land over the new leader's
+            self._writer.drop_agent_rows()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.leadership.renew_every_s)
+            try:
+                await self.leadership.try_once()
+            except Exception:  # the lease loop must outlive any one bad attempt
+                logger.exception("leadership attempt failed")
+            self._noticed()
+
+    async def _merge_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._merge_interval_s)
+            try:
+                await self.merge_once()
+                failing = False
+            except StoreError as exc:
+                if not failing:
+                    logger.warning("cannot read activity reports: %s", exc)
+                failing = True
+            except Exception:  # the loop must outlive any one bad merge
+                logger.exception("merging activity reports failed")

@@ -1,0 +1,177 @@
+"""The schema: tables, versioned migrations, and the SQL of the database's own clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+metadata = sa.MetaData()
+
+agents_table = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("id", sa.String(128), nullable=False),
+    sa.Column("image", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=False),
+    sa.Column("running", sa.Integer, nullable=False),
+    sa.Column("restore_replicas", sa.Integer, nullable=False),
+    sa.Column("last_activity", sa.String(40), nullable=False),
+    sa.Column("idle_timeout_s", sa.Float, nullable=True),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+    sa.Column("last_event_ns", sa.BigInteger, nullable=False),
+)
+
+
+def _audit_columns() -> list[sa.Column[Any]]:
+    """The audit columns of schema version 1 (later migrations add to them)."""
+    return [
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.String(40), nullable=False),
+        sa.Column("agent", sa.String(255), nullable=False, index=True),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(32), nullable=False),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("dry_run", sa.Boolean, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+    ]
+
+
+#: the audit table as migration 1 created it: a released migration never changes
+_audit_v1 = sa.Table("audit", sa.MetaData(), *_audit_columns())
+
+audit_table = sa.Table(
+    "audit",
+    metadata,
+    *_audit_columns(),
+    sa.Column("replica", sa.String(255), nullable=False, server_default=""),
+    sa.Column("finished_at", sa.String(40), nullable=True),
+)
+
+specs_table = sa.Table(
+    "specs",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+)
+
+schema_table = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+
+#: a lease per singleton role (e.g. 'sweeper') for leader election among replicas; times
+#: are epoch seconds so that both dialects can compare them with the database's own clock
+leader_table = sa.Table(
+    "leader",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+#: what each source (an ``idlewatch node``, a follower replica) saw of an agent, one row
+#: per (agent, source); times are epoch seconds so "never goes back" is a plain comparison
+activity_table = sa.Table(
+    "activity",
+    metadata,
+    sa.Column("agent", sa.String(255), primary_key=True),
+    sa.Column("source", sa.String(255), primary_key=True),
+    sa.Column("last_activity", sa.Float, nullable=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("event_at", sa.Float, nullable=False),
+    sa.Column("running", sa.Integer, nullable=False),
+    sa.Column("reported_at", sa.Float, nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: applied once, in order, in the transaction that records it.
+
+    ``ddl`` holds SQLAlchemy Core DDL compiled for the database's dialect (``sa.DDL("...")``
+    for text valid on both). A released migration never changes: change the schema with a
+    new one (tests/integration/test_migrations.py pins version 1 to the DDL it shipped with).
+    """
+
+    version: int
+    what: str
+    ddl: tuple[sa.schema.ExecutableDDLElement, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "agents, audit and specs",
+        (
+            sa.schema.CreateTable(agents_table, if_not_exists=True),
+            sa.schema.CreateTable(_audit_v1, if_not_exists=True),
+            sa.schema.CreateTable(specs_table, if_not_exists=True),
+            *(sa.schema.CreateIndex(i, if_not_exists=True) for i in _audit_v1.indexes),
+        ),
+    ),
+    Migration(2, "leader lease table", (sa.schema.CreateTable(leader_table),)),
+    Migration(
+        3,
+        "activity reports from nodes and replicas",
+        (
+            sa.schema.CreateTable(activity_table),
+            *(sa.schema.CreateIndex(i) for i in activity_table.indexes),
+        ),
+    ),
+    Migration(
+        4,
+        "audit rows name the replica that acted",
+        (
+            sa.DDL(  # type: ignore[no-untyped-call]
+                "ALTER TABLE audit ADD COLUMN replica VARCHAR(255) NOT NULL DEFAULT ''"
+            ),
+        ),
+    ),
+    Migration(
+        5,
+        "audit rows record when an action finished as well as when it was decided",
+        (
+            sa.DDL(  # type: ignore[no-untyped-call]
+                "ALTER TABLE audit ADD COLUMN finished_at VARCHAR(40)"
+            ),
+        ),
+    ),
+)
+#: the schema version this code writes; a database with a higher one is refused
+SCHEMA_VERSION = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+#: pg_advisory_xact_lock key: replicas starting together migrate one at a time
+MIGRATION_LOCK = 0x69646C77
+DIALECTS: dict[str, Any] = {
+    "sqlite": sqlite.dialect(),
+    "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+}
+
+
+def migration_sql(migration: Migration, dialect: str) -> list[str]:
+    """The statements of one migration for ``dialect`` ('sqlite' or 'postgresql')."""
+    return [str(ddl.compile(dialect=DIALECTS[dialect])) for ddl in migration.ddl]
+
+
+
+#: the database's clock in epoch seconds, as SQL: leases and activity reports are judged
+#: by it, so replicas and nodes need not agree on the time
+NOW_SQL = {
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+
+def dialect_of(url: str) -> str:
+    """'sqlite' or 'postgresql', from a database URL."""
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
