@@ -9,8 +9,10 @@ from aiohttp.typedefs import Middleware
 
 from .errors import Handler, error_response
 
-#: route names that never need a token
-OPEN_ROUTES = frozenset({"healthz", "readyz", "metrics", "dashboard", "dashboard_js"})
+#: route names that never need a token (agents_running_other only answers 405)
+OPEN_ROUTES = frozenset(
+    {"healthz", "readyz", "metrics", "dashboard", "dashboard_js", "agents_running_other"}
+)
 
 
 def auth_middleware(token: str | None) -> Middleware:
@@ -22,8 +24,8 @@ def auth_middleware(token: str | None) -> Middleware:
         if (
             expected is None
             or request.match_info.route.name in OPEN_ROUTES
-            # no route, or not this method: the 404 or 405 (with Allow) says only what the
-            # public OpenAPI document says already, and a 401 there would be misleading
+            # no route, or not this method: the 404 or 405 (with Allow) says only which routes
+            # exist (what the OpenAPI document says), and a 401 there would be misleading
             or request.match_info.http_exception is not None
         ):
             return await handler(request)

@@ -267,7 +267,7 @@ def agents(
     if not ready:
         # the list is what idlewatch knew last: without the engine it may be stale or empty
         click.echo(f"idlewatch: not ready: {'; '.join(reasons)}", err=True)
-        if not checks.get("events_stream", True):
+        if not checks.get("engine_reachable", True):
             click.echo("idlewatch: the list above may be stale or incomplete", err=True)
             sys.exit(1)
 

@@ -7,7 +7,14 @@ from typing import Any
 from aiohttp import web
 from idlewatch.models import Status
 
-from .schemas import CONTAINER_NAME, DURATION, ENV_NAME, RESERVED_LABELS, SERVICE_NAME
+from .schemas import (
+    CONTAINER_NAME,
+    DURATION,
+    ENV_NAME,
+    RESERVED_LABELS,
+    RESERVED_NAMES,
+    SERVICE_NAME,
+)
 
 routes = web.RouteTableDef()
 
@@ -155,8 +162,9 @@ def _register_body(max_replicas: int) -> dict[str, Any]:
         "properties": {
             "name": {
                 "type": "string",
+                "not": {"enum": sorted(RESERVED_NAMES)},
                 "description": "a Docker container name (2 to 128 characters); for a service: "
-                "letters, digits and dashes only, at most 63",
+                "letters, digits and dashes only, at most 63; not `running` (a listing's path)",
             },
             "image": {
                 "type": "string",

@@ -274,6 +274,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, Any] = {
         "events_stream": health.events_stream,
         "database": not any(r.startswith("database") for r in reasons),
+        "engine_reachable": health.engine_reachable,
     }
     if reasons:
         return error_response(

@@ -25,13 +25,28 @@ from pydantic import (
 from .errors import ApiError
 
 # the engine wants at least two characters ("Invalid container name (0)" otherwise)
+# These patterns are published in the OpenAPI document (ECMA-262 regexes there) and the
+# server applies them with fullmatch: ASCII classes only (Python's \d is any Unicode
+# digit) and no trailing newline let through (Python's $ matches before one).
 CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: label keys a registration may not set: Docker's own and idlewatch's
 RESERVED_LABELS = re.compile(r"^(com\.docker\.|io\.docker\.|org\.dockerproject\.|idlewatch\.)")
-#: a duration in a request body: seconds, or parts like 15m, 1h30m, 500ms; or never/off/0
-DURATION = re.compile(r"^(never|off|none|disabled|\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d))+)$")
+#: names the API's own paths take: an agent called so could not be addressed by name
+RESERVED_NAMES = frozenset({"running"})
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_NUMBER = "[0-9]+(\\.[0-9]+)?"
+_UNIT = f"({_any_case('ms')}|[sSmMhHdD])"
+_WORDS = "|".join(_any_case(w) for w in ("never", "off", "none", "disabled"))
+#: a duration in a request body: seconds, parts like 15m, 1h30m, 500ms, or never/off/0,
+#: in any case, with spaces around (what the settings accept too, minus exotic floats)
+DURATION = re.compile(f"^ *({_WORDS}|{_NUMBER}|({_NUMBER}{_UNIT})+) *$")
 
 #: fields people try to smuggle in; each gets its own clear refusal
 PRIVILEGED_FIELDS = {
@@ -63,13 +78,15 @@ def _whole(value: object) -> object:
 WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
 
 
+_WHOLE = re.compile(r"[0-9]{1,15}(\.0*)?")
+
+
 def whole_number(text: str) -> int | None:
-    """An integer query parameter: ``"5"`` or ``"5.0"``; None when it is not one."""
-    try:
-        value = float(text)
-    except ValueError:
+    """An integer query parameter: ``"5"`` or ``"5.0"`` (no sign, exponent, underscore or
+    space: what a JSON Schema integer looks like in a URL); None when it is not one."""
+    if not _WHOLE.fullmatch(text):
         return None
-    return int(value) if value.is_integer() and abs(value) < 2**53 else None
+    return int(float(text))
 
 
 class _Strict(BaseModel):
@@ -104,10 +121,17 @@ class RegisterBody(_Strict):
         """The core's spec, after the checks pydantic cannot express."""
         kind = Kind(self.kind)
         pattern = SERVICE_NAME if kind is Kind.SERVICE else CONTAINER_NAME
-        if not pattern.match(self.name):
+        if not pattern.fullmatch(self.name):
             raise ApiError(400, "invalid_name", f"{self.name!r} is not a valid {kind} name", "name")
+        if self.name in RESERVED_NAMES:
+            raise ApiError(
+                400,
+                "invalid_name",
+                f"{self.name!r} is reserved: /api/agents/{self.name} is a listing",
+                "name",
+            )
         for key in self.env or {}:
-            if not ENV_NAME.match(key):
+            if not ENV_NAME.fullmatch(key):
                 raise ApiError(400, "invalid_body", f"{key!r} is not a valid variable name", "env")
         for key in self.labels or {}:
             if RESERVED_LABELS.match(key):
@@ -136,7 +160,7 @@ class RegisterBody(_Strict):
     def _timeout_label(self) -> str | None:
         if self.idle_timeout is None:
             return None
-        if isinstance(self.idle_timeout, str) and not DURATION.match(self.idle_timeout):
+        if isinstance(self.idle_timeout, str) and not DURATION.fullmatch(self.idle_timeout):
             raise ApiError(
                 400,
                 "invalid_body",
@@ -150,8 +174,10 @@ class RegisterBody(_Strict):
             raise ApiError(400, "invalid_body", str(exc), "idle_timeout") from None
         if seconds is None:
             return "never"
-        short = f"{seconds:g}"  # the label must read back as the same duration: "1e+23s"
-        return f"{short}s" if "e" not in short else repr(seconds)  # would not, "1e+23" does
+        # the label must read back as the same duration: "1e+23s" would not ("1e+23" does),
+        # and :g keeps 6 digits only (100000.5 would come back as 100000)
+        short = f"{seconds:g}"
+        return f"{short}s" if "e" not in short and float(short) == seconds else repr(seconds)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -253,7 +279,11 @@ def health_json(health: Health) -> dict[str, Any]:
     return {
         "ready": health.ready,
         "reasons": list(health.reasons),
-        "checks": {"events_stream": health.events_stream, "database": health.database},
+        "checks": {
+            "events_stream": health.events_stream,
+            "database": health.database,
+            "engine_reachable": health.engine_reachable,
+        },
     }
 
 

@@ -87,13 +87,12 @@ class Feed:
 
     async def _run_health(self, watcher: Watcher) -> None:
         """Tell every client when readiness changes (an engine outage, its end...): a
-        dashboard must not show "live" and an empty fleet while the engine is unreachable."""
-        first = True
+        dashboard must not show "live" and an empty fleet while the engine is unreachable.
+        The first value goes out too: the health may have changed between a snapshot and
+        this task's start, and a repeated one is harmless."""
         async for health in watcher.health_changes():
-            if not first:  # the snapshot carried the health of the moment
-                msg = {"type": "health", **health_json(health)}
-                await self._fan_out(orjson.dumps(msg).decode())
-            first = False
+            msg = {"type": "health", **health_json(health)}
+            await self._fan_out(orjson.dumps(msg).decode())
 
     async def _run(self, watcher: Watcher) -> None:
         while True:

@@ -69,6 +69,8 @@ async def client(session: aiohttp.ClientSession, url: str, tally: Tally, i: int)
                 break
             if counts[i] == 0 and msg.data.startswith('{"type":"snapshot"'):
                 continue
+            if msg.data.startswith('{"type":"health"'):  # readiness news, not a change
+                continue
             counts[i] += 1
             if sample:
                 tally.lat.append(time.time() - _sent_at(orjson.loads(msg.data)))

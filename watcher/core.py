@@ -66,7 +66,7 @@ class Watcher:
         self.clock: Clock = clock or SystemClock()
         self._docker: DockerGateway = docker or AioDockerGateway(s.docker_url, label=s.label)
         self._store: Store = store or SqlStore(s.database_url)
-        self._health_poked = asyncio.Event()
+        self._health_watchers: set[asyncio.Event] = set()
         self._leadership = lead = Leadership(self._store.leases, s.replica_id, s.leader_lease)
         self._writer = StoreWriter(
             self._store, lead, on_state=self._poke_health, on_commit=on_commit
@@ -102,7 +102,7 @@ class Watcher:
             self.clock,
             LifecycleConfig(s.label, s.max_replicas, s.stop_timeout, s.dry_run),
             self._writer.put_audit,
-            may_act=lambda: lead.is_leader,
+            held_back=self._held_back,
             refresh=self._replicas.merge_once,
         )
         self._registry = Registry(
@@ -120,7 +120,7 @@ class Watcher:
             self.clock,
             interval_s=s.sweep_interval,
             dry_run=s.dry_run,
-            ready=lambda: self._stream.synced.is_set() and lead.is_leader,
+            held_back=self._held_back,
             removed_retention_s=s.removed_retention,
             prepare=self._replicas.merge_once,
         )
@@ -128,6 +128,18 @@ class Watcher:
         self._started = False
         #: how long an operation waits for the engine's confirming event before answering
         self.confirm_timeout_s = CONFIRM_TIMEOUT_S
+
+    def _held_back(self) -> str | None:
+        """Why nothing may be stopped right now (None: the sweep may act). Without a current
+        picture of the engine, use could be missed: no stop while the stream is down, not
+        yet synced, or parked for a listing; and only the leader among replicas acts."""
+        if not self._stream.synced.is_set():
+            return "events stream not connected and synced"
+        if self._stream.parking:
+            return "a resync with the engine is under way"
+        if not self._leadership.is_leader:
+            return "not the leader"
+        return None
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Watcher:
@@ -213,6 +225,7 @@ class Watcher:
             reasons=reasons,
             events_stream=events_stream,
             database=self._writer.last_error is None,
+            engine_reachable=not stream.unreachable,
         )
 
     def status(self) -> WatcherStatus:
@@ -239,18 +252,28 @@ class Watcher:
         )
 
     async def health_changes(self) -> AsyncIterator[Health]:
-        """The health now, then each time it changes (a connect, a resync, an outage...)."""
-        last: Health | None = None
-        while True:
-            self._health_poked.clear()
-            now = self.health()
-            if now != last:
-                last = now
-                yield now
-            await self._health_poked.wait()
+        """The health now, then each time it changes (a connect, a resync, an outage...).
+
+        Each consumer has its own wake-up, so a slow one never misses a change that a
+        faster one has already seen.
+        """
+        poked = asyncio.Event()
+        self._health_watchers.add(poked)
+        try:
+            last: Health | None = None
+            while True:
+                poked.clear()
+                now = self.health()
+                if now != last:
+                    last = now
+                    yield now
+                await poked.wait()
+        finally:
+            self._health_watchers.discard(poked)
 
     def _poke_health(self) -> None:
-        self._health_poked.set()
+        for poked in self._health_watchers:
+            poked.set()
 
     async def database_reason(
         self, timeout_s: float = 2.0, answered_within_s: float = 10.0
@@ -348,12 +371,19 @@ class Watcher:
         return await self._confirm(name, lambda a: a.replicas == replicas)
 
     async def _confirm(self, name: str, done: Callable[[Agent], bool]) -> Agent:
+        """The agent once its event confirmed ``done``; when the event is late (the stream
+        down or slow), the state the engine reports now, never a stale one."""
         try:
             agent = await self.wait_for(
                 name, lambda a: a is None or done(a), self.confirm_timeout_s
             )
         except TimeoutError:
-            agent = self._tracker.get(name)
+            logger.info(
+                "%s: no confirming event within %gs; answering with the engine's state",
+                name,
+                self.confirm_timeout_s,
+            )
+            agent = await self._lifecycle.live_state(name)
         if agent is None:
             raise AgentNotFound(f"{name!r} disappeared during the operation", agent=name)
         return agent

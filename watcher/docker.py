@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from .normalize import BadEvent, parse_line
 from .policy import (
     DEPLOYED_LABEL,
     IDLE_TIMEOUT_LABEL,
+    SERVICE_ID_LABEL,
     healthcheck_command,
     is_managed,
 )
@@ -167,33 +168,63 @@ class AioDockerGateway:
         return DockerStream(resp)
 
     async def snapshot(self, *, recheck_swarm: bool = True) -> Snapshot:
-        """Every container, and the services with their running counts when this engine is
-        a Swarm manager: at most 3 calls (containers, services, tasks), plus the engine's
-        Swarm role when ``recheck_swarm`` (after a (re)connect; a periodic listing reuses
-        the role learnt then)."""
-        if recheck_swarm or self._swarm_manager is None:
+        """The managed containers, the Swarm task containers of this engine, and (on a Swarm
+        manager) the services with their running task counts.
+
+        A manager costs 3 calls (every container, services, tasks); any other engine 2
+        (managed containers, task containers), plus a look at the engine's Swarm role:
+        after every (re)connect (``recheck_swarm``), and on every listing of an engine that
+        is no manager, so one that joins a Swarm is seen at the next listing.
+        """
+        if recheck_swarm or not self._swarm_manager:
             await self._learn_swarm_role()
-        containers = await self._list_containers()
-        services: tuple[ServiceInfo, ...] = ()
-        swarm_active = bool(self._swarm_manager)
-        if swarm_active:
+        if self._swarm_manager:
             try:
-                services = await self._list_services(self._node_id or "")
+                return await self._manager_snapshot()
             except EngineError as exc:
-                if exc.status != 503:  # 503: this engine left the Swarm or is no manager
+                if exc.status != 503:
                     raise
-                self._swarm_manager = swarm_active = False
-        local: dict[str, set[str]] = {}
-        for c in containers:
-            if c.state == "running" and c.service_id:
-                local.setdefault(c.service_id, set()).add(c.id)
+                await self._learn_swarm_role()  # did it leave the Swarm?
+                if self._swarm_manager:
+                    raise  # still a manager: Swarm cannot answer now (an election): later
+        return await self._plain_snapshot()
+
+    async def _manager_snapshot(self) -> Snapshot:
+        # every container in one call: Docker's label filters cannot say "managed OR a task"
+        # (two are ANDed), and the task list's own states lag the containers' (a task whose
+        # container runs can still be "starting" there)
+        containers, raw_services, tasks = await asyncio.gather(
+            self._list_containers(None),
+            self._json("list services", "services", params={"filters": {"label": [self._label]}}),
+            self._json("list tasks", "tasks", params={"filters": {"desired-state": ["running"]}}),
+        )
+        node = self._node_id or ""
+        counts = _running_counts(tasks)
+        remote = _running_counts([t for t in tasks if t.get("NodeID") != node])
+        services = tuple(
+            replace(
+                _service(item, counts.get(item["ID"], 0)), remote_running=remote.get(item["ID"], 0)
+            )
+            for item in raw_services
+        )
+        kept = [c for c in containers if c.service_id or is_managed(c.labels, self._label)]
         return Snapshot(
-            containers=tuple(
-                c for c in containers if c.service_id or is_managed(c.labels, self._label)
-            ),
+            containers=tuple(kept),
             services=services,
-            swarm_active=swarm_active,
-            task_containers=freeze({k: frozenset(v) for k, v in local.items()}),
+            swarm_active=True,
+            task_containers=_local_tasks(kept),
+        )
+
+    async def _plain_snapshot(self) -> Snapshot:
+        managed, tasks_local = await asyncio.gather(
+            self._list_containers({"label": [self._label]}),
+            self._list_containers({"label": [SERVICE_ID_LABEL]}),
+        )
+        return Snapshot(
+            containers=tuple(managed) + tuple(tasks_local),
+            services=(),
+            swarm_active=False,
+            task_containers=_local_tasks(tasks_local),
         )
 
     async def _learn_swarm_role(self) -> None:
@@ -202,28 +233,16 @@ class AioDockerGateway:
         self._swarm_manager = bool(
             swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable")
         )
-        if self._swarm_manager:
-            self._node_id = str(swarm.get("NodeID", ""))
+        self._node_id = str(swarm.get("NodeID", "")) if self._swarm_manager else None
 
-    async def _list_containers(self) -> list[ContainerInfo]:
-        """Every container in one call (filters cannot say "managed OR a task": the two
-        label filters would be ANDed), kept here when managed or a Swarm task."""
-        raw = await self._json("list containers", "containers/json", params={"all": True})
+    async def _list_containers(
+        self, filters: dict[str, list[str]] | None
+    ) -> list[ContainerInfo]:
+        params: dict[str, Any] = {"all": True}
+        if filters:
+            params["filters"] = filters
+        raw = await self._json("list containers", "containers/json", params=params)
         return [_container_from_list(item) for item in raw]
-
-    async def _list_services(self, local_node: str) -> tuple[ServiceInfo, ...]:
-        raw, tasks = await asyncio.gather(
-            self._json("list services", "services", params={"filters": {"label": [self._label]}}),
-            self._json("list tasks", "tasks", params={"filters": {"desired-state": ["running"]}}),
-        )
-        counts = _running_counts(tasks)
-        remote = _running_counts([t for t in tasks if t.get("NodeID") != local_node])
-        return tuple(
-            replace(
-                _service(item, counts.get(item["ID"], 0)), remote_running=remote.get(item["ID"], 0)
-            )
-            for item in raw
-        )
 
     async def inspect_container(self, ref: str) -> ContainerInfo | None:
         """One container with its healthcheck command; None when it does not exist."""
@@ -427,6 +446,15 @@ def _container_from_inspect(raw: dict[str, Any]) -> ContainerInfo:
         labels=freeze(config.get("Labels") or {}),
         healthcheck_cmd=healthcheck_command(health.get("Test"), config.get("Shell")),
     )
+
+
+def _local_tasks(containers: list[ContainerInfo]) -> Mapping[str, frozenset[str]]:
+    """This engine's running task containers, by service id."""
+    local: dict[str, set[str]] = {}
+    for c in containers:
+        if c.state == "running" and c.service_id:
+            local.setdefault(c.service_id, set()).add(c.id)
+    return freeze({k: frozenset(v) for k, v in local.items()})
 
 
 def _running_counts(tasks: list[dict[str, Any]]) -> dict[str, int]:

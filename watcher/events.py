@@ -128,6 +128,9 @@ class Enricher:
         self._consumer = consumer
         self._queue: asyncio.Queue[tuple[EngineEvent, Need]] = asyncio.Queue()
         self._services_pending: set[str] = set()
+        #: containers with events queued here: their later events queue behind them, so a
+        #: container's events are applied in order (an exec_die never before its exec_start)
+        self._held: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self.inspections = 0
 
@@ -142,7 +145,13 @@ class Enricher:
             if ev.actor_id in self._services_pending:
                 return
             self._services_pending.add(ev.actor_id)
+        else:
+            self._held[ev.actor_id] = self._held.get(ev.actor_id, 0) + 1
         self._queue.put_nowait((ev, need))
+
+    def holds(self, container_id: str) -> bool:
+        """Whether events of this container wait here (a later one must queue behind)."""
+        return container_id in self._held
 
     def refresh_service(self, service_id: str) -> None:
         """Look at a service again (a task started or died on a node we do not watch)."""
@@ -174,7 +183,9 @@ class Enricher:
             except Exception:  # the enricher must outlive any one bad batch
                 logger.exception("enricher failed on a batch of %d events", len(batch))
             finally:
-                for _ in batch:
+                for ev, need in batch:  # (applied with no await between: nothing slipped in)
+                    if need is Need.CONTAINER:
+                        self._release(ev.actor_id)
                     self._queue.task_done()
 
     async def _handle_batch(self, batch: list[tuple[EngineEvent, Need]]) -> None:
@@ -213,6 +224,13 @@ class Enricher:
                 consumer.apply(ev)
         for cid in failed:  # a look that failed is asked again at the next exec
             consumer.forget_container(cid)
+
+    def _release(self, container_id: str) -> None:
+        left = self._held[container_id] - 1
+        if left:
+            self._held[container_id] = left
+        else:
+            del self._held[container_id]
 
     async def _look(
         self, limit: asyncio.Semaphore, call: Awaitable[ContainerInfo | ServiceInfo | None]
@@ -259,6 +277,8 @@ class StreamSupervisor:
         self.events_received = 0
         self.events_applied = 0
         self.last_error: str | None = None
+        #: the last attempt to connect found no engine (not: the stream merely ended)
+        self.unreachable = False
         self.lag_ns_last = 0
 
     def start(self) -> None:
@@ -278,6 +298,12 @@ class StreamSupervisor:
     async def settled(self) -> None:
         """Wait until every event read so far is applied, looks at the engine included."""
         await self.enricher.settled()
+
+    @property
+    def parking(self) -> bool:
+        """A listing is being taken: events wait, so the picture is not current (nothing
+        may be stopped on it until they are applied)."""
+        return self._parked is not None
 
     async def _run(self) -> None:
         attempt = 0
@@ -309,7 +335,8 @@ class StreamSupervisor:
         log("events stream of %s: %s; reconnecting", self._docker.address, reason)
 
     def _report_unreachable(self, exc: EngineUnavailable, attempt: int) -> None:
-        first = self.last_error is None or not self.last_error.startswith("engine unreachable")
+        first = not self.unreachable
+        self.unreachable = True
         self.last_error = f"engine unreachable at {self._docker.address}: {exc}"
         if first:
             logger.warning(
@@ -324,6 +351,7 @@ class StreamSupervisor:
     async def _connect_and_read(self) -> None:
         since = self.last_ns - RESUME_MARGIN_NS if self.last_ns else None
         stream = await self._docker.subscribe(since)
+        self.unreachable = False
         if self.reconnects:
             logger.info("events stream from %s reconnected", self._docker.address)
         else:
@@ -402,6 +430,10 @@ class StreamSupervisor:
             return
         if ev.time_ns > self.last_ns:
             self.last_ns = ev.time_ns
+        if ev.type is EventType.CONTAINER and self.enricher.holds(ev.actor_id):
+            self.events_applied += 1
+            self.enricher.submit(ev, Need.CONTAINER)  # behind its container's earlier events
+            return
         try:
             need = self._consumer.apply(ev)
         except Exception:  # one bad event must not stop the stream

@@ -48,6 +48,9 @@ class Leadership:
         self.renew_every_s = lease_s * RENEW_SHARE
         self._monotonic = monotonic
         self._valid_until = 0.0
+        #: counts the leases granted after none was held (by this replica's clock): a lease
+        #: that lapsed and was granted again starts a new term, even between two looks
+        self.term = 0
         self.holder: str | None = None  # who leads, as last read from the store
         self.last_error: str | None = None
 
@@ -72,7 +75,12 @@ class Leadership:
         else:
             self.last_error = None
             self.holder = holder.partition("#")[0]  # the holder's replica_id
-            self._valid_until = asked_at + self._ttl_s if holder == self._token else 0.0
+            if holder != self._token:
+                self._valid_until = 0.0
+            else:
+                if asked_at >= self._valid_until:  # not held when asked: a new term
+                    self.term += 1
+                self._valid_until = asked_at + self._ttl_s
         return self.is_leader
 
     async def release(self) -> None:

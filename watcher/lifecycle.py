@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import AgentNotFound, EngineError, InvalidOperation
+from .errors import AgentNotFound, EngineError, InvalidOperation, WatcherError
 from .models import Agent, AuditEntry, Kind, Status
-from .policy import is_idle, is_managed
+from .policy import container_status, is_idle, is_managed, service_status
 from .ports import Clock, DockerGateway
 from .tracker import Tracker
 
@@ -46,7 +46,7 @@ class Lifecycle:
         config: LifecycleConfig,
         audit: Callable[[AuditEntry], None],
         *,
-        may_act: Callable[[], bool] = lambda: True,
+        held_back: Callable[[], str | None] = lambda: None,
         refresh: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._docker = docker
@@ -54,8 +54,9 @@ class Lifecycle:
         self._clock = clock
         self._cfg = config
         self._audit = audit
-        #: whether idle stops may act now (the leader among replicas; a lone watcher is)
-        self._may_act = may_act
+        #: why an idle stop may not act right now (None: it may): not the leader among
+        #: replicas, or the picture of the engine is being refreshed
+        self._held_back = held_back
         #: reads activity reported elsewhere into the tracker (other replicas, nodes)
         self._refresh = refresh
         self._locks: dict[str, asyncio.Lock] = {}
@@ -245,8 +246,8 @@ class Lifecycle:
                 self._record(name, action, reason, "sweep", dry_run=True)
                 logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
                 return "dry-run"
-            if not self._may_act():
-                return "skipped: not the leader"
+            if (why := self._held_back()) is not None:
+                return "skipped: " + why
             try:
                 await self._live_check(agent)
                 if self._refresh is not None:
@@ -254,8 +255,9 @@ class Lifecycle:
                 fresh = self._tracker.get(name)
                 if fresh is None or not is_idle(fresh, now):
                     return "skipped: no longer idle"
-                if not self._may_act():  # the lease may have run out during the look
-                    return "skipped: not the leader"
+                # the lease may have run out, or a resync begun, during the look
+                if (why := self._held_back()) is not None:
+                    return "skipped: " + why
                 decided = self._clock.now()
                 logger.info("idle stop of %s %s: %s", agent.kind, name, reason)
                 await self._stop_unlocked(agent)
@@ -276,6 +278,33 @@ class Lifecycle:
             else:
                 logger.info("stopped container %s (%s; took %.1fs)", name, reason, took_s)
             return "acted"
+
+    async def live_state(self, name: str) -> Agent | None:
+        """The tracked agent with its status as the engine says it is right now (an answer
+        must not be a stale status when the confirming event is late); None when not tracked.
+        """
+        agent = self._tracker.get(name)
+        if agent is None:
+            return None
+        try:
+            if agent.kind is Kind.CONTAINER:
+                info = await self._docker.inspect_container(agent.id)
+                if info is None:
+                    return agent
+                status = container_status(info.state)
+                alive = 1 if status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING) else 0
+                return agent._replace(status=status, replicas=alive, running=alive)
+            sinfo = await self._docker.inspect_service(agent.id)
+        except WatcherError as exc:
+            logger.warning("could not look at %s for its answer: %s", name, exc)
+            return agent
+        if sinfo is None or sinfo.replicas is None:
+            return agent
+        return agent._replace(
+            status=service_status(sinfo.replicas, sinfo.running),
+            replicas=sinfo.replicas,
+            running=sinfo.running,
+        )
 
     def _check_replicas(self, name: str, n: int, *, minimum: int) -> None:
         if not minimum <= n <= self._cfg.max_replicas:

@@ -168,7 +168,9 @@ class NodeActivity:
         for c in snapshot.containers:
             if c.service_id and c.state == "running":
                 listed.setdefault(c.service_id, set()).add(c.id)
-        self.use.keep_only(c.id for c in snapshot.containers)  # gone while not watched
+        # forget looks at containers gone while nobody watched (a manager's listing names
+        # its task containers in task_containers only)
+        self.use.keep_only({c.id for c in snapshot.containers}.union(*listed.values()))
         changed = []
         now = self._clock.now()
         for sid in set(self.services) | set(listed):

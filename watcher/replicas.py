@@ -111,7 +111,9 @@ class Replicas:
         self._writer = writer
         self._clock = clock
         self._merge_interval_s = merge_interval_s
-        self._leading = False  # what the last look said: to notice a change, never to act
+        #: the leadership term whose record this replica wrote (None: following); to notice
+        #: a change, never to decide an action (that asks the lease itself)
+        self._term: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -142,7 +144,7 @@ class Replicas:
         for task in reversed(tasks):
             await cancel_and_wait(task)
         await self.leadership.release()
-        self._leading = False
+        self._term = None
 
     async def merge_once(self) -> int:
         """Count use reported by nodes and other replicas (every second, before each sweep,
@@ -181,23 +183,29 @@ class Replicas:
             )
 
     def _noticed(self) -> None:
-        """Act on a change of leadership: the record is the leader's to write."""
-        leading = self.is_leader
-        if leading == self._leading:
+        """Act on a change of leadership: the record is the leader's to write.
+
+        A new term (leading again, or a lease that lapsed and was granted again between two
+        looks, during which the writer dropped rows) rewrites the whole table.
+        """
+        lead = self.leadership
+        term = lead.term if lead.is_leader else None
+        if term == self._term:
             return
-        self._leading = leading
-        logger.info(
-            "replica %s %s",
-            self.leadership.replica_id,
-            "is now the leader"
-            if leading
-            else f"follows (leader: {self.leadership.holder or 'none'})",
-        )
-        if leading:  # the record becomes this replica's view, whole
-            for agent in self._tracker.agents.values():
-                self._writer.put_agent(agent)
-        else:  # rows queued while leading must not land over the new leader's
+        was_leading, self._term = self._term is not None, term
+        if term is None:  # rows queued while leading must not land over the new leader's
+            logger.info("replica %s follows (leader: %s)", lead.replica_id, lead.holder or "none")
             self._writer.drop_agent_rows()
+            return
+        if was_leading:
+            logger.warning(
+                "replica %s leads again after its lease lapsed: rewriting the record",
+                lead.replica_id,
+            )
+        else:
+            logger.info("replica %s is now the leader", lead.replica_id)
+        for agent in self._tracker.agents.values():  # the record becomes this view, whole
+            self._writer.put_agent(agent)
 
     async def _lease_loop(self) -> None:
         while True:

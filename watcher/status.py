@@ -23,6 +23,8 @@ class Health:
     events_stream: bool = True
     #: the last database write succeeded (the writer has nothing failing)
     database: bool = True
+    #: the engine answers (False only while connecting to it fails: not while syncing)
+    engine_reachable: bool = True
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class Sweeper:
         *,
         interval_s: float,
         dry_run: bool,
-        ready: Callable[[], bool] = lambda: True,
+        held_back: Callable[[], str | None] = lambda: None,
         removed_retention_s: float | None = None,
         prepare: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
@@ -53,7 +53,7 @@ class Sweeper:
         self._clock = clock
         self._interval_s = interval_s
         self._dry_run = dry_run
-        self._ready = ready
+        self._held_back = held_back  # why no idle stop may be decided now (None: go)
         self._retention_s = removed_retention_s
         self._prepare = prepare
         self._task: asyncio.Task[None] | None = None
@@ -67,10 +67,10 @@ class Sweeper:
         report = SweepReport(at=now)
         if self._retention_s is not None:  # every replica: its own table must not grow
             report.pruned = len(self._tracker.prune_removed(cutoff(now, self._retention_s)))
-        if not self._ready():
-            # without the stream, activity is not seen: stopping now could stop agents in use
-            report.skipped = "events stream not connected and synced"
-            logger.info("idle sweep skipped: %s", report.skipped)
+        if (why := self._held_back()) is not None:
+            # without a current picture, use may be missed: stopping could stop agents in use
+            report.skipped = why
+            logger.info("idle sweep skipped: %s", why)
             return report
         if self._prepare is not None:
             await self._prepare()

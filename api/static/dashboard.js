@@ -25,9 +25,11 @@
   // "live" only while the feed is open AND idlewatch sees the engine: with the engine
   // unreachable the table is what was last known, and an empty one means nothing.
   function showHealth() {
-    const down = health && !health.checks.events_stream;
+    const down = health && health.checks.engine_reachable === false;
+    const syncing = health && !down && !health.checks.events_stream;
     if (socket && socket.readyState === WebSocket.OPEN) {
       if (down) setConn("engine-down", "engine unreachable");
+      else if (syncing) setConn("degraded", "syncing with the engine");
       else if (health && !health.ready) setConn("degraded", "degraded");
       else setConn("live");
     }

@@ -1,19 +1,19 @@
 """A schema-driven fuzz of the whole HTTP API from its own OpenAPI document (Schemathesis).
 
-The real app on a real Watcher connected to the private engine, served on 127.0.0.1. Every
+A real `idlewatch serve` process on the private engine, listening on 127.0.0.1. Every
 documented operation gets positive and negative cases with the bearer token: no answer may be a
 5xx, and every status, content type and body must be one the document declares. The same
 cases sent without a token, or with a wrong one, must get the documented 401.
 
-Schemathesis calls synchronously (requests), so the cases run in a worker thread while the
-server keeps the test's event loop. Generation is derandomized: CI sees the same cases each run.
+Schemathesis calls synchronously (requests), so the cases run in a worker thread.
+Generation is derandomized: CI sees the same cases each run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,25 +21,21 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from idlewatch import Settings, Status, Watcher
-from idlewatch.api import create_app
-from idlewatch.models import AgentSpec
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import CHECKS as REGISTERED_CHECKS
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks as _openapi_checks  # registers them all
 
 from tests.integration import conftest as integration
+from tests.integration.serveproc import ServeProcess, wait_until
 from tests.private_engine import TEST_IMAGE, PrivateEngine
 
 # the private engine's fixtures, shared with the integration suite; clean_engine is autouse,
 # so whatever the fuzz deployed, stopped or deleted is wiped before the next test
 engine = integration.engine
 clean_engine = integration.clean_engine
-settings_for = integration.settings_for
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -110,30 +106,45 @@ class Fuzz:
 
 
 @pytest.fixture
-async def fuzz(engine: PrivateEngine, settings_for: Callable[..., Settings]) -> AsyncIterator[Fuzz]:
-    """The app on a synced Watcher with three running agents, and its schema loaded from it."""
-    settings = settings_for(
-        api_token=TOKEN, allowed_images=["idlewatch-test/*"], max_replicas=2, ws_send_timeout=2
-    )
+def served(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
+    """A real `idlewatch serve` process with three running agents: a discovered container,
+    a discovered service and one registered through the API."""
     integration.run_container(engine, KNOWN[0])
     integration.create_service(engine, KNOWN[1])
-    async with Watcher(settings) as w:
-        await w.wait_synced(30)
-        await w.register(AgentSpec(KNOWN[2], TEST_IMAGE, command=tuple(integration.SLEEPER)))
-        for name in KNOWN:
-            await w.wait_for(name, lambda a: a is not None and a.status is Status.RUNNING, 30)
-        server = TestServer(create_app(w), host="127.0.0.1")
-        await server.start_server()
-        try:
-            base = str(server.make_url("")).rstrip("/")
-            schema = await asyncio.to_thread(
-                schemathesis.openapi.from_url, base + "/api/openapi.json", headers=AUTH
-            )
-            fz = Fuzz(schema, base)
-            with fz.session:
-                yield fz
-        finally:
-            await server.close()
+    proc = ServeProcess(
+        engine,
+        tmp_path,
+        api_token=TOKEN,
+        allowed_images="idlewatch-test/*",
+        max_replicas="2",
+        ws_send_timeout="2",
+        stop_timeout="2",
+    ).start()
+    try:
+        body = {"name": KNOWN[2], "image": TEST_IMAGE, "command": integration.SLEEPER}
+        resp = requests.post(proc.url + "/api/agents", json=body, headers=AUTH, timeout=30)
+        assert resp.status_code == 201, resp.text
+
+        def all_running() -> bool:
+            agents = requests.get(proc.url + "/api/agents", headers=AUTH, timeout=10).json()
+            running = {a["name"] for a in agents if a["status"] == "running"}
+            return set(KNOWN) <= running
+
+        wait_until(all_running, 30)
+        yield proc
+    finally:
+        assert proc.stop() == 0, "".join(proc.lines)
+
+
+@pytest.fixture
+async def fuzz(served: ServeProcess) -> AsyncIterator[Fuzz]:
+    """The schema as the real server serves it, and a session to call it with."""
+    schema = await asyncio.to_thread(
+        schemathesis.openapi.from_url, served.url + "/api/openapi.json", headers=AUTH
+    )
+    fz = Fuzz(schema, served.url)
+    with fz.session:
+        yield fz
 
 
 def _operations(schema: Any) -> list[APIOperation]:

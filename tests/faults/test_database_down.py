@@ -114,6 +114,7 @@ async def watcher_on_pg(pg_url: str) -> AsyncIterator[tuple[Watcher, FakeDocker]
         database_url=pg_url,
         log_level="ERROR",
         allowed_images=["img*"],
+        leader_lease=60,  # the outage (about 11 s) must not outlast the lease here
     )
     w = Watcher(settings, docker=docker, backoff=lambda n: 0.0)
     w.confirm_timeout_s = 0.01  # the fake engine confirms nothing by events of its own

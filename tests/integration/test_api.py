@@ -291,6 +291,9 @@ async def test_websocket_snapshot_then_changes(
     async def until_exited() -> tuple[dict[str, Any], float]:
         while True:
             msg = await ws.receive_json(timeout=10)
+            if msg["type"] == "health":  # readiness as of now, sent once the feed starts
+                assert msg["ready"] is True
+                continue
             assert msg["type"] == "change"
             if msg["agent"]["status"] == "exited":
                 return msg, time.monotonic()
@@ -340,6 +343,8 @@ async def test_a_client_that_never_reads_does_not_slow_others(
             nonlocal received
             while received < total:
                 msg = await reader.receive_json(timeout=10)
+                if msg["type"] == "health":  # readiness as of now, sent once the feed starts
+                    continue
                 assert msg["type"] == "change"
                 received += 1
 

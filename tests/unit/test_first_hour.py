@@ -6,7 +6,8 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -44,6 +45,14 @@ async def served() -> AsyncIterator[tuple[FakeDocker, Watcher, TestClient[object
 AUTH = {"Authorization": "Bearer tok"}
 
 
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for a condition of the watcher's own tasks, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.002)
+
+
 async def test_a_405_names_the_allowed_methods_and_open_routes_answer_it_without_a_token(
     served: tuple[FakeDocker, Watcher, TestClient[object, object]],
 ) -> None:
@@ -61,6 +70,9 @@ async def test_a_405_names_the_allowed_methods_and_open_routes_answer_it_without
     # the running listing's path is never an agent's name, whatever the method
     resp = await client.request("OPTIONS", "/api/agents/running", headers=AUTH)
     assert resp.status == 405 and set(resp.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+    for method in ("OPTIONS", "PUT", "DELETE"):  # ...with or without a token
+        resp = await client.request(method, "/api/agents/running")
+        assert resp.status == 405, method
 
 
 async def test_integral_numbers_are_integers_as_json_schema_says(
@@ -119,14 +131,15 @@ async def test_the_feed_says_when_the_engine_goes_away_and_comes_back(
     assert first["type"] == "snapshot" and first["health"]["ready"] is True
     docker.reachable = False
     docker.streams[-1].end()  # the daemon went away
-    msg = await ws.receive_json(timeout=5)
-    assert msg["type"] == "health" and msg["ready"] is False
-    assert msg["checks"]["events_stream"] is False
+    msg = first
+    while msg.get("type") != "health" or msg["checks"]["engine_reachable"]:
+        msg = await ws.receive_json(timeout=5)  # (a first "stream ended" may come before)
+    assert msg["ready"] is False and msg["checks"]["events_stream"] is False
     assert any("fake://engine" in r for r in msg["reasons"]), msg
     docker.reachable = True
     while msg.get("type") != "health" or not msg["ready"]:
         msg = await ws.receive_json(timeout=10)
-    assert msg["checks"] == {"events_stream": True, "database": True}
+    assert msg["checks"] == {"events_stream": True, "database": True, "engine_reachable": True}
     await ws.close()
 
 
@@ -154,7 +167,7 @@ async def test_a_restart_answers_with_the_state_the_restart_produced(
         await w.wait_for("box", lambda a: a is not None and a.status.value == "exited", 5)
         assert docker.gate is not None
         docker.gate.set()  # the engine answers the restart...
-        await asyncio.sleep(0.05)
+        await until(lambda: w.busy("box") == 0)  # ...the call is done: the answer is due
         for i, action in enumerate(("start", "restart"), start=3):
             stream.queue.put_nowait(event(action, i))  # ...before its start event arrives
 
@@ -239,3 +252,88 @@ def test_a_huge_idle_timeout_means_never_and_reads_back_from_its_label() -> None
     assert idle_timeout_s({"idlewatch.idle-timeout": label}, None) == 1e23
     agent = Agent("ab", Kind.CONTAINER, "c", "img", Status.RUNNING, 1, 1, T0, 1e300, T0)
     assert idle_agents([agent], T0.replace(year=2030)) == []
+
+
+async def test_two_consumers_of_health_changes_each_see_the_last_change() -> None:
+    """Each consumer has its own wake-up: a slow one is never left on an old state."""
+    docker = FakeDocker()
+    w = Watcher(
+        Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db"),
+        docker=docker,
+        store=FakeStore(),
+        clock=ManualClock(T0),
+    )
+    async with w:
+        await w.wait_synced(5)
+        fast, slow = w.health_changes(), w.health_changes()
+        assert (await anext(fast)).ready and (await anext(slow)).ready
+        docker.reachable = False
+        docker.streams[-1].end()
+        async with asyncio.timeout(10):
+            while (await anext(fast)).engine_reachable:  # the fast one follows each change
+                pass
+            # the slow one, busy meanwhile, is told the state of now: not ready
+            assert not (await anext(slow)).ready
+            docker.reachable = True
+            while not (await anext(fast)).ready:
+                pass
+            last = await anext(slow)
+            while not last.ready:
+                last = await anext(slow)
+        assert last.engine_reachable
+        await fast.aclose()
+        await slow.aclose()
+
+
+async def test_syncing_is_not_an_unreachable_engine() -> None:
+    """While the first listing runs the engine answers: not ready, but reachable (the
+    dashboard says "syncing", `idlewatch agents` does not fail)."""
+    docker = FakeDocker()
+    listing = asyncio.Event()
+    real = docker.snapshot
+
+    async def slow_listing(*, recheck_swarm: bool = True) -> object:
+        await listing.wait()
+        return await real(recheck_swarm=recheck_swarm)
+
+    docker.snapshot = slow_listing  # type: ignore[method-assign,assignment]
+    w = Watcher(
+        Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db"),
+        docker=docker,
+        store=FakeStore(),
+        clock=ManualClock(T0),
+    )
+    async with w:
+        await docker.subscribed.wait()
+        health = w.health()
+        assert not health.ready and not health.events_stream and health.engine_reachable
+        listing.set()
+        await w.wait_synced(5)
+        assert w.health().ready
+
+
+async def test_a_late_confirming_event_answers_with_the_engines_state() -> None:
+    """The stream is deaf (no event comes): the answer is what the engine says now, never
+    the table's stale status."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "exited", MANAGED)
+    w = Watcher(
+        Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db"),
+        docker=docker,
+        store=FakeStore(),
+        clock=ManualClock(T0),
+    )
+    w.confirm_timeout_s = 0.05
+    async with w:
+        await w.wait_synced(5)
+        started = await w.start("box")  # the fake engine starts it and emits nothing
+        assert started.status.value == "running" and started.running == 1
+
+
+async def test_running_is_not_a_name_an_agent_can_be_registered_under() -> None:
+    from idlewatch.api.errors import ApiError
+    from idlewatch.api.schemas import RegisterBody
+
+    with pytest.raises(ApiError) as err:
+        RegisterBody(name="running", image="img").to_spec()
+    assert err.value.status == 400 and err.value.field == "name"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from idlewatch import ManualClock, Settings, Status, Watcher
@@ -69,7 +70,44 @@ async def test_never_means_no_listing_after_the_first() -> None:
 
 
 def test_serve_and_node_mode_keep_their_streams_with_the_same_supervisor() -> None:
+    from idlewatch import core
+
     reporter = NodeReporter(FakeDocker(), FakeStore(), node_id="n1")
     assert type(reporter.stream) is StreamSupervisor
-    w = _watcher(FakeDocker(), "never")
-    assert type(w._stream) is StreamSupervisor  # the wiring, checked once here
+    assert core.StreamSupervisor is StreamSupervisor  # what Watcher wires, not a copy
+
+
+async def test_nothing_is_stopped_while_a_periodic_listing_parks_the_events() -> None:
+    """While the listing is fetched, events wait: an attach may be among them, so the sweep
+    holds back until they are applied."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    listing = asyncio.Event()
+    listing.set()
+    real = docker.snapshot
+    asked = [0]
+
+    async def gated(*, recheck_swarm: bool = True) -> Any:
+        asked[0] += 1
+        await listing.wait()
+        return await real(recheck_swarm=recheck_swarm)
+
+    docker.snapshot = gated  # type: ignore[method-assign]
+    settings = Settings(
+        docker_url="unix:///f.sock",
+        database_url="sqlite:///u.db",
+        resync_interval=0.05,
+        idle_timeout=60,
+    )
+    clock = ManualClock(T0)
+    async with Watcher(settings, docker=docker, store=FakeStore(), clock=clock) as w:
+        await w.wait_synced(5)
+        listing.clear()  # the next periodic listing hangs: events park meanwhile
+        calls = asked[0]
+        await until(lambda: asked[0] > calls)
+        clock.advance(120)
+        report = await w.sweep_once()
+        assert report.skipped == "a resync with the engine is under way"
+        assert docker.calls["stop_container"] == 0
+        listing.set()
+        await until(lambda: w.status().periodic_resyncs >= 1)

@@ -1,0 +1,221 @@
+"""Regressions found by reviewing issue 12's restructure, each pinned on fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from idlewatch import ManualClock, Settings, Status, Watcher
+from idlewatch.clock import to_ns
+from idlewatch.docker import AioDockerGateway
+from idlewatch.errors import EngineError
+from idlewatch.leader import Leadership
+from idlewatch.models import ContainerInfo, EngineEvent, EventType, freeze
+from idlewatch.replicas import ActivityMerger, Replicas
+from idlewatch.tracker import Tracker
+from idlewatch.writer import StoreWriter
+
+from tests.fakes import FakeDocker, FakeStore
+
+T0 = datetime(2026, 7, 1, tzinfo=UTC)
+MANAGED = freeze({"idlewatch.enable": "true"})
+HEALTHCHECK = "/bin/sh -c true"
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+class Mono:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_a_lease_that_lapsed_and_came_back_between_two_looks_rewrites_the_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The writer drops the rows of changes made while the lease had lapsed by this
+    replica's clock; a grant after the lapse is a new term, and the record is rewritten
+    even when no look saw the replica follow in between."""
+    store, mono = FakeStore(), Mono()
+    lead = Leadership(store, "a", 1.0, monotonic=mono)  # a 0.8 s lease, renewed every 0.2 s
+    writer = StoreWriter(store, lead)  # not started: what it queues stays visible
+    tracker = Tracker(
+        label="idlewatch.enable",
+        default_idle_timeout_s=60,
+        clock=ManualClock(T0),
+        bus=writer,
+    )
+    box = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    replicas = Replicas(
+        lead, ActivityMerger(store, tracker, lambda sid: None), tracker, writer, ManualClock(T0)
+    )
+    await replicas.open()
+    try:
+        assert lead.term == 1 and writer.pending == 0  # nothing tracked yet
+        mono.t += 1.0  # the lease ran out by this replica's clock (a stalled loop, say)
+        tracker.apply_container(box)  # a change while lapsed: its row is not queued
+        assert writer.pending == 0
+        caplog.set_level(logging.WARNING, logger="idlewatch.replicas")
+        await until(lambda: lead.term == 2)  # granted again at the next renewal
+        await until(lambda: writer.pending == 1)  # the record, rewritten whole
+        assert any("leads again" in r.getMessage() for r in caplog.records)
+    finally:
+        await replicas.close()
+
+
+async def test_a_failed_look_counts_the_exec_and_is_asked_again_in_serve_too() -> None:
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED, HEALTHCHECK)
+    settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db")
+    async with Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0)) as w:
+        await w.wait_synced(5)
+        start = w.get("box")
+        assert start is not None
+        t = to_ns(T0) + 10**12
+
+        def hc(i: int) -> EngineEvent:
+            return EngineEvent(
+                EventType.CONTAINER,
+                "exec_start",
+                "c1",
+                t + i,
+                "box",
+                "img",
+                HEALTHCHECK,
+                freeze({**MANAGED, "execID": f"h{i}"}),
+            )
+
+        docker.reachable = False  # the look fails; the open stream keeps going
+        docker.streams[-1].queue.put_nowait(hc(1))
+        used = await w.wait_for(
+            "box", lambda a: a is not None and a.last_activity > start.last_activity, 5
+        )
+        assert used is not None
+        docker.reachable = True
+        docker.streams[-1].queue.put_nowait(hc(2))
+        await until(lambda: docker.calls["inspect_container"] >= 2)  # asked again
+        await w.settled(5)
+        after = w.get("box")
+        assert after is not None and after.last_activity == used.last_activity  # now known
+
+
+async def test_a_containers_events_are_applied_in_order_while_one_waits_for_a_look() -> None:
+    """An exec's end that arrives while its start waits for the look at the container is
+    applied after it, so the end of a user's session still counts (it did not in node mode
+    once the supervisor was shared)."""
+    from idlewatch.node import NodeReporter
+    from idlewatch.policy import SERVICE_ID_LABEL
+
+    docker = FakeDocker()
+    task_labels = freeze({SERVICE_ID_LABEL: "s1"})
+    docker.containers["c1"] = ContainerInfo("c1", "svc.1.x", "img", "running", task_labels)
+    store = FakeStore()
+    from idlewatch.models import Agent, Kind
+
+    store.rows["web"] = Agent("web", Kind.SERVICE, "s1", "img", Status.RUNNING, 1, 1, T0, 60.0, T0)
+    rep = NodeReporter(docker, store, node_id="n1", report_interval_s=0.01, refresh_interval_s=0.01)
+    rep.start()
+    try:
+        await asyncio.wait_for(rep.stream.synced.wait(), 5)
+        t = to_ns(T0) + 10**12
+
+        def ev(action: str, i: int) -> EngineEvent:
+            attrs = {**task_labels, "execID": "u1"}
+            return EngineEvent(
+                EventType.CONTAINER,
+                action,
+                "c1",
+                t + i * 10**9,
+                "svc.1.x",
+                "img",
+                "sh",
+                freeze(attrs),
+            )
+
+        docker.streams[-1].queue.put_nowait(ev("exec_start", 1))  # waits for a look
+        docker.streams[-1].queue.put_nowait(ev("exec_die", 2))  # right behind it
+        await until(lambda: docker.streams[-1].queue.empty())
+        await rep.stream.settled()
+        found = rep.activity.report("s1", "web", rep.source)
+        assert found.last_activity is not None
+        assert abs(to_ns(found.last_activity) - (t + 2 * 10**9)) < 10**6, "the end counted"
+    finally:
+        await rep.close()
+
+
+class CannedGateway(AioDockerGateway):
+    """The gateway's own logic on canned engine answers (the HTTP layer replaced)."""
+
+    def __init__(self, answers: dict[str, list[Any]]) -> None:
+        super().__init__("unix:///canned.sock", label="idlewatch.enable")
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
+        self.asked.append(path)
+        answer = self.answers[path].pop(0) if len(self.answers[path]) > 1 else self.answers[path][0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+MANAGER = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"}}
+ALONE = {"Swarm": {"LocalNodeState": "inactive"}}
+
+
+async def test_a_manager_that_cannot_list_services_now_keeps_its_services() -> None:
+    """A 503 during a Swarm election is no departure from the Swarm: the listing fails (a
+    periodic one is skipped, a first one retried), nothing is marked gone."""
+    gw = CannedGateway(
+        {
+            "info": [MANAGER],
+            "containers/json": [[]],
+            "services": [EngineError("list services: swarm does not have a leader", status=503)],
+            "tasks": [[]],
+        }
+    )
+    with pytest.raises(EngineError):
+        await gw.snapshot()
+    assert gw.asked.count("info") == 2  # asked again: still a manager
+
+
+async def test_an_engine_that_left_the_swarm_lists_as_a_plain_one() -> None:
+    gw = CannedGateway(
+        {
+            "info": [MANAGER, ALONE],
+            "containers/json": [[]],
+            "services": [EngineError("This node is not a swarm manager", status=503)],
+            "tasks": [[]],
+        }
+    )
+    snap = await gw.snapshot()
+    assert snap.swarm_active is False and snap.services == ()
+
+
+async def test_a_periodic_listing_costs_a_manager_3_calls_a_plain_engine_asks_its_role() -> None:
+    gw = CannedGateway(
+        {"info": [MANAGER], "containers/json": [[]], "services": [[]], "tasks": [[]]}
+    )
+    await gw.snapshot()
+    gw.asked.clear()
+    await gw.snapshot(recheck_swarm=False)
+    assert sorted(gw.asked) == ["containers/json", "services", "tasks"]
+    plain = CannedGateway({"info": [ALONE], "containers/json": [[]]})
+    await plain.snapshot()
+    plain.asked.clear()
+    await plain.snapshot(recheck_swarm=False)  # one that joins a Swarm is seen next time
+    assert sorted(plain.asked) == ["containers/json", "containers/json", "info"]
