@@ -288,7 +288,30 @@ def _lifecycle(verb: str, path: str) -> Callable[..., None]:
 
 main.command("stop")(_lifecycle("stopped", "stop"))
 main.command("restart")(_lifecycle("restarted", "restart"))
-main.command("touch")(_lifecycle("touched", "activity"))
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--for",
+    "keep_for",
+    default=None,
+    help="Keep it awake this long from now, e.g. 30m (at most the max_keep_for setting).",
+)
+@_api_options
+def touch(
+    name: str, keep_for: str | None, config: str | None, url: str | None, token: str | None
+) -> None:
+    """Record activity now (through the running API); --for keeps the agent awake."""
+
+    async def go() -> Any:
+        async with _client(config, url, token) as c:
+            body = {"keep_for": keep_for} if keep_for is not None else None
+            return await c.call("POST", f"/api/agents/{name}/activity", body)
+
+    agent = _run(go)
+    until = agent.get("keep_until")
+    _show(agent, f"touched, kept awake until {until}" if until else "touched")
 
 
 @main.command()

@@ -89,9 +89,7 @@ def check_port_free(host: str, port: int) -> None:
     """Fail at once, before the engine starts (about 8 s), when the port is taken: bind
     every address ``host`` stands for (IPv4 or IPv6, as ``serve`` will) and let go."""
     try:
-        addresses = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _name, address in addresses:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -176,7 +176,6 @@ class DemoEngine:
             subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
-
     def _kill_strays(self) -> None:
         """SIGKILL processes left under this engine's directory (shims after a crash)."""
         marker = str(self.root).encode() + b"/"

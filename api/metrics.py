@@ -122,6 +122,27 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         ],
     )
     out += _family(
+        "idlewatch_sessions_open",
+        "gauge",
+        "Open exec and attach sessions holding agents in use.",
+        [_line("idlewatch_sessions_open", status.sessions_open)],
+    )
+    out += _family(
+        "idlewatch_idle_skipped_total",
+        "counter",
+        "Idle actions skipped because the live check found the agent busy, by reason.",
+        [
+            _line("idlewatch_idle_skipped_total", n, {"reason": r})
+            for r, n in sorted(status.idle_skipped.items())
+        ],
+    )
+    out += _family(
+        "idlewatch_evictions_total",
+        "counter",
+        "Agents put to sleep to make room for a start under max_awake.",
+        [_line("idlewatch_evictions_total", status.evictions)],
+    )
+    out += _family(
         "idlewatch_agents",
         "gauge",
         "Tracked agents by status.",

@@ -51,7 +51,10 @@ _COMMON_ERRORS = {
 _AGENT_ERRORS = {
     **_COMMON_ERRORS,
     "404": _err("No managed agent of that name"),
-    "409": _err("The operation does not apply to this agent"),
+    "409": _err(
+        "The operation does not apply to this agent; or (code capacity) a start would wake "
+        "more than max_awake agents and none can be put to sleep"
+    ),
     "502": _err("The Docker engine refused the operation"),
 }
 
@@ -118,10 +121,28 @@ _STOP = _agent_op("Stop (a service to 0 replicas, a container stopped)")
 _STOP["description"] = CONFIRMED
 _START["description"] = CONFIRMED
 
-def schemas(max_replicas: int) -> dict[str, Any]:
-    """The component schemas; replica bounds come from the ``max_replicas`` setting."""
+
+def schemas(max_replicas: int, max_keep_for_s: float = 86400.0) -> dict[str, Any]:
+    """The component schemas; replica bounds come from the ``max_replicas`` setting and the
+    keep-alive's from ``max_keep_for``."""
     return {
         **SCHEMAS,
+        "ActivityBody": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "keep_for": {
+                    "oneOf": [
+                        {"type": "number", "minimum": 0, "maximum": max_keep_for_s},
+                        {"type": "string", "pattern": keep_for_pattern(max_keep_for_s)},
+                        {"type": "null"},
+                    ],
+                    "description": "keep the agent awake this long from now: seconds, or a "
+                    "duration like '30m' (also compound: '1h30m'), at most max_keep_for "
+                    "(400 beyond it)",
+                }
+            },
+        },
         "ReplicasBody": {
             "type": "object",
             "additionalProperties": False,
@@ -221,6 +242,8 @@ SCHEMAS: dict[str, Any] = {
             "labels",
             "error",
             "updated_at",
+            "sessions",
+            "keep_until",
         ],
         "additionalProperties": False,
         "properties": {
@@ -237,6 +260,16 @@ SCHEMAS: dict[str, Any] = {
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "error": {"type": ["string", "null"]},
             "updated_at": {"type": "string", "format": "date-time"},
+            "sessions": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "open exec or attach sessions that hold it in use now",
+            },
+            "keep_until": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "kept awake until then (a touch with keep_for); null: none",
+            },
         },
     },
     "Error": {
@@ -322,7 +355,10 @@ SCHEMAS: dict[str, Any] = {
             "agent": {"type": "string"},
             "action": {"type": "string"},
             "reason": {"type": "string"},
-            "actor": {"type": "string", "enum": ["sweep", "api", "library", "reconcile"]},
+            "actor": {
+                "type": "string",
+                "enum": ["sweep", "api", "library", "reconcile", "capacity"],
+            },
             "ok": {"type": "boolean"},
             "dry_run": {"type": "boolean"},
             "detail": {"type": "string"},
@@ -335,6 +371,39 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _int_upto(limit: int) -> str:
+    """An ECMA regex of the decimal integers 0..limit (no leading zeros)."""
+    digits = str(limit)
+    parts = ["0"]
+    if len(digits) > 1:
+        parts.append(f"[1-9][0-9]{{0,{len(digits) - 2}}}")
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            parts.append(f"{digits[:i]}[{low}-{int(d) - 1}]{tail}")
+    if limit > 0:
+        parts.append(digits)
+    return "(" + "|".join(parts) + ")"
+
+
+def keep_for_pattern(max_s: float) -> str:
+    """Durations up to ``max_s`` in one unit (what the document can bound; the server takes
+    compound ones too, up to the same limit)."""
+    whole = int(max_s)
+    units = [
+        ("", 1),
+        ("[sS]", 1),
+        ("[mM][sS]", 0.001),
+        ("[mM]", 60),
+        ("[hH]", 3600),
+        ("[dD]", 86400),
+    ]
+    forms = [f"{_int_upto(int(whole / per))}{unit}" for unit, per in units]
+    return "^ *(" + "|".join(forms) + ") *$"
+
+
 _SERVICE_RESTART = (
     " A service's restart answers once the engine accepted the update; its tasks are then "
     "replaced one after another."
@@ -343,8 +412,9 @@ _SERVICE_RESTART = (
 _OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
 
 
-def document(max_replicas: int = 10) -> dict[str, Any]:
-    """The whole OpenAPI document (for a server whose ``max_replicas`` setting is given)."""
+def document(max_replicas: int = 10, max_keep_for_s: float = 86400.0) -> dict[str, Any]:
+    """The whole OpenAPI document (for a server with these ``max_replicas`` and
+    ``max_keep_for`` settings)."""
     agents_list = _json({"type": "array", "items": _ref("Agent")}, "Agents")
     paths: dict[str, Any] = {
         "/api/agents": {
@@ -392,7 +462,11 @@ def document(max_replicas: int = 10) -> dict[str, Any]:
         "/api/agents/{name}/scale": {
             "post": {**_agent_op("Scale a service", "ScaleBody", True), "description": CONFIRMED}
         },
-        "/api/agents/{name}/activity": {"post": _agent_op("Touch: last activity = now")},
+        "/api/agents/{name}/activity": {
+            "post": _agent_op(
+                "Touch: last activity = now; keep_for keeps it awake that long", "ActivityBody"
+            )
+        },
         "/api/agents/{name}/deploy": {"post": _agent_op("(Re)deploy a registered agent")},
         "/api/swarm/agents/{name}/start": {"post": {**_START, "tags": ["legacy"]}},
         "/api/swarm/agents/{name}/stop": {"post": {**_STOP, "tags": ["legacy"]}},
@@ -524,7 +598,7 @@ def document(max_replicas: int = 10) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": schemas(max_replicas),
+            "schemas": schemas(max_replicas, max_keep_for_s),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -536,4 +610,5 @@ async def openapi(request: web.Request) -> web.Response:
     """Serve the document."""
     from .keys import SETTINGS
 
-    return web.json_response(document(request.config_dict[SETTINGS].max_replicas))
+    settings = request.config_dict[SETTINGS]
+    return web.json_response(document(settings.max_replicas, settings.max_keep_for))

@@ -13,6 +13,7 @@ from .errors import ApiError, error_response
 from .keys import METRICS, SETTINGS, WATCHER
 from .metrics import render
 from .schemas import (
+    ActivityBody,
     RegisterBody,
     ReplicasBody,
     ScaleBody,
@@ -200,10 +201,20 @@ async def scale(request: web.Request) -> web.Response:
 
 @routes.post("/api/agents/{name}/activity", name="activity")
 async def activity(request: web.Request) -> web.Response:
-    """Touch: last activity = now."""
+    """Touch: last activity = now; ``{"keep_for": "30m"}`` keeps it awake that long."""
     _query(request, set())
-    await no_body(request)
-    return _agent(request, await _w(request).touch(_name(request), actor=_ACTOR))
+    body: ActivityBody = await read_json(request, ActivityBody, required=False)
+    keep_for_s = body.keep_for_s()
+    limit = request.config_dict[SETTINGS].max_keep_for
+    if keep_for_s is not None and keep_for_s > limit:
+        raise ApiError(
+            400,
+            "invalid_body",
+            f"keep_for must be at most {limit:g}s (max_keep_for), got {keep_for_s:g}s",
+            "keep_for",
+        )
+    agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=keep_for_s)
+    return _agent(request, agent)
 
 
 @routes.post("/api/agents", name="register")

@@ -187,6 +187,7 @@ def run_demo(
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+
         def ready(url: str) -> None:
             say(ready_message(engine, url, idle_s))
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from aiohttp import web
 from idlewatch.core import Health
-from idlewatch.durations import DurationError, parse_timeout_s
+from idlewatch.durations import DurationError, parse_duration_s, parse_timeout_s
 from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, freeze
 from pydantic import (
     BaseModel,
@@ -103,6 +103,29 @@ class ScaleBody(_Strict):
     """``{"replicas": N}`` (required)."""
 
     replicas: WholeNumber
+
+
+class ActivityBody(_Strict):
+    """``{"keep_for": "30m"}`` (optional): keep the agent awake that long from now."""
+
+    keep_for: StrictInt | float | StrictStr | None = None
+
+    def keep_for_s(self) -> float | None:
+        """The keep-alive in seconds; a 400 naming ``keep_for`` for a bad one."""
+        if self.keep_for is None:
+            return None
+        if isinstance(self.keep_for, str) and not DURATION.fullmatch(self.keep_for):
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"expected a duration like 90, '90s', '30m' or '2h', got {self.keep_for!r}",
+                "keep_for",
+            )
+        try:
+            seconds = parse_duration_s(self.keep_for)
+        except DurationError as exc:
+            raise ApiError(400, "invalid_body", str(exc), "keep_for") from None
+        return seconds
 
 
 class RegisterBody(_Strict):
@@ -271,6 +294,8 @@ def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
         "labels": dict(agent.labels),
         "error": agent.error,
         "updated_at": _iso(agent.updated_at),
+        "sessions": agent.sessions,
+        "keep_until": _iso(agent.keep_until) if agent.keep_until is not None else None,
     }
 
 

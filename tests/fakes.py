@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -17,9 +17,11 @@ from idlewatch.models import (
     AgentSpec,
     AuditEntry,
     Change,
+    ContainerExecs,
     ContainerInfo,
     EngineEvent,
     EventType,
+    ExecProcess,
     Kind,
     ServiceInfo,
     Snapshot,
@@ -68,6 +70,9 @@ class FakeDocker:
         self.subscribed = asyncio.Event()
         self._called = asyncio.Event()
         self.acted: list[tuple[str, str]] = []  # (call, ref) of every action
+        self.execs: dict[str, list[ExecProcess]] = {}  # container id -> its exec sessions
+        self.cpu: dict[str, float] = {}  # container id -> CPU percent of one core
+        self.check_codes: dict[str, int | None] = {}  # container id -> busy-command exit
         self.violations: list[tuple[str, str]] = []  # actions on something not managed
 
     def _act(self, call: str, ref: str) -> None:
@@ -119,6 +124,35 @@ class FakeDocker:
     async def _wait_gate(self) -> None:
         if self.gate is not None:
             await self.gate.wait()
+
+    async def open_execs(self, ref: str) -> ContainerExecs | None:
+        self._call("open_execs")
+        c = self.containers.get(ref)
+        if c is None:
+            return None
+        return ContainerExecs(c.healthcheck_cmd, tuple(self.execs.get(ref, ())))
+
+    async def pause_container(self, ref: str) -> None:
+        self._call("pause_container")
+        self._act("pause_container", ref)
+        await self._wait_gate()
+        self.containers[ref] = replace(self.containers[ref], state="paused")
+
+    async def unpause_container(self, ref: str) -> None:
+        self._call("unpause_container")
+        self._act("unpause_container", ref)
+        self.containers[ref] = replace(self.containers[ref], state="running")
+
+    async def cpu_percent(self, ref: str) -> float:
+        self._call("cpu_percent")
+        return self.cpu.get(ref, 0.0)
+
+    async def run_check(
+        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+    ) -> int | None:
+        self._call("run_check")
+        own(f"check-{self.calls['run_check']}")
+        return self.check_codes.get(ref, 1)
 
     async def start_container(self, ref: str) -> None:
         self._call("start_container")
@@ -268,6 +302,9 @@ class FakeStore:
             kept = old[0].last_activity if old is not None else None
             if kept is not None and (r.last_activity is None or r.last_activity < kept):
                 r = replace(r, last_activity=kept)  # a row's last_activity never goes back
+            held = old[0].keep_until if old is not None else None
+            if held is not None and (r.keep_until is None or r.keep_until < held):
+                r = replace(r, keep_until=held)  # nor does its keep-alive
             self.activity_rows[(r.agent, r.source)] = (replace(r, reported_at=now), now)
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:

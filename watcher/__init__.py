@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import ManualClock, SystemClock
 from .errors import (
     AgentNotFound,
+    CapacityExceeded,
     EngineError,
     EngineUnavailable,
     InvalidOperation,
@@ -49,6 +50,7 @@ __all__ = [
     "Agent",
     "AgentNotFound",
     "AgentSpec",
+    "CapacityExceeded",
     "AuditEntry",
     "Change",
     "EngineError",

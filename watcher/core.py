@@ -16,15 +16,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .bus import ChangeBus, ChangeSignal
+from .busy import BUSY_REASONS, BusyCheck
+from .capacity import Capacity
 from .clock import SystemClock
 from .deploy import DeployConfig, Registry
 from .docker import AioDockerGateway
-from .errors import AgentNotFound, EngineError, StoreError, WatcherError
+from .errors import AgentNotFound, EngineError, InvalidOperation, StoreError, WatcherError
 from .events import Enricher, StreamSupervisor, exponential_backoff
 from .hub import Hub
+from .idle import IdleActions, IdleConfig
 from .leader import Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
 from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
@@ -102,9 +105,18 @@ class Watcher:
             self.clock,
             LifecycleConfig(s.label, s.max_replicas, s.stop_timeout, s.dry_run),
             self._writer.put_audit,
+        )
+        busy = BusyCheck(self._docker, self._tracker, command_timeout_s=s.busy_command_timeout)
+        self._idle = IdleActions(
+            self._lifecycle,
+            self._tracker,
+            busy,
+            self.clock,
+            IdleConfig(s.idle_action, s.pause_stop_after),
             held_back=self._held_back,
             refresh=self._replicas.merge_once,
         )
+        self._capacity = Capacity(self._lifecycle, self._tracker, busy, self.clock, s.max_awake)
         self._registry = Registry(
             self._docker,
             self._tracker,
@@ -116,10 +128,11 @@ class Watcher:
         )
         self._sweeper = Sweeper(
             self._tracker,
-            self._lifecycle,
+            self._idle,
             self.clock,
             interval_s=s.sweep_interval,
             dry_run=s.dry_run,
+            session_max_hold_s=s.session_max_hold,
             held_back=self._held_back,
             removed_retention_s=s.removed_retention,
             prepare=self._replicas.merge_once,
@@ -249,6 +262,9 @@ class Watcher:
             sweeps=self._sweeper.sweeps,
             actions=dict(self._lifecycle.actions),
             subscribers_dropped=self._hub.dropped_subscribers,
+            sessions_open=sum(a.sessions for a in self._tracker.agents.values()),
+            idle_skipped={r: 0 for r in BUSY_REASONS} | self._idle.skipped,
+            evictions=self._capacity.evictions,
         )
 
     async def health_changes(self) -> AsyncIterator[Health]:
@@ -336,7 +352,8 @@ class Watcher:
 
         Returns once the engine confirmed the new desired state (or after a few seconds).
         """
-        agent = await self._lifecycle.start(name, replicas, actor=actor)
+        async with self._capacity.room_for(name):
+            agent = await self._lifecycle.start(name, replicas, actor=actor)
         await self._replicas.share_activity(agent, "start")
         if agent.kind is Kind.CONTAINER:
             return await self._confirm(name, lambda a: a.status is Status.RUNNING)
@@ -365,7 +382,11 @@ class Watcher:
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set a service's replicas (a container: 0 or 1); returns once the engine confirmed."""
-        agent = await self._lifecycle.scale(name, replicas, actor=actor)
+        if replicas > 0:
+            async with self._capacity.room_for(name):
+                agent = await self._lifecycle.scale(name, replicas, actor=actor)
+        else:
+            agent = await self._lifecycle.scale(name, replicas, actor=actor)
         if replicas > 0:
             await self._replicas.share_activity(agent, "scale")
         return await self._confirm(name, lambda a: a.replicas == replicas)
@@ -388,9 +409,21 @@ class Watcher:
             raise AgentNotFound(f"{name!r} disappeared during the operation", agent=name)
         return agent
 
-    async def touch(self, name: str, *, actor: str = "library") -> Agent:
-        """Record activity now."""
-        agent = await self._lifecycle.touch(name, actor=actor)
+    async def touch(
+        self, name: str, *, actor: str = "library", keep_for_s: float | None = None
+    ) -> Agent:
+        """Record activity now; with ``keep_for_s``, the agent is not idle before now plus
+        that long (at most ``max_keep_for``: InvalidOperation beyond it)."""
+        keep_until = None
+        if keep_for_s is not None:
+            if not 0 <= keep_for_s <= self.settings.max_keep_for:
+                raise InvalidOperation(
+                    f"keep_for must be between 0 and {self.settings.max_keep_for:g}s "
+                    f"(max_keep_for), got {keep_for_s:g}s",
+                    agent=name,
+                )
+            keep_until = self.clock.now() + timedelta(seconds=keep_for_s)
+        agent = await self._lifecycle.touch(name, actor=actor, keep_until=keep_until)
         await self._replicas.share_activity(agent, "touch")
         return agent
 

@@ -21,9 +21,11 @@ from .errors import (
 )
 from .models import (
     AgentSpec,
+    ContainerExecs,
     ContainerInfo,
     EngineEvent,
     EngineInfo,
+    ExecProcess,
     Kind,
     ServiceInfo,
     Snapshot,
@@ -235,9 +237,7 @@ class AioDockerGateway:
         )
         self._node_id = str(swarm.get("NodeID", "")) if self._swarm_manager else None
 
-    async def _list_containers(
-        self, filters: dict[str, list[str]] | None
-    ) -> list[ContainerInfo]:
+    async def _list_containers(self, filters: dict[str, list[str]] | None) -> list[ContainerInfo]:
         params: dict[str, Any] = {"all": True}
         if filters:
             params["filters"] = filters
@@ -272,6 +272,84 @@ class AioDockerGateway:
             return info
         elsewhere = [t for t in tasks if t.get("NodeID") != self._node_id]
         return replace(info, remote_running=_running_counts(elsewhere).get(raw["ID"], 0))
+
+    async def open_execs(self, ref: str) -> ContainerExecs | None:
+        """The container's exec sessions now (its ``ExecIDs``, each exec's own inspect: the
+        id list keeps finished ones, so ``running`` is read per exec); None when gone."""
+        try:
+            raw = await self._json("inspect container", f"containers/{ref}/json")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        info = _container_from_inspect(raw)
+        procs = await asyncio.gather(*(self._exec_process(i) for i in raw.get("ExecIDs") or []))
+        return ContainerExecs(info.healthcheck_cmd, tuple(p for p in procs if p is not None))
+
+    async def _exec_process(self, exec_id: str) -> ExecProcess | None:
+        try:
+            raw = await self._json("inspect exec", f"exec/{exec_id}/json")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None  # ended and cleaned up meanwhile
+            raise
+        config = raw.get("ProcessConfig") or {}
+        command = " ".join([config.get("entrypoint") or "", *(config.get("arguments") or [])])
+        return ExecProcess(exec_id, command.strip(), bool(raw.get("Running")))
+
+    async def pause_container(self, ref: str) -> None:
+        """Freeze a container's processes (it keeps its memory)."""
+        await self._json("pause container", f"containers/{ref}/pause", "POST")
+
+    async def unpause_container(self, ref: str) -> None:
+        """Thaw a paused container."""
+        await self._json("unpause container", f"containers/{ref}/unpause", "POST")
+
+    async def cpu_percent(self, ref: str) -> float:
+        """The container's CPU use as a percentage of one core, from one stats sample (the
+        engine measures over about a second: ``stream=false`` fills ``precpu_stats``)."""
+        raw = await self._json(
+            "container stats", f"containers/{ref}/stats", params={"stream": "false"}
+        )
+        cpu, pre = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
+        usage, pre_usage = cpu.get("cpu_usage") or {}, pre.get("cpu_usage") or {}
+        used = usage.get("total_usage", 0) - pre_usage.get("total_usage", 0)
+        elapsed = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        cores = cpu.get("online_cpus") or len(usage.get("percpu_usage") or [1])
+        if elapsed <= 0 or used <= 0:
+            return 0.0
+        return float(used) / float(elapsed) * float(cores) * 100.0
+
+    async def run_check(
+        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+    ) -> int | None:
+        """Run ``sh -c command`` in the container and return its exit code; None when it
+        did not finish within ``timeout_s``. ``own`` is told the exec id before it starts, so
+        its own events are never taken for somebody's use."""
+        created = await self._json(
+            "create exec",
+            f"containers/{ref}/exec",
+            "POST",
+            data={"Cmd": ["sh", "-c", command], "AttachStdout": True, "AttachStderr": True},
+        )
+        exec_id = str(created["Id"])
+        own(exec_id)
+        process = aiodocker.execs.Exec(self._client(), exec_id, tty=False)
+
+        async def run() -> int | None:
+            async with process.start(detach=False) as stream:
+                while await stream.read_out() is not None:
+                    pass  # the output is not ours to keep; its end is the exec's end
+            state = await process.inspect()
+            code = state.get("ExitCode")
+            return int(code) if code is not None else None
+
+        try:
+            return await self._call("run busy-command", run, timeout_s=timeout_s)
+        except EngineUnavailable as exc:
+            if "no answer within" in exc.message:
+                return None  # still running: the caller decides what a hung check means
+            raise
 
     async def start_container(self, ref: str) -> None:
         """Start a container; an already running one is fine (the engine answers 304)."""

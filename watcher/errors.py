@@ -81,3 +81,9 @@ class Conflict(WatcherError):
     """The request conflicts with the current state (e.g. a name taken by something else)."""
 
     code = "conflict"
+
+
+class CapacityExceeded(Conflict):
+    """A start would wake more agents than ``max_awake`` and none could be put to sleep."""
+
+    code = "capacity"

@@ -25,14 +25,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .errors import EngineUnavailable, WatcherError
-from .models import Agent, ContainerInfo, EngineEvent, EventType, Need, ServiceInfo, Snapshot
+from .models import (
+    Agent,
+    ContainerExecs,
+    ContainerInfo,
+    EngineEvent,
+    EventType,
+    Need,
+    ServiceInfo,
+    Snapshot,
+)
 from .ports import DockerGateway, EventStream
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; replay 1 s
 DEDUP_KEYS = 8192
@@ -99,6 +110,14 @@ class StreamConsumer(Protocol):
         """The look at a service (None: it does not exist)."""
         ...
 
+    def sessions_to_recover(self) -> list[str]:
+        """Containers whose open exec sessions must be read again after a gap."""
+        ...
+
+    def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
+        """What the engine says runs in a container now (after a gap in the stream)."""
+        ...
+
 
 class Dedup:
     """Remembers the last few thousand event keys to drop replays after a resume."""
@@ -153,6 +172,13 @@ class Enricher:
         """Whether events of this container wait here (a later one must queue behind)."""
         return container_id in self._held
 
+    def recover_sessions(self, container_ids: list[str]) -> None:
+        """Read the open exec sessions of these containers from the engine (after a gap in
+        the stream); each container's later events wait behind its reading."""
+        now = time.time_ns()
+        for cid in container_ids:
+            self.submit(EngineEvent(EventType.CONTAINER, "recover", cid, now), Need.SESSIONS)
+
     def refresh_service(self, service_id: str) -> None:
         """Look at a service again (a task started or died on a node we do not watch)."""
         ev = EngineEvent(EventType.SERVICE, "update", service_id, time.time_ns())
@@ -184,7 +210,7 @@ class Enricher:
                 logger.exception("enricher failed on a batch of %d events", len(batch))
             finally:
                 for ev, need in batch:  # (applied with no await between: nothing slipped in)
-                    if need is Need.CONTAINER:
+                    if need is not Need.SERVICE:
                         self._release(ev.actor_id)
                     self._queue.task_done()
 
@@ -200,6 +226,7 @@ class Enricher:
             )
         )
         services = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SERVICE))
+        recovering = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SESSIONS))
         self._services_pending.difference_update(services)  # a later event asks again
         seq = consumer.seq
         limit = asyncio.Semaphore(ENRICH_CONCURRENCY)
@@ -207,7 +234,15 @@ class Enricher:
             *(self._look(limit, self._docker.inspect_container(c)) for c in containers),
             *(self._look(limit, self._docker.inspect_service(s)) for s in services),
         )
-        self.inspections += len(looks)
+        execs = await asyncio.gather(
+            *(self._look(limit, self._docker.open_execs(c)) for c in recovering)
+        )
+        self.inspections += len(looks) + len(execs)
+        found = {
+            cid: listing
+            for cid, listing in zip(recovering, execs, strict=True)
+            if isinstance(listing, ContainerExecs)
+        }
         failed = []
         for cid, cinfo in zip(containers, looks[: len(containers)], strict=True):
             if isinstance(cinfo, ContainerInfo):
@@ -219,9 +254,11 @@ class Enricher:
         for sid, sinfo in zip(services, looks[len(containers) :], strict=True):
             if isinstance(sinfo, ServiceInfo) or sinfo is None:
                 consumer.apply_service(sinfo, sid, seq)
-        for ev, need in batch:
+        for ev, need in batch:  # in their order: a session read before the events after it
             if need is Need.CONTAINER:
                 consumer.apply(ev)
+            elif need is Need.SESSIONS and ev.actor_id in found:
+                consumer.recover_sessions(ev.actor_id, found.pop(ev.actor_id))
         for cid in failed:  # a look that failed is asked again at the next exec
             consumer.forget_container(cid)
 
@@ -232,9 +269,7 @@ class Enricher:
         else:
             del self._held[container_id]
 
-    async def _look(
-        self, limit: asyncio.Semaphore, call: Awaitable[ContainerInfo | ServiceInfo | None]
-    ) -> ContainerInfo | ServiceInfo | WatcherError | None:
+    async def _look(self, limit: asyncio.Semaphore, call: Awaitable[T]) -> T | WatcherError:
         async with limit:
             try:
                 return await call
@@ -394,6 +429,8 @@ class StreamSupervisor:
             self._unpark()
             return
         dead = self._consumer.resync(snapshot, periodic=periodic)
+        if not periodic:  # the stream had a gap: sessions opened or closed meanwhile
+            self.enricher.recover_sessions(self._consumer.sessions_to_recover())
         replayed = self._unpark()
         if periodic:
             self.resyncs += 1

@@ -64,9 +64,7 @@ class Leadership:
         asked_at = self._monotonic()
         try:
             async with asyncio.timeout(self._ttl_s):  # an answer later than that is no use
-                holder, _expires = await self._leases.acquire_lease(
-                    ROLE, self._token, self._ttl_s
-                )
+                holder, _expires = await self._leases.acquire_lease(ROLE, self._token, self._ttl_s)
         except (StoreError, TimeoutError) as exc:
             # keep what was granted: it runs out on its own by our clock
             if self.last_error is None:

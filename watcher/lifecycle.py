@@ -1,10 +1,10 @@
-"""start/stop/restart/scale/touch and the idle stop, serialized per agent.
+"""start/stop/restart/scale/touch, serialized per agent; the parts idle actions use.
 
 Every destructive call re-checks the live engine state first and refuses anything that
-does not carry the management label. A per-agent lock means an idle stop already under
+does not carry the management label. A per-agent lock means an idle action already under
 way finishes before a start runs, and a start that returned success is never undone by
-it: the start records activity before it releases the lock, and the idle stop re-checks
-idleness after taking it.
+it: the start records activity before it releases the lock, and the idle action re-checks
+idleness after taking it (idle.py). A start of a paused container unpauses it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import AgentNotFound, EngineError, InvalidOperation, WatcherError
 from .models import Agent, AuditEntry, Kind, Status
-from .policy import container_status, is_idle, is_managed, service_status
+from .policy import container_status, is_managed, service_status
 from .ports import Clock, DockerGateway
 from .tracker import Tracker
 
@@ -45,20 +45,12 @@ class Lifecycle:
         clock: Clock,
         config: LifecycleConfig,
         audit: Callable[[AuditEntry], None],
-        *,
-        held_back: Callable[[], str | None] = lambda: None,
-        refresh: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._docker = docker
         self._tracker = tracker
         self._clock = clock
         self._cfg = config
         self._audit = audit
-        #: why an idle stop may not act right now (None: it may): not the leader among
-        #: replicas, or the picture of the engine is being refreshed
-        self._held_back = held_back
-        #: reads activity reported elsewhere into the tracker (other replicas, nodes)
-        self._refresh = refresh
         self._locks: dict[str, asyncio.Lock] = {}
         self._busy: dict[str, int] = {}
         self.actions: dict[str, int] = {}
@@ -93,8 +85,10 @@ class Lifecycle:
             )
         return agent
 
-    async def _live_check(self, agent: Agent) -> None:
-        """Refuse unless the engine still has it and it still carries the management label."""
+    async def checked_labels(self, agent: Agent) -> Mapping[str, str]:
+        """The agent's labels as the engine has them now; refuses (AgentNotFound) unless the
+        engine still has it and it still carries the management label. The caller holds
+        the agent's lock."""
         if agent.kind is Kind.CONTAINER:
             info = await self._docker.inspect_container(agent.id)
             labels = info.labels if info is not None else None
@@ -104,14 +98,15 @@ class Lifecycle:
         if labels is None:
             reason = f"{agent.kind} {agent.id[:12]} no longer exists (found by a live check)"
             self._tracker.mark_error(agent.name, reason)
-            self._record(agent.name, "dead_letter", reason, "reconcile")
+            self.record(agent.name, "dead_letter", reason, "reconcile")
             raise AgentNotFound(f"agent {agent.name!r}: {reason}", agent=agent.name)
         if not is_managed(labels, self._cfg.label):
             raise AgentNotFound(
                 f"{agent.name!r} does not carry {self._cfg.label}=true", agent=agent.name
             )
+        return labels
 
-    def _record(
+    def record(
         self,
         name: str,
         action: str,
@@ -146,18 +141,21 @@ class Lifecycle:
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
-                await self._live_check(agent)
+                await self.checked_labels(agent)
                 with _gone_means_not_found(agent):
-                    await self._docker.start_container(agent.id)
+                    if agent.status is Status.PAUSED:  # resumes in milliseconds
+                        await self._docker.unpause_container(agent.id)
+                    else:
+                        await self._docker.start_container(agent.id)
                 n = 1
             else:
                 n = replicas if replicas is not None else max(agent.restore_replicas, 1)
                 self._check_replicas(name, n, minimum=1)
-                await self._live_check(agent)
+                await self.checked_labels(agent)
                 with _gone_means_not_found(agent):
                     await self._docker.scale_service(agent.id, n)
             self._tracker.touch(name, reason="start")
-            self._record(name, "start", f"requested {n} replica(s)", actor, started=started)
+            self.record(name, "start", f"requested {n} replica(s)", actor, started=started)
             logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
             return self._agent(name)
 
@@ -166,13 +164,15 @@ class Lifecycle:
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()
-            await self._live_check(agent)
-            await self._stop_unlocked(agent)
-            self._record(name, "stop", reason, actor, started=started)
+            await self.checked_labels(agent)
+            await self.stop_locked(agent)
+            self.record(name, "stop", reason, actor, started=started)
             logger.info("stopped %s %s (%s, by %s)", agent.kind, name, reason, actor)
             return self._agent(name)
 
-    async def _stop_unlocked(self, agent: Agent) -> None:
+    async def stop_locked(self, agent: Agent) -> None:
+        """Stop a container, or scale a service to 0 remembering its count (the caller holds
+        the agent's lock and checked its labels)."""
         with _gone_means_not_found(agent):
             if agent.kind is Kind.CONTAINER:
                 await self._docker.stop_container(agent.id, self._cfg.stop_timeout_s)
@@ -191,7 +191,7 @@ class Lifecycle:
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()
-            await self._live_check(agent)
+            await self.checked_labels(agent)
             before_ns = self._agent(name).last_event_ns
             with _gone_means_not_found(agent):
                 if agent.kind is Kind.CONTAINER:
@@ -199,7 +199,7 @@ class Lifecycle:
                 else:
                     await self._docker.restart_service(agent.id)
             self._tracker.touch(name, reason="restart")
-            self._record(name, "restart", "requested", actor, started=started)
+            self.record(name, "restart", "requested", actor, started=started)
             return self._agent(name), before_ns
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
@@ -217,67 +217,33 @@ class Lifecycle:
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()
-            await self._live_check(agent)
+            await self.checked_labels(agent)
             if replicas == 0:
                 self._tracker.remember_replicas(name, agent.replicas)
             with _gone_means_not_found(agent):
                 await self._docker.scale_service(agent.id, replicas)
             if replicas > 0:
                 self._tracker.touch(name, reason="scale")
-            self._record(name, "scale", f"{agent.replicas} -> {replicas}", actor, started=started)
+            self.record(name, "scale", f"{agent.replicas} -> {replicas}", actor, started=started)
             return self._agent(name)
 
-    async def touch(self, name: str, *, actor: str = "library") -> Agent:
-        """Record activity now (no engine call); waits for an idle stop under way."""
+    async def touch(
+        self, name: str, *, actor: str = "library", keep_until: datetime | None = None
+    ) -> Agent:
+        """Record activity now, and keep the agent awake until ``keep_until`` (no engine
+        call); waits for an idle action under way."""
         async with self.lock(name):
             self._agent(name)
-            return self._tracker.touch(name, reason=f"touch by {actor}")
+            return self._tracker.touch(name, reason=f"touch by {actor}", keep_until=keep_until)
 
-    async def idle_stop(self, name: str, now: datetime, *, dry_run: bool) -> str:
-        """Stop one idle agent if it is still idle once its lock is held; says what happened."""
-        async with self.lock(name):
-            agent = self._tracker.get(name)
-            if agent is None or not is_idle(agent, now):
-                return "skipped: no longer idle"
-            idle_s = agent.idle_for_s(now)
-            reason = f"idle for {idle_s:.0f}s (timeout {agent.idle_timeout_s:.0f}s)"
-            action = "scale_to_zero" if agent.kind is Kind.SERVICE else "stop"
-            if dry_run:
-                self._record(name, action, reason, "sweep", dry_run=True)
-                logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
-                return "dry-run"
-            if (why := self._held_back()) is not None:
-                return "skipped: " + why
-            try:
-                await self._live_check(agent)
-                if self._refresh is not None:
-                    await self._refresh()  # use reported elsewhere since the sweep began
-                fresh = self._tracker.get(name)
-                if fresh is None or not is_idle(fresh, now):
-                    return "skipped: no longer idle"
-                # the lease may have run out, or a resync begun, during the look
-                if (why := self._held_back()) is not None:
-                    return "skipped: " + why
-                decided = self._clock.now()
-                logger.info("idle stop of %s %s: %s", agent.kind, name, reason)
-                await self._stop_unlocked(agent)
-            except AgentNotFound as exc:
-                logger.warning("idle stop of %s skipped: %s", name, exc.message)
-                return "skipped: " + exc.message
-            self._record(
-                name,
-                action,
-                reason,
-                "sweep",
-                started=decided,
-                detail=f"replicas was {agent.replicas}",
-            )
-            took_s = (self._clock.now() - decided).total_seconds()
-            if agent.kind is Kind.SERVICE:
-                logger.info("scaled service %s to 0 (%s; took %.1fs)", name, reason, took_s)
-            else:
-                logger.info("stopped container %s (%s; took %.1fs)", name, reason, took_s)
-            return "acted"
+    def agent(self, name: str) -> Agent:
+        """The tracked agent, if there is something on the engine to act on."""
+        return self._agent(name)
+
+    async def pause_locked(self, agent: Agent) -> None:
+        """Pause a container (the caller holds its lock and checked its labels)."""
+        with _gone_means_not_found(agent):
+            await self._docker.pause_container(agent.id)
 
     async def live_state(self, name: str) -> Agent | None:
         """The tracked agent with its status as the engine says it is right now (an answer

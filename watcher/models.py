@@ -61,6 +61,12 @@ class Agent(NamedTuple):
     error: str | None = None
     restore_replicas: int = 1  # what a start brings a service back to
     last_event_ns: int = 0  # engine time of the last event applied (ordering guard)
+    #: open sessions (exec, attach) that hold the agent in use now
+    sessions: int = 0
+    #: kept awake until then (``touch(keep_for_s=...)``); None: no keep-alive
+    keep_until: datetime | None = None
+    #: since when a paused agent has been paused (its ``stop-after`` counts from it)
+    paused_at: datetime | None = None
 
     def idle_for_s(self, now: datetime) -> float:
         """Seconds since the last activity (never negative)."""
@@ -108,6 +114,8 @@ class ActivityReport:
     event_at: datetime  # when that event happened
     running: int = 0  # task containers of the agent running on that source's node now
     reported_at: datetime | None = None  # when the store took it, by the store's clock
+    sessions: int = 0  # open sessions in the agent's task containers on that node now
+    keep_until: datetime | None = None  # a keep-alive asked through that source
 
 
 class Need(enum.Enum):
@@ -116,6 +124,7 @@ class Need(enum.Enum):
     NOTHING = 0
     CONTAINER = 1  # inspect the container (its healthcheck command is unknown)
     SERVICE = 2  # inspect the service (labels, managed-ness)
+    SESSIONS = 3  # read the container's open exec sessions (after a reconnect)
 
 
 class EventType(enum.StrEnum):
@@ -187,6 +196,23 @@ class Snapshot:
 def freeze(labels: Mapping[str, V] | None) -> Mapping[str, V]:
     """An immutable copy of a mapping."""
     return MappingProxyType(dict(labels or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class ExecProcess:
+    """One exec session of a container as the engine reports it (``GET /exec/{id}/json``)."""
+
+    id: str
+    command: str  # entrypoint and arguments, as the exec_start event shows them
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerExecs:
+    """A container's exec sessions now, with its healthcheck command to tell them apart."""
+
+    healthcheck_cmd: str | None
+    execs: tuple[ExecProcess, ...]
 
 
 @dataclass(frozen=True, slots=True)

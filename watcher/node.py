@@ -38,6 +38,7 @@ from .events import Enricher, StreamSupervisor, exponential_backoff
 from .models import (
     ActivityReport,
     Agent,
+    ContainerExecs,
     ContainerInfo,
     EngineEvent,
     EventType,
@@ -64,6 +65,7 @@ class ServiceActivity:
     """What this node saw of one Swarm service's task containers."""
 
     tasks: set[str] = field(default_factory=set)  # running task container ids on this node
+    sessions: int = 0  # open sessions in those task containers
     last_activity: datetime | None = None
     event: str = ""
     event_at: datetime | None = None
@@ -136,13 +138,15 @@ class NodeActivity:
             return Need.CONTAINER
         state = self.services.setdefault(sid, ServiceActivity())
         changed = self._apply_task_state(state, ev)
-        if ev.action != "start" and self.use.is_use(ev):
+        # a task start is no use (a crash-looping task must not keep its service awake)
+        if self.use.observe(ev) and ev.action != "start":
             when = from_ns(ev.time_ns)
             if state.last_activity is None or when > state.last_activity:
                 state.last_activity = when
                 changed = True
         if ev.action in ("die", "destroy"):
             self.use.forget(ev.actor_id)
+        changed = self._count_sessions(state) or changed
         if changed:
             when = from_ns(ev.time_ns)
             if state.event_at is None or when >= state.event_at:
@@ -150,6 +154,49 @@ class NodeActivity:
             self.dirty.add(sid)
             self._on_change([sid])
         return Need.NOTHING
+
+    def _count_sessions(self, state: ServiceActivity) -> bool:
+        """Recount the open sessions of a service's tasks here; True when it changed."""
+        sessions = sum(self.use.count(t) for t in state.tasks)
+        if sessions == state.sessions:
+            return False
+        state.sessions = sessions
+        return True
+
+    def sessions_to_recover(self) -> list[str]:
+        """The running task containers here (their exec sessions are read after a gap)."""
+        return [t for state in self.services.values() for t in state.tasks]
+
+    def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
+        """The engine's word on a task container's open exec sessions (after a gap)."""
+        if not self.use.recover(container_id, listing, self._clock.now()):
+            return
+        self._recount("resync")
+
+    def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
+        """Sessions open longer than ``max_hold_s`` stop holding (named in a warning once)."""
+        expired = self.use.expire(now, max_hold_s)
+        for cid, session in expired:
+            logger.warning(
+                "task container %s: %s session %s open since %s no longer holds its "
+                "service (session_max_hold)",
+                cid[:12],
+                session.kind,
+                session.id[:12],
+                session.opened_at.isoformat(),
+            )
+        if expired:
+            self._recount("session_max_hold")
+
+    def _recount(self, event: str) -> None:
+        changed = [sid for sid, state in self.services.items() if self._count_sessions(state)]
+        now = self._clock.now()
+        for sid in changed:
+            state = self.services[sid]
+            state.event, state.event_at = event, now
+            self.dirty.add(sid)
+        if changed:
+            self._on_change(changed)
 
     @staticmethod
     def _apply_task_state(state: ServiceActivity, ev: EngineEvent) -> bool:
@@ -186,6 +233,7 @@ class NodeActivity:
                         len(tasks),
                     )
                 state.tasks = tasks
+                self._count_sessions(state)
                 state.event, state.event_at = RESYNC_EVENT, now
                 self.dirty.add(sid)
                 changed.append(sid)
@@ -204,6 +252,7 @@ class NodeActivity:
             event=state.event or RESYNC_EVENT,
             event_at=state.event_at or self._clock.now(),
             running=len(state.tasks),
+            sessions=state.sessions,
         )
 
     def prune(self, managed: Iterable[str]) -> None:

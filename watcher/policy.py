@@ -10,6 +10,15 @@ from .durations import parse_timeout_s
 from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
 
 IDLE_TIMEOUT_LABEL = "idlewatch.idle-timeout"
+#: a CPU share (percent of one core) at or above which the agent counts as busy
+BUSY_CPU_LABEL = "idlewatch.busy-cpu"
+#: a command run in the container before an idle action; exit 0 means busy
+BUSY_COMMAND_LABEL = "idlewatch.busy-command"
+#: what an idle container gets: "stop" or "pause"
+IDLE_ACTION_LABEL = "idlewatch.idle-action"
+#: how long a paused agent stays paused before it is stopped ("never": for ever)
+STOP_AFTER_LABEL = "idlewatch.stop-after"
+IDLE_ACTIONS = ("stop", "pause")
 SERVICE_ID_LABEL = "com.docker.swarm.service.id"
 #: set on everything idlewatch deployed itself: only that may be removed by it
 DEPLOYED_LABEL = "idlewatch.deployed"
@@ -46,6 +55,41 @@ def idle_timeout_s(labels: Mapping[str, str], default_s: float | None) -> float 
     if raw is None or raw.strip() == "":
         return default_s
     return parse_timeout_s(raw)
+
+
+def idle_action(labels: Mapping[str, str], default: str) -> str:
+    """``stop`` or ``pause``: the agent's label, else ``default``; ValueError for a bad one."""
+    raw = labels.get(IDLE_ACTION_LABEL, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in IDLE_ACTIONS:
+        raise ValueError(f"{IDLE_ACTION_LABEL}={raw!r}: expected stop or pause")
+    return raw
+
+
+def stop_after_s(labels: Mapping[str, str], default_s: float | None) -> float | None:
+    """How long a paused agent stays paused (None: for ever); DurationError for a bad label."""
+    raw = labels.get(STOP_AFTER_LABEL)
+    if raw is None or raw.strip() == "":
+        return default_s
+    return parse_timeout_s(raw)
+
+
+def busy_cpu_percent(labels: Mapping[str, str]) -> float | None:
+    """The busy-cpu threshold, in percent of one core; None when not set; ValueError when
+    it is not a number >= 0."""
+    raw = labels.get(BUSY_CPU_LABEL, "").strip().rstrip("%")
+    if not raw:
+        return None
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{BUSY_CPU_LABEL}={raw!r}: expected a percentage >= 0")
+    return value
+
+
+def busy_command(labels: Mapping[str, str]) -> str | None:
+    """The busy-command, when set."""
+    return labels.get(BUSY_COMMAND_LABEL, "").strip() or None
 
 
 def container_status(state: str) -> Status:
@@ -92,10 +136,13 @@ def is_use(event: EngineEvent, healthcheck_cmd: str | None) -> bool:
 
 
 def is_idle(agent: Agent, now: datetime) -> bool:
-    """True when an agent that costs money has been unused for longer than its timeout."""
+    """True when an agent that costs money has been unused for longer than its timeout,
+    with no open session and no keep-alive running."""
     if agent.idle_timeout_s is None or agent.status not in ACTIVE_STATUSES:
         return False
     if agent.kind is Kind.SERVICE and agent.replicas == 0:
+        return False
+    if agent.sessions > 0 or (agent.keep_until is not None and agent.keep_until > now):
         return False
     return agent.idle_for_s(now) >= agent.idle_timeout_s
 
@@ -128,8 +175,11 @@ def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
         since = cutoffs.get(timeout)
         if since is None:
             since = cutoffs[timeout] = cutoff(now, timeout)
-        if a.last_activity <= since and not (a.kind is Kind.SERVICE and a.replicas == 0):
-            found.append(a)
+        if a.last_activity > since or (a.kind is Kind.SERVICE and a.replicas == 0):
+            continue
+        if a.sessions > 0 or (a.keep_until is not None and a.keep_until > now):
+            continue  # in use: an open session, or a keep-alive
+        found.append(a)
     found.sort(key=lambda a: a.last_activity)
     return found
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
@@ -12,6 +12,7 @@ from .models import (
     Agent,
     AgentSpec,
     AuditEntry,
+    ContainerExecs,
     ContainerInfo,
     EngineEvent,
     Kind,
@@ -73,6 +74,29 @@ class DockerGateway(Protocol):
 
     async def inspect_service(self, ref: str) -> ServiceInfo | None:
         """One service with its running task count, or None when it does not exist."""
+        ...
+
+    async def open_execs(self, ref: str) -> ContainerExecs | None:
+        """A container's exec sessions now, with its healthcheck command; None when gone."""
+        ...
+
+    async def pause_container(self, ref: str) -> None:
+        """Freeze a container's processes."""
+        ...
+
+    async def unpause_container(self, ref: str) -> None:
+        """Thaw a paused container."""
+        ...
+
+    async def cpu_percent(self, ref: str) -> float:
+        """A container's CPU use now, in percent of one core (one stats sample)."""
+        ...
+
+    async def run_check(
+        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+    ) -> int | None:
+        """Run ``sh -c command`` in a container: its exit code, None past ``timeout_s``;
+        ``own`` is told the exec id before it starts."""
         ...
 
     async def start_container(self, ref: str) -> None:

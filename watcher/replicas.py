@@ -83,11 +83,15 @@ class ActivityMerger:
             if before != report.running and (before is not None or report.event in TASK_EVENTS):
                 # tasks started or died on a node: the manager's task list has the count
                 self._refresh_service(agent.id)
-        if report.last_activity is None:
+            self._tracker.note_sessions(report.agent, report.source, report.sessions)
+        if report.last_activity is None and report.keep_until is None:
             return 0
         return int(
             self._tracker.note_activity(
-                report.agent, report.last_activity, reason=f"activity on {report.source}"
+                report.agent,
+                report.last_activity,
+                reason=f"activity on {report.source}",
+                keep_until=report.keep_until,
             )
         )
 
@@ -161,6 +165,7 @@ class Replicas:
             agent.last_activity,
             event,
             self._clock.now(),
+            keep_until=agent.keep_until,
         )
         self._writer.put_activity(report)  # the one writer: batched, retried, never lost
         if self.is_leader:

@@ -12,7 +12,7 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -142,6 +142,42 @@ class Settings(BaseSettings):
         description="Cap of the backoff between events-stream reconnects.",
         json_schema_extra={"default_text": "`30s`"},
     )
+    idle_action: Literal["stop", "pause"] = Field(
+        default="stop",
+        description="What happens to an idle container: `stop`, or `pause` (it keeps its "
+        "memory and resumes in milliseconds); label `idlewatch.idle-action` per agent. "
+        "Services are always scaled to 0.",
+    )
+    pause_stop_after: TimeoutS = Field(
+        default=3600.0,
+        description="A paused agent is stopped after being paused this long (label "
+        "`idlewatch.stop-after`); `never` keeps it paused.",
+        json_schema_extra={"default_text": "`1h`"},
+    )
+    session_max_hold: TimeoutS = Field(
+        default=43200.0,
+        description="An open exec or attach session stops holding its agent in use after "
+        "this long (a forgotten terminal), with a warning naming it; `never` disables it.",
+        json_schema_extra={"default_text": "`12h`"},
+    )
+    busy_command_timeout: DurationS = Field(
+        default=10.0,
+        description="How long an agent's `idlewatch.busy-command` may run before an idle "
+        "check gives up on it (and counts the agent as busy).",
+        json_schema_extra={"default_text": "`10s`"},
+    )
+    max_keep_for: DurationS = Field(
+        default=86400.0,
+        description="The longest keep-alive a touch may ask for (`keep_for`).",
+        json_schema_extra={"default_text": "`24h`"},
+    )
+    max_awake: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many managed agents running or paused: a start beyond it "
+        "first stops the least recently used one that is not busy, not kept alive and not "
+        "`never` (409 `capacity` when none can be); none by default.",
+    )
     resync_interval: TimeoutS = Field(
         default=300.0,
         description="How often the engine is listed again while the events stream is up, "
@@ -232,7 +268,12 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
 
     @field_validator(
-        "sweep_interval", "reconnect_backoff_max", "ws_send_timeout", "request_timeout"
+        "sweep_interval",
+        "reconnect_backoff_max",
+        "ws_send_timeout",
+        "request_timeout",
+        "busy_command_timeout",
+        "max_keep_for",
     )
     @classmethod
     def _positive(cls, value: float) -> float:

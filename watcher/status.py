@@ -55,6 +55,12 @@ class WatcherStatus:
     actions: Mapping[str, int]
     #: ``changes()`` subscribers dropped for falling behind
     subscribers_dropped: int
+    #: open sessions holding agents in use, all agents together
+    sessions_open: int = 0
+    #: idle actions skipped because the live check found the agent busy, by reason
+    idle_skipped: Mapping[str, int] = field(default_factory=dict)
+    #: agents put to sleep to make room under max_awake
+    evictions: int = 0
 
     @property
     def ready(self) -> bool:

@@ -1,7 +1,9 @@
 """The periodic idle sweep: decided from the tracked state, acting only on idle candidates.
 
 A sweep with nothing idle makes no engine call at all; each candidate is re-checked live
-(inside :meth:`Lifecycle.idle_stop`) before anything is stopped.
+(inside :meth:`IdleActions.act`: its label, use elsewhere, the busy check) before anything
+is stopped or paused. Paused agents past their stop-after are stopped; sessions open longer
+than ``session_max_hold`` stop holding their agents first.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import WatcherError
-from .lifecycle import Lifecycle
+from .idle import IdleActions
 from .policy import cutoff, idle_agents
 from .ports import Clock
 from .tasks import cancel_and_wait
@@ -39,17 +41,19 @@ class Sweeper:
     def __init__(
         self,
         tracker: Tracker,
-        lifecycle: Lifecycle,
+        idle: IdleActions,
         clock: Clock,
         *,
         interval_s: float,
         dry_run: bool,
+        session_max_hold_s: float | None = None,
         held_back: Callable[[], str | None] = lambda: None,
         removed_retention_s: float | None = None,
         prepare: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._tracker = tracker
-        self._lifecycle = lifecycle
+        self._idle = idle
+        self._session_max_hold_s = session_max_hold_s
         self._clock = clock
         self._interval_s = interval_s
         self._dry_run = dry_run
@@ -74,21 +78,38 @@ class Sweeper:
             return report
         if self._prepare is not None:
             await self._prepare()
+        self._tracker.expire_sessions(now, self._session_max_hold_s)
+        await self._stop_paused(report, now)
         for agent in idle_agents(self._tracker.agents.values(), now):
             if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
                 continue  # already reported for this idle period
             report.candidates.append(agent.name)
             try:
-                outcome = await self._lifecycle.idle_stop(agent.name, now, dry_run=self._dry_run)
+                outcome = await self._idle.act(agent.name, now, dry_run=self._dry_run)
             except WatcherError as exc:
                 outcome = f"failed: {exc}"
-                logger.warning("idle stop of %s failed: %s", agent.name, exc)
+                logger.warning("idle action on %s failed: %s", agent.name, exc)
             report.outcomes[agent.name] = outcome
             if outcome == "dry-run":
                 self._dry_reported[agent.name] = agent.last_activity
         self.sweeps += 1
         self.last = report
         return report
+
+    async def _stop_paused(self, report: SweepReport, now: datetime) -> None:
+        due = [a for a in self._tracker.agents.values() if self._idle.paused_too_long(a, now)]
+        for agent in due:
+            if self._dry_run and self._dry_reported.get(agent.name) == agent.paused_at:
+                continue
+            report.candidates.append(agent.name)
+            try:
+                outcome = await self._idle.stop_paused(agent.name, now, dry_run=self._dry_run)
+            except WatcherError as exc:
+                outcome = f"failed: {exc}"
+                logger.warning("stopping paused %s failed: %s", agent.name, exc)
+            report.outcomes[agent.name] = outcome
+            if outcome == "dry-run" and agent.paused_at is not None:
+                self._dry_reported[agent.name] = agent.paused_at
 
     def start(self) -> None:
         """Start the periodic task (idempotent)."""

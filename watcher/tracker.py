@@ -20,6 +20,7 @@ from .models import (
     ACTIVE_STATUSES,
     Agent,
     Change,
+    ContainerExecs,
     ContainerInfo,
     EngineEvent,
     EventType,
@@ -67,6 +68,8 @@ class Tracker:
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
+        #: open sessions in a service's tasks reported by each node: name -> source -> count
+        self._remote_sessions: dict[str, dict[str, int]] = {}
         self.use = ContainerUse()
         self._bad_timeout_logged: set[str] = set()
         self._seq = 0
@@ -127,10 +130,13 @@ class Tracker:
             changes.update(
                 status=status, running=alive, replicas=alive, last_event_ns=ev.time_ns, error=None
             )
-        if self._is_use(ev):
+            paused = status is Status.PAUSED
+            changes["paused_at"] = (agent.paused_at or from_ns(ev.time_ns)) if paused else None
+        if self.use.observe(ev):
             when = from_ns(ev.time_ns)
             if when > agent.last_activity:
                 changes["last_activity"] = when
+        changes["sessions"] = self.use.count(ev.actor_id)
         if ev.action == "destroy":
             self._drop_id(ev.actor_id)
         return changes
@@ -177,9 +183,6 @@ class Tracker:
     def _needs_healthcheck(self, ev: EngineEvent) -> bool:
         return self.use.needs_look(ev)
 
-    def _is_use(self, ev: EngineEvent) -> bool:
-        return self.use.is_use(ev)
-
     def _apply_task_event(self, ev: EngineEvent, service_id: str) -> Need:
         name = self._by_id.get(service_id)
         if name is None:
@@ -192,19 +195,29 @@ class Tracker:
             tasks.add(ev.actor_id)
         elif ev.action in ("die", "destroy", "stop"):
             tasks.discard(ev.actor_id)
-        if ev.action == "destroy":
-            self.use.forget(ev.actor_id)
         running = len(tasks) + self._remote_running.get(name, 0)
         changes: dict[str, Any] = {
             "running": running,
             "status": service_status(agent.replicas, running),
         }
-        if ev.action != "start" and self._is_use(ev):
+        # a task start is no use (a crash-looping task must not keep its service awake)
+        if self.use.observe(ev) and ev.action != "start":
             when = from_ns(ev.time_ns)
             if when > agent.last_activity:
                 changes["last_activity"] = when
+        if ev.action == "destroy":
+            self.use.forget(ev.actor_id)
+        changes["sessions"] = self._service_sessions(name)
         self._update(agent, "task:" + ev.action, changes)
         return Need.NOTHING
+
+    def _service_sessions(self, name: str) -> int:
+        """Open sessions in a service's tasks: those on this engine, or what the nodes
+        report, whichever is more (a manager that also runs `idlewatch node` reports its
+        own tasks' sessions too: adding both would count them twice)."""
+        local = sum(self.use.count(t) for t in self._local_tasks.get(name, ()))
+        remote = sum(self._remote_sessions.get(name, {}).values())
+        return max(local, remote)
 
     def _apply_service_event(self, ev: EngineEvent) -> Need:
         name = self._by_id.get(ev.actor_id)
@@ -316,6 +329,8 @@ class Tracker:
 
     def reconcile(self, snap: Snapshot) -> list[Agent]:
         """Make the table match a full listing; returns agents that became dead letters."""
+        # what is known of containers gone while nobody watched goes (their sessions too)
+        self.use.keep_only({c.id for c in snap.containers}.union(*snap.task_containers.values()))
         seen: set[str] = set()
         for c in snap.containers:
             if c.service_id is None and is_managed(c.labels, self.label):
@@ -373,6 +388,11 @@ class Tracker:
             updated_at=base.updated_at if base else now,
             labels=freeze(c.labels),
             last_event_ns=base.last_event_ns if base else 0,
+            sessions=self.use.count(c.id),
+            keep_until=base.keep_until if base else None,
+            paused_at=((base.paused_at if base else None) or now)
+            if status is Status.PAUSED
+            else None,
         )
         agent = _with_container_status(agent, status)
         if status in _RUNNING_LIKE and not was_running and not fresh:
@@ -414,6 +434,8 @@ class Tracker:
             labels=freeze(s.labels),
             restore_replicas=restore if desired == 0 else max(desired, 1),
             last_event_ns=old.last_event_ns if same and old is not None else 0,
+            sessions=self._service_sessions(s.name),
+            keep_until=old.keep_until if same and old is not None else None,
         )
         if same and old is not None and old.replicas == 0 and desired > 0:
             agent = _touched(agent, now)  # scaled up while we were not watching
@@ -423,20 +445,98 @@ class Tracker:
         self._emit(agent, old, reason)
 
     # ---------------------------------------------------------- lifecycle hooks
-    def touch(self, name: str, reason: str = "touch") -> Agent:
-        """Record activity now; raises KeyError when the agent is not tracked."""
+    def touch(self, name: str, reason: str = "touch", keep_until: datetime | None = None) -> Agent:
+        """Record activity now (and keep the agent awake until ``keep_until``, when later
+        than a keep-alive it has); raises KeyError when the agent is not tracked."""
         agent = self.agents[name]
         updated = _touched(agent, self._clock.now(), force=True)
+        updated = _kept(updated, keep_until)
         self._emit(updated, agent, reason)
         return updated
 
-    def note_activity(self, name: str, when: datetime, reason: str) -> bool:
-        """Use seen elsewhere (another node or replica): counts only when newer than ours."""
+    def note_activity(
+        self, name: str, when: datetime | None, reason: str, keep_until: datetime | None = None
+    ) -> bool:
+        """Use seen elsewhere (another node or replica): counts only when newer than ours;
+        so does a keep-alive asked elsewhere."""
         agent = self.agents.get(name)
-        if agent is None or when <= agent.last_activity:
+        if agent is None:
             return False
-        self._emit(_touched(agent, when), agent, reason)
+        updated = _kept(_touched(agent, when) if when is not None else agent, keep_until)
+        if updated == agent:
+            return False
+        self._emit(updated, agent, reason)
         return True
+
+    def note_sessions(self, name: str, source: str, sessions: int) -> None:
+        """Open sessions a node reports in a service's tasks there."""
+        agent = self.agents.get(name)
+        if agent is None or agent.kind is not Kind.SERVICE:
+            return
+        by_source = self._remote_sessions.setdefault(name, {})
+        if by_source.get(source, 0) == sessions:
+            return
+        by_source[source] = sessions
+        self._update(agent, f"sessions on {source}", {"sessions": self._service_sessions(name)})
+
+    def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
+        """Sessions open longer than ``max_hold_s`` stop holding their agent (a forgotten
+        terminal); each is named in a warning once."""
+        for cid, session in self.use.expire(now, max_hold_s):
+            name = self._owner(cid)
+            logger.warning(
+                "agent %s: %s session %s open since %s no longer holds it (session_max_hold)",
+                name or cid[:12],
+                session.kind,
+                session.id[:12],
+                session.opened_at.isoformat(),
+            )
+            if name is not None:
+                self._refresh_sessions(name, "session past session_max_hold")
+
+    def _owner(self, container_id: str) -> str | None:
+        """The agent a container belongs to: itself, or the service it is a task of."""
+        name = self._by_id.get(container_id)
+        if name is not None:
+            return name
+        for service, tasks in self._local_tasks.items():
+            if container_id in tasks:
+                return service
+        return None
+
+    def _refresh_sessions(self, name: str, reason: str) -> None:
+        agent = self.agents.get(name)
+        if agent is None:
+            return
+        if agent.kind is Kind.SERVICE:
+            count = self._service_sessions(name)
+        else:
+            count = self.use.count(agent.id)
+        self._update(agent, reason, {"sessions": count})
+
+    def local_tasks(self, name: str) -> frozenset[str]:
+        """A service's running task containers on this engine."""
+        return frozenset(self._local_tasks.get(name, ()))
+
+    # ----------------------------------------------------- session recovery
+    def sessions_to_recover(self) -> list[str]:
+        """Containers whose exec sessions must be read from the engine after a gap in the
+        stream: the running managed containers and this engine's managed task containers."""
+        ids = [
+            a.id
+            for a in self.agents.values()
+            if a.kind is Kind.CONTAINER and a.status in _RUNNING_LIKE
+        ]
+        for tasks in self._local_tasks.values():
+            ids.extend(tasks)
+        return ids
+
+    def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
+        """The engine's word on a container's open exec sessions (after a gap)."""
+        if self.use.recover(container_id, listing, self._clock.now()):
+            name = self._owner(container_id)
+            if name is not None:
+                self._refresh_sessions(name, "sessions recovered from the engine")
 
     def remember_replicas(self, name: str, replicas: int) -> None:
         """Remember what a later start should bring a service back to."""
@@ -533,6 +633,12 @@ def _difference(old: Agent | None, new: Agent) -> str:
         if getattr(old, f) != getattr(new, f)
     ]
     return ", ".join(parts) or "labels or bookkeeping"
+
+
+def _kept(agent: Agent, keep_until: datetime | None) -> Agent:
+    if keep_until is None or (agent.keep_until is not None and agent.keep_until >= keep_until):
+        return agent
+    return agent._replace(keep_until=keep_until)
 
 
 def _touched(agent: Agent, when: datetime, *, force: bool = False) -> Agent:

@@ -1,58 +1,66 @@
-"""What counts as use of a container, in one place for ``serve`` and ``idlewatch node``.
+"""What counts as use of a container, and its open sessions: one place for ``serve`` and
+``idlewatch node``. Pure: no I/O.
 
-Pure: no I/O. A container's healthcheck runs as exec sessions at every interval, with
-nothing marking them as the healthcheck but their command, so the first exec of a container
-waits until the container was looked at once (:meth:`ContainerUse.needs_look`); after
-that, an exec is use unless its command is the healthcheck's, and its end is use when its
-start was (:func:`~idlewatch.policy.is_use` is the rule for one event).
+Policy (read this first):
+- A container's healthcheck runs as exec sessions at every interval, with nothing marking
+  them as the healthcheck but their command, so the first exec of a container waits until
+  the container was looked at once (:meth:`ContainerUse.needs_look`). After that an exec
+  is use unless its command is the healthcheck's; idlewatch's own execs (a busy-command)
+  are never use.
+- An exec someone opened is an open session from its ``exec_start`` to its ``exec_die``;
+  both ends are use, so the idle clock starts when the last session closes.
+- An attach is an open session from its ``attach`` event until the container's process
+  ends (``die``, ``destroy``): the engine emits nothing when an attach ends and keeps no
+  count of attached clients (measured on Engine 20.10, shared/PITFALLS.md), so the safe
+  reading is "attached until the process is gone", bounded by ``session_max_hold``.
+- Sessions lost to a gap in the stream are recovered from the engine (the container's
+  running exec ids, each exec's own inspect: :meth:`ContainerUse.recover`), never guessed;
+  attaches leave no trace there and cannot be recovered.
+- A session open longer than ``session_max_hold`` stops holding (:meth:`expire`).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 
-from .models import EngineEvent
+from .clock import from_ns
+from .models import ContainerExecs, EngineEvent
 from .policy import is_use
 
+#: the container's process is gone: every session in it ended
+_PROCESS_ENDS = frozenset({"die", "destroy"})
+OWN_EXECS_KEPT = 1000  # idlewatch's own execs remembered (a few per idle check)
 
-class ExecSessions:
-    """Use across an exec's start and end: the end of a session that was use is use too.
 
-    Remembers the ids of the sessions that were use, at most ``limit`` of them (the oldest
-    are forgotten).
-    """
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One open session of a container."""
 
-    def __init__(self, limit: int = 10_000) -> None:
-        self._user: OrderedDict[str, None] = OrderedDict()
-        self._limit = limit
-
-    def is_use(self, event: EngineEvent, healthcheck_cmd: str | None) -> bool:
-        """:func:`is_use`, and an ``exec_die`` counts when its ``exec_start`` did."""
-        exec_id = event.attributes.get("execID", "")
-        if event.action == "exec_die":
-            if exec_id in self._user:
-                del self._user[exec_id]
-                return True
-            return False
-        use = is_use(event, healthcheck_cmd)
-        if use and event.action == "exec_start":
-            self._user[exec_id] = None
-            if len(self._user) > self._limit:
-                self._user.popitem(last=False)
-        return use
+    id: str  # the exec id, or "attach@<event ns>"
+    kind: str  # "exec" or "attach"
+    opened_at: datetime
+    command: str = ""
 
 
 class ContainerUse:
-    """The healthcheck commands learnt by looking at containers, and the exec sessions."""
+    """The healthcheck commands learnt by looking at containers, and the open sessions."""
 
-    def __init__(self, exec_limit: int = 10_000) -> None:
+    def __init__(self) -> None:
         self._healthcheck: dict[str, str | None] = {}  # container id -> healthcheck command
-        self._execs = ExecSessions(exec_limit)
+        self._open: dict[str, dict[str, Session]] = {}  # container id -> session id -> session
+        self._expired: set[tuple[str, str]] = set()  # (container, session) past max hold
+        self._own: dict[str, None] = {}  # idlewatch's own exec ids (ordered, bounded)
 
+    # -------------------------------------------------------------- looks
     def needs_look(self, ev: EngineEvent) -> bool:
         """True when an exec of a container whose healthcheck is unknown must wait for a look."""
-        return ev.action == "exec_start" and ev.actor_id not in self._healthcheck
+        return (
+            ev.action == "exec_start"
+            and ev.actor_id not in self._healthcheck
+            and ev.attributes.get("execID", "") not in self._own
+        )
 
     def knows(self, container_id: str) -> bool:
         """Whether the container was looked at (its healthcheck command is known)."""
@@ -62,16 +70,112 @@ class ContainerUse:
         """Record a container's healthcheck command (None: none, or it could not be seen)."""
         self._healthcheck[container_id] = healthcheck_cmd
 
-    def is_use(self, ev: EngineEvent) -> bool:
-        """Whether one container event is somebody using the container."""
-        return self._execs.is_use(ev, self._healthcheck.get(ev.actor_id))
+    def own(self, exec_id: str) -> None:
+        """An exec idlewatch runs itself (a busy-command): never use, never a session."""
+        self._own[exec_id] = None
+        while len(self._own) > OWN_EXECS_KEPT:
+            del self._own[next(iter(self._own))]
 
+    def is_own(self, exec_id: str) -> bool:
+        """Whether idlewatch ran this exec itself."""
+        return exec_id in self._own
+
+    # ------------------------------------------------------------ events
+    def observe(self, ev: EngineEvent) -> bool:
+        """Apply one container event to the sessions; True when it is somebody's use."""
+        cid, action = ev.actor_id, ev.action
+        if action in ("exec_start", "exec_die"):
+            return self._exec(ev)
+        if action == "attach":
+            sid = f"attach@{ev.time_ns}"
+            self._open.setdefault(cid, {})[sid] = Session(sid, "attach", from_ns(ev.time_ns))
+            return True
+        if action in _PROCESS_ENDS:
+            self._close_all(cid)
+        return is_use(ev, None)
+
+    def _exec(self, ev: EngineEvent) -> bool:
+        cid, exec_id = ev.actor_id, ev.attributes.get("execID", "")
+        if exec_id in self._own:
+            return False
+        if ev.action == "exec_die":
+            sessions = self._open.get(cid)
+            if sessions is None or sessions.pop(exec_id, None) is None:
+                return False  # the healthcheck's, or one seen neither start nor recovered
+            self._expired.discard((cid, exec_id))
+            if not sessions:
+                del self._open[cid]
+            return True
+        if not is_use(ev, self._healthcheck.get(cid)):
+            return False
+        session = Session(exec_id, "exec", from_ns(ev.time_ns), ev.detail)
+        self._open.setdefault(cid, {})[exec_id] = session
+        return True
+
+    def _close_all(self, cid: str) -> None:
+        for sid in self._open.pop(cid, {}):
+            self._expired.discard((cid, sid))
+
+    # ------------------------------------------------------------ sessions
+    def count(self, container_id: str) -> int:
+        """The container's open sessions that hold it in use (not past the max hold)."""
+        sessions = self._open.get(container_id)
+        if not sessions:
+            return 0
+        return sum(1 for sid in sessions if (container_id, sid) not in self._expired)
+
+    def sessions(self, container_id: str) -> list[Session]:
+        """The container's open sessions, holding or not."""
+        return list(self._open.get(container_id, {}).values())
+
+    def expire(self, now: datetime, max_hold_s: float | None) -> list[tuple[str, Session]]:
+        """Sessions open longer than ``max_hold_s`` stop holding; returns the ones that just
+        did (each once), by container id."""
+        if max_hold_s is None:
+            return []
+        newly = []
+        for cid, sessions in self._open.items():
+            for sid, session in sessions.items():
+                if (cid, sid) not in self._expired and (
+                    now - session.opened_at
+                ).total_seconds() > max_hold_s:
+                    self._expired.add((cid, sid))
+                    newly.append((cid, session))
+        return newly
+
+    def recover(self, container_id: str, listing: ContainerExecs, now: datetime) -> bool:
+        """Make the container's exec sessions what the engine says runs in it now (after a
+        gap in the stream); attaches, which leave no trace there, stay as they are. True
+        when the open sessions changed."""
+        self._healthcheck[container_id] = listing.healthcheck_cmd
+        before = self._open.get(container_id, {})
+        kept = {sid: s for sid, s in before.items() if s.kind == "attach"}
+        for proc in listing.execs:
+            if not proc.running or proc.id in self._own:
+                continue
+            if listing.healthcheck_cmd is not None and proc.command == listing.healthcheck_cmd:
+                continue
+            kept[proc.id] = before.get(proc.id) or Session(proc.id, "exec", now, proc.command)
+        if kept:
+            self._open[container_id] = kept
+        else:
+            self._open.pop(container_id, None)
+        return set(kept) != set(before)
+
+    # ------------------------------------------------------------ forgetting
     def forget(self, container_id: str) -> None:
         """The container is gone."""
         self._healthcheck.pop(container_id, None)
+        self._close_all(container_id)
 
     def keep_only(self, present: Iterable[str]) -> None:
         """Forget containers that a listing no longer shows (gone while nobody watched)."""
         keep = set(present)
         for cid in [c for c in self._healthcheck if c not in keep]:
             del self._healthcheck[cid]
+        for cid in [c for c in self._open if c not in keep]:
+            self._close_all(cid)
+
+    def with_sessions(self) -> list[str]:
+        """Containers that have open sessions now."""
+        return list(self._open)

@@ -40,6 +40,7 @@ class LeaderView(Protocol):
         """This replica's name, stamped on its audit rows."""
         ...
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -50,6 +50,10 @@
   function idleIn(a, now) {
     if (a.idle_timeout === null) return "never";
     if (!["running", "starting", "restarting"].includes(a.status)) return "—";
+    if (a.sessions > 0) return "in use";
+    if (a.keep_until && Date.parse(a.keep_until) > now) {
+      return "kept " + human((Date.parse(a.keep_until) - now) / 1000);
+    }
     const left = a.idle_timeout - (now - Date.parse(a.last_activity)) / 1000;
     return left <= 0 ? "due" : human(left);
   }
@@ -88,6 +92,13 @@
       badge.textContent = a.status;
       if (a.error) badge.title = a.error;
       st.appendChild(badge);
+      if (a.sessions > 0) {  // open exec or attach sessions: never idle while they last
+        const use = document.createElement("span");
+        use.className = "badge in-use";
+        use.dataset.status = "in-use";
+        use.textContent = "in use (" + a.sessions + ")";
+        st.append(" ", use);
+      }
       tr.appendChild(st);
       tr.appendChild(cell(a.running + " / " + a.replicas));
       tr.appendChild(cell(human((now - Date.parse(a.last_activity)) / 1000) + " ago"));

@@ -148,3 +148,45 @@ async def test_a_stream_with_bad_items_skips_each_once(caplog: pytest.LogCapture
     assert [(e.action, e.time_ns) for e in got] == [("start", 2), ("frobnicate", 3), ("die", 1)]
     assert stream.bad_items == 3
     assert len([r for r in caplog.records if "skipping a bad events-stream item" in r.message]) == 3
+
+
+label_values = st.text(max_size=30) | st.sampled_from(
+    ["-5", "1e400", "nan", "inf", "99999999999999999999d", "pause", "STOP", "never", "0", "5%"]
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(label_values, label_values, label_values)
+def test_any_in_use_label_is_read_or_refused_with_a_plain_error(
+    action: str, stop_after: str, cpu: str
+) -> None:
+    """The labels of issue 13: any value reads, or fails with the one documented error
+    (the caller logs it once and uses the default)."""
+    from idlewatch.durations import DurationError
+    from idlewatch.policy import busy_cpu_percent, idle_action, stop_after_s
+
+    with contextlib.suppress(ValueError):
+        assert idle_action({"idlewatch.idle-action": action}, "stop") in ("stop", "pause")
+    with contextlib.suppress(DurationError):
+        limit = stop_after_s({"idlewatch.stop-after": stop_after}, 3600.0)
+        assert limit is None or limit >= 0
+    with contextlib.suppress(ValueError):
+        share = busy_cpu_percent({"idlewatch.busy-cpu": cpu})
+        assert share is None or 0 <= share < float("inf")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values | st.sampled_from(["-5m", "1e400", "99999d", "25h", -1, 1e308, "1h30m"]))
+def test_any_keep_for_is_kept_or_refused_with_a_4xx_naming_it(keep_for: Any) -> None:
+    from idlewatch.api.errors import ApiError
+    from idlewatch.api.schemas import ActivityBody
+    from pydantic import ValidationError
+
+    try:
+        seconds = ActivityBody.model_validate({"keep_for": keep_for}).keep_for_s()
+    except ValidationError:
+        return  # the route turns this into a 400 naming keep_for (read_json)
+    except ApiError as exc:
+        assert 400 <= exc.status < 500 and exc.field == "keep_for"
+        return
+    assert seconds is None or 0 <= seconds < float("inf")

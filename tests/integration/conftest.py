@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from idlewatch import Settings, Watcher
+from idlewatch import AuditEntry, Settings, Watcher
 from idlewatch.docker import AioDockerGateway
 from idlewatch.models import EngineEvent
 
@@ -145,6 +145,17 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
         await asyncio.sleep(0.05)
+
+
+async def audited(w: Watcher, agent: str, action: str, timeout_s: float = 10.0) -> list[AuditEntry]:
+    """The agent's audit entries for an action, waiting until there is one: the engine's
+    event of an action can reach the watcher before the action is recorded."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := [e for e in await w.audit(agent) if e.action == action]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {action} of {agent} audited within {timeout_s}s")
+        await asyncio.sleep(0.05)
+    return found
 
 
 class MutableGateway(AioDockerGateway):

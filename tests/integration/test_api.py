@@ -436,3 +436,32 @@ async def test_host_app_runs_the_watcher_through_cleanup_ctx(
             assert r.status == 200 and [a["name"] for a in await r.json()] == ["hosted"]
     finally:
         await server.close()
+
+
+async def test_start_wait_running_unpauses_and_keep_for_answers_keep_until(
+    engine: PrivateEngine, served: tuple[Watcher, TestServer, Api]
+) -> None:
+    """Issue 13 through HTTP: a paused container (here paused by an operator) is running
+    again through start?wait=running; a touch with keep_for answers its keep_until."""
+    w, _, api = served
+    run_container(engine, "api-p")
+    await w.wait_for("api-p", has(Status.RUNNING), 10)
+    engine.cli("pause", "api-p")
+    await w.wait_for("api-p", has(Status.PAUSED), 10)
+    status, one = await api.call("GET", "/api/agents/api-p", A)
+    assert status == 200 and one["status"] == "paused" and one["sessions"] == 0
+    status, started = await api.call(
+        "POST", "/api/agents/api-p/start?wait=running&timeout=30", A + "/start"
+    )
+    assert status == 200 and started["status"] == "running", started
+    assert inspect(engine, "api-p")["State"]["Status"] == "running"
+    (entry, *_) = [e for e in await w.audit("api-p") if e.action == "start"]
+    assert entry.actor == "api" and entry.ok
+    status, kept = await api.call(
+        "POST", "/api/agents/api-p/activity", A + "/activity", json={"keep_for": "30m"}
+    )
+    assert status == 200 and kept["keep_until"] is not None and kept["idle_for"] < 5
+    status, err = await api.call(
+        "POST", "/api/agents/api-p/activity", A + "/activity", json={"keep_for": "-5m"}
+    )
+    assert status == 400 and err["error"]["field"] == "keep_for"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.private_engine import PrivateEngine
 
-from .conftest import run_container
+from .conftest import inspect, run_container
 from .serveproc import ServeProcess
 
 TOKEN = "dash-token"
@@ -70,6 +71,29 @@ def test_lists_flips_and_starts(
     expect(badge).to_have_attribute("data-status", "running", timeout=10_000)
     page.fill("#filter", "nothing-matches")
     expect(page.locator('tr[data-name="web-c"]')).to_have_count(0)
+    page.close()
+
+
+def test_shows_in_use_and_resumes_a_paused_agent(
+    browser: Browser, engine: PrivateEngine, server: ServeProcess
+) -> None:
+    """Issue 13: an open exec shows as "in use (1)" and goes away when it ends; Start on a
+    paused agent unpauses it."""
+    page = _open(browser, server, TOKEN)
+    row = page.locator('tr[data-name="web-c"]')
+    expect(row.locator(".badge").first).to_have_attribute("data-status", "running", timeout=10_000)
+    with subprocess.Popen(
+        ["docker", "exec", "web-c", "sleep", "5"], env=engine.env(), stdout=subprocess.DEVNULL
+    ) as exec_proc:
+        expect(row.locator('.badge[data-status="in-use"]')).to_have_text("in use (1)")
+        expect(row.locator(".idle-in")).to_have_text("in use")
+    assert exec_proc.returncode == 0
+    expect(row.locator('.badge[data-status="in-use"]')).to_have_count(0, timeout=10_000)
+    engine.cli("pause", "web-c")
+    expect(row.locator(".badge").first).to_have_attribute("data-status", "paused")
+    page.click('tr[data-name="web-c"] button[data-action="start"]')
+    expect(row.locator(".badge").first).to_have_attribute("data-status", "running")
+    assert inspect(engine, "web-c")["State"]["Status"] == "running"
     page.close()
 
 

@@ -29,7 +29,7 @@ from idlewatch.store import SqlStore
 
 from tests.private_engine import PrivateEngine
 
-from .conftest import LABEL, eventually
+from .conftest import LABEL, audited, eventually
 from .swarmpair import (
     NodeProcess,
     create_worker_service,
@@ -255,3 +255,44 @@ def test_node_command_fails_clearly(
     )
     assert res.returncode == code, res.stderr
     assert message in res.stderr
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_open_exec_on_the_worker_holds_the_service_past_its_timeout(
+    two_nodes: tuple[PrivateEngine, PrivateEngine], database_url: str
+) -> None:
+    """Issue 13 across nodes: one long ``docker exec`` in the task on the worker (one
+    exec_start, then nothing until it ends) keeps the service at 1 replica for three idle
+    timeouts; once it ends the leader scales it to 0."""
+    manager, worker = two_nodes
+    idle_s = 4.0
+    settings = leader_settings(manager, database_url, idle_timeout=idle_s, sweep_interval=1)
+    node = NodeProcess(worker, database_url, node_id="worker")
+    async with Watcher(settings) as leader:
+        await leader.wait_synced(30)
+        node.start()
+        try:
+            create_worker_service(manager, "mn-sess")
+            await eventually(lambda: task_container(worker, "mn-sess") is not None, 30, "task")
+            cid = task_container(worker, "mn-sess")
+            assert cid is not None
+            hold_s = 3 * idle_s
+            proc = await asyncio.create_subprocess_exec(
+                "docker", "exec", cid, "sleep", str(int(hold_s)), env=worker.env()
+            )
+            await leader.wait_for("mn-sess", lambda a: a is not None and a.sessions == 1, 20)
+            await proc.wait()  # three idle timeouts with one open session and no events
+            ended = datetime.now(UTC)
+            assert proc.returncode == 0
+            assert desired_replicas(manager, "mn-sess") == 1, "scaled down mid-session"
+            assert not [e for e in await leader.audit("mn-sess") if e.actor == "sweep"]
+            assert task_container(worker, "mn-sess") == cid
+
+            await eventually(
+                lambda: desired_replicas(manager, "mn-sess") == 0, 4 * idle_s, "scale to 0"
+            )
+            stops = await audited(leader, "mn-sess", "scale_to_zero")
+            assert len(stops) == 1 and stops[0].actor == "sweep", stops
+            assert (stops[0].at - ended).total_seconds() >= idle_s - 1, (stops[0], ended)
+        finally:
+            assert node.stop() == 0, "".join(node.lines)

@@ -92,6 +92,7 @@ async def test_node_mode_reconnects_and_resyncs_after_the_engine_restarts(
                 60,
                 "the node's stream to reconnect and resync",
             )
+
             def task() -> str:
                 return engine.cli(
                     "ps",

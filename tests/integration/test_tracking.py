@@ -123,9 +123,7 @@ async def test_exec_is_activity_but_healthchecks_are_not(
     assert started is not None
     # let at least three healthcheck runs go by (each is exec_create/start/die on the stream)
     base = watcher.status().events_received
-    await eventually(
-        lambda: watcher.status().events_received >= base + 9, 20, "healthcheck execs"
-    )
+    await eventually(lambda: watcher.status().events_received >= base + 9, 20, "healthcheck execs")
     await watcher.settled(10)
     after_health = watcher.get("hc")
     assert after_health is not None

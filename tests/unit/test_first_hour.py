@@ -208,9 +208,7 @@ async def test_an_idle_stop_is_audited_when_decided_and_when_finished() -> None:
 async def test_shutdown_logs_the_release_once_and_no_follow_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = Settings(
-        docker_url="unix:///f.sock", database_url="sqlite:///u.db", replica_id="r1"
-    )
+    settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db", replica_id="r1")
     w = Watcher(settings, docker=FakeDocker(), store=FakeStore(), clock=ManualClock(T0))
     await w.open()
     assert w.leader_info()["leader"]

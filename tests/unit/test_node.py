@@ -131,8 +131,10 @@ def test_user_exec_attach_are_use_healthcheck_execs_are_not() -> None:
     assert (rep.last_activity, rep.event, rep.running) == (at(9), "exec_die", 1)
     assert node.apply(tev("attach", t=10)) == "s1"
     assert act.report("s1", "web", SOURCE).last_activity == at(10)
-    assert node.apply(tev("exec_start", t=5, detail="sh", exec_id="u2")) is None  # older: no news
-    assert act.report("s1", "web", SOURCE).last_activity == at(10)
+    # an older exec is no newer use, but a session opened: news of its own
+    assert node.apply(tev("exec_start", t=5, detail="sh", exec_id="u2")) == "s1"
+    rep = act.report("s1", "web", SOURCE)
+    assert rep.last_activity == at(10) and rep.sessions == 2  # the attach and u2
 
 
 def test_events_of_other_containers_are_ignored() -> None:
@@ -230,7 +232,8 @@ async def test_healthcheck_execs_are_ignored_user_execs_reported(
         push(docker, tev("exec_start", t=2 + i, detail=HEALTHCHECK, exec_id=f"h{i}"))
         push(docker, tev("exec_die", t=2.5 + i, exec_id=f"h{i}"))
     await settle(reporter, docker)
-    assert docker.calls["inspect_container"] == 1  # looked at once, then known
+    # looked at once, then known (the sessions read after the listing is that look)
+    assert docker.calls["inspect_container"] + docker.calls["open_execs"] == 1
     push(docker, tev("exec_start", t=10, detail="sh -c ls", exec_id="u1"))
     await until(lambda: (r := row(store)) is not None and r.last_activity is not None)
     rep = row(store)
@@ -352,11 +355,14 @@ async def test_a_failing_inspect_counts_the_exec_and_asks_again(
     reporter: NodeReporter, docker: FakeDocker, store: FakeStore
 ) -> None:
     await until(lambda: row(store) is not None)
+    await settle(reporter, docker)  # (c1 was looked at with the listing: a new task, c2)
+    docker.containers["c2"] = task("c2", hc=HEALTHCHECK)
+    push(docker, tev("start", cid="c2", t=6))
     docker.reachable = False  # the inspect fails; the stream (already open) keeps going
-    push(docker, tev("exec_start", t=7, detail=HEALTHCHECK, exec_id="h1"))
+    push(docker, tev("exec_start", cid="c2", t=7, detail=HEALTHCHECK, exec_id="h1"))
     await until(lambda: (r := row(store)) is not None and r.last_activity == at(7))
     docker.reachable = True
-    push(docker, tev("exec_start", t=8, detail=HEALTHCHECK, exec_id="h2"))
+    push(docker, tev("exec_start", cid="c2", t=8, detail=HEALTHCHECK, exec_id="h2"))
     await settle(reporter, docker)
     assert docker.calls["inspect_container"] == 2  # not cached after the failure
     found = row(store)

@@ -113,6 +113,7 @@ async def test_sweep_over_10k_agents_makes_no_engine_call() -> None:
     clock = ManualClock(T0)
     w = await started(docker, clock)
     try:
+        await w.settled(30)  # the open sessions are read after the listing, in the background
         before = sum(docker.calls.values())
         report = await w.sweep_once()
         assert report.candidates == []

@@ -53,8 +53,9 @@ async def test_a_drift_no_event_announced_is_corrected_and_logged(
         assert agent is not None and w.status().periodic_resyncs >= 1
         assert len(docker.streams) == 1, "corrected without a reconnect"
     corrections = [r.getMessage() for r in caplog.records if "periodic resync" in r.getMessage()]
-    assert corrections == ["periodic resync corrected box: status running -> exited, "
-                           "replicas 1 -> 0, running 1 -> 0"], corrections
+    assert corrections == [
+        "periodic resync corrected box: status running -> exited, replicas 1 -> 0, running 1 -> 0"
+    ], corrections
 
 
 async def test_never_means_no_listing_after_the_first() -> None:

@@ -15,13 +15,16 @@ from .schema import activity_table, agents_table
 #: a row's last_activity never goes back; reported_at is the database's clock
 _UPSERT = (
     "INSERT INTO activity (agent, source, last_activity, event, event_at, running, "
-    "reported_at) VALUES (:agent, :source, :last_activity, :event, :event_at, :running, "
-    "{now}) ON CONFLICT (agent, source) DO UPDATE SET "
+    "reported_at, sessions, keep_until) VALUES (:agent, :source, :last_activity, :event, "
+    ":event_at, :running, {now}, :sessions, :keep_until) ON CONFLICT (agent, source) DO UPDATE SET "
     "last_activity = CASE WHEN activity.last_activity IS NULL "
     "OR excluded.last_activity > activity.last_activity "
     "THEN excluded.last_activity ELSE activity.last_activity END, "
+    "keep_until = CASE WHEN activity.keep_until IS NULL "
+    "OR excluded.keep_until > activity.keep_until "
+    "THEN excluded.keep_until ELSE activity.keep_until END, "
     "event = excluded.event, event_at = excluded.event_at, running = excluded.running, "
-    "reported_at = excluded.reported_at"
+    "sessions = excluded.sessions, reported_at = excluded.reported_at"
 )
 
 
@@ -78,6 +81,8 @@ def _values(r: ActivityReport) -> dict[str, Any]:
         "event": r.event,
         "event_at": r.event_at.timestamp(),
         "running": r.running,
+        "sessions": r.sessions,
+        "keep_until": r.keep_until.timestamp() if r.keep_until else None,
     }
 
 
@@ -91,4 +96,8 @@ def _from_row(row: Any) -> ActivityReport:
         event_at=datetime.fromtimestamp(row["event_at"], UTC),
         running=int(row["running"]),
         reported_at=datetime.fromtimestamp(row["reported_at"], UTC),
+        sessions=int(row["sessions"]),
+        keep_until=datetime.fromtimestamp(row["keep_until"], UTC)
+        if row["keep_until"] is not None
+        else None,
     )

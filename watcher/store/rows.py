@@ -27,6 +27,8 @@ def agent_row(a: Agent) -> dict[str, Any]:
         "error": a.error,
         "updated_at": a.updated_at.isoformat(),
         "last_event_ns": a.last_event_ns,
+        "keep_until": a.keep_until.isoformat() if a.keep_until is not None else None,
+        "paused_at": a.paused_at.isoformat() if a.paused_at is not None else None,
     }
 
 
@@ -53,7 +55,13 @@ def agent_from_row(row: Any) -> Agent:
         error=row["error"],
         updated_at=datetime.fromisoformat(row["updated_at"]),
         last_event_ns=int(row["last_event_ns"]),
+        keep_until=_when(row["keep_until"]),
+        paused_at=_when(row["paused_at"]),
     )
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def audit_row(e: AuditEntry) -> dict[str, Any]:

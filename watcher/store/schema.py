@@ -10,23 +10,36 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 metadata = sa.MetaData()
 
+
+def _agents_columns() -> list[sa.Column[Any]]:
+    """The agents columns of schema version 1 (later migrations add to them)."""
+    return [
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("id", sa.String(128), nullable=False),
+        sa.Column("image", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("replicas", sa.Integer, nullable=False),
+        sa.Column("running", sa.Integer, nullable=False),
+        sa.Column("restore_replicas", sa.Integer, nullable=False),
+        sa.Column("last_activity", sa.String(40), nullable=False),
+        sa.Column("idle_timeout_s", sa.Float, nullable=True),
+        sa.Column("labels", sa.Text, nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("updated_at", sa.String(40), nullable=False),
+        sa.Column("last_event_ns", sa.BigInteger, nullable=False),
+    ]
+
+
+#: the agents table as migration 1 created it: a released migration never changes
+_agents_v1 = sa.Table("agents", sa.MetaData(), *_agents_columns())
+
 agents_table = sa.Table(
     "agents",
     metadata,
-    sa.Column("name", sa.String(255), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("id", sa.String(128), nullable=False),
-    sa.Column("image", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("replicas", sa.Integer, nullable=False),
-    sa.Column("running", sa.Integer, nullable=False),
-    sa.Column("restore_replicas", sa.Integer, nullable=False),
-    sa.Column("last_activity", sa.String(40), nullable=False),
-    sa.Column("idle_timeout_s", sa.Float, nullable=True),
-    sa.Column("labels", sa.Text, nullable=False),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Column("updated_at", sa.String(40), nullable=False),
-    sa.Column("last_event_ns", sa.BigInteger, nullable=False),
+    *_agents_columns(),
+    sa.Column("keep_until", sa.String(40), nullable=True),
+    sa.Column("paused_at", sa.String(40), nullable=True),
 )
 
 
@@ -81,16 +94,28 @@ leader_table = sa.Table(
 
 #: what each source (an ``idlewatch node``, a follower replica) saw of an agent, one row
 #: per (agent, source); times are epoch seconds so "never goes back" is a plain comparison
+def _activity_columns() -> list[sa.Column[Any]]:
+    """The activity columns of schema version 3 (later migrations add to them)."""
+    return [
+        sa.Column("agent", sa.String(255), primary_key=True),
+        sa.Column("source", sa.String(255), primary_key=True),
+        sa.Column("last_activity", sa.Float, nullable=True),
+        sa.Column("event", sa.String(64), nullable=False),
+        sa.Column("event_at", sa.Float, nullable=False),
+        sa.Column("running", sa.Integer, nullable=False),
+        sa.Column("reported_at", sa.Float, nullable=False, index=True),
+    ]
+
+
+#: the activity table as migration 3 created it
+_activity_v3 = sa.Table("activity", sa.MetaData(), *_activity_columns())
+
 activity_table = sa.Table(
     "activity",
     metadata,
-    sa.Column("agent", sa.String(255), primary_key=True),
-    sa.Column("source", sa.String(255), primary_key=True),
-    sa.Column("last_activity", sa.Float, nullable=True),
-    sa.Column("event", sa.String(64), nullable=False),
-    sa.Column("event_at", sa.Float, nullable=False),
-    sa.Column("running", sa.Integer, nullable=False),
-    sa.Column("reported_at", sa.Float, nullable=False, index=True),
+    *_activity_columns(),
+    sa.Column("sessions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("keep_until", sa.Float, nullable=True),
 )
 
 
@@ -113,7 +138,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "agents, audit and specs",
         (
-            sa.schema.CreateTable(agents_table, if_not_exists=True),
+            sa.schema.CreateTable(_agents_v1, if_not_exists=True),
             sa.schema.CreateTable(_audit_v1, if_not_exists=True),
             sa.schema.CreateTable(specs_table, if_not_exists=True),
             *(sa.schema.CreateIndex(i, if_not_exists=True) for i in _audit_v1.indexes),
@@ -124,8 +149,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "activity reports from nodes and replicas",
         (
-            sa.schema.CreateTable(activity_table),
-            *(sa.schema.CreateIndex(i) for i in activity_table.indexes),
+            sa.schema.CreateTable(_activity_v3),
+            *(sa.schema.CreateIndex(i) for i in _activity_v3.indexes),
         ),
     ),
     Migration(
@@ -146,6 +171,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        6,
+        "keep-alives, paused agents and open sessions",
+        tuple(
+            sa.DDL(statement)  # type: ignore[no-untyped-call]
+            for statement in (
+                "ALTER TABLE agents ADD COLUMN keep_until VARCHAR(40)",
+                "ALTER TABLE agents ADD COLUMN paused_at VARCHAR(40)",
+                "ALTER TABLE activity ADD COLUMN sessions INTEGER NOT NULL DEFAULT 0",
+                "ALTER TABLE activity ADD COLUMN keep_until FLOAT",
+            )
+        ),
+    ),
 )
 #: the schema version this code writes; a database with a higher one is refused
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -161,7 +199,6 @@ DIALECTS: dict[str, Any] = {
 def migration_sql(migration: Migration, dialect: str) -> list[str]:
     """The statements of one migration for ``dialect`` ('sqlite' or 'postgresql')."""
     return [str(ddl.compile(dialect=DIALECTS[dialect])) for ddl in migration.ddl]
-
 
 
 #: the database's clock in epoch seconds, as SQL: leases and activity reports are judged

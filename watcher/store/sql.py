@@ -275,9 +275,7 @@ class SqlStore:
             if agents:
                 await raw.executemany(self._upsert_sql, [agent_tuple(a) for a in agents])
             if audits:
-                await raw.executemany(
-                    _AUDIT_SQL_PG, [tuple(audit_row(e).values()) for e in audits]
-                )
+                await raw.executemany(_AUDIT_SQL_PG, [tuple(audit_row(e).values()) for e in audits])
 
     async def _write_generic(
         self,

@@ -1,0 +1,238 @@
+"""Wake latency (issue 13): ``POST /api/agents/{name}/start?wait=running`` against the bare
+engine call that does the same work, alternated try by try in the same run.
+
+- paused container: ours vs a bare ``unpause`` (answered once the engine thawed it);
+- stopped container: ours vs a bare ``start`` (answered once the process runs);
+- service at 0: ours vs a bare scale to 1 (inspect + update, like ``docker service
+  scale``) until the task's container start event arrives on an events stream.
+
+Ours goes through the HTTP API of a Watcher in this process, on loopback, and answers only
+once the engine's own event confirmed the agent running: the figures are what a caller
+waits for. Every try first puts the agent back to sleep with a bare engine call and waits
+until the watcher has seen it asleep, outside the timed part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiohttp.test_utils import TestServer
+from idlewatch import Settings, Status, Watcher
+from idlewatch.api import create_app
+
+from tests.private_engine import TEST_IMAGE, PrivateEngine
+
+from .common import percentile, stats
+
+LABEL = "idlewatch.enable"
+SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
+SERVICE_LABEL = "com.docker.swarm.service.id"
+
+
+class _Starts:
+    """Container start events of the engine, for the bare service wake to wait on."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self._docker = docker
+        self.queue: asyncio.Queue[str] = asyncio.Queue()  # service ids of started tasks
+        self._task: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        params = {"filters": json.dumps({"type": ["container"], "event": ["start"]})}
+        async with self._docker._query("events", params=params, timeout=None) as resp:
+            async for line in resp.content:
+                ev = json.loads(line)
+                sid = ((ev.get("Actor") or {}).get("Attributes") or {}).get(SERVICE_LABEL)
+                if sid:
+                    self.queue.put_nowait(sid)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_Starts]:
+        self._task = asyncio.create_task(self._read())
+        try:
+            await asyncio.sleep(0.2)  # the stream is open before the first try
+            yield self
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def until(self, sid: str, timeout_s: float = 60) -> None:
+        async with asyncio.timeout(timeout_s):
+            while await self.queue.get() != sid:
+                pass
+
+    def drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+def _summary(ours: list[float], bare: list[float]) -> dict[str, Any]:
+    o, b = sorted(ours), sorted(bare)
+    return {
+        "tries": len(o),
+        "ours": stats(o),
+        "bare": stats(b),
+        "added_p50_ms": percentile(o, 50) - percentile(b, 50),
+        "added_p99_ms": percentile(o, 99) - percentile(b, 99),
+    }
+
+
+async def run(engine: PrivateEngine, tries: int = 30, service_tries: int = 20) -> dict[str, Any]:
+    """Each wake ``tries`` times (the service ``service_tries``), ours and bare alternated."""
+    docker = aiodocker.Docker(url=engine.url)
+    tmp = tempfile.mkdtemp()
+    settings = Settings(
+        docker_url=engine.url,
+        database_url=f"sqlite+aiosqlite:///{tmp}/w.db",
+        sweep_interval=3600,
+        log_level="WARNING",
+        stop_timeout=0,
+        idle_timeout="never",
+    )
+    try:
+        box = await docker.containers.create_or_replace(
+            "wake-c",
+            {
+                "Image": TEST_IMAGE,
+                "Cmd": SLEEPER,
+                "Labels": {LABEL: "true"},
+                "HostConfig": {"NetworkMode": "none"},
+            },
+        )
+        await box.start()
+        svc = await docker.services.create(
+            {"ContainerSpec": {"Image": TEST_IMAGE, "Command": SLEEPER, "StopGracePeriod": 10**9}},
+            name="wake-s",
+            labels={LABEL: "true"},
+            mode={"Replicated": {"Replicas": 1}},
+        )
+        sid = svc["ID"]
+        async with Watcher(settings) as w:
+            await w.wait_synced(30)
+            server = TestServer(create_app(w), host="127.0.0.1")
+            await server.start_server()
+            base = str(server.make_url("")).rstrip("/")
+            try:
+                async with aiohttp.ClientSession() as http:
+
+                    async def ours(name: str) -> None:
+                        url = f"{base}/api/agents/{name}/start?wait=running&timeout=60"
+                        async with http.post(url) as resp:
+                            body = await resp.json()
+                            assert resp.status == 200 and body["status"] == "running", body
+
+                    async def asleep(name: str, status: Status) -> None:
+                        def done(a: Any) -> bool:
+                            return (
+                                a is not None
+                                and a.status is status
+                                and (a.kind.value == "container" or a.running == 0)
+                            )
+
+                        await w.wait_for(name, done, 60)
+
+                    out: dict[str, Any] = {}
+                    await w.wait_for("wake-c", lambda a: a is not None and a.running == 1, 30)
+                    await ours("wake-c")  # the first call opens the connections
+                    out["paused"] = await _containers(tries, box, w, ours, asleep, pause=True)
+                    out["stopped"] = await _containers(tries, box, w, ours, asleep, pause=False)
+                    await w.wait_for("wake-s", lambda a: a is not None and a.running == 1, 60)
+                    async with _Starts(docker).running() as starts:
+                        out["service"] = await _service(
+                            service_tries, w, docker, sid, ours, asleep, starts
+                        )
+                    return out
+            finally:
+                await server.close()
+    finally:
+        with contextlib.suppress(aiodocker.DockerError):
+            await docker.services.delete("wake-s")
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.containers.get("wake-c")).delete(force=True)
+        await docker.close()
+
+
+async def _containers(
+    tries: int,
+    box: Any,
+    w: Watcher,
+    ours: Callable[[str], Awaitable[None]],
+    asleep: Callable[[str, Status], Awaitable[None]],
+    *,
+    pause: bool,
+) -> dict[str, Any]:
+    asleep_status = Status.PAUSED if pause else Status.EXITED
+
+    async def sleep() -> None:
+        if pause:
+            await box.pause()
+        else:
+            await box.kill()
+        await asleep("wake-c", asleep_status)
+
+    async def bare() -> None:
+        await (box.unpause() if pause else box.start())
+
+    ours_ms: list[float] = []
+    bare_ms: list[float] = []
+    for i in range(2 * tries):
+        await sleep()
+        if i % 2 == 0:
+            ours_ms.append(await _timed(lambda: ours("wake-c")))
+        else:
+            bare_ms.append(await _timed(bare))
+            await w.wait_for("wake-c", lambda a: a is not None and a.running == 1, 30)
+    return _summary(ours_ms, bare_ms)
+
+
+async def _service(
+    tries: int,
+    w: Watcher,
+    docker: aiodocker.Docker,
+    sid: str,
+    ours: Callable[[str], Awaitable[None]],
+    asleep: Callable[[str, Status], Awaitable[None]],
+    starts: _Starts,
+) -> dict[str, Any]:
+    async def scale(replicas: int) -> None:
+        spec = await docker.services.inspect(sid)
+        body = spec["Spec"]
+        body["Mode"] = {"Replicated": {"Replicas": replicas}}
+        await docker._query_json(
+            f"services/{sid}/update",
+            method="POST",
+            data=json.dumps(body),
+            params={"version": str(spec["Version"]["Index"])},
+        )
+
+    async def bare() -> None:
+        await scale(1)
+        await starts.until(sid)
+
+    ours_ms: list[float] = []
+    bare_ms: list[float] = []
+    for i in range(2 * tries):
+        await scale(0)
+        await asleep("wake-s", Status.STOPPED)
+        starts.drain()
+        if i % 2 == 0:
+            ours_ms.append(await _timed(lambda: ours("wake-s")))
+        else:
+            bare_ms.append(await _timed(bare))
+            await w.wait_for("wake-s", lambda a: a is not None and a.running == 1, 60)
+    return _summary(ours_ms, bare_ms)

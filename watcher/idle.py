@@ -1,0 +1,196 @@
+"""What happens to an idle agent, decided under its lock with a live look at the engine.
+
+Policy (read this first):
+- An idle container is stopped, or paused when its ``idlewatch.idle-action`` label (else
+  the ``idle_action`` setting) says ``pause``; a service is scaled to 0 (pause cannot
+  apply to a service: a label asking for it is named in a warning once).
+- Before acting: the agent must still be idle once its lock is held, still carry the
+  management label, nothing may hold the action back (not the leader; the picture of the
+  engine being refreshed), use reported elsewhere is read again, and the live busy check
+  (busy.py) must find nobody using it. A busy agent is not touched: the check counts as
+  use at that moment (reason ``busy:exec``, ``busy:cpu``, ``busy:command``), audited as a
+  skipped action and published on the change feed.
+- A paused agent is stopped once paused for its ``idlewatch.stop-after`` (else the
+  ``pause_stop_after`` setting; ``never``: it stays paused).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from .busy import Busy, BusyCheck
+from .durations import DurationError
+from .errors import AgentNotFound, WatcherError
+from .lifecycle import Lifecycle
+from .models import Agent, Kind, Status
+from .policy import IDLE_ACTION_LABEL, STOP_AFTER_LABEL, idle_action, is_idle, stop_after_s
+from .ports import Clock
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IdleConfig:
+    """Plain values the idle actions need from the settings."""
+
+    idle_action: str  # "stop" or "pause"
+    pause_stop_after_s: float | None  # None: a paused agent stays paused
+
+
+class IdleActions:
+    """The sweep's actions on one agent at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        tracker: Tracker,
+        busy: BusyCheck,
+        clock: Clock,
+        config: IdleConfig,
+        *,
+        held_back: Callable[[], str | None] = lambda: None,
+        refresh: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self._lifecycle = lifecycle
+        self._tracker = tracker
+        self._busy = busy
+        self._clock = clock
+        self._cfg = config
+        #: why no idle action may be taken right now (None: it may): not the leader among
+        #: replicas, or the picture of the engine is being refreshed
+        self._held_back = held_back
+        #: reads use reported elsewhere into the tracker (other replicas, nodes)
+        self._refresh = refresh
+        self._warned: set[tuple[str, str]] = set()
+        #: idle actions skipped because the agent was busy, by reason (for /metrics)
+        self.skipped: dict[str, int] = {}
+
+    def action_for(self, agent: Agent, labels: Mapping[str, str]) -> str:
+        """``scale_to_zero`` for a service; ``pause`` or ``stop`` for a container."""
+        try:
+            wanted = idle_action(labels, self._cfg.idle_action)
+        except ValueError as exc:
+            self._warn_once(agent.name, f"bad {IDLE_ACTION_LABEL} label ({exc}); stopping it")
+            wanted = "stop"
+        if agent.kind is Kind.SERVICE:
+            if wanted == "pause":
+                self._warn_once(
+                    agent.name, "idle-action=pause does not apply to a service: scaled to 0"
+                )
+            return "scale_to_zero"
+        return wanted
+
+    def stop_after_s(self, agent: Agent) -> float | None:
+        """How long the agent may stay paused (None: for ever)."""
+        try:
+            return stop_after_s(agent.labels, self._cfg.pause_stop_after_s)
+        except DurationError as exc:
+            self._warn_once(agent.name, f"bad {STOP_AFTER_LABEL} label ({exc}); using the default")
+            return self._cfg.pause_stop_after_s
+
+    async def act(self, name: str, now: datetime, *, dry_run: bool) -> str:
+        """Apply the idle action to one agent if it is still idle once its lock is held and
+        nobody uses it; says what happened."""
+        async with self._lifecycle.lock(name):
+            agent = self._tracker.get(name)
+            if agent is None or not is_idle(agent, now):
+                return "skipped: no longer idle"
+            idle_s = agent.idle_for_s(now)
+            reason = f"idle for {idle_s:.0f}s (timeout {agent.idle_timeout_s:.0f}s)"
+            if dry_run:
+                action = self.action_for(agent, agent.labels)
+                self._lifecycle.record(name, action, reason, "sweep", dry_run=True)
+                logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
+                return "dry-run"
+            try:
+                return await self._act_locked(agent, now, reason)
+            except AgentNotFound as exc:
+                logger.warning("idle action on %s skipped: %s", name, exc.message)
+                return "skipped: " + exc.message
+
+    async def _act_locked(self, agent: Agent, now: datetime, reason: str) -> str:
+        name = agent.name
+        if (why := self._held_back()) is not None:
+            return "skipped: " + why
+        labels = await self._lifecycle.checked_labels(agent)
+        if self._refresh is not None:
+            await self._refresh()  # use reported elsewhere since the sweep began
+        fresh = self._tracker.get(name)
+        if fresh is None or not is_idle(fresh, now):
+            return "skipped: no longer idle"
+        try:
+            busy = await self._busy.check(fresh, labels)
+        except WatcherError as exc:
+            logger.warning("idle action on %s held back: the busy check failed: %s", name, exc)
+            return f"skipped: busy check failed: {exc.message}"
+        if busy is not None:
+            self._busy_now(name, busy)
+            return "skipped: " + busy.reason
+        # the lease may have run out, or a resync begun, during the looks
+        if (why := self._held_back()) is not None:
+            return "skipped: " + why
+        action = self.action_for(fresh, labels)
+        decided = self._clock.now()
+        logger.info("idle %s of %s %s: %s", action, agent.kind, name, reason)
+        if action == "pause":
+            await self._lifecycle.pause_locked(fresh)
+        else:
+            await self._lifecycle.stop_locked(fresh)
+        self._lifecycle.record(
+            name, action, reason, "sweep", started=decided, detail=f"replicas was {fresh.replicas}"
+        )
+        took_s = (self._clock.now() - decided).total_seconds()
+        if action == "scale_to_zero":
+            logger.info("scaled service %s to 0 (%s; took %.1fs)", name, reason, took_s)
+        else:
+            logger.info("%sd container %s (%s; took %.1fs)", action, name, reason, took_s)
+        return "acted"
+
+    def _busy_now(self, name: str, busy: Busy) -> None:
+        """A busy agent: its use counts now, on the feed and in the audit trail."""
+        self.skipped[busy.reason] = self.skipped.get(busy.reason, 0) + 1
+        self._tracker.touch(name, reason=busy.reason)
+        self._lifecycle.record(name, "idle_skipped", busy.reason, "sweep", detail=busy.detail)
+        logger.info("idle action on %s skipped: %s (%s)", name, busy.reason, busy.detail)
+
+    async def stop_paused(self, name: str, now: datetime, *, dry_run: bool) -> str:
+        """Stop an agent paused longer than its stop-after; says what happened."""
+        async with self._lifecycle.lock(name):
+            agent = self._tracker.get(name)
+            due = agent is not None and self.paused_too_long(agent, now)
+            if agent is None or not due or agent.paused_at is None:
+                return "skipped: no longer paused"
+            paused_s = (now - agent.paused_at).total_seconds()
+            reason = f"paused for {paused_s:.0f}s (stop-after {self.stop_after_s(agent):.0f}s)"
+            if dry_run:
+                self._lifecycle.record(name, "stop", reason, "sweep", dry_run=True)
+                return "dry-run"
+            if (why := self._held_back()) is not None:
+                return "skipped: " + why
+            try:
+                await self._lifecycle.checked_labels(agent)
+                if (why := self._held_back()) is not None:
+                    return "skipped: " + why
+                decided = self._clock.now()
+                await self._lifecycle.stop_locked(agent)
+            except AgentNotFound as exc:
+                return "skipped: " + exc.message
+            self._lifecycle.record(name, "stop", reason, "sweep", started=decided)
+            logger.info("stopped paused container %s (%s)", name, reason)
+            return "acted"
+
+    def paused_too_long(self, agent: Agent, now: datetime) -> bool:
+        """Whether a paused agent is due to be stopped."""
+        if agent.status is not Status.PAUSED or agent.paused_at is None:
+            return False
+        limit = self.stop_after_s(agent)
+        return limit is not None and (now - agent.paused_at).total_seconds() >= limit
+
+    def _warn_once(self, name: str, message: str) -> None:
+        if (name, message) not in self._warned:
+            self._warned.add((name, message))
+            logger.warning("agent %s: %s", name, message)
