@@ -87,6 +87,7 @@ async def run_node(settings: Settings) -> None:
         node_id=settings.node_id,
         report_interval_s=settings.report_interval,
         resync_interval_s=settings.resync_interval,
+        session_max_hold_s=settings.session_max_hold,
         backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
     )
     try:

@@ -148,7 +148,7 @@ class FakeDocker:
         return self.cpu.get(ref, 0.0)
 
     async def run_check(
-        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+        self, ref: str, argv: Sequence[str], timeout_s: float, own: Callable[[str], None]
     ) -> int | None:
         self._call("run_check")
         own(f"check-{self.calls['run_check']}")

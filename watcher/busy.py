@@ -21,6 +21,7 @@ from .models import Agent, Kind
 from .policy import BUSY_CPU_LABEL, busy_command, busy_cpu_percent
 from .ports import DockerGateway
 from .tracker import Tracker
+from .usage import busy_check_argv, is_busy_check
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +54,15 @@ class BusyCheck:
         containers = self._containers(agent)
         if not containers:
             return None  # a service with no task here: its nodes' reports are the word
+        hung = False
         for cid in containers:
-            if (busy := await self._sessions(cid)) is not None:
+            busy, check_running = await self._sessions(cid)
+            if busy is not None:
                 return busy
+            hung = hung or (cid == containers[0] and check_running)
         command = busy_command(labels)
-        if command is not None:
-            code = await self._docker.run_check(
-                containers[0], command, self._command_timeout_s, own=self._tracker.use.own
-            )
-            if code is None:
-                return Busy(
-                    "busy:command",
-                    f"{command!r} did not finish within {self._command_timeout_s:g}s",
-                )
-            if code == 0:
-                return Busy("busy:command", f"{command!r} exited 0")
+        if command is not None and (busy := await self._command(containers[0], command, hung)):
+            return busy
         threshold = self._cpu_threshold(agent.name, labels)
         if threshold is not None:
             for cid in containers:
@@ -76,27 +71,47 @@ class BusyCheck:
                     return Busy("busy:cpu", f"{share:.1f}% of a core >= {threshold:g}%")
         return None
 
+    async def _command(self, container_id: str, command: str, hung: bool) -> Busy | None:
+        """The busy-command's verdict; one that timed out earlier and still runs counts as
+        busy, and another is not started beside it."""
+        if hung:
+            return Busy("busy:command", f"{command!r} from an earlier check still runs")
+        code = await self._docker.run_check(
+            container_id,
+            busy_check_argv(command),
+            self._command_timeout_s,
+            own=self._tracker.use.own,
+        )
+        if code is None:
+            return Busy(
+                "busy:command", f"{command!r} did not finish within {self._command_timeout_s:g}s"
+            )
+        return Busy("busy:command", f"{command!r} exited 0") if code == 0 else None
+
     def _containers(self, agent: Agent) -> list[str]:
         if agent.kind is Kind.CONTAINER:
             return [agent.id]
         return sorted(self._tracker.local_tasks(agent.name))
 
-    async def _sessions(self, container_id: str) -> Busy | None:
+    async def _sessions(self, container_id: str) -> tuple[Busy | None, bool]:
+        """Somebody's running exec sessions in one container, as the engine lists them now;
+        and whether one of idlewatch's own busy-commands still runs there."""
         listing = await self._docker.open_execs(container_id)
         if listing is None:
-            return None
+            return None, False
+        use = self._tracker.use
         # what runs now is known from here on: its end counts as use when it comes
         self._tracker.recover_sessions(container_id, listing)
         running = [
             p
             for p in listing.execs
-            if p.running
-            and p.command != listing.healthcheck_cmd
-            and not self._tracker.use.is_own(p.id)
+            if use.is_users(listing, p) and not use.is_expired(container_id, p.id)
         ]
+        check_running = any(p.running and is_busy_check(p.command) for p in listing.execs)
         if not running:
-            return None
-        return Busy("busy:exec", f"{len(running)} open exec session(s): {running[0].command!r}")
+            return None, check_running
+        busy = Busy("busy:exec", f"{len(running)} open exec session(s): {running[0].command!r}")
+        return busy, check_running
 
     def _cpu_threshold(self, name: str, labels: Mapping[str, str]) -> float | None:
         try:

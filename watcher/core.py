@@ -116,7 +116,9 @@ class Watcher:
             held_back=self._held_back,
             refresh=self._replicas.merge_once,
         )
-        self._capacity = Capacity(self._lifecycle, self._tracker, busy, self.clock, s.max_awake)
+        self._capacity = Capacity(
+            self._lifecycle, self._tracker, busy, self.clock, s.max_awake, dry_run=s.dry_run
+        )
         self._registry = Registry(
             self._docker,
             self._tracker,
@@ -332,9 +334,16 @@ class Watcher:
     async def wait_for(
         self, name: str, predicate: Callable[[Agent | None], bool], timeout_s: float
     ) -> Agent | None:
-        """Wait until ``predicate(get(name))`` holds; raise TimeoutError after ``timeout_s``."""
-        async with asyncio.timeout(timeout_s):
-            return await self._signal.wait_until(lambda: self._tracker.get(name), predicate)
+        """Wait until ``predicate(get(name))`` holds; raise TimeoutError after ``timeout_s``
+        (its message shows the agent as last seen)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._signal.wait_until(lambda: self._tracker.get(name), predicate)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{name!r} did not reach the state waited for within {timeout_s:g}s; "
+                f"last seen: {self._tracker.get(name)}"
+            ) from None
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every change so far is committed to the database."""
@@ -372,7 +381,8 @@ class Watcher:
         status from before the restart is never the answer); a service's once the engine
         accepted the update (its tasks are then replaced one after another).
         """
-        agent, before_ns = await self._lifecycle.restart(name, actor=actor)
+        async with self._capacity.room_for(name):  # a restart starts a stopped container
+            agent, before_ns = await self._lifecycle.restart(name, actor=actor)
         await self._replicas.share_activity(agent, "restart")
         if agent.kind is Kind.SERVICE:
             return agent
@@ -430,13 +440,15 @@ class Watcher:
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""
         await self._refresh_specs()
-        engine_id = await self._registry.register(spec, actor=actor)
+        async with self._capacity.room_for(spec.name):
+            engine_id = await self._registry.register(spec, actor=actor)
         return await self._tracked(spec.name, engine_id)
 
     async def deploy(self, name: str, *, actor: str = "library") -> Agent:
         """(Re)deploy a registered agent; returns it once the engine reports it."""
         await self._refresh_specs()
-        engine_id = await self._registry.deploy(name, actor=actor)
+        async with self._capacity.room_for(name):
+            engine_id = await self._registry.deploy(name, actor=actor)
         return await self._tracked(name, engine_id)
 
     async def delete(self, name: str, *, actor: str = "library") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -321,16 +321,16 @@ class AioDockerGateway:
         return float(used) / float(elapsed) * float(cores) * 100.0
 
     async def run_check(
-        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+        self, ref: str, argv: Sequence[str], timeout_s: float, own: Callable[[str], None]
     ) -> int | None:
-        """Run ``sh -c command`` in the container and return its exit code; None when it
+        """Run ``argv`` in the container and return its exit code; None when it
         did not finish within ``timeout_s``. ``own`` is told the exec id before it starts, so
         its own events are never taken for somebody's use."""
         created = await self._json(
             "create exec",
             f"containers/{ref}/exec",
             "POST",
-            data={"Cmd": ["sh", "-c", command], "AttachStdout": True, "AttachStderr": True},
+            data={"Cmd": list(argv), "AttachStdout": True, "AttachStderr": True},
         )
         exec_id = str(created["Id"])
         own(exec_id)

@@ -11,7 +11,8 @@ Policy (read this first):
   use at that moment (reason ``busy:exec``, ``busy:cpu``, ``busy:command``), audited as a
   skipped action and published on the change feed.
 - A paused agent is stopped once paused for its ``idlewatch.stop-after`` (else the
-  ``pause_stop_after`` setting; ``never``: it stays paused).
+  ``pause_stop_after`` setting; ``never``: it stays paused), unless it is held as a
+  running one would be: idle timeout ``never``, an open session, a keep-alive.
 """
 
 from __future__ import annotations
@@ -130,9 +131,13 @@ class IdleActions:
         if busy is not None:
             self._busy_now(name, busy)
             return "skipped: " + busy.reason
-        # the lease may have run out, or a resync begun, during the looks
+        # the lease may have run out, or a resync begun, during the looks; a session may
+        # have opened, or a keep-alive been asked, while the checks ran
         if (why := self._held_back()) is not None:
             return "skipped: " + why
+        fresh = self._tracker.get(name)
+        if fresh is None or not is_idle(fresh, now):
+            return "skipped: no longer idle"
         action = self.action_for(fresh, labels)
         decided = self._clock.now()
         logger.info("idle %s of %s %s: %s", action, agent.kind, name, reason)
@@ -184,8 +189,14 @@ class IdleActions:
             return "acted"
 
     def paused_too_long(self, agent: Agent, now: datetime) -> bool:
-        """Whether a paused agent is due to be stopped."""
+        """Whether a paused agent is due to be stopped: paused longer than its stop-after,
+        and not held the way a running agent would be (``never`` idle, an open session,
+        a keep-alive)."""
         if agent.status is not Status.PAUSED or agent.paused_at is None:
+            return False
+        if agent.idle_timeout_s is None or agent.sessions > 0:
+            return False
+        if agent.keep_until is not None and agent.keep_until > now:
             return False
         limit = self.stop_after_s(agent)
         return limit is not None and (now - agent.paused_at).total_seconds() >= limit

@@ -89,9 +89,17 @@ class Lifecycle:
         """The agent's labels as the engine has them now; refuses (AgentNotFound) unless the
         engine still has it and it still carries the management label. The caller holds
         the agent's lock."""
+        labels, _ = await self.checked(agent)
+        return labels
+
+    async def checked(self, agent: Agent) -> tuple[Mapping[str, str], str | None]:
+        """:meth:`checked_labels`, with a container's state word as the engine has it now
+        (None for a service)."""
+        state: str | None = None
         if agent.kind is Kind.CONTAINER:
             info = await self._docker.inspect_container(agent.id)
             labels = info.labels if info is not None else None
+            state = info.state if info is not None else None
         else:
             sinfo = await self._docker.inspect_service(agent.id)
             labels = sinfo.labels if sinfo is not None else None
@@ -104,7 +112,7 @@ class Lifecycle:
             raise AgentNotFound(
                 f"{agent.name!r} does not carry {self._cfg.label}=true", agent=agent.name
             )
-        return labels
+        return labels, state
 
     def record(
         self,
@@ -141,11 +149,12 @@ class Lifecycle:
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
-                await self.checked_labels(agent)
+                _, state = await self.checked(agent)
                 with _gone_means_not_found(agent):
-                    if agent.status is Status.PAUSED:  # resumes in milliseconds
+                    # the engine's state now, not the table's (a pause event may be on its way)
+                    if state == "paused":  # resumes in milliseconds
                         await self._docker.unpause_container(agent.id)
-                    else:
+                    else:  # a running one answers 304: nothing happens
                         await self._docker.start_container(agent.id)
                 n = 1
             else:

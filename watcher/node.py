@@ -19,6 +19,9 @@ Policy (read this first):
   the running count. The first exec of a container waits for one look at it.
 - Reports are coalesced per service and written at most every ``report_interval_s``; a
   failed write is retried with capped backoff, and the retry sends the newest state.
+- Open sessions are re-reported every SESSIONS_REREPORT_S while they last (the leader
+  stops counting sessions a node no longer re-reports), and stop holding past
+  ``session_max_hold`` as on ``serve``.
 - Which services are managed comes from the store (``managed_services``), refreshed every
   ``refresh_interval_s`` and soon after an event of a service not known to be managed.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +50,7 @@ from .models import (
     ServiceInfo,
     Snapshot,
 )
-from .policy import SERVICE_ID_LABEL
+from .policy import SERVICE_ID_LABEL, SESSIONS_REREPORT_S
 from .ports import ActivityStore, Clock, DockerGateway
 from .tasks import cancel_and_wait
 from .usage import ContainerUse
@@ -169,9 +173,20 @@ class NodeActivity:
 
     def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
         """The engine's word on a task container's open exec sessions (after a gap)."""
-        if not self.use.recover(container_id, listing, self._clock.now()):
-            return
-        self._recount("resync")
+        now = self._clock.now()
+        found = self.use.recover(container_id, listing, now)
+        touched = []
+        if found.ended:  # its end is use now (the exec_die may never be seen)
+            for sid, state in self.services.items():
+                if container_id in state.tasks:
+                    state.last_activity = max(state.last_activity or now, now)
+                    state.event, state.event_at = "session ended", now
+                    self.dirty.add(sid)
+                    touched.append(sid)
+        if found.changed:
+            self._recount("resync")
+        if touched:
+            self._on_change(touched)
 
     def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
         """Sessions open longer than ``max_hold_s`` stop holding (named in a warning once)."""
@@ -280,9 +295,12 @@ class NodeReporter:
         report_interval_s: float = 1.0,
         refresh_interval_s: float = 5.0,
         resync_interval_s: float | None = None,
+        session_max_hold_s: float | None = None,
         backoff: Callable[[int], float] | None = None,
     ) -> None:
         self._store = activity
+        self._session_max_hold_s = session_max_hold_s
+        self._sessions_reported_at = 0.0  # monotonic time of the last re-report
         self.source = f"node:{node_id}"
         self._clock = clock or SystemClock()
         self._report_interval_s = report_interval_s
@@ -361,6 +379,19 @@ class NodeReporter:
         self.reports_written += len(reports)
         return len(reports)
 
+    def keep_sessions_reported(self, force: bool = False) -> None:
+        """Sessions past ``session_max_hold`` stop holding; open sessions are re-reported
+        every SESSIONS_REREPORT_S, which tells the leader this node still holds them."""
+        self.activity.expire_sessions(self._clock.now(), self._session_max_hold_s)
+        now = time.monotonic()
+        if not force and now - self._sessions_reported_at < SESSIONS_REREPORT_S:
+            return
+        self._sessions_reported_at = now
+        held = [sid for sid, st in self.activity.services.items() if st.sessions]
+        if held:
+            self.activity.dirty.update(held)
+            self._after_change(held)
+
     def _after_change(self, sids: list[str]) -> None:
         if any(sid in self.managed for sid in sids):
             self._flush_wake.set()
@@ -371,6 +402,7 @@ class NodeReporter:
     async def _refresh_loop(self) -> None:
         while True:
             self._refresh_wake.clear()
+            self.keep_sessions_reported()
             try:
                 await self.refresh_once()
             except StoreError as exc:

@@ -20,6 +20,11 @@ IDLE_ACTION_LABEL = "idlewatch.idle-action"
 STOP_AFTER_LABEL = "idlewatch.stop-after"
 IDLE_ACTIONS = ("stop", "pause")
 SERVICE_ID_LABEL = "com.docker.swarm.service.id"
+#: a node re-reports a service's open sessions this often while there are any, and the
+#: leader stops counting a node's sessions not re-reported for STALE_SESSIONS_S (a node
+#: that died with a session open must not hold its service awake for ever)
+SESSIONS_REREPORT_S = 30.0
+STALE_SESSIONS_S = 3 * SESSIONS_REREPORT_S
 #: set on everything idlewatch deployed itself: only that may be removed by it
 DEPLOYED_LABEL = "idlewatch.deployed"
 

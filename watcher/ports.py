@@ -93,9 +93,9 @@ class DockerGateway(Protocol):
         ...
 
     async def run_check(
-        self, ref: str, command: str, timeout_s: float, own: Callable[[str], None]
+        self, ref: str, argv: Sequence[str], timeout_s: float, own: Callable[[str], None]
     ) -> int | None:
-        """Run ``sh -c command`` in a container: its exit code, None past ``timeout_s``;
+        """Run ``argv`` in a container: its exit code, None past ``timeout_s``;
         ``own`` is told the exec id before it starts."""
         ...
 

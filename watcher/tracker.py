@@ -32,6 +32,7 @@ from .models import (
     freeze,
 )
 from .policy import (
+    STALE_SESSIONS_S,
     container_status,
     idle_timeout_s,
     is_managed,
@@ -68,8 +69,9 @@ class Tracker:
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
-        #: open sessions in a service's tasks reported by each node: name -> source -> count
-        self._remote_sessions: dict[str, dict[str, int]] = {}
+        #: open sessions in a service's tasks reported by each node, and when the latest
+        #: report of them came in (this clock): name -> source -> (count, received)
+        self._remote_sessions: dict[str, dict[str, tuple[int, datetime]]] = {}
         self.use = ContainerUse()
         self._bad_timeout_logged: set[str] = set()
         self._seq = 0
@@ -216,7 +218,7 @@ class Tracker:
         report, whichever is more (a manager that also runs `idlewatch node` reports its
         own tasks' sessions too: adding both would count them twice)."""
         local = sum(self.use.count(t) for t in self._local_tasks.get(name, ()))
-        remote = sum(self._remote_sessions.get(name, {}).values())
+        remote = sum(n for n, _ in self._remote_sessions.get(name, {}).values())
         return max(local, remote)
 
     def _apply_service_event(self, ev: EngineEvent) -> Need:
@@ -469,19 +471,25 @@ class Tracker:
         return True
 
     def note_sessions(self, name: str, source: str, sessions: int) -> None:
-        """Open sessions a node reports in a service's tasks there."""
+        """Open sessions a node reports in a service's tasks there (each report of open
+        sessions renews them: see :data:`~idlewatch.policy.STALE_SESSIONS_S`)."""
         agent = self.agents.get(name)
         if agent is None or agent.kind is not Kind.SERVICE:
             return
         by_source = self._remote_sessions.setdefault(name, {})
-        if by_source.get(source, 0) == sessions:
-            return
-        by_source[source] = sessions
-        self._update(agent, f"sessions on {source}", {"sessions": self._service_sessions(name)})
+        before = by_source.get(source, (0, None))[0]
+        if sessions:
+            by_source[source] = (sessions, self._clock.now())
+        else:
+            by_source.pop(source, None)
+        if before != sessions:
+            self._update(agent, f"sessions on {source}", {"sessions": self._service_sessions(name)})
 
     def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
         """Sessions open longer than ``max_hold_s`` stop holding their agent (a forgotten
-        terminal); each is named in a warning once."""
+        terminal); each is named in a warning once. A node's sessions not re-reported
+        for STALE_SESSIONS_S stop holding too (the node is gone or cut off)."""
+        self._expire_remote_sessions(now)
         for cid, session in self.use.expire(now, max_hold_s):
             name = self._owner(cid)
             logger.warning(
@@ -493,6 +501,26 @@ class Tracker:
             )
             if name is not None:
                 self._refresh_sessions(name, "session past session_max_hold")
+
+    def _expire_remote_sessions(self, now: datetime) -> None:
+        for name, by_source in list(self._remote_sessions.items()):
+            stale = [
+                src
+                for src, (_, received) in by_source.items()
+                if (now - received).total_seconds() > STALE_SESSIONS_S
+            ]
+            for src in stale:
+                count, received = by_source.pop(src)
+                logger.warning(
+                    "agent %s: %d open session(s) reported by %s no longer hold it: not "
+                    "re-reported since %s (the node is gone or cut off)",
+                    name,
+                    count,
+                    src,
+                    received.isoformat(),
+                )
+            if stale:
+                self._refresh_sessions(name, "node sessions not re-reported")
 
     def _owner(self, container_id: str) -> str | None:
         """The agent a container belongs to: itself, or the service it is a task of."""
@@ -532,11 +560,17 @@ class Tracker:
         return ids
 
     def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
-        """The engine's word on a container's open exec sessions (after a gap)."""
-        if self.use.recover(container_id, listing, self._clock.now()):
-            name = self._owner(container_id)
-            if name is not None:
-                self._refresh_sessions(name, "sessions recovered from the engine")
+        """The engine's word on a container's open exec sessions (after a gap); a session
+        that ended meanwhile counts as use now (its exec_die may never be seen)."""
+        found = self.use.recover(container_id, listing, self._clock.now())
+        name = self._owner(container_id)
+        if name is None or not (found.changed or found.ended):
+            return
+        if found.ended:
+            agent = self.agents.get(name)
+            if agent is not None:
+                self._emit(_touched(agent, self._clock.now()), agent, "session ended")
+        self._refresh_sessions(name, "sessions recovered from the engine")
 
     def remember_replicas(self, name: str, replicas: int) -> None:
         """Remember what a later start should bring a service back to."""

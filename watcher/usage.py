@@ -5,7 +5,8 @@ Policy (read this first):
 - A container's healthcheck runs as exec sessions at every interval, with nothing marking
   them as the healthcheck but their command, so the first exec of a container waits until
   the container was looked at once (:meth:`ContainerUse.needs_look`). After that an exec
-  is use unless its command is the healthcheck's; idlewatch's own execs (a busy-command)
+  is use unless its command is the healthcheck's; idlewatch's own execs (a busy-command,
+  run as ``sh -c CMD idlewatch-busy-check`` so that any idlewatch process recognises it)
   are never use.
 - An exec someone opened is an open session from its ``exec_start`` to its ``exec_die``;
   both ends are use, so the idle clock starts when the last session closes.
@@ -15,6 +16,7 @@ Policy (read this first):
   reading is "attached until the process is gone", bounded by ``session_max_hold``.
 - Sessions lost to a gap in the stream are recovered from the engine (the container's
   running exec ids, each exec's own inspect: :meth:`ContainerUse.recover`), never guessed;
+  a session that ended during the gap counts as use when the recovery finds it gone;
   attaches leave no trace there and cannot be recovered.
 - A session open longer than ``session_max_hold`` stops holding (:meth:`expire`).
 """
@@ -26,12 +28,35 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .clock import from_ns
-from .models import ContainerExecs, EngineEvent
+from .models import ContainerExecs, EngineEvent, ExecProcess
 from .policy import is_use
 
 #: the container's process is gone: every session in it ended
 _PROCESS_ENDS = frozenset({"die", "destroy"})
 OWN_EXECS_KEPT = 1000  # idlewatch's own execs remembered (a few per idle check)
+#: the last argument of every busy-command idlewatch runs (``sh -c CMD <mark>``: the mark is
+#: the shell's $0), so any idlewatch process, after a restart or on another node, tells
+#: such an exec from somebody's by its command alone
+BUSY_CHECK_MARK = "idlewatch-busy-check"
+
+
+def busy_check_argv(command: str) -> list[str]:
+    """How a busy-command is run inside a container."""
+    return ["sh", "-c", command, BUSY_CHECK_MARK]
+
+
+def is_busy_check(command: str) -> bool:
+    """Whether an exec's command (as events and exec inspect show it) is idlewatch's own
+    busy-command."""
+    return command.startswith("sh -c ") and command.endswith(" " + BUSY_CHECK_MARK)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a recovery from the engine changed."""
+
+    changed: bool  # the open sessions differ from what was known
+    ended: bool  # a session known open has ended meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +121,7 @@ class ContainerUse:
 
     def _exec(self, ev: EngineEvent) -> bool:
         cid, exec_id = ev.actor_id, ev.attributes.get("execID", "")
-        if exec_id in self._own:
+        if exec_id in self._own or is_busy_check(ev.detail):
             return False
         if ev.action == "exec_die":
             sessions = self._open.get(cid)
@@ -143,24 +168,36 @@ class ContainerUse:
                     newly.append((cid, session))
         return newly
 
-    def recover(self, container_id: str, listing: ContainerExecs, now: datetime) -> bool:
+    def is_users(self, listing: ContainerExecs, proc: ExecProcess) -> bool:
+        """Whether a running exec the engine lists is somebody's session (not the
+        healthcheck's, not idlewatch's own)."""
+        if not proc.running or proc.id in self._own or is_busy_check(proc.command):
+            return False
+        return listing.healthcheck_cmd is None or proc.command != listing.healthcheck_cmd
+
+    def recover(self, container_id: str, listing: ContainerExecs, now: datetime) -> Recovered:
         """Make the container's exec sessions what the engine says runs in it now (after a
-        gap in the stream); attaches, which leave no trace there, stay as they are. True
-        when the open sessions changed."""
+        gap in the stream); attaches, which leave no trace there, stay as they are. Says
+        whether the open sessions changed, and whether one of them ended meanwhile (an end
+        is use: the caller counts it now, as its exec_die may never be seen)."""
         self._healthcheck[container_id] = listing.healthcheck_cmd
         before = self._open.get(container_id, {})
         kept = {sid: s for sid, s in before.items() if s.kind == "attach"}
         for proc in listing.execs:
-            if not proc.running or proc.id in self._own:
-                continue
-            if listing.healthcheck_cmd is not None and proc.command == listing.healthcheck_cmd:
-                continue
-            kept[proc.id] = before.get(proc.id) or Session(proc.id, "exec", now, proc.command)
+            if self.is_users(listing, proc):
+                kept[proc.id] = before.get(proc.id) or Session(proc.id, "exec", now, proc.command)
+        ended = [sid for sid in before if sid not in kept]
+        for sid in ended:
+            self._expired.discard((container_id, sid))
         if kept:
             self._open[container_id] = kept
         else:
             self._open.pop(container_id, None)
-        return set(kept) != set(before)
+        return Recovered(changed=set(kept) != set(before), ended=bool(ended))
+
+    def is_expired(self, container_id: str, session_id: str) -> bool:
+        """Whether a session was open longer than the max hold (it holds nothing)."""
+        return (container_id, session_id) in self._expired
 
     # ------------------------------------------------------------ forgetting
     def forget(self, container_id: str) -> None:

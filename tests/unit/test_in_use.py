@@ -212,3 +212,52 @@ async def test_keep_for_over_the_maximum_is_a_400_naming_it(
             assert f"# TYPE {name}" in text
     finally:
         await client.close()
+
+
+async def test_an_exec_past_the_max_hold_no_longer_makes_the_busy_check_busy(
+    watcher: tuple[FakeDocker, Watcher, ManualClock],
+) -> None:
+    """A forgotten `docker exec -it bash` still runs on the engine: past session_max_hold
+    the live check must not count it either (else the agent never sleeps)."""
+    docker, w, clock = watcher
+    docker.streams[-1].queue.put_nowait(
+        event("exec_start", "c1", "a", 1, detail="bash", execID="e1")
+    )
+    await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
+    docker.execs["c1"] = [ExecProcess("e1", "bash", running=True)]
+    clock.advance(5 * 60)
+    assert (await w.sweep_once()).outcomes.get("a") is None  # held by its session
+    clock.advance(6 * 60)  # 11 min: past the 10 min max hold
+    assert (await w.sweep_once()).outcomes["a"] == "acted"
+
+
+async def test_the_cap_holds_when_start_events_are_late(
+    watcher: tuple[FakeDocker, Watcher, ManualClock],
+) -> None:
+    """The fake engine sends no event of its own: every start stays "just started" (not in
+    the table) and must still count, and be the last to be evicted."""
+    docker, w, _clock = watcher
+    docker.containers["c4"] = box("c4", "d", "exited")
+    docker.streams[-1].queue.put_nowait(event("create", "c4", "d", 1))
+    await w.wait_for("d", lambda a: a is not None, 5)
+    for name in ("c", "d", "a"):
+        await w.start(name)
+        running = [cid for cid, c in docker.containers.items() if c.state in ("running", "paused")]
+        assert len(running) <= 2, (name, running, docker.acted)
+    stopped = [ref for action, ref in docker.acted if action == "stop_container"]
+    assert stopped == ["c1", "c2", "c3"], docker.acted  # a, then b, then c: least recent first
+    assert w.status().evictions == 3
+
+
+async def test_a_paused_agent_in_use_or_never_idle_is_not_stopped_after_stop_after(
+    watcher: tuple[FakeDocker, Watcher, ManualClock],
+) -> None:
+    docker, w, clock = watcher
+    clock.advance(120)
+    assert (await w.sweep_once()).outcomes["b"] == "acted"  # paused
+    docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 120))
+    await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
+    await w.touch("b", keep_for_s=3600)  # a keep-alive asked while it sleeps
+    clock.advance(600)  # past the 5m stop-after
+    assert (await w.sweep_once()).outcomes.get("b") is None
+    assert ("stop_container", "c2") not in docker.acted

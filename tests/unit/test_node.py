@@ -381,3 +381,27 @@ async def test_close_writes_what_is_pending(docker: FakeDocker, store: FakeStore
     found = row(store)
     assert found is not None and found.last_activity == at(9)
     await rep.close()  # twice is fine
+
+
+async def test_open_sessions_are_re_reported_and_expire_past_the_max_hold(
+    docker: FakeDocker, store: FakeStore
+) -> None:
+    """While a session is open the node re-reports it (the leader's proof that it still
+    holds); past session_max_hold it stops holding, as on serve."""
+    clock = ManualClock(T0)
+    rep = NodeReporter(docker, store, node_id="n1", clock=clock, session_max_hold_s=600)
+    await rep.refresh_once()
+    rep.activity.apply(tev("start", t=1))
+    rep.activity.apply(tev("attach", t=2))
+    assert await rep.flush_once() == 1
+    rep.keep_sessions_reported(force=True)  # a re-report although nothing changed
+    assert await rep.flush_once() == 1
+    found = row(store)
+    assert found is not None and found.sessions == 1
+    clock.advance(700)  # the attach opened at 2 s: now open 698 s
+    rep.keep_sessions_reported(force=True)
+    assert await rep.flush_once() == 1
+    found = row(store)
+    assert found is not None and found.sessions == 0
+    rep.keep_sessions_reported(force=True)  # nothing open: nothing to re-report
+    assert await rep.flush_once() == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from idlewatch.clock import ManualClock, to_ns
 from idlewatch.models import (
@@ -16,6 +18,7 @@ from idlewatch.models import (
     Status,
     freeze,
 )
+from idlewatch.policy import STALE_SESSIONS_S
 from idlewatch.tracker import Tracker
 
 from tests.fakes import ChangeLog
@@ -208,3 +211,22 @@ def test_touch_and_rename() -> None:
     assert tr.touch("box").last_activity == clock.now()
     tr.apply(cev("rename", t=2, name="crate", oldName="/box"))
     assert "box" not in tr.agents and tr.agents["crate"].id == "c1"
+
+
+def test_node_sessions_not_re_reported_stop_holding_with_a_warning(caplog: Any) -> None:
+    """A node that died with a session open must not hold its service awake for ever."""
+    tr, _changes, clock = make()
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 1, 1), "s1")
+    tr.note_sessions("svc", "node:w1", 2)
+    assert tr.agents["svc"].sessions == 2
+    clock.advance(STALE_SESSIONS_S - 1)
+    tr.note_sessions("svc", "node:w1", 2)  # re-reported: renewed
+    clock.advance(STALE_SESSIONS_S - 1)
+    tr.expire_sessions(clock.now(), None)
+    assert tr.agents["svc"].sessions == 2
+    clock.advance(2)
+    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    tr.expire_sessions(clock.now(), None)
+    assert tr.agents["svc"].sessions == 0
+    (warned,) = [r.getMessage() for r in caplog.records if "node:w1" in r.getMessage()]
+    assert "svc" in warned and "no longer hold" in warned

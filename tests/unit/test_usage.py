@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from idlewatch.clock import to_ns
 from idlewatch.models import ContainerExecs, EngineEvent, EventType, ExecProcess, freeze
-from idlewatch.usage import OWN_EXECS_KEPT, ContainerUse
+from idlewatch.usage import OWN_EXECS_KEPT, ContainerUse, busy_check_argv, is_busy_check
 
 T0 = datetime(2026, 8, 1, tzinfo=UTC)
 HEALTH = "/bin/sh -c true"
@@ -39,6 +39,9 @@ def test_idlewatchs_own_exec_is_neither_use_nor_a_session() -> None:
     assert use.observe(ev("exec_start", detail="test -e /busy", execID="mine")) is False
     assert use.count("c1") == 0
     assert use.observe(ev("exec_die", 1, execID="mine")) is False
+    marked = "sh -c test -e /busy idlewatch-busy-check"
+    assert use.observe(ev("exec_start", detail=marked, execID="other-process")) is False
+    assert is_busy_check(marked) and not is_busy_check("test -e /busy")
     # a user's exec of the very same command is use
     assert use.observe(ev("exec_start", 2, detail="test -e /busy", execID="theirs")) is True
     assert use.count("c1") == 1
@@ -86,12 +89,16 @@ def test_recover_keeps_running_user_execs_and_attaches_only() -> None:
             ExecProcess("done", "ls", running=False),  # still listed after it ended
             ExecProcess("h", HEALTH, running=True),
             ExecProcess("mine", "test -e /busy", running=True),
+            # idlewatch's busy-command run by another process (a restart, another node)
+            ExecProcess("x9", "sh -c test -e /busy idlewatch-busy-check", running=True),
         ),
     )
-    assert use.recover("c1", listing, T0) is True
+    found = use.recover("c1", listing, T0)
+    assert found.changed and found.ended  # e1 found; "stale" ended while nobody watched
     assert sorted(s.id for s in use.sessions("c1") if s.kind == "exec") == ["e1"]
     assert use.count("c1") == 2  # e1 and the attach
-    assert use.recover("c1", listing, T0) is False  # nothing changed
+    again = use.recover("c1", listing, T0)
+    assert not again.changed and not again.ended
 
 
 def test_keep_only_and_forget_drop_gone_containers_and_own_ids_are_bounded() -> None:
@@ -105,3 +112,8 @@ def test_keep_only_and_forget_drop_gone_containers_and_own_ids_are_bounded() -> 
     for i in range(OWN_EXECS_KEPT + 5):
         use.own(f"x{i}")
     assert not use.is_own("x0") and use.is_own(f"x{OWN_EXECS_KEPT + 4}")
+
+
+def test_the_busy_check_argv_carries_the_mark_events_show() -> None:
+    argv = busy_check_argv("test -e /busy")
+    assert argv[:2] == ["sh", "-c"] and is_busy_check(" ".join(argv))
