@@ -14,6 +14,7 @@ from .limits import GUARD, ConnectionGuard
 from .metrics import Metrics
 from .openapi import routes as openapi_routes
 from .routes import routes as rest_routes
+from .wake import routes as wake_routes
 from .ws import Feed, close_all, feed_ctx
 from .ws import routes as ws_routes
 
@@ -36,7 +37,11 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
             guard.middleware,  # first: it must see every request, refused ones included
             metrics.middleware(),
             error_middleware,
-            auth_middleware(token),
+            auth_middleware(
+                token,
+                wake_token=settings.wake_token.get_secret_value() if settings.wake_token else None,
+                wake_open=settings.wake_open,
+            ),
         ],
         client_max_size=settings.max_body_bytes,
     )
@@ -49,6 +54,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[FEED] = Feed(settings.ws_max_buffer_bytes)
     app.cleanup_ctx.append(feed_ctx)
     app.add_routes(rest_routes)
+    app.add_routes(wake_routes)
     app.add_routes(ws_routes)
     app.add_routes(openapi_routes)
     app.on_shutdown.append(close_all)

@@ -108,6 +108,13 @@ def serve(config: str | None, **flags: Any) -> None:
         )
         sys.exit(2)
     _setup_logging(settings.log_level)
+    if settings.wake_open and not is_loopback(settings.host):
+        logger.warning(
+            "wake_open is on and the API listens on %s: anyone who reaches it can wake any "
+            "managed agent through /api/wake and /api/strategies/* (they can never stop "
+            "one); set wake_token and turn wake_open off unless only your proxy reaches it",
+            settings.host,
+        )
     from idlewatch import WatcherError
 
     from .runtime import run_server

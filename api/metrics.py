@@ -143,6 +143,18 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         [_line("idlewatch_evictions_total", status.evictions)],
     )
     out += _family(
+        "idlewatch_wake_requests_total",
+        "counter",
+        "Wake requests (/api/wake, Sablier's strategies, Watcher.wake) answered.",
+        [_line("idlewatch_wake_requests_total", status.wake_requests)],
+    )
+    out += _family(
+        "idlewatch_wake_starts_total",
+        "counter",
+        "Starts caused by wake requests (one per sleeping agent, however many asked at once).",
+        [_line("idlewatch_wake_starts_total", status.wake_starts)],
+    )
+    out += _family(
         "idlewatch_agents",
         "gauge",
         "Tracked agents by status.",

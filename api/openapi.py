@@ -244,6 +244,7 @@ SCHEMAS: dict[str, Any] = {
             "updated_at",
             "sessions",
             "keep_until",
+            "health",
         ],
         "additionalProperties": False,
         "properties": {
@@ -270,6 +271,12 @@ SCHEMAS: dict[str, Any] = {
                 "format": "date-time",
                 "description": "kept awake until then (a touch with keep_for); null: none",
             },
+            "health": {
+                "type": ["string", "null"],
+                "enum": ["starting", "healthy", "unhealthy", None],
+                "description": "a container's healthcheck verdict; null: no healthcheck (or "
+                "not known yet). A wake waits for healthy.",
+            },
         },
     },
     "Error": {
@@ -286,6 +293,95 @@ SCHEMAS: dict[str, Any] = {
                     "field": {"type": ["string", "null"]},
                 },
             }
+        },
+    },
+    "WakeAgent": {
+        "type": "object",
+        "required": ["name", "kind", "status", "replicas", "running", "ready"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["service", "container"]},
+            "status": {"type": "string", "enum": [s.value for s in Status]},
+            "replicas": {"type": "integer", "minimum": 0},
+            "running": {"type": "integer", "minimum": 0},
+            "ready": {"type": "boolean"},
+        },
+    },
+    "WakeReady": {
+        "type": "object",
+        "required": ["status", "looked_up", "agents"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"const": "ready"},
+            "looked_up": {"type": "string", "description": "names a,b / group g / host h"},
+            "agents": {"type": "array", "items": _ref("WakeAgent")},
+        },
+    },
+    "WakeNotReady": {
+        "allOf": [_ref("Error")],
+        "required": ["status", "looked_up", "agents"],
+        "properties": {
+            "status": {"const": "not-ready"},
+            "looked_up": {"type": "string"},
+            "agents": {"type": "array", "items": _ref("WakeAgent")},
+        },
+    },
+    "SablierSession": {
+        "type": "object",
+        "required": ["session"],
+        "properties": {
+            "session": {
+                "type": "object",
+                "required": ["instances", "status"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ready", "not-ready"]},
+                    "instances": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["instance", "error"],
+                            "properties": {
+                                "instance": {
+                                    "type": "object",
+                                    "required": [
+                                        "name",
+                                        "currentReplicas",
+                                        "desiredReplicas",
+                                        "status",
+                                    ],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "currentReplicas": {"type": "integer", "minimum": 0},
+                                        "desiredReplicas": {"type": "integer", "minimum": 0},
+                                        "status": {
+                                            "type": "string",
+                                            "enum": ["ready", "not-ready", "unrecoverable"],
+                                        },
+                                    },
+                                },
+                                "error": {"type": ["string", "null"]},
+                            },
+                        },
+                    },
+                },
+            },
+            "error": {"type": "object", "description": "on 504: code timeout"},
+        },
+    },
+    "Group": {
+        "type": "object",
+        "required": ["name", "awake", "ready", "members"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "awake": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "members running, starting or paused",
+            },
+            "ready": {"type": "boolean", "description": "every member runs"},
+            "members": {"type": "array", "items": _ref("Agent")},
         },
     },
     "TimeoutError": {
@@ -357,7 +453,7 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string"},
             "actor": {
                 "type": "string",
-                "enum": ["sweep", "api", "library", "reconcile", "capacity"],
+                "enum": ["sweep", "api", "library", "reconcile", "capacity", "wake"],
             },
             "ok": {"type": "boolean"},
             "dry_run": {"type": "boolean"},
@@ -388,6 +484,11 @@ def _int_upto(limit: int) -> str:
     return "(" + "|".join(parts) + ")"
 
 
+def positive_duration_pattern(max_s: float) -> str:
+    """:func:`keep_for_pattern` without zero (a timeout of 0 is refused)."""
+    return "^(?! *0+(\\.0+)?([sSmMhHdD]|[mM][sS])? *$)" + keep_for_pattern(max_s)[1:]
+
+
 def keep_for_pattern(max_s: float) -> str:
     """Durations up to ``max_s`` in one unit (what the document can bound; the server takes
     compound ones too, up to the same limit)."""
@@ -400,8 +501,219 @@ def keep_for_pattern(max_s: float) -> str:
         ("[hH]", 3600),
         ("[dD]", 86400),
     ]
-    forms = [f"{_int_upto(int(whole / per))}{unit}" for unit, per in units]
+    forms = [f"{_upto(int(whole / per))}{unit}" for unit, per in units]
     return "^ *(" + "|".join(forms) + ") *$"
+
+
+def _upto(limit: int) -> str:
+    """An ECMA regex of the decimal numbers 0..limit, fractions included (``0.5``)."""
+    if limit == 0:
+        return "0(\\.0+)?"
+    return f"({_int_upto(limit - 1)}(\\.[0-9]+)?|{limit}(\\.0+)?)"
+
+
+def _qp(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+        **extra,
+    }
+
+
+def _duration_param(name: str, max_s: float, description: str, *, positive: bool) -> Any:
+    pattern = positive_duration_pattern(max_s) if positive else keep_for_pattern(max_s)
+    return _qp(name, {"type": "string", "pattern": pattern}, description)
+
+
+_NAMES = _qp(
+    "names",
+    {"type": "array", "items": {"type": "string", "pattern": "^[^,]*\\S[^,]*$"}},
+    "agents to wake: repeated (names=a&names=b); comma-separated works too",
+    style="form",
+    explode=True,
+)
+_GROUP = _qp("group", {"type": "string", "pattern": "\\S"}, "a group to wake (names win)")
+_WAKE_STATUS = {
+    "X-Idlewatch-Status": {
+        "schema": {"type": "string", "enum": ["ready", "not-ready"]},
+        "description": "ready: every agent runs",
+    }
+}
+_SABLIER_STATUS = {
+    "X-Sablier-Session-Status": {
+        "schema": {"type": "string", "enum": ["ready", "not-ready"]},
+        "description": "what Sablier's proxy plugins branch on",
+    }
+}
+_WAKE_REFUSED = {
+    "400": _err("Bad parameters (named in field)"),
+    "401": _err("Missing or wrong bearer token (api_token or wake_token; none with wake_open)"),
+    "404": _err("Nothing matches what was looked up: names, group, or the request's host"),
+    "409": _err("A start would wake more than max_awake agents (code capacity)"),
+    "503": _err("The Docker engine or the database is unavailable"),
+}
+
+
+def _html(description: str, headers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": headers,
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+
+
+def _wake_paths(max_keep_for_s: float) -> dict[str, Any]:
+    """The wake routes: forward-auth, Sablier's strategies, and groups."""
+    keep_for = _duration_param(
+        "keep_for",
+        max_keep_for_s,
+        "keep the agents awake this long (default wake_keep_for; at most max_keep_for)",
+        positive=False,
+    )
+    session = _duration_param(
+        "session_duration",
+        max_keep_for_s,
+        "Sablier's name for keep_for (default wake_keep_for; at most max_keep_for)",
+        positive=False,
+    )
+    timeout = _duration_param(
+        "timeout", 300, "how long to wait for the agents (default wake_timeout)", positive=True
+    )
+    wake_params = [
+        _NAMES,
+        _GROUP,
+        timeout,
+        keep_for,
+        _qp(
+            "wait",
+            {"type": "string", "enum": ["page"]},
+            "page: answer a 503 waiting page at once when not ready within 1 s",
+        ),
+    ]
+    wake_ok = {
+        "description": "Every agent runs",
+        "headers": _WAKE_STATUS,
+        "content": {"application/json": {"schema": _ref("WakeReady")}},
+    }
+    wake_late = {
+        "description": "Not every agent runs within timeout",
+        "headers": _WAKE_STATUS,
+        "content": {"application/json": {"schema": _ref("WakeNotReady")}},
+    }
+    wake = _op(
+        "Wake on request (forward-auth): start what sleeps, answer once all run",
+        {
+            "200": wake_ok,
+            **_WAKE_REFUSED,
+            "503": {
+                **_html("wait=page: not ready yet; a page that reloads itself", _WAKE_STATUS),
+                "description": "wait=page and not ready yet: a waiting page that reloads "
+                "itself (Retry-After); or the engine or database unavailable (JSON)",
+                "content": {
+                    "text/html": {"schema": {"type": "string"}},
+                    "application/json": {"schema": _ref("Error")},
+                },
+            },
+            "504": wake_late,
+        },
+        params=wake_params,
+        tag="wake",
+    )
+    wake["description"] = (
+        "Which agents: names, else group, else the request's X-Forwarded-Host (else Host, "
+        "port ignored) matched against the hosts label. Every call keeps them awake for "
+        "keep_for. It only ever starts and touches. No body is needed; one sent is ignored."
+    )
+    session_ok = {
+        "description": "Every instance is ready",
+        "headers": _SABLIER_STATUS,
+        "content": {"application/json": {"schema": _ref("SablierSession")}},
+    }
+    session_late = {
+        "description": "Not ready within timeout",
+        "headers": _SABLIER_STATUS,
+        "content": {"application/json": {"schema": _ref("SablierSession")}},
+    }
+    group_ok = _json(_ref("Group"), "The group")
+    group_errors = {**_AGENT_ERRORS, "404": _err("No managed agent in that group")}
+    return {
+        "/api/wake": {"get": wake, "post": {**wake, "summary": "The same wake, by POST"}},
+        "/api/strategies/blocking": {
+            "get": _op(
+                "Sablier's blocking strategy: hold the request until every instance is ready",
+                {"200": session_ok, **_WAKE_REFUSED, "504": session_late},
+                params=[_NAMES, _GROUP, session, timeout],
+                tag="sablier",
+            )
+        },
+        "/api/strategies/dynamic": {
+            "get": _op(
+                "Sablier's dynamic strategy: start what sleeps, answer a waiting page at once",
+                {
+                    "200": _html(
+                        "The waiting page; the header says whether the instances are ready",
+                        _SABLIER_STATUS,
+                    ),
+                    **_WAKE_REFUSED,
+                },
+                params=[
+                    _NAMES,
+                    _GROUP,
+                    session,
+                    _qp("display_name", {"type": "string"}, "the page's title"),
+                    _qp(
+                        "theme",
+                        {
+                            "type": "string",
+                            "enum": ["ghost", "shuffle", "hacker-terminal", "matrix"],
+                        },
+                        "Sablier's theme names (light or dark)",
+                    ),
+                    _qp(
+                        "show_details",
+                        {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        "list each instance's status",
+                    ),
+                    _duration_param(
+                        "refresh_frequency", 3600, "how often the page reloads", positive=True
+                    ),
+                ],
+                tag="sablier",
+            )
+        },
+        "/api/groups": {
+            "get": _op(
+                "Every group (the group_label label) with its members",
+                {
+                    "200": _json({"type": "array", "items": _ref("Group")}, "Groups"),
+                    **_COMMON_ERRORS,
+                },
+                tag="groups",
+            )
+        },
+        "/api/groups/{name}": {
+            "get": _op("One group", {"200": group_ok, **group_errors}, params=[_NAME], tag="groups")
+        },
+        "/api/groups/{name}/start": {
+            "post": _op(
+                "Start every member that is not running",
+                {"200": group_ok, **group_errors},
+                params=[_NAME],
+                tag="groups",
+            )
+        },
+        "/api/groups/{name}/stop": {
+            "post": _op(
+                "Stop every member that is awake",
+                {"200": group_ok, **group_errors},
+                params=[_NAME],
+                tag="groups",
+            )
+        },
+    }
 
 
 _SERVICE_RESTART = (
@@ -512,6 +824,7 @@ def document(max_replicas: int = 10, max_keep_for_s: float = 86400.0) -> dict[st
                 tag="feed",
             )
         },
+        **_wake_paths(max_keep_for_s),
         "/api/openapi.json": {
             "get": _op(
                 "This document",

@@ -296,6 +296,7 @@ def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
         "updated_at": _iso(agent.updated_at),
         "sessions": agent.sessions,
         "keep_until": _iso(agent.keep_until) if agent.keep_until is not None else None,
+        "health": agent.health,
     }
 
 

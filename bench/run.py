@@ -13,7 +13,15 @@ from typing import Any
 
 from tests.private_engine import PrivateEngine, ensure_installed
 
-from . import engine_figures, ingest, load_figures, small_figures, wake_figures, ws_figures
+from . import (
+    engine_figures,
+    ingest,
+    load_figures,
+    small_figures,
+    wake_check,
+    wake_figures,
+    ws_figures,
+)
 from .common import machine, stats
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -110,6 +118,12 @@ async def collect() -> dict[str, dict[str, Any]]:
         )
         print("wake: paused, stopped (30 tries each), service at 0 (20 tries) ...", flush=True)
         figures.update(_wake(await wake_figures.run(engine)))
+        print(
+            "wake on request: /api/wake under 200 clients vs a bare handler, 3 x 2 runs;"
+            " cold through nginx vs a bare start ...",
+            flush=True,
+        )
+        figures.update(_wake_check(await wake_check.checks(engine), await wake_check.cold(engine)))
     finally:
         engine.cleanup()
 
@@ -183,6 +197,56 @@ def _wake(wake: dict[str, Any]) -> dict[str, dict[str, Any]]:
             added_p99_ms=round(w["added_p99_ms"], 2),
         )
     return out
+
+
+def _wake_check(hot: dict[str, Any], cold: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 14's figures: the wake check's hot path and a cold wake through nginx."""
+    ours = [r["per_s"] for r in hot["ours"]]
+    bare = [r["per_s"] for r in hot["bare"]]
+    p99 = [r["p99_ms"] for r in hot["ours"]]
+    errors = sum(r["errors"] for r in hot["ours"] + hot["bare"])
+    ratios = hot["ratios"]
+    return {
+        "wake_check_per_s": fig(
+            statistics.median(ours),
+            "requests/s",
+            ">= 0.5 x the bare handler",
+            f"GET /api/wake for a running agent, {wake_check.CLIENTS} keep-alive clients, "
+            f"{wake_check.SECONDS:g} s a run, {len(ours)} runs alternated with the bare one; "
+            f"ratio to the bare handler {statistics.median(ratios):.2f} (spread "
+            f"{min(ratios):.2f}-{max(ratios):.2f}); errors {errors}",
+            spread=stats(ours),
+            ratio_to_bare=round(statistics.median(ratios), 3),
+            runs=[round(x, 1) for x in ours],
+        ),
+        "wake_check_p99_ms": fig(
+            statistics.median(p99),
+            "ms",
+            "-",
+            f"median of the runs' p99; bare handler's p99 "
+            f"{statistics.median([r['p99_ms'] for r in hot['bare']]):.1f} ms",
+            spread=stats(p99),
+        ),
+        "wake_check_bare_per_s": fig(
+            statistics.median(bare),
+            "requests/s",
+            "reference",
+            "a bare aiohttp handler answering 200 with the same header, its own process, "
+            "same client, same run",
+            spread=stats(bare),
+            runs=[round(x, 1) for x in bare],
+        ),
+        "wake_cold_ms": fig(
+            cold["ours"]["median"],
+            "ms",
+            "-",
+            f"a request through nginx (config/nginx-wake.conf) for a stopped container until "
+            f"the upstream answers, median of {cold['tries']}; a bare docker start of it, "
+            f"same run: {cold['bare']['median']:.0f} ms (the engine's own time)",
+            spread=cold["ours"],
+            bare=cold["bare"],
+        ),
+    }
 
 
 async def _load() -> dict[str, dict[str, Any]]:

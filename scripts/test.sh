@@ -10,12 +10,16 @@ source scripts/_venv.sh
 
 # Debian packages the suite needs: a Docker engine (run privately by the tests), a static
 # busybox (the test image), Chromium (the dashboard's browser test, driven by Playwright),
-# and the PostgreSQL server binaries (the tests run a private cluster: tests/private_postgres.py).
+# the PostgreSQL server binaries (the tests run a private cluster: tests/private_postgres.py),
+# and nginx and Caddy (the wake tests put them in front of idlewatch).
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v chromium >/dev/null || missing+=(chromium)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# the wake tests run real proxies from config/ on loopback (tests/integration/proxies.py)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v caddy >/dev/null || missing+=(caddy)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

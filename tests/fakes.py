@@ -74,6 +74,10 @@ class FakeDocker:
         self.cpu: dict[str, float] = {}  # container id -> CPU percent of one core
         self.check_codes: dict[str, int | None] = {}  # container id -> busy-command exit
         self.violations: list[tuple[str, str]] = []  # actions on something not managed
+        #: emit the events a real engine would for start, stop, pause and unpause
+        self.lively = False
+        #: a start waits for this, when set (to hold many wakes on one start)
+        self.start_gate: asyncio.Event | None = None
 
     def _act(self, call: str, ref: str) -> None:
         """Record an action and whether its target carried the management label then."""
@@ -137,11 +141,17 @@ class FakeDocker:
         self._act("pause_container", ref)
         await self._wait_gate()
         self.containers[ref] = replace(self.containers[ref], state="paused")
+        self._lively(ref, "pause")
 
     async def unpause_container(self, ref: str) -> None:
         self._call("unpause_container")
         self._act("unpause_container", ref)
         self.containers[ref] = replace(self.containers[ref], state="running")
+        self._lively(ref, "unpause")
+
+    def _lively(self, ref: str, action: str) -> None:
+        if self.lively:
+            self.emit(ref, action)
 
     async def cpu_percent(self, ref: str) -> float:
         self._call("cpu_percent")
@@ -157,13 +167,19 @@ class FakeDocker:
     async def start_container(self, ref: str) -> None:
         self._call("start_container")
         self._act("start_container", ref)
+        if self.start_gate is not None:
+            await self.start_gate.wait()
+        was = self.containers[ref].state
         self.containers[ref] = replace(self.containers[ref], state="running")
+        if was != "running":
+            self._lively(ref, "start")
 
     async def stop_container(self, ref: str, timeout_s: float) -> None:
         self._call("stop_container")
         self._act("stop_container", ref)
         await self._wait_gate()
         self.containers[ref] = replace(self.containers[ref], state="exited")
+        self._lively(ref, "die")
 
     async def restart_container(self, ref: str, timeout_s: float) -> None:
         self._call("restart_container")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .settings import Settings, load_settings
     from .status import Health, WatcherStatus
     from .sweeper import SweepReport
+    from .wake import WakeResult
 
 _LAZY = {
     "Watcher": ".core",
@@ -44,6 +45,7 @@ _LAZY = {
     "WatcherStatus": ".status",
     "LeaderInfo": ".replicas",
     "SweepReport": ".sweeper",
+    "WakeResult": ".wake",
 }
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "SubscriberLagged",
     "SweepReport",
     "SystemClock",
+    "WakeResult",
     "Watcher",
     "WatcherError",
     "WatcherStatus",

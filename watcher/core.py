@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 
 from .bus import ChangeBus, ChangeSignal
@@ -26,11 +26,12 @@ from .deploy import DeployConfig, Registry
 from .docker import AioDockerGateway
 from .errors import AgentNotFound, EngineError, InvalidOperation, StoreError, WatcherError
 from .events import Enricher, StreamSupervisor, exponential_backoff
+from .groups import LabelIndex
 from .hub import Hub
 from .idle import IdleActions, IdleConfig
 from .leader import Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
-from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
+from .models import ACTIVE_STATUSES, Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
 from .replicas import STORE_CALL_TIMEOUT_S, ActivityMerger, Replicas
 from .settings import Settings, load_settings
@@ -38,6 +39,7 @@ from .status import Health, WatcherStatus
 from .store import SqlStore
 from .sweeper import Sweeper, SweepReport
 from .tracker import Tracker
+from .wake import WakeConfig, Waker, WakeResult
 from .writer import CommitObserver, StoreWriter
 
 logger = logging.getLogger(__name__)
@@ -76,11 +78,12 @@ class Watcher:
         )
         self._hub = Hub(s.subscriber_queue_size)
         self._signal = ChangeSignal()
+        self._index = LabelIndex(s.group_label, s.hosts_label)
         self._tracker = Tracker(
             label=s.label,
             default_idle_timeout_s=s.idle_timeout,
             clock=self.clock,
-            bus=ChangeBus([self._writer, self._hub, self._signal]),
+            bus=ChangeBus([self._index, self._writer, self._hub, self._signal]),
         )
         enricher = Enricher(self._docker, self._tracker)
         self._replicas = Replicas(
@@ -138,6 +141,17 @@ class Watcher:
             held_back=self._held_back,
             removed_retention_s=s.removed_retention,
             prepare=self._replicas.merge_once,
+            groups_of=self._index.groups_of,
+            members=self._index.members,
+        )
+        self._waker = Waker(
+            self._tracker,
+            self._index,
+            self.clock,
+            WakeConfig(s.wake_keep_for, s.wake_timeout, s.max_keep_for),
+            start=lambda name: self.start(name, actor="wake"),
+            wait_for=self.wait_for,
+            share=lambda agent: self._replicas.report_use(agent, "wake"),
         )
         self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
         self._started = False
@@ -172,6 +186,7 @@ class Watcher:
         try:
             self._store.claim()  # one actor per database
             self._tracker.load(await self._store.load_agents())
+            self._index.load(self._tracker.agents.values())
             self._registry.load(await self._store.load_specs())
         except StoreError:
             await self._store.close()
@@ -196,6 +211,7 @@ class Watcher:
         if not self._started:
             return
         self._started = False
+        await self._waker.close()
         await self._sweeper.close()
         await self._stream.close()
         await self._writer.close()  # while still leading: the last rows are this replica's
@@ -267,6 +283,8 @@ class Watcher:
             sessions_open=sum(a.sessions for a in self._tracker.agents.values()),
             idle_skipped={r: 0 for r in BUSY_REASONS} | self._idle.skipped,
             evictions=self._capacity.evictions,
+            wake_requests=self._waker.requests,
+            wake_starts=self._waker.starts,
         )
 
     async def health_changes(self) -> AsyncIterator[Health]:
@@ -436,6 +454,63 @@ class Watcher:
         agent = await self._lifecycle.touch(name, actor=actor, keep_until=keep_until)
         await self._replicas.share_activity(agent, "touch")
         return agent
+
+    # -------------------------------------------------------------- waking
+    def wake_targets(
+        self, names: Sequence[str] = (), group: str | None = None, host: str | None = None
+    ) -> tuple[list[Agent], str]:
+        """The agents a wake would name (``names``, else ``group``, else ``host``), and
+        how they were looked up; AgentNotFound naming what was looked up when none."""
+        return self._waker.resolve(names, group, host)
+
+    async def wake(
+        self,
+        names: Sequence[str] = (),
+        group: str | None = None,
+        host: str | None = None,
+        *,
+        keep_for_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> WakeResult:
+        """Wake on request (watcher/wake.py): note use with a keep-alive (default
+        ``wake_keep_for``), start what sleeps (once, however many ask), and wait until all
+        run, at most ``timeout_s`` (default ``wake_timeout``); never stops anything."""
+        agents, looked_up = self._waker.resolve(names, group, host)
+        return await self._waker.wake(agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s)
+
+    def groups(self) -> dict[str, list[Agent]]:
+        """Every group (the ``group_label`` label) with its tracked members, by name."""
+        out = {}
+        for group, members in self._index.groups().items():
+            agents = [a for m in sorted(members) if (a := self._tracker.get(m)) is not None]
+            if agents:
+                out[group] = agents
+        return out
+
+    def group(self, group: str) -> list[Agent]:
+        """A group's members; AgentNotFound when no tracked agent is in it."""
+        members = self.groups().get(group)
+        if not members:
+            raise AgentNotFound(f"no managed agent in group {group!r}", agent=None)
+        return members
+
+    async def start_group(self, group: str, *, actor: str = "library") -> list[Agent]:
+        """Start every member of a group that is not running (each through :meth:`start`)."""
+        members = self.group(group)
+        for agent in members:
+            if agent.status not in (Status.RUNNING, Status.STARTING, Status.RESTARTING):
+                await self.start(agent.name, actor=actor)
+        return self.group(group)
+
+    async def stop_group(self, group: str, *, actor: str = "library") -> list[Agent]:
+        """Stop every member of a group that is awake (each through :meth:`stop`)."""
+        members = self.group(group)
+        for agent in members:
+            if agent.status in ACTIVE_STATUSES or agent.status is Status.PAUSED:
+                if agent.kind is Kind.SERVICE and agent.replicas == 0:
+                    continue
+                await self.stop(agent.name, actor=actor)
+        return self.group(group)
 
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""

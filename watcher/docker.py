@@ -510,7 +510,16 @@ def _container_from_list(item: dict[str, Any]) -> ContainerInfo:
         image=item.get("Image", ""),
         state=item.get("State", "exited"),
         labels=freeze(item.get("Labels") or {}),
+        health=_health_in_status(str(item.get("Status") or "")),
     )
+
+
+def _health_in_status(text: str) -> str | None:
+    """The health a listing's Status shows: "Up 3 minutes (healthy)", "(health: starting)"."""
+    for word in ("unhealthy", "healthy", "health: starting"):
+        if f"({word})" in text:
+            return word.removeprefix("health: ")
+    return None
 
 
 def _container_from_inspect(raw: dict[str, Any]) -> ContainerInfo:
@@ -523,6 +532,7 @@ def _container_from_inspect(raw: dict[str, Any]) -> ContainerInfo:
         state=(raw.get("State") or {}).get("Status", "exited"),
         labels=freeze(config.get("Labels") or {}),
         healthcheck_cmd=healthcheck_command(health.get("Test"), config.get("Shell")),
+        health=((raw.get("State") or {}).get("Health") or {}).get("Status") or None,
     )
 
 

@@ -34,6 +34,13 @@ from .tracker import Tracker
 logger = logging.getLogger(__name__)
 
 
+def at_rest_and_not_running(agent: Agent) -> bool:
+    """Nothing runs in it: stopped, paused, or a service scaled to 0."""
+    if agent.kind is Kind.SERVICE:
+        return agent.replicas == 0 or agent.running == 0
+    return agent.status is not Status.RUNNING
+
+
 @dataclass(frozen=True, slots=True)
 class IdleConfig:
     """Plain values the idle actions need from the settings."""
@@ -154,6 +161,26 @@ class IdleActions:
         else:
             logger.info("%sd container %s (%s; took %.1fs)", action, name, reason, took_s)
         return "acted"
+
+    async def first_busy(self, names: list[str]) -> str | None:
+        """The first of ``names`` (a group's members) the live check finds busy, as
+        ``"<name> busy:<reason>"``; None when none is. Each is checked under its own lock,
+        paused and stopped members are skipped (they run nothing); a busy one is handled
+        as by :meth:`act` (use now, audited, on the feed)."""
+        for name in names:
+            async with self._lifecycle.lock(name):
+                agent = self._tracker.get(name)
+                if agent is None or at_rest_and_not_running(agent):
+                    continue
+                try:
+                    labels = await self._lifecycle.checked_labels(agent)
+                    busy = await self._busy.check(agent, labels)
+                except AgentNotFound:
+                    continue  # gone, or no longer managed: it holds nothing
+                if busy is not None:
+                    self._busy_now(name, busy)
+                    return f"{name} {busy.reason}"
+        return None
 
     def _busy_now(self, name: str, busy: Busy) -> None:
         """A busy agent: its use counts now, on the feed and in the audit trail."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import AgentNotFound, EngineError, InvalidOperation, WatcherError
-from .models import Agent, AuditEntry, Kind, Status
+from .models import Agent, AuditEntry, ContainerInfo, Kind, Status
 from .policy import container_status, is_managed, service_status
 from .ports import Clock, DockerGateway
 from .tracker import Tracker
@@ -92,14 +92,13 @@ class Lifecycle:
         labels, _ = await self.checked(agent)
         return labels
 
-    async def checked(self, agent: Agent) -> tuple[Mapping[str, str], str | None]:
-        """:meth:`checked_labels`, with a container's state word as the engine has it now
-        (None for a service)."""
-        state: str | None = None
+    async def checked(self, agent: Agent) -> tuple[Mapping[str, str], ContainerInfo | None]:
+        """:meth:`checked_labels`, with a container as the engine has it now (None for a
+        service)."""
+        info: ContainerInfo | None = None
         if agent.kind is Kind.CONTAINER:
             info = await self._docker.inspect_container(agent.id)
             labels = info.labels if info is not None else None
-            state = info.state if info is not None else None
         else:
             sinfo = await self._docker.inspect_service(agent.id)
             labels = sinfo.labels if sinfo is not None else None
@@ -112,7 +111,7 @@ class Lifecycle:
             raise AgentNotFound(
                 f"{agent.name!r} does not carry {self._cfg.label}=true", agent=agent.name
             )
-        return labels, state
+        return labels, info
 
     def record(
         self,
@@ -149,13 +148,16 @@ class Lifecycle:
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
-                _, state = await self.checked(agent)
+                _, info = await self.checked(agent)
                 with _gone_means_not_found(agent):
                     # the engine's state now, not the table's (a pause event may be on its way)
-                    if state == "paused":  # resumes in milliseconds
+                    if info is not None and info.state == "paused":  # resumes in milliseconds
                         await self._docker.unpause_container(agent.id)
                     else:  # a running one answers 304: nothing happens
                         await self._docker.start_container(agent.id)
+                        if info is not None and info.state != "running" and info.healthcheck_cmd:
+                            # checked again from scratch: not healthy until it says so
+                            self._tracker.note_health(name, "starting")
                 n = 1
             else:
                 n = replicas if replicas is not None else max(agent.restore_replicas, 1)

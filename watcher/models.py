@@ -67,6 +67,9 @@ class Agent(NamedTuple):
     keep_until: datetime | None = None
     #: since when a paused agent has been paused (its ``stop-after`` counts from it)
     paused_at: datetime | None = None
+    #: a container's healthcheck verdict (``starting``, ``healthy``, ``unhealthy``);
+    #: None: no healthcheck, or not known yet. Not stored: the engine says it again.
+    health: str | None = None
 
     def idle_for_s(self, now: datetime) -> float:
         """Seconds since the last activity (never negative)."""
@@ -162,6 +165,7 @@ class ContainerInfo:
     state: str  # the engine's state word
     labels: Mapping[str, str]
     healthcheck_cmd: str | None = None  # exec command of its healthcheck, when inspected
+    health: str | None = None  # starting, healthy or unhealthy; None: no healthcheck
 
     @property
     def service_id(self) -> str | None:

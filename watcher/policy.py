@@ -165,6 +165,17 @@ def cutoff(now: datetime, seconds: float) -> datetime:
         return _DAWN
 
 
+def at_rest(agent: Agent | None, now: datetime) -> bool:
+    """True when an agent costs nothing, or is idle: what every member of a group must be
+    before the group's members get their idle actions (a stopped, paused or scaled-to-0
+    member is at rest; a running one must be idle)."""
+    if agent is None or agent.status not in ACTIVE_STATUSES:
+        return True
+    if agent.kind is Kind.SERVICE and agent.replicas == 0:
+        return True
+    return is_idle(agent, now)
+
+
 def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
     """The idle ones among ``agents``, longest idle first (same rule as :func:`is_idle`).
 

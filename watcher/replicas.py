@@ -156,9 +156,8 @@ class Replicas:
         new leader starts from the newest activity."""
         return await self._merger.merge_once()
 
-    async def share_activity(self, agent: Agent, event: str) -> None:
-        """API use is reported through the store, by the leader too: whoever leads next
-        must count it (each replica merges every report, so all of them agree)."""
+    def report_use(self, agent: Agent, event: str) -> None:
+        """Queue a report of use seen here (no wait): see :meth:`share_activity`."""
         report = ActivityReport(
             agent.name,
             f"replica:{self.leadership.replica_id}",
@@ -168,6 +167,11 @@ class Replicas:
             keep_until=agent.keep_until,
         )
         self._writer.put_activity(report)  # the one writer: batched, retried, never lost
+
+    async def share_activity(self, agent: Agent, event: str) -> None:
+        """API use is reported through the store, by the leader too: whoever leads next
+        must count it (each replica merges every report, so all of them agree)."""
+        self.report_use(agent, event)
         if self.is_leader:
             return  # the leader's own tracker has it already, under the agent's lock
         try:  # a follower answers once the leader can read it

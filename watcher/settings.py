@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -178,6 +185,40 @@ class Settings(BaseSettings):
         "first stops the least recently used one that is not busy, not kept alive and not "
         "`never` (409 `capacity` when none can be); none by default.",
     )
+    wake_timeout: DurationS = Field(
+        default=30.0,
+        description="How long a wake request (`/api/wake`, the Sablier blocking route) waits "
+        "for its agents to run before answering 504 `not-ready` (`?timeout=` per request).",
+        json_schema_extra={"default_text": "`30s`"},
+    )
+    wake_keep_for: DurationS = Field(
+        default=300.0,
+        description="Every wake request keeps its agents awake this long (`?keep_for=`, "
+        "Sablier's `session_duration`, per request; at most `max_keep_for`).",
+        json_schema_extra={"default_text": "`5m`"},
+    )
+    wake_token: SecretStr | None = Field(
+        default=None,
+        description="A token that can only wake (the wake and Sablier routes), for proxy "
+        "configs; they accept `api_token` too.",
+    )
+    wake_open: bool = Field(
+        default=False,
+        description="The wake and Sablier routes (and only them) need no token, for proxy "
+        "plugins that cannot send a header; `serve` warns when the host is not loopback.",
+    )
+    group_label: str = Field(
+        default="idlewatch.group",
+        min_length=1,
+        description="The label naming an agent's groups (comma-separated); Sablier's is "
+        "`sablier.group`.",
+    )
+    hosts_label: str = Field(
+        default="idlewatch.hosts",
+        min_length=1,
+        description="The label naming the host names (comma-separated) a wake request "
+        "without `names` or `group` matches against its `X-Forwarded-Host`, else `Host`.",
+    )
     resync_interval: TimeoutS = Field(
         default=300.0,
         description="How often the engine is listed again while the events stream is up, "
@@ -274,6 +315,8 @@ class Settings(BaseSettings):
         "request_timeout",
         "busy_command_timeout",
         "max_keep_for",
+        "wake_timeout",
+        "wake_keep_for",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -304,7 +347,15 @@ class Settings(BaseSettings):
             raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return value.upper()
 
-    @field_validator("api_token")
+    @field_validator("wake_keep_for")
+    @classmethod
+    def _within_max_keep_for(cls, value: float, info: ValidationInfo) -> float:
+        limit = info.data.get("max_keep_for")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most max_keep_for ({limit:g}s)")
+        return value
+
+    @field_validator("api_token", "wake_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():

@@ -61,6 +61,10 @@ class WatcherStatus:
     idle_skipped: Mapping[str, int] = field(default_factory=dict)
     #: agents put to sleep to make room under max_awake
     evictions: int = 0
+    #: wake requests answered (any outcome), and the starts they caused (one per agent
+    #: however many requests asked at once)
+    wake_requests: int = 0
+    wake_starts: int = 0
 
     @property
     def ready(self) -> bool:

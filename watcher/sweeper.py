@@ -3,20 +3,21 @@
 A sweep with nothing idle makes no engine call at all; each candidate is re-checked live
 (inside :meth:`IdleActions.act`: its label, use elsewhere, the busy check) before anything
 is stopped or paused. Paused agents past their stop-after are stopped; sessions open longer
-than ``session_max_hold`` stop holding their agents first.
+than ``session_max_hold`` stop holding their agents first. An agent in a group waits for
+its whole group (every member at rest, none busy): the members go to sleep together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import WatcherError
 from .idle import IdleActions
-from .policy import cutoff, idle_agents
+from .policy import at_rest, cutoff, idle_agents
 from .ports import Clock
 from .tasks import cancel_and_wait
 from .tracker import Tracker
@@ -50,7 +51,11 @@ class Sweeper:
         held_back: Callable[[], str | None] = lambda: None,
         removed_retention_s: float | None = None,
         prepare: Callable[[], Awaitable[object]] | None = None,
+        groups_of: Callable[[str], Iterable[str]] = lambda name: (),
+        members: Callable[[str], Iterable[str]] = lambda group: (),
     ) -> None:
+        self._groups_of = groups_of
+        self._members = members
         self._tracker = tracker
         self._idle = idle
         self._session_max_hold_s = session_max_hold_s
@@ -80,12 +85,17 @@ class Sweeper:
             await self._prepare()
         self._tracker.expire_sessions(now, self._session_max_hold_s)
         await self._stop_paused(report, now)
+        held_by_group: dict[str, str | None] = {}  # group -> why it is held (None: it is not)
         for agent in idle_agents(self._tracker.agents.values(), now):
             if self._dry_run and self._dry_reported.get(agent.name) == agent.last_activity:
                 continue  # already reported for this idle period
             report.candidates.append(agent.name)
             try:
-                outcome = await self._idle.act(agent.name, now, dry_run=self._dry_run)
+                why = await self._group_holds(agent.name, now, held_by_group)
+                if why is not None:
+                    outcome = "skipped: " + why
+                else:
+                    outcome = await self._idle.act(agent.name, now, dry_run=self._dry_run)
             except WatcherError as exc:
                 outcome = f"failed: {exc}"
                 logger.warning("idle action on %s failed: %s", agent.name, exc)
@@ -95,6 +105,29 @@ class Sweeper:
         self.sweeps += 1
         self.last = report
         return report
+
+    async def _group_holds(
+        self, name: str, now: datetime, checked: dict[str, str | None]
+    ) -> str | None:
+        """Why an idle agent's groups hold it awake (None: they do not). A group is idle
+        only when every member is at rest; then each awake member is checked busy (once
+        per sweep) before any of them is acted on, so the members go to sleep together
+        or not at all."""
+        for group in self._groups_of(name):
+            if group not in checked:
+                members = sorted(self._members(group))
+                agents = [self._tracker.get(m) for m in members]
+                awake = [a for a in agents if a is not None and not at_rest(a, now)]
+                if awake:
+                    checked[group] = f"group {group}: {awake[0].name} is not idle"
+                elif self._dry_run:
+                    checked[group] = None
+                else:
+                    busy = await self._idle.first_busy([a.name for a in agents if a])
+                    checked[group] = f"group {group}: {busy}" if busy else None
+            if checked[group] is not None:
+                return checked[group]
+        return None
 
     async def _stop_paused(self, report: SweepReport, now: datetime) -> None:
         due = [a for a in self._tracker.agents.values() if self._idle.paused_too_long(a, now)]

@@ -139,6 +139,10 @@ class Tracker:
             if when > agent.last_activity:
                 changes["last_activity"] = when
         changes["sessions"] = self.use.count(ev.actor_id)
+        if ev.action == "health_status" and ev.detail:
+            changes["health"] = ev.detail
+        elif ev.action in ("start", "restart") and agent.health is not None:
+            changes["health"] = "starting"  # the engine checks it again from scratch
         if ev.action == "destroy":
             self._drop_id(ev.actor_id)
         return changes
@@ -395,6 +399,7 @@ class Tracker:
             paused_at=((base.paused_at if base else None) or now)
             if status is Status.PAUSED
             else None,
+            health=c.health if c.health is not None else (base.health if base else None),
         )
         agent = _with_container_status(agent, status)
         if status in _RUNNING_LIKE and not was_running and not fresh:
@@ -571,6 +576,12 @@ class Tracker:
             if agent is not None:
                 self._emit(_touched(agent, self._clock.now()), agent, "session ended")
         self._refresh_sessions(name, "sessions recovered from the engine")
+
+    def note_health(self, name: str, health: str | None) -> None:
+        """A container's healthcheck verdict, as a live look found it (a start: starting)."""
+        agent = self.agents.get(name)
+        if agent is not None and agent.health != health:
+            self._emit(agent._replace(health=health), agent, f"health {health}")
 
     def remember_replicas(self, name: str, replicas: int) -> None:
         """Remember what a later start should bring a service back to."""

@@ -4,6 +4,7 @@
   const TOKEN_KEY = "idlewatch-token";
   const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
   const agents = new Map();
+  let groups = new Map(); // group name -> Set of member names (GET /api/groups)
   const $ = (sel) => document.querySelector(sel);
   let socket = null;
   let health = null; // readiness from the feed: {ready, reasons, checks}
@@ -76,11 +77,14 @@
   function render() {
     const tbody = $("#agents tbody");
     const filter = $("#filter").value.trim().toLowerCase();
+    const group = $("#group").value;
+    const members = group ? groups.get(group) || new Set() : null;
     const now = Date.now();
     const rows = [];
     for (const a of [...agents.values()].sort((x, y) => x.name.localeCompare(y.name))) {
       const hay = (a.name + " " + a.kind + " " + a.status).toLowerCase();
       if (filter && !hay.includes(filter)) continue;
+      if (members && !members.has(a.name)) continue;
       const tr = document.createElement("tr");
       tr.dataset.name = a.name;
       tr.appendChild(cell(a.name, "name"));
@@ -165,7 +169,9 @@
         for (const a of msg.agents) agents.set(a.name, a);
         health = msg.health || null;
         showHealth();
+        loadGroups();
       } else if (msg.type === "change") {
+        if (!agents.has(msg.agent.name)) loadGroups();
         agents.set(msg.agent.name, msg.agent);
       } else if (msg.type === "health") {
         health = msg;
@@ -174,6 +180,25 @@
       render();
     };
     socket.onclose = () => { socket = null; retry(); };
+  }
+
+  // groups change with labels only: read them at connect, and when an agent appears
+  async function loadGroups() {
+    try {
+      const r = await fetch(base + "api/groups", { headers: headers() });
+      if (!r.ok) return;
+      groups = new Map((await r.json()).map((g) => [g.name, new Set(g.members.map((m) => m.name))]));
+    } catch (e) {
+      return;
+    }
+    const select = $("#group");
+    const chosen = select.value;
+    const options = [new Option("all groups", "")];
+    for (const name of [...groups.keys()].sort()) options.push(new Option(name, name));
+    select.replaceChildren(...options);
+    select.value = groups.has(chosen) ? chosen : "";
+    select.hidden = groups.size === 0 && !chosen;
+    render();
   }
 
   function retry() {
@@ -189,6 +214,7 @@
     connect();
   });
   $("#filter").addEventListener("input", render);
+  $("#group").addEventListener("change", render);
   setInterval(render, 1000);
   connect();
 })();

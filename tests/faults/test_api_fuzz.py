@@ -45,6 +45,7 @@ KNOWN = ("fuzz-c", "fuzz-s", "fuzz-r")
 EXAMPLES = 40  # cases per operation and mode (~28 pairs): 15-50 s on this 2-core machine
 CALL_TIMEOUT_S = 30.0  # a hang is a defect too: requests raises and the case fails
 MAX_WAIT_S = 5  # start?wait=running&timeout= is capped: an agent that never runs costs 5 s
+GROUP = "fuzz"  # fuzz-c's group
 #: /api/ws is fuzzed as plain HTTP, which cannot follow an upgrade: it answers 400 (or 401)
 #: only. The 101 and the feed itself are covered by tests/integration/test_api.py.
 NO_SUCCESS_OVER_HTTP = {"GET /api/ws"}
@@ -69,8 +70,10 @@ def no_server_fault(ctx: Any, response: Any, case: Case) -> bool | None:
     status = response.status_code
     if status == 502 and _runs_generated_command(case):
         return None
-    if status == 504 and case.path.endswith("/start"):
-        return None
+    if status == 504 and case.path.endswith(("/start", "/api/wake", "/strategies/blocking")):
+        return None  # the documented timeout of a wait
+    if status == 503 and case.path == "/api/wake" and (case.query or {}).get("wait") == "page":
+        return None  # the documented waiting page
     assert status < 500, f"{status} {response.text[:300]}"
     return None
 
@@ -109,7 +112,11 @@ class Fuzz:
 def served(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
     """A real `idlewatch serve` process with three running agents: a discovered container,
     a discovered service and one registered through the API."""
-    integration.run_container(engine, KNOWN[0])
+    # fuzz-c is in group "fuzz" and answers for the host the fuzz client sends, so that a
+    # wake naming no agent (host-based) and the group routes reach their success paths
+    integration.run_container(
+        engine, KNOWN[0], labels={"idlewatch.group": GROUP, "idlewatch.hosts": "127.0.0.1"}
+    )
     integration.create_service(engine, KNOWN[1])
     proc = ServeProcess(
         engine,
@@ -174,9 +181,23 @@ def _deployable(case: Case) -> Case:
     return case
 
 
+def _known_names(case: Case) -> Case:
+    case.query = {**(case.query or {}), "names": [KNOWN[0]]}
+    case.query.pop("group", None)
+    return case
+
+
+def _known_group(case: Case) -> Case:
+    case.query = {**(case.query or {}), "group": GROUP}
+    case.query.pop("names", None)
+    return case
+
+
 def _capped_wait(case: Case) -> Case:
     if case.query and isinstance(case.query.get("timeout"), int | float):
         case.query["timeout"] = min(case.query["timeout"], MAX_WAIT_S)
+    elif case.query and isinstance(case.query.get("timeout"), str):
+        case.query["timeout"] = f"{MAX_WAIT_S}s"  # a wake's duration: capped the same
     return case
 
 
@@ -190,9 +211,15 @@ def _strategy(op: APIOperation, mode: GenerationMode) -> st.SearchStrategy[Case]
     base = op.as_strategy(generation_mode=mode, headers=AUTH)
     parts = [base]
     if any(p.name == "name" for p in op.path_parameters):
+        known = [GROUP] if op.path.startswith("/api/groups/") else KNOWN
         parts += [
             op.as_strategy(generation_mode=mode, headers=AUTH, path_parameters={"name": n})
-            for n in KNOWN
+            for n in known
+        ]
+    if mode is GenerationMode.POSITIVE and any(p.name == "names" for p in op.query):
+        parts += [  # the wake routes: known agents, and the known group
+            base.map(_known_names),
+            base.map(_known_group),
         ]
     if mode is not GenerationMode.POSITIVE:
         return st.one_of(parts)

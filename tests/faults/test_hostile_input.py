@@ -79,6 +79,12 @@ SETTINGS = [
     "MAX_BODY_BYTES",
     "LOG_LEVEL",
     "API_TOKEN",
+    "WAKE_TIMEOUT",
+    "WAKE_KEEP_FOR",
+    "WAKE_TOKEN",
+    "WAKE_OPEN",
+    "GROUP_LABEL",
+    "HOSTS_LABEL",
 ]
 
 
@@ -190,3 +196,50 @@ def test_any_keep_for_is_kept_or_refused_with_a_4xx_naming_it(keep_for: Any) -> 
         assert 400 <= exc.status < 500 and exc.field == "keep_for"
         return
     assert seconds is None or 0 <= seconds < float("inf")
+
+
+wake_texts = st.text(max_size=25) | st.sampled_from(
+    ["-5m", "1e400", "99999d", "25h", "0", "0.0", "301", "1h30m", "never", " 5s ", "5 s", "nan"]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["timeout", "keep_for", "session_duration", "refresh_frequency"]), wake_texts
+)
+def test_any_wake_duration_is_taken_or_refused_with_a_400_naming_it(key: str, text: str) -> None:
+    from urllib.parse import urlencode
+
+    from aiohttp.test_utils import make_mocked_request
+    from idlewatch.api.errors import ApiError
+    from idlewatch.api.wake import _duration
+
+    request = make_mocked_request("GET", "/api/wake?" + urlencode({key: text}))
+    try:
+        seconds = _duration(request, key, maximum=300.0, allow_zero=key == "keep_for")
+    except ApiError as exc:
+        assert exc.status == 400 and exc.field == key and repr(text)[:10] in exc.message
+        return
+    assert seconds is not None and 0 <= seconds <= 300
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
+def test_any_group_or_hosts_label_is_indexed_and_any_host_looked_up(
+    groups: str, hosts: str, asked: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from idlewatch.groups import LabelIndex
+    from idlewatch.models import Agent, Change, Kind, Status, freeze
+
+    now = datetime.now(UTC)
+    labels = freeze({"idlewatch.group": groups, "idlewatch.hosts": hosts})
+    agent = Agent("a", Kind.CONTAINER, "a", "img", Status.RUNNING, 1, 1, now, 60.0, now, labels)
+    index = LabelIndex("idlewatch.group", "idlewatch.hosts")
+    index.changed(Change(agent, None, "seen"))
+    for group in index.groups():
+        assert group and "," not in group and index.members(group) == {"a"}
+    assert index.for_host(asked) <= {"a"}
+    index.forgotten("a")
+    assert index.groups() == {} and index.for_host(asked) == frozenset()

@@ -97,6 +97,20 @@ def test_shows_in_use_and_resumes_a_paused_agent(
     page.close()
 
 
+def test_filters_by_group(browser: Browser, engine: PrivateEngine, server: ServeProcess) -> None:
+    """Issue 14: the group select lists the groups and keeps only their members."""
+    run_container(engine, "web-g", labels={"idlewatch.group": "team"})
+    page = _open(browser, server, TOKEN)
+    expect(page.locator('tr[data-name="web-g"]')).to_have_count(1, timeout=10_000)
+    expect(page.locator('#group option[value="team"]')).to_have_count(1)
+    page.select_option("#group", "team")
+    expect(page.locator('tr[data-name="web-c"]')).to_have_count(0)
+    expect(page.locator('tr[data-name="web-g"]')).to_have_count(1)
+    page.select_option("#group", "")
+    expect(page.locator('tr[data-name="web-c"]')).to_have_count(1)
+    page.close()
+
+
 def test_wrong_token_says_so(browser: Browser, server: ServeProcess) -> None:
     page = _open(browser, server, "not-the-token")
     expect(page.locator("#auth-error")).to_contain_text("The token was rejected")

@@ -1,0 +1,400 @@
+"""Wake routes: ``/api/wake`` for forward-auth (nginx ``auth_request``, Caddy
+``forward_auth``, Traefik ``ForwardAuth``), Sablier's two strategy routes, and groups.
+
+The core does the work (:meth:`idlewatch.Watcher.wake`); this module reads the request,
+names what it looked up in every refusal, and words the answer for each client:
+``X-Idlewatch-Status`` for forward-auth, ``X-Sablier-Session-Status`` and Sablier's JSON
+for its plugins, a small self-refreshing page for browsers. Auth: api/auth.py
+(``wake_token``, ``wake_open``).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from idlewatch import Agent, AgentNotFound, Status, Watcher
+from idlewatch.durations import DurationError, parse_duration_s
+from idlewatch.wake import WakeResult, is_ready
+
+from .errors import ApiError
+from .keys import WATCHER
+from .schemas import DURATION, agent_json, no_body
+
+routes = web.RouteTableDef()
+
+STATUS_HEADER = "X-Idlewatch-Status"
+SABLIER_HEADER = "X-Sablier-Session-Status"
+#: how long ``wait=page`` waits before it answers with the page instead
+PAGE_GRACE_S = 1.0
+#: the longest a request may ask to be held (``timeout``)
+MAX_TIMEOUT_S = 300.0
+#: Sablier's built-in theme names (all render idlewatch's page, light or dark)
+THEMES = {"ghost": "light", "shuffle": "light", "hacker-terminal": "dark", "matrix": "dark"}
+_WAKE_PARAMS = {"names", "group", "timeout", "keep_for", "wait"}
+_BLOCKING_PARAMS = {"names", "group", "session_duration", "timeout"}
+_DYNAMIC_PARAMS = {
+    "names",
+    "group",
+    "session_duration",
+    "display_name",
+    "theme",
+    "show_details",
+    "refresh_frequency",
+}
+
+
+def _w(request: web.Request) -> Watcher:
+    return request.config_dict[WATCHER]
+
+
+# ---------------------------------------------------------------- reading requests
+def _only(request: web.Request, allowed: set[str]) -> None:
+    for key in request.query:
+        if key not in allowed:
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter {key!r}", key)
+
+
+def _names(request: web.Request) -> list[str]:
+    """``names`` repeated, or comma-separated, or both."""
+    out: list[str] = []
+    for value in request.query.getall("names", []):
+        out.extend(part.strip() for part in value.split(","))
+    if any(not n for n in out):
+        raise ApiError(400, "invalid_parameter", "an empty name in names", "names")
+    return list(dict.fromkeys(out))
+
+
+def _group(request: web.Request) -> str | None:
+    groups = request.query.getall("group", [])
+    if len(groups) > 1:
+        raise ApiError(400, "invalid_parameter", "group can be given once", "group")
+    if groups and not groups[0].strip():
+        raise ApiError(400, "invalid_parameter", "group is empty", "group")
+    return groups[0].strip() if groups else None
+
+
+def _duration(
+    request: web.Request,
+    key: str,
+    *,
+    maximum: float,
+    default: float | None = None,
+    allow_zero: bool = False,
+) -> float | None:
+    """A duration parameter (``90``, ``30s``, ``5m``, ``1h30m``): a 400 naming it when bad,
+    above ``maximum``, or zero (unless ``allow_zero``)."""
+    values = request.query.getall(key, [])
+    if not values:
+        return default
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"{key} can be given once", key)
+    text = values[0]
+    try:
+        if not DURATION.fullmatch(text):
+            raise DurationError(text)
+        seconds = parse_duration_s(text)
+    except DurationError:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{key} must be a duration like 90, '30s', '5m' or '1h30m', got {text!r}",
+            key,
+        ) from None
+    too_low = seconds < 0 if allow_zero else seconds <= 0
+    if too_low or seconds > maximum:
+        low = "at least 0" if allow_zero else "more than 0"
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{key} must be {low} and at most {maximum:g}s, got {text!r}",
+            key,
+        )
+    return seconds
+
+
+def _host(request: web.Request) -> str | None:
+    """The proxied request's host: ``X-Forwarded-Host`` (its first value), else ``Host``."""
+    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    return forwarded or request.headers.get("Host") or None
+
+
+def _field(names: Sequence[str], group: str | None) -> str:
+    return "names" if names else "group" if group is not None else "host"
+
+
+async def _wake(
+    request: web.Request,
+    names: list[str],
+    group: str | None,
+    *,
+    keep_for_s: float | None,
+    timeout_s: float,
+) -> WakeResult:
+    """The core's wake; a refusal names what was looked up (404, with its field)."""
+    host = None if names or group is not None else _host(request)
+    if not names and group is None and host is None:
+        raise ApiError(
+            400, "missing_parameter", "name agents (names), a group, or send Host", "names"
+        )
+    try:
+        return await _w(request).wake(
+            names, group, host, keep_for_s=keep_for_s, timeout_s=timeout_s
+        )
+    except AgentNotFound as exc:
+        raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
+
+
+# ------------------------------------------------------------------- answers
+def _agent_brief(agent: Agent) -> dict[str, Any]:
+    return {
+        "name": agent.name,
+        "kind": agent.kind.value,
+        "status": agent.status.value,
+        "replicas": agent.replicas,
+        "running": agent.running,
+        "ready": is_ready(agent),
+    }
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _page(result: WakeResult, *, title: str, refresh_s: float, details: bool, dark: bool) -> str:
+    """The waiting page: what is starting, refreshing itself until the agents run."""
+    rows = "".join(
+        f"<li>{html.escape(a.name)}: {html.escape(a.status.value)}"
+        f" ({a.running}/{max(a.replicas, 1)})</li>"
+        for a in result.agents
+    )
+    refresh = max(1, round(refresh_s))
+    colors = "background:#111;color:#9f9" if dark else "background:#f6f7f9;color:#1d2330"
+    state = "ready" if result.ready else "starting"
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="refresh" content="{refresh}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)} is {state}</title>"
+        f"<style>body{{{colors};font:16px system-ui,sans-serif;display:grid;"
+        "place-items:center;min-height:90vh}main{max-width:32em;text-align:center}"
+        "li{list-style:none}</style></head><body><main>"
+        f"<h1>{html.escape(title)} is {state}</h1>"
+        f"<p>This page reloads every {refresh}s and shows the site once it runs.</p>"
+        f"{'<ul>' + rows + '</ul>' if details else ''}"
+        "</main></body></html>"
+    )
+
+
+def _wake_answer(result: WakeResult) -> web.Response:
+    agents = [_agent_brief(a) for a in result.agents]
+    if result.ready:
+        ready = {"status": "ready", "looked_up": result.looked_up, "agents": agents}
+        return _json(ready, 200, {STATUS_HEADER: "ready"})
+    waiting = ", ".join(f"{a.name} ({a.status.value})" for a in result.agents if not is_ready(a))
+    body: dict[str, Any] = {
+        "error": {"code": "timeout", "message": f"not ready in time: {waiting}", "field": None},
+        "status": "not-ready",
+        "looked_up": result.looked_up,
+        "agents": agents,
+    }
+    return _json(body, 504, {STATUS_HEADER: "not-ready"})
+
+
+# ------------------------------------------------------------------- routes
+@routes.get("/api/wake", name="wake")
+async def wake(request: web.Request) -> web.StreamResponse:
+    """Forward-auth wake: the GET nginx ``auth_request``, Caddy ``forward_auth`` and
+    Traefik ``ForwardAuth`` send (HEAD and POST too); no body needed, and one sent is
+    never read. 200 ``X-Idlewatch-Status: ready`` once every agent runs."""
+    _only(request, _WAKE_PARAMS)
+    wait = request.query.get("wait")
+    if wait not in (None, "page"):
+        raise ApiError(400, "invalid_parameter", "wait can only be 'page'", "wait")
+    w = _w(request)
+    timeout_s = _duration(request, "timeout", maximum=MAX_TIMEOUT_S, default=None)
+    keep_for_s = _duration(request, "keep_for", maximum=w.settings.max_keep_for, allow_zero=True)
+    timeout = timeout_s if timeout_s is not None else w.settings.wake_timeout
+    names, group = _names(request), _group(request)
+    if wait == "page":
+        result = await _wake(
+            request, names, group, keep_for_s=keep_for_s, timeout_s=min(timeout, PAGE_GRACE_S)
+        )
+        if result.ready:
+            return _wake_answer(result)
+        page = _page(result, title=result.looked_up, refresh_s=2, details=True, dark=False)
+        return web.Response(
+            text=page,
+            status=503,
+            content_type="text/html",
+            headers={STATUS_HEADER: "not-ready", "Retry-After": "2", "Cache-Control": "no-store"},
+        )
+    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout)
+    return _wake_answer(result)
+
+
+@routes.post("/api/wake", name="wake_post")
+async def wake_post(request: web.Request) -> web.StreamResponse:
+    """The same wake for a POST (a script, a webhook); its body is ignored."""
+    return await wake(request)
+
+
+def _sablier_session(result: WakeResult) -> dict[str, Any]:
+    """Sablier's session shape: one instance per agent, and the session's status."""
+    instances = []
+    for a in result.agents:
+        state = (
+            "ready"
+            if is_ready(a)
+            else "unrecoverable"
+            if a.status in (Status.ERROR, Status.REMOVED)
+            else "not-ready"
+        )
+        instances.append(
+            {
+                "instance": {
+                    "name": a.name,
+                    "currentReplicas": a.running,
+                    "desiredReplicas": max(a.replicas, 1),
+                    "status": state,
+                },
+                "error": a.error,
+            }
+        )
+    return {"instances": instances, "status": "ready" if result.ready else "not-ready"}
+
+
+def _sablier_targets(request: web.Request) -> tuple[list[str], str | None]:
+    """Sablier's ``names`` or ``group``; names win when both are given, and with neither
+    the request's host is looked up, as on ``/api/wake``."""
+    names, group = _names(request), _group(request)
+    return names, (None if names else group)
+
+
+@routes.get("/api/strategies/blocking", name="sablier_blocking")
+async def sablier_blocking(request: web.Request) -> web.Response:
+    """Sablier's blocking strategy: hold the request until every instance is ready."""
+    _only(request, _BLOCKING_PARAMS)
+    await no_body(request)
+    w = _w(request)
+    names, group = _sablier_targets(request)
+    keep_for_s = _duration(
+        request, "session_duration", maximum=w.settings.max_keep_for, allow_zero=True
+    )
+    timeout_s = _duration(
+        request, "timeout", maximum=MAX_TIMEOUT_S, default=w.settings.wake_timeout
+    )
+    assert timeout_s is not None
+    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout_s)
+    body: dict[str, Any] = {"session": _sablier_session(result)}
+    if result.ready:
+        return _json(body, 200, {SABLIER_HEADER: "ready"})
+    body["error"] = {
+        "code": "timeout",
+        "message": f"not ready within {timeout_s:g}s",
+        "field": None,
+    }
+    return _json(body, 504, {SABLIER_HEADER: "not-ready"})
+
+
+@routes.get("/api/strategies/dynamic", name="sablier_dynamic")
+async def sablier_dynamic(request: web.Request) -> web.Response:
+    """Sablier's dynamic strategy: start what sleeps and answer at once with a waiting
+    page that refreshes itself (the header says whether to show it)."""
+    _only(request, _DYNAMIC_PARAMS)
+    await no_body(request)
+    w = _w(request)
+    names, group = _sablier_targets(request)
+    keep_for_s = _duration(
+        request, "session_duration", maximum=w.settings.max_keep_for, allow_zero=True
+    )
+    refresh_s = _duration(request, "refresh_frequency", maximum=3600.0, default=5.0)
+    assert refresh_s is not None
+    theme = request.query.get("theme", "ghost")
+    if theme not in THEMES:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"unknown theme {theme!r}; known: {', '.join(sorted(THEMES))}",
+            "theme",
+        )
+    show = request.query.get("show_details", "true").lower()
+    if show not in ("true", "false", "1", "0"):
+        raise ApiError(
+            400, "invalid_parameter", "show_details must be true or false", "show_details"
+        )
+    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=0.05)
+    title = request.query.get("display_name") or (group if group is not None else ", ".join(names))
+    page = _page(
+        result,
+        title=title,
+        refresh_s=refresh_s,
+        details=show in ("true", "1"),
+        dark=THEMES[theme] == "dark",
+    )
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        headers={
+            SABLIER_HEADER: "ready" if result.ready else "not-ready",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# ------------------------------------------------------------------- groups
+def _group_json(w: Watcher, name: str, members: list[Agent]) -> dict[str, Any]:
+    now = w.clock.now()
+    awake = sum(1 for a in members if a.status in (Status.RUNNING, Status.STARTING, Status.PAUSED))
+    return {
+        "name": name,
+        "awake": awake,
+        "ready": all(is_ready(a) for a in members),
+        "members": [agent_json(a, now) for a in members],
+    }
+
+
+@routes.get("/api/groups", name="groups")
+async def list_groups(request: web.Request) -> web.Response:
+    """Every group with its members."""
+    _only(request, set())
+    w = _w(request)
+    body = [_group_json(w, g, members) for g, members in w.groups().items()]
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+@routes.get("/api/groups/{name}", name="group")
+async def get_group(request: web.Request) -> web.Response:
+    """One group."""
+    _only(request, set())
+    w = _w(request)
+    name = request.match_info["name"]
+    return web.json_response(_group_json(w, name, w.group(name)))
+
+
+@routes.post("/api/groups/{name}/start", name="group_start")
+async def start_group(request: web.Request) -> web.Response:
+    """Start every member that is not running."""
+    _only(request, set())
+    await no_body(request)
+    w = _w(request)
+    name = request.match_info["name"]
+    return web.json_response(_group_json(w, name, await w.start_group(name, actor="api")))
+
+
+@routes.post("/api/groups/{name}/stop", name="group_stop")
+async def stop_group(request: web.Request) -> web.Response:
+    """Stop every member that is awake."""
+    _only(request, set())
+    await no_body(request)
+    w = _w(request)
+    name = request.match_info["name"]
+    return web.json_response(_group_json(w, name, await w.stop_group(name, actor="api")))
+
+
+__all__ = ["routes"]

@@ -1,0 +1,229 @@
+"""Wake on request through real proxies (issue 14): Debian's nginx (``auth_request``) and
+Caddy (``forward_auth``), run from the files in config/, in front of a real ``idlewatch
+serve`` on the private engine. Everything listens on loopback; the agent's HTTP side is a
+stub of the test's own that answers only while the container runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.private_engine import PrivateEngine
+
+from .conftest import TEST_IMAGE, eventually, inspect, run_container
+from .proxies import APP_HOST, Proxy, Upstream, start_caddy, start_nginx
+from .serveproc import ServeProcess
+
+WAKE_TOKEN = "proxy-wake-token"
+IDLE_S = 2
+KEEP_FOR_S = 3
+
+
+def _state(engine: PrivateEngine, name: str) -> str:
+    return str(inspect(engine, name)["State"]["Status"])
+
+
+def _audit(serve: ServeProcess, agent: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{serve.url}/api/audit?agent={agent}&limit=200") as resp:
+        return list(json.load(resp))
+
+
+def _agent(serve: ServeProcess, name: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{serve.url}/api/agents/{name}") as resp:
+        return dict(json.load(resp))
+
+
+@pytest.fixture
+def serve(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
+    """`idlewatch serve` on loopback (the API open there), the wake routes behind the
+    wake token; short idle timeouts so keep-alives and idle stops show within seconds."""
+    proc = ServeProcess(
+        engine,
+        tmp_path,
+        wake_token=WAKE_TOKEN,
+        sweep_interval="1s",
+        wake_keep_for=f"{KEEP_FOR_S}s",
+        wake_timeout="20s",
+        stop_timeout="1",
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(params=["nginx", "caddy"])
+async def proxied(
+    request: pytest.FixtureRequest, engine: PrivateEngine, serve: ServeProcess
+) -> AsyncIterator[tuple[Proxy, Upstream]]:
+    """A stopped agent answering for APP_HOST, its upstream stub, and the proxy in front."""
+    run_container(
+        engine,
+        "site",
+        labels={"idlewatch.hosts": APP_HOST, "idlewatch.idle-timeout": f"{IDLE_S}s"},
+    )
+    engine.cli("stop", "-t", "1", "site")
+    await eventually(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
+    upstream = await Upstream(engine, "site").start()
+    start = start_nginx if request.param == "nginx" else start_caddy
+    proxy = start(idlewatch_port=serve.port, upstream_port=upstream.port, token=WAKE_TOKEN)
+    try:
+        yield proxy, upstream
+    finally:
+        print(proxy.stop())  # its log: pytest shows it when the test failed
+        await upstream.close()
+
+
+async def _get(
+    session: aiohttp.ClientSession, proxy: Proxy, host: str = APP_HOST
+) -> tuple[int, str, dict[str, str]]:
+    async with session.get(proxy.url + "/", headers={"Host": proxy.host_header(host)}) as resp:
+        return resp.status, await resp.text(), dict(resp.headers)
+
+
+async def _until_upstream(session: aiohttp.ClientSession, proxy: Proxy, timeout_s: float) -> str:
+    """Request as a browser on the waiting page does (it reloads itself) until the upstream
+    answers; returns its body."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body, _ = await _get(session, proxy)
+        if status == 200:
+            return body
+        assert status == 503 and "site" in body, (status, body[:300])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the upstream never answered through {proxy.kind}")
+        await asyncio.sleep(0.3)  # the page's reload, faster than its own 2 s
+
+
+def _starts(serve: ServeProcess) -> list[dict[str, Any]]:
+    return [e for e in _audit(serve, "site") if e["action"] == "start"]
+
+
+async def test_the_first_request_wakes_the_agent_and_reaches_it(
+    engine: PrivateEngine, serve: ServeProcess, proxied: tuple[Proxy, Upstream]
+) -> None:
+    proxy, upstream = proxied
+    async with aiohttp.ClientSession() as session:
+        body = await _until_upstream(session, proxy, 30)
+    assert body == "hello from site"
+    assert _state(engine, "site") == "running"
+    assert upstream.seen and all(s["running"] for s in upstream.seen), upstream.seen
+    (start,) = _starts(serve)
+    assert start["actor"] == "wake" and start["ok"]
+
+
+async def test_twenty_concurrent_first_requests_start_it_once(
+    engine: PrivateEngine, serve: ServeProcess, proxied: tuple[Proxy, Upstream]
+) -> None:
+    proxy, upstream = proxied
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(_get(session, proxy) for _ in range(20)))
+        for status, body, _ in answers:
+            # nginx holds each request until the agent runs; Caddy's config asks for the
+            # waiting page when that takes more than a moment
+            assert status == 200 or (proxy.kind == "caddy" and status == 503), (status, body)
+        await _until_upstream(session, proxy, 30)
+    assert len(_starts(serve)) == 1, _starts(serve)
+    assert not [s for s in upstream.seen if not s["running"]]
+
+
+async def test_requests_keep_it_awake_and_silence_lets_it_sleep(
+    engine: PrivateEngine, serve: ServeProcess, proxied: tuple[Proxy, Upstream]
+) -> None:
+    proxy, _ = proxied
+    async with aiohttp.ClientSession() as session:
+        await _until_upstream(session, proxy, 30)
+        until = time.monotonic() + 3 * IDLE_S
+        while time.monotonic() < until:  # a user browsing, past three idle timeouts
+            status, _, _ = await _get(session, proxy)
+            assert status == 200
+            await asyncio.sleep(0.5)  # the user's pace, not a wait for a condition
+        last = time.monotonic()
+    assert _state(engine, "site") == "running"
+    assert not [e for e in _audit(serve, "site") if e["action"] == "stop"]
+    # no more requests: asleep once keep_for and the idle timeout have passed
+    await eventually(lambda: _state(engine, "site") == "exited", 20, "site stopped")
+    slept_after = time.monotonic() - last
+    (stop,) = [e for e in _audit(serve, "site") if e["action"] == "stop"]
+    assert stop["actor"] == "sweep" and slept_after >= KEEP_FOR_S - 0.5, slept_after
+
+
+async def test_an_unmanaged_or_unknown_host_is_refused_and_nothing_starts(
+    engine: PrivateEngine, serve: ServeProcess, proxied: tuple[Proxy, Upstream]
+) -> None:
+    proxy, upstream = proxied
+    run_container(engine, "outsider", managed=False, labels={"idlewatch.hosts": "other.test"})
+    engine.cli("stop", "-t", "1", "outsider")
+    async with aiohttp.ClientSession() as session:
+        if proxy.kind == "nginx":  # one server block: any host reaches the wake
+            status, _, _ = await _get(session, proxy, "other.test")
+            # nginx makes any auth answer but 2xx/401/403 a 500
+            assert status == 500
+            status, _, _ = await _get(session, proxy, "nobody.test")
+            assert status == 500
+        else:  # Caddy serves only app.example.test: another host reaches nothing there
+            status, body, _ = await _get(session, proxy, "other.test")
+            assert body == "", (status, body)
+        async with session.get(
+            serve.url + "/api/wake",
+            headers={"Authorization": f"Bearer {WAKE_TOKEN}", "X-Forwarded-Host": "other.test"},
+        ) as resp:
+            err = await resp.json()
+            assert resp.status == 404 and err["error"]["field"] == "host"
+            assert "other.test" in err["error"]["message"]
+    assert _state(engine, "outsider") == "exited" and _state(engine, "site") == "exited"
+    assert not upstream.seen and not _starts(serve)
+
+
+async def test_caddy_wait_page_then_the_upstream_once_healthy(
+    engine: PrivateEngine, serve: ServeProcess, tmp_path: Path
+) -> None:
+    """A container whose app needs 3 s to be healthy: Caddy's browser gets idlewatch's
+    waiting page first, then the upstream, and the upstream is reached only once healthy."""
+    slow = 'rm -f /ready; sleep 3; touch /ready; trap "exit 0" TERM; while :; do sleep 1; done'
+    engine.cli(
+        "run",
+        "-d",
+        "--name",
+        "site",
+        "--network",
+        "none",
+        "--stop-timeout",
+        "1",
+        "--label",
+        "idlewatch.enable=true",
+        "--label",
+        f"idlewatch.hosts={APP_HOST}",
+        "--health-cmd",
+        "test -e /ready",
+        "--health-interval",
+        "1s",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        slow,
+    )
+    engine.cli("stop", "-t", "1", "site")
+    await eventually(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
+    upstream = await Upstream(engine, "site").start()
+    proxy = start_caddy(idlewatch_port=serve.port, upstream_port=upstream.port, token=WAKE_TOKEN)
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, page, headers = await _get(session, proxy)
+            assert status == 503, (status, page[:300])
+            assert headers["Retry-After"] == "2" and headers["X-Idlewatch-Status"] == "not-ready"
+            assert 'http-equiv="refresh"' in page and "site" in page
+            assert await _until_upstream(session, proxy, 30) == "hello from site"
+        assert upstream.seen and all(s["health"] == "healthy" for s in upstream.seen)
+        assert _agent(serve, "site")["health"] == "healthy"
+    finally:
+        proxy.stop()
+        await upstream.close()

@@ -1,0 +1,234 @@
+"""Wake on request: the path of every request a reverse proxy asks about.
+
+Policy (read this first):
+- Which agents: ``names``, else a ``group``, else the request's host name matched against
+  the hosts label (groups.py). Only tracked (managed) agents; an unknown name, an empty
+  group or an unmatched host is AgentNotFound naming what was looked up.
+- Every wake is use of the agents it names, with a keep-alive of ``keep_for`` (default
+  ``wake_keep_for``). On the hot path (a running agent asked about again and again) that
+  use is coalesced: noted at most once a second per agent, so a flood of requests makes
+  at most one change (one row, one feed message) a second per agent, and no engine call.
+- What is not running is started (a paused container is unpaused, a service at 0 goes to
+  its remembered count) through the same start as the API's (label re-check, the cap on
+  awake agents): never more than start and touch. Concurrent wakes of a sleeping agent
+  share one start (single flight).
+- The wait for "running" is event-driven (the change signal), bounded by ``timeout``;
+  past it the answer is "not ready" with each agent's status. A start still under way
+  then goes on: the Waker owns it and cancels it at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .errors import AgentNotFound, InvalidOperation
+from .groups import LabelIndex, host_name
+from .models import Agent, Status
+from .ports import Clock
+from .tasks import cancel_and_wait
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+#: a wake's use of an agent is noted at most this often (the hot path writes nothing more)
+NOTE_EVERY_S = 1.0
+#: statuses from which a wake only waits: the agent is on its way up
+_COMING_UP = frozenset({Status.STARTING, Status.RESTARTING})
+_GONE = frozenset({Status.REMOVED, Status.ERROR})
+
+
+def is_ready(agent: Agent | None) -> bool:
+    """Running with every desired task (a container: running), and healthy when it has a
+    healthcheck (its app answers, not only its process runs)."""
+    return (
+        agent is not None
+        and agent.status is Status.RUNNING
+        and agent.running >= max(agent.replicas, 1)
+        and agent.health in (None, "healthy")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WakeResult:
+    """What a wake found: every agent it named, as it stood when the answer was made."""
+
+    ready: bool
+    agents: tuple[Agent, ...]
+    started: tuple[str, ...]  # the agents this wake (or one it joined) started
+    looked_up: str  # what named them: "names a,b", "group g", "host h"
+
+
+@dataclass(frozen=True, slots=True)
+class WakeConfig:
+    """Plain values the Waker needs from the settings."""
+
+    keep_for_s: float
+    timeout_s: float
+    max_keep_for_s: float
+
+
+class Waker:
+    """Resolves, notes use, starts once, waits on the change signal (module docstring)."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        index: LabelIndex,
+        clock: Clock,
+        config: WakeConfig,
+        *,
+        start: Callable[[str], Coroutine[Any, Any, Agent]],
+        wait_for: Callable[[str, Callable[[Agent | None], bool], float], Awaitable[object]],
+        share: Callable[[Agent], None] = lambda agent: None,
+    ) -> None:
+        self._tracker = tracker
+        self._index = index
+        self._clock = clock
+        self.config = config
+        self._start = start
+        self._wait_for = wait_for
+        self._share = share  # use reported through the store (other replicas)
+        self._noted: dict[str, tuple[float, datetime]] = {}  # name -> (monotonic, keep_until)
+        self._starting: dict[str, asyncio.Task[Agent]] = {}
+        self.requests = 0
+        self.starts = 0
+
+    # ----------------------------------------------------------- resolving
+    def resolve(
+        self, names: Sequence[str] = (), group: str | None = None, host: str | None = None
+    ) -> tuple[list[Agent], str]:
+        """The agents a wake names, and how they were looked up (for the answer)."""
+        if names:
+            looked_up = "names " + ",".join(names)
+            missing = [n for n in names if not self._wakeable(self._tracker.get(n))]
+            if missing:
+                raise AgentNotFound(
+                    f"no managed agent named {', '.join(repr(n) for n in missing)}",
+                    agent=missing[0],
+                )
+            chosen = list(dict.fromkeys(names))
+        elif group is not None:
+            looked_up = f"group {group}"
+            chosen = sorted(self._index.members(group))
+            if not chosen:
+                raise AgentNotFound(f"no managed agent in group {group!r}", agent=None)
+        elif host is not None:
+            looked_up = f"host {host_name(host)}"
+            chosen = sorted(self._index.for_host(host))
+            if not chosen:
+                raise AgentNotFound(
+                    f"no managed agent has host {host_name(host)!r} in its "
+                    f"{self._index.hosts_label} label",
+                    agent=None,
+                )
+        else:
+            raise InvalidOperation("a wake names agents, a group or a host", agent=None)
+        agents = [
+            a for n in chosen if (a := self._tracker.get(n)) is not None and self._wakeable(a)
+        ]
+        if not agents:
+            raise AgentNotFound(f"no agent to wake for {looked_up}", agent=None)
+        return agents, looked_up
+
+    @staticmethod
+    def _wakeable(agent: Agent | None) -> bool:
+        return agent is not None and agent.status not in _GONE
+
+    # -------------------------------------------------------------- waking
+    async def wake(
+        self,
+        agents: Sequence[Agent],
+        looked_up: str,
+        *,
+        keep_for_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> WakeResult:
+        """Note use, start what sleeps, wait (at most ``timeout_s``) until all run."""
+        self.requests += 1
+        keep_for = self.config.keep_for_s if keep_for_s is None else keep_for_s
+        if keep_for > self.config.max_keep_for_s:
+            raise InvalidOperation(
+                f"keep_for {keep_for:g}s is above max_keep_for ({self.config.max_keep_for_s:g}s)",
+                agent=None,
+            )
+        names = [a.name for a in agents]
+        for name in names:
+            self._note(name, keep_for)
+        if all(is_ready(self._tracker.get(n)) for n in names):
+            return self._result(names, looked_up, ())  # the hot path: nothing else
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
+        started: list[str] = []  # begun here, or joined: a start of it was under way
+        pending = []
+        for name in names:
+            agent = self._tracker.get(name)
+            if is_ready(agent):
+                continue
+            if agent is not None and agent.status not in _COMING_UP:
+                self._begin_start(name)
+                started.append(name)
+            pending.append(name)
+        # every start is under way already: waiting for each in turn takes the longest one
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for name in pending:
+                    await self._until_ready(name, timeout)
+        return self._result(names, looked_up, tuple(started))
+
+    async def _until_ready(self, name: str, timeout_s: float) -> None:
+        task = self._starting.get(name)
+        if task is not None:
+            await asyncio.shield(task)  # its failure is every waiter's (capacity, engine)
+        await self._wait_for(name, is_ready, timeout_s)
+
+    def _begin_start(self, name: str) -> None:
+        """Start ``name`` unless a start of it is under way (single flight)."""
+        if name in self._starting:
+            return
+        self.starts += 1
+        task = asyncio.create_task(self._start(name), name=f"idlewatch-wake-{name}")
+        self._starting[name] = task
+        task.add_done_callback(lambda t: self._started(name, t))
+
+    def _started(self, name: str, task: asyncio.Task[Agent]) -> None:
+        if self._starting.get(name) is task:
+            del self._starting[name]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("wake: starting %s failed: %s", name, exc)
+
+    def _note(self, name: str, keep_for_s: float) -> None:
+        """Use now, kept for ``keep_for_s``; at most once a second per agent."""
+        now_m = time.monotonic()
+        keep_until = self._clock.now() + timedelta(seconds=keep_for_s)
+        last = self._noted.get(name)
+        if (
+            last is not None
+            and now_m - last[0] < NOTE_EVERY_S
+            and last[1] >= keep_until - (timedelta(seconds=NOTE_EVERY_S))
+        ):
+            return
+        agent = self._tracker.touch(name, reason="wake", keep_until=keep_until)
+        self._noted[name] = (now_m, keep_until)
+        if len(self._noted) > 4 * max(len(self._tracker.agents), 256):
+            self._noted.clear()  # names that went away must not grow it for ever
+        self._share(agent)
+
+    def _result(self, names: list[str], looked_up: str, started: tuple[str, ...]) -> WakeResult:
+        agents = tuple(a for n in names if (a := self._tracker.get(n)) is not None)
+        ready = len(agents) == len(names) and all(is_ready(a) for a in agents)
+        return WakeResult(ready, agents, started, looked_up)
+
+    async def close(self) -> None:
+        """Cancel and await the starts under way."""
+        for task in list(self._starting.values()):
+            await cancel_and_wait(task)
+        self._starting.clear()
+
+
+__all__ = ["WakeConfig", "WakeResult", "Waker", "is_ready"]
