@@ -145,7 +145,7 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
     out += _family(
         "idlewatch_wake_requests_total",
         "counter",
-        "Wake requests (/api/wake, Sablier's strategies, Watcher.wake) answered.",
+        "Wake requests (/api/wake, Sablier's strategies, Watcher.wake) naming tracked agents.",
         [_line("idlewatch_wake_requests_total", status.wake_requests)],
     )
     out += _family(

@@ -530,8 +530,9 @@ def _duration_param(name: str, max_s: float, description: str, *, positive: bool
 
 _NAMES = _qp(
     "names",
-    {"type": "array", "items": {"type": "string", "pattern": "^[^,]*\\S[^,]*$"}},
-    "agents to wake: repeated (names=a&names=b); comma-separated works too",
+    {"type": "array", "items": {"type": "string"}},
+    "agents to wake: repeated (names=a&names=b), comma-separated too; empty parts are "
+    "ignored (none left: as if not given)",
     style="form",
     explode=True,
 )

@@ -59,12 +59,11 @@ def _only(request: web.Request, allowed: set[str]) -> None:
 
 
 def _names(request: web.Request) -> list[str]:
-    """``names`` repeated, or comma-separated, or both."""
+    """``names`` repeated, or comma-separated, or both; empty parts are ignored (none
+    left: as if no names were given)."""
     out: list[str] = []
     for value in request.query.getall("names", []):
-        out.extend(part.strip() for part in value.split(","))
-    if any(not n for n in out):
-        raise ApiError(400, "invalid_parameter", "an empty name in names", "names")
+        out.extend(p for part in value.split(",") if (p := part.strip()))
     return list(dict.fromkeys(out))
 
 
@@ -196,7 +195,10 @@ def _wake_answer(result: WakeResult) -> web.Response:
     if result.ready:
         ready = {"status": "ready", "looked_up": result.looked_up, "agents": agents}
         return _json(ready, 200, {STATUS_HEADER: "ready"})
-    waiting = ", ".join(f"{a.name} ({a.status.value})" for a in result.agents if not is_ready(a))
+    waiting = ", ".join(
+        [f"{a.name} ({a.status.value})" for a in result.agents if not is_ready(a)]
+        + [f"{name} (no longer tracked)" for name in result.gone]
+    )
     body: dict[str, Any] = {
         "error": {"code": "timeout", "message": f"not ready in time: {waiting}", "field": None},
         "status": "not-ready",
@@ -348,9 +350,12 @@ async def sablier_dynamic(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------- groups
+_AWAKE = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING, Status.PAUSED})
+
+
 def _group_json(w: Watcher, name: str, members: list[Agent]) -> dict[str, Any]:
     now = w.clock.now()
-    awake = sum(1 for a in members if a.status in (Status.RUNNING, Status.STARTING, Status.PAUSED))
+    awake = sum(1 for a in members if a.status in _AWAKE)
     return {
         "name": name,
         "awake": awake,

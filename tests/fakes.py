@@ -204,8 +204,9 @@ class FakeDocker:
         self.emit(cid, "start")  # as an engine does: the watcher sees it on its stream
         return cid
 
-    def emit(self, ref: str, action: str, **attrs: str) -> None:
-        """Put an engine event about a container on every open stream."""
+    def emit(self, ref: str, action: str, detail: str = "", **attrs: str) -> None:
+        """Put an engine event about a container on every open stream (``detail``: what
+        follows the action, as in ``health_status: healthy``)."""
         c = self.containers[ref]
         ev = EngineEvent(
             EventType.CONTAINER,
@@ -214,7 +215,7 @@ class FakeDocker:
             time.time_ns(),
             c.name,
             c.image,
-            "",
+            detail,
             freeze({**c.labels, **attrs}),
         )
         for stream in self.streams:

@@ -481,8 +481,13 @@ class Watcher:
     def groups(self) -> dict[str, list[Agent]]:
         """Every group (the ``group_label`` label) with its tracked members, by name."""
         out = {}
+        gone = (Status.REMOVED, Status.ERROR)
         for group, members in self._index.groups().items():
-            agents = [a for m in sorted(members) if (a := self._tracker.get(m)) is not None]
+            agents = [
+                a
+                for m in sorted(members)
+                if (a := self._tracker.get(m)) is not None and a.status not in gone
+            ]
             if agents:
                 out[group] = agents
         return out

@@ -10,8 +10,8 @@ Policy (read this first):
 - The index follows the tracked table through the change bus (a listener: it never
   awaits); an agent's labels are re-read only when its labels object changed, so a change
   of activity costs one identity check.
-- A group is idle only when every member that is awake is idle (:meth:`LabelIndex.idle`),
-  and then its members get their idle actions together.
+- A group is idle only when every member is at rest or idle (policy.at_rest), and then
+  its members get their idle actions together (sweeper.py).
 """
 
 from __future__ import annotations

@@ -154,10 +154,9 @@ class Lifecycle:
                     if info is not None and info.state == "paused":  # resumes in milliseconds
                         await self._docker.unpause_container(agent.id)
                     else:  # a running one answers 304: nothing happens
+                        if info is not None:  # its start event then marks health "starting"
+                            self._tracker.use.learn(info.id, info.healthcheck_cmd)
                         await self._docker.start_container(agent.id)
-                        if info is not None and info.state != "running" and info.healthcheck_cmd:
-                            # checked again from scratch: not healthy until it says so
-                            self._tracker.note_health(name, "starting")
                 n = 1
             else:
                 n = replicas if replicas is not None else max(agent.restore_replicas, 1)

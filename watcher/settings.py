@@ -19,8 +19,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -347,13 +347,18 @@ class Settings(BaseSettings):
             raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return value.upper()
 
-    @field_validator("wake_keep_for")
-    @classmethod
-    def _within_max_keep_for(cls, value: float, info: ValidationInfo) -> float:
-        limit = info.data.get("max_keep_for")
-        if limit is not None and value > limit:
-            raise ValueError(f"must be at most max_keep_for ({limit:g}s)")
-        return value
+    @model_validator(mode="after")
+    def _wake_keep_for_within_max_keep_for(self) -> Settings:
+        """A wake_keep_for above max_keep_for is an error when it was set; the default
+        (5m) shrinks to a smaller max_keep_for instead of failing a config that never
+        mentioned it."""
+        if self.wake_keep_for > self.max_keep_for:
+            if "wake_keep_for" in self.model_fields_set:
+                raise ValueError(
+                    f"wake_keep_for: must be at most max_keep_for ({self.max_keep_for:g}s)"
+                )
+            object.__setattr__(self, "wake_keep_for", self.max_keep_for)
+        return self
 
     @field_validator("api_token", "wake_token")
     @classmethod
@@ -425,11 +430,13 @@ def _warn_unknown_env() -> None:
 
 def _explain(exc: ValidationError, overrides: dict[str, Any], toml: Path | None) -> SettingsError:
     err = exc.errors()[0]
+    reason = str(err["msg"]).removeprefix("Value error, ")
     name = str(err["loc"][0]) if err["loc"] else "settings"
+    if not err["loc"] and ": " in reason:  # a check of two settings names the one at fault
+        name, reason = reason.split(": ", 1)
     source, value = _locate(name, overrides, toml)
     if value is _MISSING:
         value = err.get("input")
-    reason = str(err["msg"]).removeprefix("Value error, ")
     return SettingsError(name, value, source, reason)
 
 

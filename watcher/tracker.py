@@ -141,8 +141,12 @@ class Tracker:
         changes["sessions"] = self.use.count(ev.actor_id)
         if ev.action == "health_status" and ev.detail:
             changes["health"] = ev.detail
-        elif ev.action in ("start", "restart") and agent.health is not None:
+        elif ev.action in ("start", "restart") and (
+            agent.health is not None or self.use.healthcheck(ev.actor_id) is not None
+        ):
             changes["health"] = "starting"  # the engine checks it again from scratch
+        elif ev.action in ("die", "stop", "kill") and status is not None:
+            changes["health"] = None  # no verdict while it does not run
         if ev.action == "destroy":
             self._drop_id(ev.actor_id)
         return changes
@@ -576,12 +580,6 @@ class Tracker:
             if agent is not None:
                 self._emit(_touched(agent, self._clock.now()), agent, "session ended")
         self._refresh_sessions(name, "sessions recovered from the engine")
-
-    def note_health(self, name: str, health: str | None) -> None:
-        """A container's healthcheck verdict, as a live look found it (a start: starting)."""
-        agent = self.agents.get(name)
-        if agent is not None and agent.health != health:
-            self._emit(agent._replace(health=health), agent, f"health {health}")
 
     def remember_replicas(self, name: str, replicas: int) -> None:
         """Remember what a later start should bring a service back to."""

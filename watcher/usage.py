@@ -91,6 +91,10 @@ class ContainerUse:
         """Whether the container was looked at (its healthcheck command is known)."""
         return container_id in self._healthcheck
 
+    def healthcheck(self, container_id: str) -> str | None:
+        """The container's healthcheck command, when it was looked at and has one."""
+        return self._healthcheck.get(container_id)
+
     def learn(self, container_id: str, healthcheck_cmd: str | None) -> None:
         """Record a container's healthcheck command (None: none, or it could not be seen)."""
         self._healthcheck[container_id] = healthcheck_cmd

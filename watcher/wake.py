@@ -8,10 +8,12 @@ Policy (read this first):
   ``wake_keep_for``). On the hot path (a running agent asked about again and again) that
   use is coalesced: noted at most once a second per agent, so a flood of requests makes
   at most one change (one row, one feed message) a second per agent, and no engine call.
-- What is not running is started (a paused container is unpaused, a service at 0 goes to
-  its remembered count) through the same start as the API's (label re-check, the cap on
-  awake agents): never more than start and touch. Concurrent wakes of a sleeping agent
-  share one start (single flight).
+- What sleeps is started (a stopped container; a paused one is unpaused; a service at 0
+  goes to its remembered count) through the same start as the API's (label re-check, the
+  cap on awake agents): never more than start and touch. What runs but is not ready yet
+  (health starting, tasks still starting) is waited for, never started again. Concurrent
+  wakes of a sleeping agent share one start (single flight); a start that failed is the
+  answer for a few seconds rather than retried by every request.
 - The wait for "running" is event-driven (the change signal), bounded by ``timeout``;
   past it the answer is "not ready" with each agent's status. A start still under way
   then goes on: the Waker owns it and cancels it at close.
@@ -30,7 +32,7 @@ from typing import Any
 
 from .errors import AgentNotFound, InvalidOperation
 from .groups import LabelIndex, host_name
-from .models import Agent, Status
+from .models import Agent, Kind, Status
 from .ports import Clock
 from .tasks import cancel_and_wait
 from .tracker import Tracker
@@ -39,9 +41,24 @@ logger = logging.getLogger(__name__)
 
 #: a wake's use of an agent is noted at most this often (the hot path writes nothing more)
 NOTE_EVERY_S = 1.0
-#: statuses from which a wake only waits: the agent is on its way up
-_COMING_UP = frozenset({Status.STARTING, Status.RESTARTING})
+#: a container in one of these sleeps: a wake starts (or unpauses) it
+_ASLEEP = frozenset({Status.EXITED, Status.CREATED, Status.DEAD, Status.PAUSED})
 _GONE = frozenset({Status.REMOVED, Status.ERROR})
+#: a start that failed is not tried again for this long: its error is the answer
+FAILED_START_HOLD_S = 5.0
+
+
+def is_asleep(agent: Agent) -> bool:
+    """What a wake starts: a stopped or paused container, a service at 0. Anything else
+    is on its way up, or up and not healthy yet: a wake waits for it, never restarts it."""
+    if agent.kind is Kind.SERVICE:
+        return agent.replicas == 0
+    return agent.status in _ASLEEP
+
+
+def _settled(agent: Agent | None) -> bool:
+    """Nothing more to wait for: ready, or gone (removed, dead-lettered)."""
+    return agent is None or agent.status in _GONE or is_ready(agent)
 
 
 def is_ready(agent: Agent | None) -> bool:
@@ -63,6 +80,7 @@ class WakeResult:
     agents: tuple[Agent, ...]
     started: tuple[str, ...]  # the agents this wake (or one it joined) started
     looked_up: str  # what named them: "names a,b", "group g", "host h"
+    gone: tuple[str, ...] = ()  # named, but no longer tracked when the answer was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +115,7 @@ class Waker:
         self._share = share  # use reported through the store (other replicas)
         self._noted: dict[str, tuple[float, datetime]] = {}  # name -> (monotonic, keep_until)
         self._starting: dict[str, asyncio.Task[Agent]] = {}
+        self._failed: dict[str, tuple[float, BaseException]] = {}  # name -> (monotonic, error)
         self.requests = 0
         self.starts = 0
 
@@ -168,9 +187,11 @@ class Waker:
         pending = []
         for name in names:
             agent = self._tracker.get(name)
-            if is_ready(agent):
+            if _settled(agent):
                 continue
-            if agent is not None and agent.status not in _COMING_UP:
+            assert agent is not None
+            if is_asleep(agent) or name in self._starting:
+                self._raise_recent_failure(name)
                 self._begin_start(name)
                 started.append(name)
             pending.append(name)
@@ -185,7 +206,14 @@ class Waker:
         task = self._starting.get(name)
         if task is not None:
             await asyncio.shield(task)  # its failure is every waiter's (capacity, engine)
-        await self._wait_for(name, is_ready, timeout_s)
+        await self._wait_for(name, _settled, timeout_s)
+
+    def _raise_recent_failure(self, name: str) -> None:
+        """A start of ``name`` that failed a moment ago is the answer (not a retry per
+        request, nor a page that says "starting" for ever)."""
+        failed = self._failed.get(name)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_START_HOLD_S:
+            raise failed[1]
 
     def _begin_start(self, name: str) -> None:
         """Start ``name`` unless a start of it is under way (single flight)."""
@@ -201,6 +229,11 @@ class Waker:
             del self._starting[name]
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("wake: starting %s failed: %s", name, exc)
+            if len(self._failed) > 1024:
+                self._failed.clear()
+            self._failed[name] = (time.monotonic(), exc)
+        else:
+            self._failed.pop(name, None)
 
     def _note(self, name: str, keep_for_s: float) -> None:
         """Use now, kept for ``keep_for_s``; at most once a second per agent."""
@@ -221,8 +254,9 @@ class Waker:
 
     def _result(self, names: list[str], looked_up: str, started: tuple[str, ...]) -> WakeResult:
         agents = tuple(a for n in names if (a := self._tracker.get(n)) is not None)
-        ready = len(agents) == len(names) and all(is_ready(a) for a in agents)
-        return WakeResult(ready, agents, started, looked_up)
+        gone = tuple(n for n in names if self._tracker.get(n) is None)
+        ready = not gone and all(is_ready(a) for a in agents)
+        return WakeResult(ready, agents, started, looked_up, gone)
 
     async def close(self) -> None:
         """Cancel and await the starts under way."""

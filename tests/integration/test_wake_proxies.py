@@ -23,8 +23,8 @@ from .proxies import APP_HOST, Proxy, Upstream, start_caddy, start_nginx
 from .serveproc import ServeProcess
 
 WAKE_TOKEN = "proxy-wake-token"
-IDLE_S = 2
-KEEP_FOR_S = 3
+IDLE_S = 1
+KEEP_FOR_S = 4  # several idle timeouts: a sleep before it is a keep-alive lost
 
 
 def _state(engine: PrivateEngine, name: str) -> str:
@@ -223,6 +223,8 @@ async def test_caddy_wait_page_then_the_upstream_once_healthy(
             assert 'http-equiv="refresh"' in page and "site" in page
             assert await _until_upstream(session, proxy, 30) == "hello from site"
         assert upstream.seen and all(s["health"] == "healthy" for s in upstream.seen)
+        # each reload of the page waited for the same start: never a second one
+        assert len(_starts(serve)) == 1, _starts(serve)
         assert _agent(serve, "site")["health"] == "healthy"
     finally:
         proxy.stop()

@@ -149,3 +149,10 @@ def test_ws_send_timeout_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("IDLEWATCH_WS_SEND_TIMEOUT", "0")
     with pytest.raises(SettingsError, match="ws_send_timeout"):
         load_settings()
+
+
+def test_wake_keep_for_follows_a_smaller_max_keep_for_unless_set() -> None:
+    assert load_settings(max_keep_for="60").wake_keep_for == 60
+    assert load_settings().wake_keep_for == 300
+    with pytest.raises(SettingsError, match=r"wake_keep_for='2m'.*at most max_keep_for"):
+        load_settings(max_keep_for="60", wake_keep_for="2m")

@@ -230,3 +230,16 @@ def test_node_sessions_not_re_reported_stop_holding_with_a_warning(caplog: Any) 
     assert tr.agents["svc"].sessions == 0
     (warned,) = [r.getMessage() for r in caplog.records if "node:w1" in r.getMessage()]
     assert "svc" in warned and "no longer hold" in warned
+
+
+def test_health_follows_the_engine_and_a_start_checks_again() -> None:
+    tr, _changes, _clock = make()
+    tr.apply(cev("start", t=1))
+    assert tr.agents["box"].health is None  # no healthcheck known
+    tr.use.learn("c1", "/bin/sh -c true")
+    tr.apply(cev("health_status", t=2, detail="healthy"))
+    assert tr.agents["box"].health == "healthy"
+    tr.apply(cev("die", t=3))
+    assert tr.agents["box"].health is None  # no verdict while it does not run
+    tr.apply(cev("start", t=4))
+    assert tr.agents["box"].health == "starting"  # checked again from scratch

@@ -265,7 +265,7 @@ async def test_sablier_routes_answer_as_its_plugins_expect(
     docker.start_gate.set()
     for query, field in (
         ("group=team&group=other", "group"),
-        ("names=web&names=", "names"),
+        ("names=web&refresh_frequency=0", "refresh_frequency"),
         ("names=web&theme=neon", "theme"),
         ("names=web&show_details=maybe", "show_details"),
     ):
@@ -335,3 +335,35 @@ async def test_a_group_goes_to_sleep_together_or_not_at_all(
     clock.advance(120)
     report = await w.sweep_once()
     assert report.outcomes == {"db": "acted", "web": "acted"}
+
+
+async def test_a_wake_waits_for_what_runs_and_never_starts_it_again(
+    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+) -> None:
+    """Running but not healthy yet, or a service whose tasks are still starting: a wake
+    waits; it neither starts it again nor scales the service (to a remembered count)."""
+    docker, w, _clock, client = served
+    docker.emit("c1", "health_status", detail="starting")
+    await w.wait_for("web", lambda a: a is not None and a.health is not None, 5)
+    before = docker.calls["start_container"]
+    answers = [
+        await client.get("/api/wake?names=web&timeout=100ms", headers=bearer(WAKE))
+        for _ in range(4)
+    ]
+    assert [r.status for r in answers] == [504] * 4
+    assert docker.calls["start_container"] == before and w.status().wake_starts == 0
+    docker.emit("c1", "health_status", detail="healthy")
+    resp = await client.get("/api/wake?names=web", headers=bearer(WAKE))
+    assert resp.status == 200
+
+
+async def test_a_start_that_failed_is_the_answer_for_a_moment(
+    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+) -> None:
+    docker, w, _clock, client = served
+    docker.containers["c3"] = box("c3", "napper", "exited", **{"idlewatch.enable": "no"})
+    for _ in range(3):
+        resp = await client.get("/api/wake?names=napper", headers=bearer(WAKE))
+        assert resp.status == 404, await resp.text()  # the live label check refuses it
+    assert docker.calls["start_container"] == 0 and w.status().wake_starts == 1
+    assert not docker.violations
