@@ -97,6 +97,8 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
                 async for msg in ws:
                     data = json.loads(msg.data)
                     now = time.time_ns()
+                    if data.get("type") != "change":
+                        continue  # the feed's health messages
                     a = data["agent"]
                     agent = w.get(a["name"])
                     if agent is not None and a["name"] in names:

@@ -16,6 +16,8 @@ import asyncio
 import random
 import resource
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -24,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
+
+from tests.private_engine import free_port
 
 from . import ws_clients
 from .common import percentile, tcp_counter
@@ -122,14 +127,43 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def run(
+async def run_bare(
+    payloads: Path,
     agents: int = AGENTS,
     rate: float = RATE,
     clients: int = CLIENTS,
     requests: int = REQUESTS,
     waves: int = WAVES,
 ) -> dict[str, Any]:
-    """The whole scenario once; the figures as a dict (see :func:`summary`)."""
+    """The same scenario against the bare server (bench/load_bare.py) serving ``payloads``
+    (captured from ``serve`` by :func:`run` in the same run)."""
+    _raise_nofile()
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        log = Path(tmp) / "bare.log"
+        proc = _spawn_bare(port, payloads, rate, log)
+        syn0 = tcp_counter("TCPSynRetrans")
+        try:
+            await wait_ready(port, proc=proc)
+            result = await _drive(f"http://127.0.0.1:{port}", agents, clients, requests, waves, log)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        result["syn_retransmits"] = tcp_counter("TCPSynRetrans") - syn0
+        result["serve_log"] = _distinct(log.read_bytes()[: result.pop("log_end")].decode())
+    return result
+
+
+async def run(
+    agents: int = AGENTS,
+    rate: float = RATE,
+    clients: int = CLIENTS,
+    requests: int = REQUESTS,
+    waves: int = WAVES,
+    capture: Path | None = None,
+) -> dict[str, Any]:
+    """The whole scenario once; the figures as a dict (see :func:`summary`). With
+    ``capture``, the payloads ``serve`` answered are written there for :func:`run_bare`."""
     _raise_nofile()
     with tempfile.TemporaryDirectory() as tmp:
         engine = FakeEngineProcess(Path(tmp) / "fake.sock", 0, agents, rate)
@@ -139,7 +173,9 @@ async def run(
         syn0 = tcp_counter("TCPSynRetrans")
         try:
             await wait_ready(port, proc=proc)
-            result = await _drive(f"http://127.0.0.1:{port}", agents, clients, requests, waves, log)
+            result = await _drive(
+                f"http://127.0.0.1:{port}", agents, clients, requests, waves, log, capture
+            )
         except BaseException:
             print(f"serve's log:\n{log.read_text()[-4000:]}", flush=True)
             raise
@@ -166,8 +202,32 @@ def _distinct(log: str) -> list[str]:
     return list(seen)[:10]
 
 
+def _spawn_bare(port: int, payloads: Path, rate: float, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as err:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.load_bare", str(port), str(payloads), str(rate)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+async def _capture(session: aiohttp.ClientSession, path: Path) -> None:
+    """What serve answers for the listing and readiness, for the bare server to replay."""
+    async with session.get("/api/agents") as resp:
+        listing = await resp.json()
+    async with session.get("/readyz") as resp:
+        ready = await resp.json()
+    await asyncio.to_thread(path.write_bytes, orjson.dumps({"agents": listing, "ready": ready}))
+
+
 async def _drive(
-    base: str, agents: int, clients: int, requests: int, waves: int, log: Path
+    base: str,
+    agents: int,
+    clients: int,
+    requests: int,
+    waves: int,
+    log: Path,
+    capture: Path | None = None,
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     rng = random.Random(3)
@@ -175,6 +235,8 @@ async def _drive(
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(base, connector=connector, headers=headers) as session:
         names = await _fleet(session, agents, 60)
+        if capture is not None:
+            await _capture(session, capture)
         ws_url = f"{base.replace('http', 'ws')}/api/ws?token={TOKEN}"
         feed = await ws_clients.spawn(ws_url, clients, ws_clients.UNTIL_STOPPED, 600)
         try:

@@ -10,6 +10,8 @@ warning.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench import load_figures
 
 
@@ -23,3 +25,18 @@ async def test_requests_and_websocket_clients_while_events_flow_see_no_error() -
     assert ws["min_per_client"] > 0, ws
     assert r["events_applied_per_s"] > 0  # events flowed through the watcher meanwhile
     assert r["serve_log"] == []
+
+
+async def test_the_bare_baseline_serves_what_serve_answered(tmp_path: Path) -> None:
+    """The bench's bare server (bench/load_bare.py) replays serve's captured payloads to the
+    same mix: no error, and its websocket clients receive changes too."""
+    payloads = tmp_path / "payloads.json"
+    r = await load_figures.run(
+        agents=50, rate=50, clients=5, requests=50, waves=1, capture=payloads
+    )
+    assert r["errors"] == 0 and payloads.exists()
+    bare = await load_figures.run_bare(
+        payloads, agents=50, rate=50, clients=5, requests=50, waves=1
+    )
+    assert bare["completed"] == 50 and bare["errors"] == 0, bare["error_kinds"]
+    assert bare["ws"]["connected"] == 5 and bare["ws"]["min_per_client"] > 0, bare["ws"]
