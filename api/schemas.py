@@ -278,8 +278,29 @@ def _iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+#: name -> (the agent version, its JSON but for ``idle_for``): an agent is immutable, so
+#: its JSON changes only with the object; the listing (500 agents per call under load,
+#: bench/load_figures.py) copies the fixed part instead of building it (0.4 us, not 2.9).
+#: Compared by identity, so any number of watchers in a process share it safely.
+_FIXED: dict[str, tuple[Agent, dict[str, Any]]] = {}
+_FIXED_MAX = 100_000  # past it (names come and go), start over
+
+
 def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
     """The one agent shape used by every route and the websocket."""
+    hit = _FIXED.get(agent.name)
+    if hit is not None and hit[0] is agent:
+        out = hit[1].copy()
+    else:
+        out = _fixed_json(agent)
+        if len(_FIXED) >= _FIXED_MAX:
+            _FIXED.clear()
+        _FIXED[agent.name] = (agent, out.copy())
+    out["idle_for"] = round(agent.idle_for_s(now), 3)
+    return out
+
+
+def _fixed_json(agent: Agent) -> dict[str, Any]:
     return {
         "name": agent.name,
         "kind": agent.kind.value,
@@ -290,7 +311,7 @@ def agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
         "running": agent.running,
         "last_activity": _iso(agent.last_activity),
         "idle_timeout": agent.idle_timeout_s,
-        "idle_for": round(agent.idle_for_s(now), 3),
+        "idle_for": 0.0,  # (its place in the order; set per call)
         "labels": dict(agent.labels),
         "error": agent.error,
         "updated_at": _iso(agent.updated_at),

@@ -1,8 +1,9 @@
 """The bare baseline of the load figure (issue 15): a plain aiohttp server, its own process,
 serving the very payloads ``serve`` answered (captured in the same run) from memory, to the
-same client mix, with the same websocket clients receiving a change message at the rate
-the fake engine emits events. No tracker, no database, no auth: what aiohttp itself costs
-on this machine for that traffic.
+same client mix, with the same websocket clients receiving what serve sends them: a change
+message at the rate the fake engine emits events, and one for every touch (a touch is a
+change of the agent's last activity, which serve's feed publishes). No tracker, no
+database, no auth: what aiohttp itself costs on this machine for that traffic.
 
 ``python -m bench.load_bare PORT PAYLOADS.json RATE``
 """
@@ -43,6 +44,19 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
             raise web.HTTPNotFound()
         return json(body)
 
+    async def touch(request: web.Request) -> web.Response:
+        body = one.get(request.match_info["name"])
+        if body is None:
+            raise web.HTTPNotFound()
+        await broadcast()
+        return json(body)
+
+    async def broadcast() -> None:
+        text = orjson.dumps({"type": "change", "t": time.time(), "pad": CHANGE_PAD}).decode()
+        for ws in list(sockets):
+            if not ws.closed:
+                await ws.send_str(text)
+
     async def readyz(request: web.Request) -> web.Response:
         return json(ready)
 
@@ -67,11 +81,7 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
                 delay = start + k / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                msg = orjson.dumps({"type": "change", "t": time.time(), "pad": CHANGE_PAD})
-                text = msg.decode()
-                for ws in list(sockets):
-                    if not ws.closed:
-                        await ws.send_str(text)
+                await broadcast()
                 sent += 1
 
         task = asyncio.create_task(run())
@@ -81,7 +91,7 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
     application = web.Application()
     application.router.add_get("/api/agents", agents)
     application.router.add_get("/api/agents/{name}", agent)
-    application.router.add_post("/api/agents/{name}/activity", agent)
+    application.router.add_post("/api/agents/{name}/activity", touch)
     application.router.add_get("/readyz", readyz)
     application.router.add_get("/metrics", metrics)
     application.router.add_get("/api/ws", feed)
