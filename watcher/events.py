@@ -231,11 +231,11 @@ class Enricher:
         seq = consumer.seq
         limit = asyncio.Semaphore(ENRICH_CONCURRENCY)
         looks = await asyncio.gather(
-            *(self._look(limit, self._docker.inspect_container(c)) for c in containers),
-            *(self._look(limit, self._docker.inspect_service(s)) for s in services),
+            *(self._look(limit, self._docker.inspect_container, c) for c in containers),
+            *(self._look(limit, self._docker.inspect_service, s) for s in services),
         )
         execs = await asyncio.gather(
-            *(self._look(limit, self._docker.open_execs(c)) for c in recovering)
+            *(self._look(limit, self._docker.open_execs, c) for c in recovering)
         )
         self.inspections += len(looks) + len(execs)
         found = {
@@ -269,10 +269,14 @@ class Enricher:
         else:
             del self._held[container_id]
 
-    async def _look(self, limit: asyncio.Semaphore, call: Awaitable[T]) -> T | WatcherError:
+    async def _look(
+        self, limit: asyncio.Semaphore, call: Callable[[str], Awaitable[T]], ref: str
+    ) -> T | WatcherError:
+        # the call is made here, not by the caller: a look cancelled while it waits for
+        # its turn (a shutdown mid-batch) leaves no coroutine behind that was never awaited
         async with limit:
             try:
-                return await call
+                return await call(ref)
             except WatcherError as exc:
                 logger.warning("could not look at the engine: %s", exc)
                 return exc

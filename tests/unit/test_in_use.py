@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -11,7 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
 from idlewatch.api import create_app
 from idlewatch.clock import to_ns
-from idlewatch.models import ContainerInfo, EngineEvent, EventType, ExecProcess, freeze
+from idlewatch.models import (
+    ContainerExecs,
+    ContainerInfo,
+    EngineEvent,
+    EventType,
+    ExecProcess,
+    freeze,
+)
 
 from tests.fakes import FakeDocker, FakeStore
 
@@ -261,3 +271,30 @@ async def test_a_paused_agent_in_use_or_never_idle_is_not_stopped_after_stop_aft
     clock.advance(600)  # past the 5m stop-after
     assert (await w.sweep_once()).outcomes.get("b") is None
     assert ("stop_container", "c2") not in docker.acted
+
+
+async def test_a_shutdown_mid_recovery_leaves_no_look_unawaited() -> None:
+    """Closing while the enricher reads the open sessions of many containers: the looks it
+    had not begun are dropped cleanly, with no coroutine left "never awaited" (the sweep
+    benchmark printed that warning at every shutdown)."""
+
+    class SlowEngine(FakeDocker):
+        async def open_execs(self, ref: str) -> ContainerExecs | None:
+            self._call("open_execs")
+            await asyncio.Event().wait()  # an engine that never answers
+            return None
+
+    docker = SlowEngine()
+    for i in range(500):
+        docker.containers[f"c{i}"] = box(f"c{i}", f"agent-{i}")
+    settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db")
+    w = Watcher(settings, docker=docker, store=FakeStore())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        await w.open()
+        await w.wait_synced(5)
+        await asyncio.wait_for(docker.wait_calls("open_execs", 1), 5)
+        await w.close()
+        gc.collect()
+    assert 0 < docker.calls["open_execs"] < 500  # it was stopped mid-way
+    assert [str(x.message) for x in seen if "never awaited" in str(x.message)] == []
