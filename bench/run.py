@@ -362,8 +362,9 @@ async def _load() -> dict[str, dict[str, Any]]:
             "requests/s",
             "reference",
             "a bare aiohttp server (its own process) serving the payloads serve answered in "
-            "this run from memory, same client mix, same websocket clients fed at the same "
-            "rate",
+            "this run from memory, same client mix, the same websocket clients sent what "
+            "serve's feed sends them (a change per engine event, at the engine's rate, and "
+            "one per touch)",
             spread=stats(bare_rps),
         ),
         "load_api_bare_p99_ms": fig(

@@ -38,7 +38,6 @@ from .settings import Settings, load_settings
 from .status import Health, WatcherStatus
 from .store import SqlStore
 from .sweeper import Sweeper, SweepReport
-from .tasks import cancel_and_wait
 from .tracker import Tracker
 from .wake import WakeConfig, Waker, WakeResult
 from .writer import CommitObserver, StoreWriter
@@ -155,8 +154,6 @@ class Watcher:
             share=lambda agent: self._replicas.report_use(agent, "wake"),
         )
         self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
-        #: the ping in flight: concurrent readiness probes share it (single flight)
-        self._ping: asyncio.Task[None] | None = None
         self._started = False
         #: how long an operation waits for the engine's confirming event before answering
         self.confirm_timeout_s = CONFIRM_TIMEOUT_S
@@ -215,8 +212,6 @@ class Watcher:
             return
         self._started = False
         await self._waker.close()
-        if self._ping is not None and not self._ping.done():  # (a failed one was read)
-            await cancel_and_wait(self._ping)
         await self._sweeper.close()
         await self._stream.close()
         await self._writer.close()  # while still leading: the last rows are this replica's
@@ -326,15 +321,9 @@ class Watcher:
         ``answered_within_s``: on a loop busy with a burst of requests one turn can outlast
         ``timeout_s``, so a slow ping there says nothing about the database
         (bench/load_figures.py: 1,000 requests at once made /readyz flap to 503).
-        Probes that arrive while a ping is in flight wait for that one: a burst of them
-        costs one ping, not one each queued behind the writer's commits.
         """
-        ping = self._ping
-        if ping is None or ping.done():  # else: a probe arrived while one pings; share it
-            ping = self._ping = asyncio.create_task(self._store.ping(), name="idlewatch-ping")
-            ping.add_done_callback(_retrieve)
         try:
-            await asyncio.wait_for(asyncio.shield(ping), timeout_s)
+            await asyncio.wait_for(self._store.ping(), timeout_s)
         except TimeoutError:
             last = max(self._db_answered_monotonic, self._writer.last_commit_monotonic)
             if last and time.monotonic() - last <= answered_within_s:
@@ -590,10 +579,3 @@ class Watcher:
 
 
 __all__ = ["Health", "Watcher", "WatcherError"]
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """A shared ping whose waiters all timed out: its failure is read here, not logged
-    by asyncio as never retrieved (the next probe pings again)."""
-    if not task.cancelled():
-        task.exception()
