@@ -9,11 +9,12 @@ from idlewatch import Settings, Watcher
 
 from .auth import auth_middleware
 from .errors import error_middleware
-from .keys import FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .keys import AGENT_JSON, FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
 from .limits import GUARD, ConnectionGuard
 from .metrics import Metrics
 from .openapi import routes as openapi_routes
 from .routes import routes as rest_routes
+from .schemas import AgentJson
 from .wake import routes as wake_routes
 from .ws import Feed, close_all, feed_ctx
 from .ws import routes as ws_routes
@@ -51,7 +52,8 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[METRICS] = metrics
     app[GUARD] = guard  # used when served through api.limits.GuardedSite
     app[SOCKETS] = Sockets()
-    app[FEED] = Feed(settings.ws_max_buffer_bytes)
+    app[AGENT_JSON] = AgentJson()
+    app[FEED] = Feed(settings.ws_max_buffer_bytes, app[AGENT_JSON])
     app.cleanup_ctx.append(feed_ctx)
     app.add_routes(rest_routes)
     app.add_routes(wake_routes)

@@ -11,11 +11,13 @@ from idlewatch import Settings, Watcher
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from .schemas import AgentJson
     from .ws import Feed
 
 WATCHER: web.AppKey[Watcher] = web.AppKey("watcher", Watcher)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+AGENT_JSON: web.AppKey[AgentJson] = web.AppKey("agent_json")
 
 
 class Sockets:

@@ -10,14 +10,13 @@ from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Status, Watcher
 
 from .errors import ApiError, error_response
-from .keys import METRICS, SETTINGS, WATCHER
+from .keys import AGENT_JSON, METRICS, SETTINGS, WATCHER
 from .metrics import render
 from .schemas import (
     ActivityBody,
     RegisterBody,
     ReplicasBody,
     ScaleBody,
-    agent_json,
     audit_json,
     no_body,
     read_json,
@@ -35,7 +34,7 @@ def _w(request: web.Request) -> Watcher:
 
 
 def _agent(request: web.Request, agent: Agent) -> web.Response:
-    return web.json_response(agent_json(agent, _w(request).clock.now()))
+    return web.json_response(request.config_dict[AGENT_JSON](agent, _w(request).clock.now()))
 
 
 def _name(request: web.Request) -> str:
@@ -67,13 +66,14 @@ async def list_agents(request: web.Request) -> web.Response:
     """All tracked agents, optionally filtered by ``?status=``."""
     _query(request, {"status"})
     agents = _w(request).agents()
-    if "status" in request.query:
+    complete = "status" not in request.query
+    if not complete:
         wanted = request.query["status"]
         if wanted not in {s.value for s in Status}:
             raise ApiError(400, "invalid_parameter", f"unknown status {wanted!r}", "status")
         agents = [a for a in agents if a.status.value == wanted]
     now = _w(request).clock.now()
-    return _json_list([agent_json(a, now) for a in agents])
+    return _json_list(request.config_dict[AGENT_JSON].listing(agents, now, complete=complete))
 
 
 @routes.get("/api/agents/running", name="agents_running")
@@ -82,7 +82,7 @@ async def list_running(request: web.Request) -> web.Response:
     _query(request, set())
     now = _w(request).clock.now()
     running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
-    return _json_list([agent_json(a, now) for a in running])
+    return _json_list(request.config_dict[AGENT_JSON].listing(running, now, complete=False))
 
 
 @routes.route("*", "/api/agents/running", name="agents_running_other")
@@ -131,7 +131,7 @@ async def _start(request: web.Request) -> web.Response:
             "timeout",
             f"{name!r} did not run within {timeout_s:g}s",
             None,
-            agent=agent_json(current, w.clock.now()) if current else None,
+            agent=request.config_dict[AGENT_JSON](current, w.clock.now()) if current else None,
         )
     assert done is not None
     return _agent(request, done)

@@ -21,8 +21,8 @@ from idlewatch.durations import DurationError, parse_duration_s
 from idlewatch.wake import WakeResult, is_ready
 
 from .errors import ApiError
-from .keys import WATCHER
-from .schemas import DURATION, agent_json, no_body
+from .keys import AGENT_JSON, WATCHER
+from .schemas import DURATION, no_body
 
 routes = web.RouteTableDef()
 
@@ -353,14 +353,14 @@ async def sablier_dynamic(request: web.Request) -> web.Response:
 _AWAKE = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING, Status.PAUSED})
 
 
-def _group_json(w: Watcher, name: str, members: list[Agent]) -> dict[str, Any]:
-    now = w.clock.now()
+def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[str, Any]:
+    now = _w(request).clock.now()
     awake = sum(1 for a in members if a.status in _AWAKE)
     return {
         "name": name,
         "awake": awake,
         "ready": all(is_ready(a) for a in members),
-        "members": [agent_json(a, now) for a in members],
+        "members": request.config_dict[AGENT_JSON].listing(members, now, complete=False),
     }
 
 
@@ -368,8 +368,7 @@ def _group_json(w: Watcher, name: str, members: list[Agent]) -> dict[str, Any]:
 async def list_groups(request: web.Request) -> web.Response:
     """Every group with its members."""
     _only(request, set())
-    w = _w(request)
-    body = [_group_json(w, g, members) for g, members in w.groups().items()]
+    body = [_group_json(request, g, members) for g, members in _w(request).groups().items()]
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -379,7 +378,7 @@ async def get_group(request: web.Request) -> web.Response:
     _only(request, set())
     w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(w, name, w.group(name)))
+    return web.json_response(_group_json(request, name, w.group(name)))
 
 
 @routes.post("/api/groups/{name}/start", name="group_start")
@@ -389,7 +388,7 @@ async def start_group(request: web.Request) -> web.Response:
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(w, name, await w.start_group(name, actor="api")))
+    return web.json_response(_group_json(request, name, await w.start_group(name, actor="api")))
 
 
 @routes.post("/api/groups/{name}/stop", name="group_stop")
@@ -399,7 +398,7 @@ async def stop_group(request: web.Request) -> web.Response:
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(w, name, await w.stop_group(name, actor="api")))
+    return web.json_response(_group_json(request, name, await w.stop_group(name, actor="api")))
 
 
 __all__ = ["routes"]

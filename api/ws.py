@@ -15,17 +15,18 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web
 from idlewatch import SubscriberLagged, Watcher
-from idlewatch.models import Change
+from idlewatch.models import Agent, Change
 from idlewatch.tasks import cancel_and_wait
 
 from .errors import ApiError
 from .keys import FEED, SETTINGS, SOCKETS, WATCHER
-from .schemas import agent_json, health_json
+from .schemas import AgentJson, health_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,16 @@ class Client:
 class Feed:
     """Owns the fan-out task of one app (started by the first client, stopped at cleanup)."""
 
-    def __init__(self, max_buffer_bytes: int) -> None:
+    def __init__(self, max_buffer_bytes: int, render: AgentJson) -> None:
         self.max_buffer_bytes = max_buffer_bytes
+        self._render = render
         self.clients: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
+
+    def render_all(self, agents: list[Agent], now: datetime) -> list[dict[str, Any]]:
+        """The whole fleet's JSON (a snapshot)."""
+        return self._render.listing(agents, now, complete=True)
 
     def ensure_started(self, watcher: Watcher) -> None:
         """Start the fan-out tasks on the first client (the watcher may come from a parent app)."""
@@ -98,13 +104,23 @@ class Feed:
         while True:
             try:
                 async for change in watcher.changes(FEED_QUEUE):
-                    await self._fan_out(_change_msg(change, watcher.clock.now()))
+                    await self._fan_out(self._change_msg(change, watcher.clock.now()))
             except SubscriberLagged:
                 # the feed itself fell behind: every client may have missed changes, so
                 # ask them to reconnect (and get a fresh snapshot) rather than lie
                 logger.error("websocket feed overflowed; asking every client to reconnect")
                 for client in list(self.clients):
                     await _close(client.ws, WSCloseCode.TRY_AGAIN_LATER, b"feed overflow")
+
+    def _change_msg(self, change: Change, now: datetime) -> str:
+        return orjson.dumps(
+            {
+                "type": "change",
+                "agent": self._render(change.agent, now),
+                "previous_status": change.previous_status.value if change.previous_status else None,
+                "reason": change.reason,
+            }
+        ).decode()
 
     async def _fan_out(self, msg: str) -> None:
         for client in list(self.clients):
@@ -122,17 +138,6 @@ class Feed:
                 await client.ws.send_str(msg)
             except (ConnectionError, RuntimeError):
                 client.abort("connection lost")
-
-
-def _change_msg(change: Change, now: Any) -> str:
-    return orjson.dumps(
-        {
-            "type": "change",
-            "agent": agent_json(change.agent, now),
-            "previous_status": change.previous_status.value if change.previous_status else None,
-            "reason": change.reason,
-        }
-    ).decode()
 
 
 async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -177,7 +182,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     now = w.clock.now()
     snapshot = {
         "type": "snapshot",
-        "agents": [agent_json(a, now) for a in w.agents()],
+        "agents": fan.render_all(w.agents(), now),
         "health": health_json(w.health()),
     }
     try:

@@ -145,3 +145,29 @@ async def test_every_route_is_in_the_openapi_document(
         if route.method in ("HEAD", "*"):  # "*": a 405 that names the allowed methods
             continue
         assert info in doc and route.method.lower() in doc[info], (route.method, info)
+
+
+def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable() -> None:
+    """The listing's memo (issue 15): a new version of an agent is rendered anew, idle_for
+    is computed per call, a caller's labels dict is its own, and a complete listing drops
+    the names the fleet no longer has."""
+    from idlewatch.api.schemas import AgentJson
+    from idlewatch.models import Agent, Kind, Status
+
+    t0 = datetime(2026, 8, 1, tzinfo=UTC)
+    a = Agent(
+        "a", Kind.CONTAINER, "c1", "img", Status.RUNNING, 1, 1, t0, 60.0, t0, freeze({"team": "x"})
+    )
+    render = AgentJson()
+    first = render(a, t0)
+    first["labels"]["team"] = "changed by a caller"
+    again = render(a, t0.replace(second=30))
+    assert again["labels"] == {"team": "x"} and again["idle_for"] == 30.0
+    assert list(again) == list(first)  # the same key order, idle_for in its place
+    b = a._replace(status=Status.EXITED, running=0, replicas=0)
+    assert render(b, t0)["status"] == "exited"
+    gone = a._replace(name="gone")
+    render.listing([b, gone], t0, complete=True)
+    render.listing([b], t0, complete=True)
+    assert [x["name"] for x in render.listing([b], t0, complete=False)] == ["a"]
+    assert set(render._fixed) == {"a"}

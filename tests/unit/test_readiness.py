@@ -93,3 +93,25 @@ async def test_concurrent_pings_share_one_query(
     await store.ping()  # a finished ping is not reused: the next one asks again
     assert queries == 2
     await store.close()
+
+
+async def test_a_hung_shared_ping_gives_way_to_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query that never comes back (a dead connection) fails after ping_max_s, so the
+    next probe asks again instead of waiting on it for ever."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path}/p.db")
+    store.ping_max_s = 0.05
+    answers = [asyncio.Event(), None]  # the first query hangs, the second answers
+
+    async def fetch_val(query: str) -> int:
+        hang = answers.pop(0)
+        if hang is not None:
+            await hang.wait()
+        return 1
+
+    monkeypatch.setattr(store._db, "fetch_val", fetch_val)
+    with pytest.raises(StoreError, match=r"no answer within 0\.05s"):
+        await store.ping()
+    await store.ping()  # a new query, which answers
+    await store.close()

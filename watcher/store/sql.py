@@ -43,6 +43,10 @@ from .sqlite import run_in_sqlite_thread
 
 logger = logging.getLogger(__name__)
 
+#: a shared ping that has not answered by then fails, so the next probe asks again (one
+#: query lost by a dead connection must not hold readiness at "no answer" for ever)
+PING_MAX_S = 10.0
+
 _UPDATABLE = [c.name for c in agents_table.columns if c.name != "name"]
 _AUDIT_SQL = (
     "INSERT INTO audit (at, agent, action, reason, actor, ok, dry_run, detail, replica, "
@@ -73,6 +77,7 @@ class SqlStore:
         self._lock = ProcessLock(path + ".lock") if path is not None else None
         self._upsert_sql = self._build_upsert_sql()
         self._ping: asyncio.Task[None] | None = None
+        self.ping_max_s = PING_MAX_S
         #: the leader lease, on this store's database
         self.leases = SqlLeases(self._db, NOW_SQL[self._dialect])
         #: activity reports of nodes and replicas, on this store's database
@@ -180,7 +185,13 @@ class SqlStore:
 
     async def _ping_once(self) -> None:
         try:
-            await self._db.fetch_val("SELECT 1")
+            async with asyncio.timeout(self.ping_max_s):
+                await self._db.fetch_val("SELECT 1")
+        except TimeoutError as exc:
+            raise StoreError(
+                f"database {self._redacted()} does not answer: no answer within "
+                f"{self.ping_max_s:g}s"
+            ) from exc
         except Exception as exc:
             raise StoreError(f"database {self._redacted()} does not answer: {exc}") from exc
 
