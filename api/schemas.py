@@ -278,6 +278,17 @@ def _iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+class ReadOnlyDict(dict[str, str]):
+    """A dict nobody can change (JSON encoders see a dict): the labels one agent version's
+    answers share."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("an agent's labels in its JSON are read-only")
+
+    __setitem__ = __delitem__ = _refuse
+    clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+
 class AgentJson:
     """The one agent shape used by every route and the websocket, for one app (``app``'s
     ``AGENT_JSON``), with each agent's fixed part built once.
@@ -302,10 +313,10 @@ class AgentJson:
             out = hit[1].copy()
         else:
             out = _fixed_json(agent)
+            out["labels"] = ReadOnlyDict(agent.labels)  # shared by every answer: frozen
             if len(self._fixed) >= max(1024, 2 * self._fleet):
                 self._fixed.clear()
             self._fixed[agent.name] = (agent, out.copy())
-        out["labels"] = dict(agent.labels)  # a caller's own: never the memo's
         out["idle_for"] = round(agent.idle_for_s(now), 3)
         return out
 
@@ -335,7 +346,7 @@ def _fixed_json(agent: Agent) -> dict[str, Any]:
         "last_activity": _iso(agent.last_activity),
         "idle_timeout": agent.idle_timeout_s,
         "idle_for": 0.0,  # (its place in the order; set per call)
-        "labels": None,  # (set per call: a mutable dict is never shared)
+        "labels": dict(agent.labels),
         "error": agent.error,
         "updated_at": _iso(agent.updated_at),
         "sessions": agent.sessions,

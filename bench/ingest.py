@@ -104,19 +104,19 @@ async def run(repeats: int = 3) -> dict[str, Any]:
     ours: list[dict[str, Any]] = []
     ceilings: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(repeats):
-            engine = FakeEngineProcess(Path(tmp) / f"fake{i}.sock", N_EVENTS, N_AGENTS)
-            await engine.start()
-            try:
-                ceilings.append(await ceiling(engine, len(sc.lines)))
-            finally:
-                await engine.stop()
-            engine = FakeEngineProcess(Path(tmp) / f"fake{i}b.sock", N_EVENTS, N_AGENTS)
-            await engine.start()
-            try:
-                ours.append(await pipeline(engine, sc, Path(tmp) / f"run{i}.db"))
-            finally:
-                await engine.stop()
+        for i in range(repeats):  # A B, B A, A B...: a drift over the run hits both alike
+            for is_ceiling in (True, False) if i % 2 == 0 else (False, True):
+                engine = FakeEngineProcess(
+                    Path(tmp) / f"fake{i}{is_ceiling:d}.sock", N_EVENTS, N_AGENTS
+                )
+                await engine.start()
+                try:
+                    if is_ceiling:
+                        ceilings.append(await ceiling(engine, len(sc.lines)))
+                    else:
+                        ours.append(await pipeline(engine, sc, Path(tmp) / f"run{i}.db"))
+                finally:
+                    await engine.stop()
     return {"ours": ours, "ceilings": ceilings}
 
 

@@ -2,8 +2,10 @@
 serving the very payloads ``serve`` answered (captured in the same run) from memory, to the
 same client mix, with the same websocket clients receiving what serve sends them: a change
 message at the rate the fake engine emits events, and one for every touch (a touch is a
-change of the agent's last activity, which serve's feed publishes). No tracker, no
-database, no auth: what aiohttp itself costs on this machine for that traffic.
+change of the agent's last activity, which serve's feed publishes), sent the way serve
+sends them (one fan-out task, the request answered without waiting for it, the same
+write-buffer limit). No tracker, no database, no auth: what aiohttp itself costs on this
+machine for that traffic.
 
 ``python -m bench.load_bare PORT PAYLOADS.json RATE``
 """
@@ -22,6 +24,9 @@ from aiohttp import web
 
 #: about the size of one of idlewatch's change messages (an agent's JSON and the envelope)
 CHANGE_PAD = "x" * 420
+#: serve's write-buffer high-water mark for a websocket client (4 x ws_max_buffer_bytes's
+#: default), so that neither waits on a drain where the other would not
+HIGH_WATER = 4 * 256 * 1024
 
 
 def app(payloads: dict[str, Any], rate: float) -> web.Application:
@@ -30,6 +35,7 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
     one = {a["name"]: orjson.dumps(a) for a in payloads["agents"]}
     ready: bytes = orjson.dumps(payloads["ready"])
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    outbox: asyncio.Queue[None] = asyncio.Queue()  # one fan-out task sends, as serve's does
     sent = 0
 
     def json(body: bytes) -> web.Response:
@@ -48,14 +54,16 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
         body = one.get(request.match_info["name"])
         if body is None:
             raise web.HTTPNotFound()
-        await broadcast()
+        outbox.put_nowait(None)  # answered at once; the fan-out task sends the change
         return json(body)
 
-    async def broadcast() -> None:
-        text = orjson.dumps({"type": "change", "t": time.time(), "pad": CHANGE_PAD}).decode()
-        for ws in list(sockets):
-            if not ws.closed:
-                await ws.send_str(text)
+    async def fan_out() -> None:
+        while True:
+            await outbox.get()
+            text = orjson.dumps({"type": "change", "t": time.time(), "pad": CHANGE_PAD}).decode()
+            for ws in list(sockets):
+                if not ws.closed:
+                    await ws.send_str(text)
 
     async def readyz(request: web.Request) -> web.Response:
         return json(ready)
@@ -66,6 +74,8 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
     async def feed(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        if request.transport is not None:
+            request.transport.set_write_buffer_limits(high=HIGH_WATER)
         sockets.add(ws)
         async for _ in ws:
             pass
@@ -81,12 +91,13 @@ def app(payloads: dict[str, Any], rate: float) -> web.Application:
                 delay = start + k / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await broadcast()
+                outbox.put_nowait(None)
                 sent += 1
 
-        task = asyncio.create_task(run())
+        tasks = [asyncio.create_task(run()), asyncio.create_task(fan_out())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     application = web.Application()
     application.router.add_get("/api/agents", agents)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def _spread(values: list[float]) -> str:
 
 
 async def collect() -> dict[str, dict[str, Any]]:
-    """Run everything once; about five minutes on 2 cores."""
+    """Run everything once; about seven minutes on 2 cores."""
     figures: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
 
@@ -69,11 +70,15 @@ async def collect() -> dict[str, dict[str, Any]]:
         ">= 0.5 x ceiling, every final status right",
         f"median of 3; ratio to the ceiling {statistics.median(ratios):.2f} "
         f"(spread {min(ratios):.2f}-{max(ratios):.2f}); wrong statuses at the end: {wrong}; "
-        f"includes {ing['ours'][0]['inspections']} healthcheck inspections",
+        f"includes {ing['ours'][0]['inspections']} looks at the engine (an inspect of each "
+        "container with exec events, to tell its healthcheck's execs apart; a read of the "
+        "open sessions of each container running at the first listing)",
         met=statistics.median(ratios) >= 0.5 and wrong == 0,
         spread=stats(ours),
         ratio_to_ceiling=round(statistics.median(ratios), 3),
         ratios=[round(r, 3) for r in ratios],
+        runs=[round(x) for x in ours],
+        ceiling_runs=[round(x) for x in ceil],
         wrong_final_status=wrong,
     )
     figures["ingest_ceiling_events_per_s"] = fig(
@@ -172,22 +177,31 @@ async def collect() -> dict[str, dict[str, Any]]:
         "engine calls per sweep when nothing is idle",
         met=sw["engine_calls"] == 0,
     )
-    print("websocket feed, 1,000 clients (2 x 20 s) ...", flush=True)
+    print(
+        f"websocket feed, {ws_figures.CLIENTS:,} clients ({ws_figures.PAIRS} x 2 runs of "
+        f"{ws_figures.SECONDS} s, alternated with the bare loop) ...",
+        flush=True,
+    )
     ws = await ws_figures.run()
     ratios = [o["p99_ms"] / b["p99_ms"] for o, b in zip(ws["ours"], ws["bare"], strict=True)]
     p99 = [o["p99_ms"] for o in ws["ours"]]
     bare_p99 = [b["p99_ms"] for b in ws["bare"]]
-    lost = sum(o["expected_per_client"] * 1000 - o["delivered"] for o in ws["ours"])
+    lost = sum(o["expected_per_client"] * ws_figures.CLIENTS - o["delivered"] for o in ws["ours"])
     dropped = sum(o["dropped_by_server"] for o in ws["ours"])
     figures["ws_p99_ms_1000_clients"] = fig(
         statistics.median(p99),
         "ms",
-        "<= 1.3 x the bare loop (median; no run above 1.5 x), nothing lost",
+        "<= 100 ms and <= 1.3 x the bare loop (median; no run above 1.5 x), nothing lost",
         f"median of {len(p99)} runs alternated with the bare loop; ratio to the bare loop "
         f"{statistics.median(ratios):.2f} (spread {_spread(ratios)}); runs "
         f"{[round(x) for x in p99]} ms; lost {lost}; clients dropped by the server {dropped}",
-        met=statistics.median(ratios) <= 1.3 and max(ratios) <= 1.5 and lost == 0,
+        met=statistics.median(p99) <= 100
+        and statistics.median(ratios) <= 1.3
+        and max(ratios) <= 1.5
+        and lost == 0,
         spread=stats(p99),
+        runs=[round(x, 2) for x in p99],
+        bare_runs=[round(x, 2) for x in bare_p99],
         ratio_to_bare=round(statistics.median(ratios), 3),
         ratios=[round(r, 3) for r in ratios],
         lost=lost,
@@ -312,9 +326,12 @@ async def _load() -> dict[str, dict[str, Any]]:
     bare_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         payloads = Path(tmp) / "payloads.json"
-        for _ in range(LOAD_RUNS):
-            ours_runs.append(await load_figures.run(capture=payloads))
-            bare_runs.append(await load_figures.run_bare(payloads))
+        for i in range(LOAD_RUNS):  # ours first (it captures the payloads), then B A, A B
+            for ours in (True, False) if i % 2 == 0 else (False, True):
+                if ours:
+                    ours_runs.append(await load_figures.run(capture=payloads))
+                else:
+                    bare_runs.append(await load_figures.run_bare(payloads))
     rps = [r["requests_per_s"] for r in ours_runs]
     bare_rps = [r["requests_per_s"] for r in bare_runs]
     p99 = [r["p99_ms"] for r in ours_runs]
@@ -322,7 +339,14 @@ async def _load() -> dict[str, dict[str, Any]]:
     rps_ratio = [o / b for o, b in zip(rps, bare_rps, strict=True)]
     p99_ratio = [o / b for o, b in zip(p99, bare_p99, strict=True)]
     errors = sum(r["errors"] for r in ours_runs)
+    bare_errors = sum(r["errors"] for r in bare_runs)
+    kinds: Counter[str] = Counter()
+    for r in ours_runs:
+        kinds.update(r["error_kinds"])
+    serve_log = list(dict.fromkeys(line for r in ours_runs for line in r["serve_log"]))[:10]
     lost = sum(r["ws"]["connect_errors"] + r["ws"]["disconnected"] for r in ours_runs)
+    # a baseline that answered errors (fast) would flatter it: no verdict against it then
+    fair = bare_errors == 0
     ld = ours_runs[-1]
     ws = ld["ws"]
     mix = ", ".join(f"{share:.0%} {m} {r}" for m, r, share in load_figures.MIX)
@@ -339,8 +363,10 @@ async def _load() -> dict[str, dict[str, Any]]:
             f"{statistics.median(rps_ratio):.2f} (spread {_spread(rps_ratio)}); "
             f"{ld['requests']} requests a run in waves of {load_figures.REQUESTS}, each all "
             f"in flight at once on one client session ({mix}); {setting}",
-            met=statistics.median(rps_ratio) >= 0.5,
+            met=statistics.median(rps_ratio) >= 0.5 if fair else None,
             spread=stats(rps),
+            runs=[round(x, 1) for x in rps],
+            bare_runs=[round(x, 1) for x in bare_rps],
             ratio_to_bare=round(statistics.median(rps_ratio), 3),
             ratios=[round(r, 3) for r in rps_ratio],
         ),
@@ -352,8 +378,10 @@ async def _load() -> dict[str, dict[str, Any]]:
             f"{statistics.median(p99_ratio):.2f} (spread {_spread(p99_ratio)}); last run "
             f"p50 {ld['p50_ms']:.0f} ms, p99 by route "
             f"{ld['route_p99_ms']}; SYN retransmissions {ld['syn_retransmits']}",
-            met=statistics.median(p99_ratio) <= 2.0,
+            met=statistics.median(p99_ratio) <= 2.0 if fair else None,
             spread=stats(p99),
+            runs=[round(x, 1) for x in p99],
+            bare_runs=[round(x, 1) for x in bare_p99],
             ratio_to_bare=round(statistics.median(p99_ratio), 3),
             ratios=[round(r, 3) for r in p99_ratio],
         ),
@@ -364,7 +392,10 @@ async def _load() -> dict[str, dict[str, Any]]:
             "a bare aiohttp server (its own process) serving the payloads serve answered in "
             "this run from memory, same client mix, the same websocket clients sent what "
             "serve's feed sends them (a change per engine event, at the engine's rate, and "
-            "one per touch)",
+            f"one per touch); its errors over {len(bare_runs)} runs: {bare_errors} (a "
+            "baseline with errors gets no verdict against it); its websocket deliveries a "
+            f"run: {[r['ws']['delivered'] for r in bare_runs]} (serve's: "
+            f"{[r['ws']['delivered'] for r in ours_runs]})",
             spread=stats(bare_rps),
         ),
         "load_api_bare_p99_ms": fig(
@@ -379,8 +410,8 @@ async def _load() -> dict[str, dict[str, Any]]:
             "requests",
             "0",
             f"non-2xx answers or exceptions over {len(ours_runs)} runs: "
-            f"{ld['error_kinds'] or 'none'}; serve's warnings and errors: "
-            f"{ld['serve_log'] or 'none'}",
+            f"{dict(kinds) or 'none'}; serve's warnings and errors over the runs: "
+            f"{serve_log or 'none'}",
             met=errors == 0,
         ),
         "load_ws_clients_lost": fig(

@@ -128,9 +128,12 @@ async def checks(engine: PrivateEngine) -> dict[str, Any]:
                     raise TimeoutError("the wake servers did not answer 200")
                 await asyncio.sleep(0.1)
         ours, bares = [], []
-        for _ in range(RUNS):
-            ours.append(await _load(ours_url, CLIENTS, SECONDS))
-            bares.append(await _load(bare_url, CLIENTS, SECONDS))
+        for i in range(RUNS):  # A B, B A, A B...: a drift over the run hits both alike
+            for first in (True, False) if i % 2 == 0 else (False, True):
+                if first:
+                    ours.append(await _load(ours_url, CLIENTS, SECONDS))
+                else:
+                    bares.append(await _load(bare_url, CLIENTS, SECONDS))
         ratios = [o["per_s"] / b["per_s"] for o, b in zip(ours, bares, strict=True)]
         return {
             "ours": ours,

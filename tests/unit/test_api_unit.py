@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from idlewatch import ManualClock, Settings, Watcher
@@ -149,8 +151,8 @@ async def test_every_route_is_in_the_openapi_document(
 
 def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable() -> None:
     """The listing's memo (issue 15): a new version of an agent is rendered anew, idle_for
-    is computed per call, a caller's labels dict is its own, and a complete listing drops
-    the names the fleet no longer has."""
+    is computed per call, the labels dict shared by answers cannot be changed, and a
+    complete listing drops the names the fleet no longer has."""
     from idlewatch.api.schemas import AgentJson
     from idlewatch.models import Agent, Kind, Status
 
@@ -160,7 +162,10 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     )
     render = AgentJson()
     first = render(a, t0)
-    first["labels"]["team"] = "changed by a caller"
+    with pytest.raises(TypeError):  # shared by every answer of this version: frozen
+        first["labels"]["team"] = "changed by a caller"
+    assert orjson.loads(orjson.dumps(first))["labels"] == {"team": "x"}
+    assert json.loads(json.dumps(first))["labels"] == {"team": "x"}
     again = render(a, t0.replace(second=30))
     assert again["labels"] == {"team": "x"} and again["idle_for"] == 30.0
     assert list(again) == list(first)  # the same key order, idle_for in its place

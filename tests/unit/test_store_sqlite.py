@@ -68,3 +68,50 @@ async def test_an_object_without_the_private_call_is_refused_not_crashed() -> No
         pass
 
     assert await run_in_sqlite_thread(NotAiosqlite(), lambda conn: None) is False
+
+
+async def _report_and_read(url: str) -> list[tuple[str, str, float | None]]:
+    from idlewatch.models import ActivityReport
+
+    store = SqlStore(url)
+    await store.connect()
+    try:
+        t1 = T0.replace(minute=5)
+        await store.activity.report_activity(
+            [ActivityReport("a", "api", t1, "touch", t1), ActivityReport("b", "api", T0, "x", T0)]
+        )
+        await store.activity.report_activity([ActivityReport("a", "api", T0, "touch", T0)])
+        rows = await store.activity.load_activity()
+    finally:
+        await store.close()
+    return sorted(
+        (r.agent, r.event, r.last_activity.timestamp() if r.last_activity else None) for r in rows
+    )
+
+
+async def test_activity_reports_take_the_one_hop_path_and_fall_back_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """API use is reported for every touched agent: on SQLite as one executemany in one
+    hop (bench/load_figures.py), through ``databases`` when aiosqlite offers no way in;
+    the same rows either way, and last_activity never goes back."""
+    from idlewatch.store import activity as activity_module
+
+    used: list[bool] = []
+
+    async def spy(raw: object, fn: object) -> bool:
+        ok = await run_in_sqlite_thread(raw, fn)  # type: ignore[arg-type]
+        used.append(ok)
+        return ok
+
+    monkeypatch.setattr(activity_module, "run_in_sqlite_thread", spy)
+    fast = await _report_and_read(f"sqlite+aiosqlite:///{tmp_path}/fast.db")
+    assert used == [True, True], "aiosqlite changed: the fast path is no longer taken"
+
+    async def absent(raw: object, fn: object) -> bool:
+        return False
+
+    monkeypatch.setattr(activity_module, "run_in_sqlite_thread", absent)
+    slow = await _report_and_read(f"sqlite+aiosqlite:///{tmp_path}/slow.db")
+    t1 = T0.replace(minute=5).timestamp()
+    assert fast == slow == [("a", "touch", t1), ("b", "x", T0.timestamp())]

@@ -39,7 +39,7 @@ from .schema import (
     schema_table,
     specs_table,
 )
-from .sqlite import run_in_sqlite_thread
+from .sqlite import immediate_transaction, run_in_sqlite_thread
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SqlStore:
         #: the leader lease, on this store's database
         self.leases = SqlLeases(self._db, NOW_SQL[self._dialect])
         #: activity reports of nodes and replicas, on this store's database
-        self.activity = SqlActivity(self._db, NOW_SQL[self._dialect])
+        self.activity = SqlActivity(self._db, NOW_SQL[self._dialect], sqlite=self._sqlite)
 
     async def connect(self) -> None:
         """Open the database (creating the SQLite directory) and apply pending migrations.
@@ -240,9 +240,7 @@ class SqlStore:
         specs: Mapping[str, AgentSpec | None],
     ) -> None:
         """One transaction on the sqlite3 connection (runs in aiosqlite's thread)."""
-        if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(conn):
             for name, spec in specs.items():
                 conn.execute("DELETE FROM specs WHERE name = ?", (name,))
                 if spec is not None:
@@ -255,10 +253,6 @@ class SqlStore:
                 conn.executemany(self._upsert_sql, [agent_tuple(a) for a in agents])
             if audits:
                 conn.executemany(_AUDIT_SQL, [tuple(audit_row(e).values()) for e in audits])
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
 
     async def _write_postgres(
         self,

@@ -10,8 +10,9 @@ tests/unit/test_store_sqlite.py checks both paths.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -27,3 +28,17 @@ async def run_in_sqlite_thread(raw: Any, fn: Callable[[sqlite3.Connection], None
         return False
     await execute(fn, conn)
     return True
+
+
+@contextlib.contextmanager
+def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock up front), then commit, or roll back on any error;
+    for functions run by :func:`run_in_sqlite_thread`."""
+    if not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
