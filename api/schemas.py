@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -289,35 +289,49 @@ class ReadOnlyDict(dict[str, str]):
     clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
 
 
+class _Kept(NamedTuple):
+    """One agent version's JSON but for ``idle_for``, as a dict and as bytes."""
+
+    agent: Agent
+    fixed: dict[str, Any]
+    head: bytes  # the fixed part serialized, without its closing brace
+    last_activity_s: float
+
+
 class AgentJson:
     """The one agent shape used by every route and the websocket, for one app (``app``'s
     ``AGENT_JSON``), with each agent's fixed part built once.
 
-    An agent is immutable, so its JSON changes only with the object, except ``idle_for``:
-    the part without it is kept per name with the agent it was built from (compared by
-    identity; the kept agent cannot be collected, so its identity cannot be reused).
-    The listing is the API's biggest answer (bench/load_figures.py: 500 agents, 100
-    listings a wave); a copy of the kept part costs 0.4 us where building it cost 2.9 us.
-    Memory: about 1 KB per agent. A complete listing drops the names it no longer has;
+    An agent is immutable, so its JSON changes only with the object, except ``idle_for``
+    (the last key): the rest is kept per name with the agent it was built from (compared
+    by identity; the kept agent cannot be collected, so its identity cannot be reused),
+    as a dict and serialized. The listing is the API's biggest answer (bench/load_figures.py:
+    500 agents, 100 listings a wave): :meth:`listing_bytes` joins the kept bytes with each
+    ``idle_for``, 0.6 us an agent where building and serializing a dict cost 3.5 us.
+    Memory: about 1.5 KB per agent. A complete listing drops the names it no longer has;
     past twice the last complete listing (or 1,024) the memo starts over.
     """
 
     def __init__(self) -> None:
-        self._fixed: dict[str, tuple[Agent, dict[str, Any]]] = {}
+        self._kept: dict[str, _Kept] = {}
         self._fleet = 0  # agents in the last complete listing
+
+    def _get(self, agent: Agent) -> _Kept:
+        kept = self._kept.get(agent.name)
+        if kept is not None and kept.agent is agent:
+            return kept
+        fixed = _fixed_json(agent)
+        kept = _Kept(agent, fixed, orjson.dumps(fixed)[:-1], agent.last_activity.timestamp())
+        if len(self._kept) >= max(1024, 2 * self._fleet):
+            self._kept.clear()
+        self._kept[agent.name] = kept
+        return kept
 
     def __call__(self, agent: Agent, now: datetime) -> dict[str, Any]:
         """One agent's JSON at ``now``."""
-        hit = self._fixed.get(agent.name)
-        if hit is not None and hit[0] is agent:
-            out = hit[1].copy()
-        else:
-            out = _fixed_json(agent)
-            out["labels"] = ReadOnlyDict(agent.labels)  # shared by every answer: frozen
-            if len(self._fixed) >= max(1024, 2 * self._fleet):
-                self._fixed.clear()
-            self._fixed[agent.name] = (agent, out.copy())
-        out["idle_for"] = round(agent.idle_for_s(now), 3)
+        kept = self._get(agent)
+        out = kept.fixed.copy()
+        out["idle_for"] = round(max(0.0, now.timestamp() - kept.last_activity_s), 3)
         return out
 
     def listing(
@@ -326,12 +340,27 @@ class AgentJson:
         """Every agent's JSON; ``complete``: ``agents`` is the whole fleet, so names not
         in it are dropped from the memo."""
         out = [self(a, now) for a in agents]
+        self._listed(agents, complete)
+        return out
+
+    def listing_bytes(self, agents: list[Agent], now: datetime, *, complete: bool) -> bytes:
+        """:meth:`listing` serialized as a JSON array (``idle_for`` with 3 decimals)."""
+        now_s = now.timestamp()
+        get = self._get
+        parts = []
+        for a in agents:
+            kept = get(a)
+            idle = now_s - kept.last_activity_s
+            parts.append(b'%s,"idle_for":%.3f}' % (kept.head, idle if idle > 0 else 0.0))
+        self._listed(agents, complete)
+        return b"[" + b",".join(parts) + b"]"
+
+    def _listed(self, agents: list[Agent], complete: bool) -> None:
         if complete:
             self._fleet = len(agents)
-            if len(self._fixed) > len(agents):
+            if len(self._kept) > len(agents):
                 names = {a.name for a in agents}
-                self._fixed = {n: v for n, v in self._fixed.items() if n in names}
-        return out
+                self._kept = {n: v for n, v in self._kept.items() if n in names}
 
 
 def _fixed_json(agent: Agent) -> dict[str, Any]:
@@ -345,8 +374,7 @@ def _fixed_json(agent: Agent) -> dict[str, Any]:
         "running": agent.running,
         "last_activity": _iso(agent.last_activity),
         "idle_timeout": agent.idle_timeout_s,
-        "idle_for": 0.0,  # (its place in the order; set per call)
-        "labels": dict(agent.labels),
+        "labels": ReadOnlyDict(agent.labels),  # shared by every answer: frozen
         "error": agent.error,
         "updated_at": _iso(agent.updated_at),
         "sessions": agent.sessions,

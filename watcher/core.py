@@ -234,6 +234,14 @@ class Watcher:
         async for change in self._hub.subscribe(queue_size):
             yield change
 
+    async def change_batches(
+        self, queue_size: int | None = None, max_batch: int = 1000
+    ) -> AsyncIterator[list[Change]]:
+        """The same changes as :meth:`changes`, in lists of what queued up meanwhile (never
+        waiting for more): for a consumer that handles a burst at once."""
+        async for batch in self._hub.subscribe(queue_size).batches(max_batch):
+            yield batch
+
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries (what was written so far is flushed first)."""
         with contextlib.suppress(TimeoutError):

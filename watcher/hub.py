@@ -41,6 +41,31 @@ class Subscription:
         finally:
             self._hub.unsubscribe(self)
 
+    async def batches(self, max_batch: int = 1000) -> AsyncIterator[list[Change]]:
+        """The same changes in lists: each waits for one, then takes what else is queued
+        already (at most ``max_batch``), never waiting for more (a consumer that writes
+        what a burst published at once, as the websocket feed does)."""
+        try:
+            while True:
+                batch: list[Change] = []
+                item = await self.queue.get()
+                while item is not _CLOSED:
+                    batch.append(item)
+                    if len(batch) >= max_batch or self.queue.empty():
+                        break
+                    item = self.queue.get_nowait()
+                if batch:
+                    yield batch
+                if item is _CLOSED:
+                    if self.lagged:
+                        raise SubscriberLagged(
+                            "this subscriber fell more than "
+                            f"{self.queue.maxsize} changes behind and was dropped"
+                        )
+                    return
+        finally:
+            self._hub.unsubscribe(self)
+
     def close(self) -> None:
         """End the iteration (after what is already queued)."""
         self._hub.unsubscribe(self)

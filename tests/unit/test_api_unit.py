@@ -175,4 +175,10 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     render.listing([b, gone], t0, complete=True)
     render.listing([b], t0, complete=True)
     assert [x["name"] for x in render.listing([b], t0, complete=False)] == ["a"]
-    assert set(render._fixed) == {"a"}
+    assert set(render._kept) == {"a"}
+    # the serialized listing says what the dicts say (idle_for with 3 decimals)
+    later = t0.replace(second=7, microsecond=123456)
+    c = a._replace(name="c", last_activity=t0.replace(second=9))  # active after `later`
+    as_bytes = orjson.loads(render.listing_bytes([b, c], later, complete=False))
+    assert as_bytes == render.listing([b, c], later, complete=False)
+    assert [x["idle_for"] for x in as_bytes] == [7.123, 0.0]

@@ -335,3 +335,37 @@ async def test_running_is_not_a_name_an_agent_can_be_registered_under() -> None:
     with pytest.raises(ApiError) as err:
         RegisterBody(name="running", image="img").to_spec()
     assert err.value.status == 400 and err.value.field == "name"
+
+
+@pytest.mark.parametrize("compress", [0, 15])
+async def test_a_burst_of_changes_reaches_every_client_whole_and_in_order(compress: int) -> None:
+    """The feed writes a burst as frames built once (issue 15): every change arrives, in
+    order, as a valid text frame of each length form (7-bit, 16-bit and 64-bit), with and
+    without permessage-deflate negotiated."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    big = freeze({"idlewatch.enable": "true", "note": "x" * 70_000})
+    docker.containers["c2"] = ContainerInfo("c2", "big", "img", "running", big)
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", api_token="tok"
+    )
+    async with Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0)) as w:
+        await w.wait_synced(5)
+        async with TestClient(TestServer(create_app(w))) as client:
+            ws = await client.ws_connect("/api/ws", headers=AUTH, compress=compress)
+            first = await ws.receive_json(timeout=5)
+            assert first["type"] == "snapshot"
+            for i in range(250):  # no await yields between them: one burst, three batches
+                await w.touch("box", keep_for_s=i + 1)
+            await w.touch("big", keep_for_s=1)  # a change: the manual clock stands still
+            keeps = []
+            while len(keeps) < 250:
+                msg = await ws.receive_json(timeout=5)
+                if msg["type"] == "change" and msg["agent"]["name"] == "box":
+                    keeps.append(msg["agent"]["keep_until"])
+            assert keeps == sorted(keeps) and len(set(keeps)) == 250
+            msg = await ws.receive_json(timeout=5)
+            while msg["type"] != "change" or msg["agent"]["name"] != "big":
+                msg = await ws.receive_json(timeout=5)
+            assert len(msg["agent"]["labels"]["note"]) == 70_000
+            await ws.close()
