@@ -258,7 +258,12 @@ def _wake(wake: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"start?wait=running p50 {o['p50']:.1f} ms, p99 {o['p99']:.1f} ms; {bare_call[kind]}"
             f" (the engine's own time) p50 {b['p50']:.1f} ms, p99 {b['p99']:.1f} ms; added "
             f"p50 {w['added_p50_ms']:+.1f} ms, p99 {w['added_p99_ms']:+.1f} ms; "
-            f"{w['tries']} tries each, alternated",
+            f"{w['tries']} tries each, alternated"
+            + (
+                f"; corrections by the periodic resync (10 s here): {len(fixes)} {fixes[:3]}"
+                if (fixes := w.get("resync_corrections")) is not None
+                else ""
+            ),
             met=w["added_p50_ms"] <= 5 and w["added_p99_ms"] <= 15,
             ours=o,
             bare=b,
