@@ -127,6 +127,7 @@ async def collect() -> dict[str, dict[str, Any]]:
             f"runs {[round(f, 4) for f in fracs]}",
             met=cpu_median <= 0.02,
             spread=stats(fracs),
+            runs=[round(x, 4) for x in fracs],
         )
         print("polling baseline (100 containers) ...", flush=True)
         poll = await engine_figures.polling_baseline(engine, 100)
@@ -260,7 +261,7 @@ def _wake(wake: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"p50 {w['added_p50_ms']:+.1f} ms, p99 {w['added_p99_ms']:+.1f} ms; "
             f"{w['tries']} tries each, alternated"
             + (
-                f"; corrections by the periodic resync (10 s here): {len(fixes)} {fixes[:3]}"
+                f"; corrections by the periodic resync (every 30 s here): {len(fixes)} {fixes[:3]}"
                 if (fixes := w.get("resync_corrections")) is not None
                 else ""
             ),
