@@ -31,11 +31,7 @@ class Subscription:
             while True:
                 item = await self.queue.get()
                 if item is _CLOSED:
-                    if self.lagged:
-                        raise SubscriberLagged(
-                            "this subscriber fell more than "
-                            f"{self.queue.maxsize} changes behind and was dropped"
-                        )
+                    self._raise_if_lagged()
                     return
                 yield item
         finally:
@@ -57,14 +53,18 @@ class Subscription:
                 if batch:
                     yield batch
                 if item is _CLOSED:
-                    if self.lagged:
-                        raise SubscriberLagged(
-                            "this subscriber fell more than "
-                            f"{self.queue.maxsize} changes behind and was dropped"
-                        )
+                    self._raise_if_lagged()
                     return
         finally:
             self._hub.unsubscribe(self)
+
+    def _raise_if_lagged(self) -> None:
+        """At the end of the iteration: a subscriber dropped for lagging is told so."""
+        if self.lagged:
+            raise SubscriberLagged(
+                f"this subscriber fell more than {self.queue.maxsize} changes behind and was "
+                "dropped"
+            )
 
     def close(self) -> None:
         """End the iteration (after what is already queued)."""

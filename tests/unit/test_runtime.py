@@ -83,6 +83,27 @@ async def test_hub_drops_a_lagging_subscriber_only() -> None:
             pass
 
 
+async def test_batches_take_what_queued_in_order_and_a_lagging_one_is_told() -> None:
+    """Watcher.change_batches (the websocket feed): each batch is what queued meanwhile, at
+    most max_batch, in order; a subscriber dropped for lagging gets what is left queued, then
+    the error, as changes() does."""
+    hub = Hub(queue_size=5)
+    sub = hub.subscribe()
+    for i in range(4):
+        hub.publish(Change(agent(f"a{i}"), None, "test"))
+    batches = sub.batches(max_batch=3)
+    assert [c.agent.name for c in await anext(batches)] == ["a0", "a1", "a2"]
+    assert [c.agent.name for c in await anext(batches)] == ["a3"]
+    for i in range(4, 10):  # past its queue of 5: dropped
+        hub.publish(Change(agent(f"a{i}"), None, "test"))
+    assert hub.dropped_subscribers == 1  # (its oldest queued change made room for the end)
+    assert [c.agent.name for c in await anext(batches)] == ["a5", "a6", "a7"]
+    assert [c.agent.name for c in await anext(batches)] == ["a8"]
+    with pytest.raises(SubscriberLagged):
+        async for _ in batches:
+            pass
+
+
 def _container(cid: str, name: str, state: str = "running", **labels: str) -> ContainerInfo:
     return ContainerInfo(cid, name, "img", state, freeze({LABEL: "true", **labels}))
 
