@@ -285,6 +285,9 @@ class ReadOnlyDict(dict[str, str]):
     def _refuse(self, *args: object, **kwargs: object) -> None:
         raise TypeError("an agent's labels in its JSON are read-only")
 
+    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
+        return (dict, (dict(self),))  # a copy or a pickle is an ordinary dict
+
     __setitem__ = __delitem__ = _refuse
     clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
 

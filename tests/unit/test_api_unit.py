@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -165,6 +166,7 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     with pytest.raises(TypeError):  # shared by every answer of this version: frozen
         first["labels"]["team"] = "changed by a caller"
     assert orjson.loads(orjson.dumps(first))["labels"] == {"team": "x"}
+    assert copy.deepcopy(first)["labels"] == {"team": "x"}  # a copy is an ordinary dict
     assert json.loads(json.dumps(first))["labels"] == {"team": "x"}
     again = render(a, t0.replace(second=30))
     assert again["labels"] == {"team": "x"} and again["idle_for"] == 30.0
@@ -180,5 +182,6 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     later = t0.replace(second=7, microsecond=123456)
     c = a._replace(name="c", last_activity=t0.replace(second=9))  # active after `later`
     as_bytes = orjson.loads(render.listing_bytes([b, c], later, complete=False))
-    assert as_bytes == render.listing([b, c], later, complete=False)
+    as_dicts = render.listing([b, c], later, complete=False)
+    assert as_bytes == as_dicts and [list(x) for x in as_bytes] == [list(x) for x in as_dicts]
     assert [x["idle_for"] for x in as_bytes] == [7.123, 0.0]

@@ -340,8 +340,8 @@ async def test_running_is_not_a_name_an_agent_can_be_registered_under() -> None:
 @pytest.mark.parametrize("compress", [0, 15])
 async def test_a_burst_of_changes_reaches_every_client_whole_and_in_order(compress: int) -> None:
     """The feed writes a burst as frames built once (issue 15): every change arrives, in
-    order, as a valid text frame of each length form (7-bit, 16-bit and 64-bit), with and
-    without permessage-deflate negotiated."""
+    order (16-bit frames, and a 64-bit one for the big agent), with and without
+    permessage-deflate negotiated; each length form at its boundaries is tested below."""
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
     big = freeze({"idlewatch.enable": "true", "note": "x" * 70_000})
@@ -368,4 +368,34 @@ async def test_a_burst_of_changes_reaches_every_client_whole_and_in_order(compre
             while msg["type"] != "change" or msg["agent"]["name"] != "big":
                 msg = await ws.receive_json(timeout=5)
             assert len(msg["agent"]["labels"]["note"]) == 70_000
+            await ws.close()
+
+
+async def test_every_frame_length_form_reaches_a_real_client_as_sent() -> None:
+    """The feed's own frames (api.ws.text_frame) at each boundary of RFC 6455's length
+    forms, read back by aiohttp's websocket reader, in order and byte for byte."""
+    from idlewatch.api.keys import FEED
+
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", api_token="tok"
+    )
+    async with Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0)) as w:
+        await w.wait_synced(5)
+        app = create_app(w)
+        async with TestClient(TestServer(app)) as client:
+            ws = await client.ws_connect("/api/ws", headers=AUTH)
+            assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+            feed = app[FEED]
+            await until(lambda: all(c.ready for c in feed.clients) and bool(feed.clients))
+            sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+            sent = [b"x" * n for n in sizes]
+            feed._fan_out(sent)
+            got: list[str] = []
+            while len(got) < len(sent):
+                msg = await ws.receive(timeout=5)
+                if not str(msg.data).startswith('{"type":"health"'):
+                    got.append(msg.data)
+            assert [len(g) for g in got] == sizes and got == [b.decode() for b in sent]
             await ws.close()
