@@ -77,6 +77,7 @@ class DockerStream:
                     ev = self._parse(line)
                     if ev is not None:
                         yield ev
+                await asyncio.sleep(0)  # buffered data returns without a suspension: be fair
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"events stream broke: {exc}") from exc
         if buf.strip():

@@ -14,7 +14,7 @@ Policy (read this first):
   the same way, so drift that no event announced (Swarm has no task events; an event
   filtered or lost) is corrected; the consumer logs each correction.
 - Events that need a look at the engine (an unknown healthcheck, a new service) go to the
-  enricher task, off the reader's path.
+  enricher's workers, off the reader's path; a container's later events wait behind its look.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ T = TypeVar("T")
 
 RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; replay 1 s
 DEDUP_KEYS = 8192
-ENRICH_BATCH = 1000  # events taken from the enricher queue at once
-ENRICH_CONCURRENCY = 16  # inspections in flight at once
+ENRICH_CONCURRENCY = 32  # enricher workers: looks in flight at once
 HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 
 
@@ -140,33 +139,54 @@ class Dedup:
 
 
 class Enricher:
-    """Looks at the engine for events the consumer cannot decide alone, in arrival order."""
+    """Looks at the engine for events the consumer cannot decide alone.
 
-    def __init__(self, docker: DockerGateway, consumer: StreamConsumer) -> None:
+    A container's events wait, in their order, behind the look they need (an exec_die is
+    never applied before its exec_start) and are applied the moment it is answered; every
+    other container's events go on meanwhile. :data:`ENRICH_CONCURRENCY` workers take the
+    containers and services in the order they first asked. (One shared queue, as before,
+    made every later event of a held container wait for the whole backlog: in the ingest
+    benchmark 171,157 of 200,000 events went through it.)
+    """
+
+    def __init__(
+        self,
+        docker: DockerGateway,
+        consumer: StreamConsumer,
+        *,
+        concurrency: int = ENRICH_CONCURRENCY,
+    ) -> None:
         self._docker = docker
         self._consumer = consumer
-        self._queue: asyncio.Queue[tuple[EngineEvent, Need]] = asyncio.Queue()
+        self._concurrency = concurrency
+        #: containers and services to look at, in the order they first asked
+        self._work: asyncio.Queue[tuple[Need, str]] = asyncio.Queue()
         self._services_pending: set[str] = set()
-        #: containers with events queued here: their later events queue behind them, so a
-        #: container's events are applied in order (an exec_die never before its exec_start)
-        self._held: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        #: per container, its events waiting here in order (the first needs the look)
+        self._held: dict[str, deque[tuple[EngineEvent, Need]]] = {}
+        self._waiting = 0  # events held
+        self._workers: list[asyncio.Task[None]] = []
         self.inspections = 0
 
     @property
     def backlog(self) -> int:
-        """Events waiting for a look."""
-        return self._queue.qsize()
+        """Events and services waiting for a look."""
+        return self._waiting + len(self._services_pending)
 
     def submit(self, ev: EngineEvent, need: Need) -> None:
         """Queue an event for a look (never blocks); one look per service is enough."""
         if need is Need.SERVICE:
-            if ev.actor_id in self._services_pending:
-                return
-            self._services_pending.add(ev.actor_id)
+            if ev.actor_id not in self._services_pending:
+                self._services_pending.add(ev.actor_id)
+                self._work.put_nowait((Need.SERVICE, ev.actor_id))
+            return
+        self._waiting += 1
+        held = self._held.get(ev.actor_id)
+        if held is None:
+            self._held[ev.actor_id] = deque(((ev, need),))
+            self._work.put_nowait((Need.CONTAINER, ev.actor_id))
         else:
-            self._held[ev.actor_id] = self._held.get(ev.actor_id, 0) + 1
-        self._queue.put_nowait((ev, need))
+            held.append((ev, need))
 
     def holds(self, container_id: str) -> bool:
         """Whether events of this container wait here (a later one must queue behind)."""
@@ -185,101 +205,90 @@ class Enricher:
         self.submit(ev, Need.SERVICE)
 
     def start(self) -> None:
-        """Start the enricher task (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="idlewatch-enricher")
+        """Start the worker tasks (idempotent)."""
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._run(), name=f"idlewatch-enricher-{i}")
+                for i in range(self._concurrency)
+            ]
 
     async def close(self) -> None:
-        """Cancel and await the task."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        """Cancel and await the workers; what waited for a look is dropped (a later start
+        begins clean: the next connection's resync reads the engine afresh)."""
+        workers, self._workers = self._workers, []
+        for task in workers:
+            await cancel_and_wait(task)
+        self._work = asyncio.Queue()
+        self._held.clear()
+        self._services_pending.clear()
+        self._waiting = 0
 
     async def settled(self) -> None:
         """Wait until every look asked for so far is done and applied."""
-        await self._queue.join()
+        await self._work.join()
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < ENRICH_BATCH:
-                batch.append(self._queue.get_nowait())
+            need, ref = await self._work.get()
             try:
-                await self._handle_batch(batch)
-            except Exception:  # the enricher must outlive any one bad batch
-                logger.exception("enricher failed on a batch of %d events", len(batch))
+                if need is Need.SERVICE:
+                    await self._look_at_service(ref)
+                else:
+                    await self._drain(ref)
+            except Exception:  # a worker must outlive any one bad container
+                dropped = self._held.pop(ref, ())
+                self._waiting -= len(dropped)
+                logger.exception("enricher failed on %s; dropped %d events", ref, len(dropped))
             finally:
-                for ev, need in batch:  # (applied with no await between: nothing slipped in)
-                    if need is not Need.SERVICE:
-                        self._release(ev.actor_id)
-                    self._queue.task_done()
+                self._work.task_done()
 
-    async def _handle_batch(self, batch: list[tuple[EngineEvent, Need]]) -> None:
-        """Look at every distinct container and service of the batch at once, then apply
-        the batch's events in their order."""
+    async def _drain(self, container_id: str) -> None:
+        """Apply a container's held events in order, looking at the engine where one needs
+        it; events that arrive meanwhile are appended and applied in the same pass."""
         consumer = self._consumer
-        containers = list(
-            dict.fromkeys(
-                ev.actor_id
-                for ev, need in batch
-                if need is Need.CONTAINER and not consumer.knows_container(ev.actor_id)
-            )
-        )
-        services = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SERVICE))
-        recovering = list(dict.fromkeys(ev.actor_id for ev, need in batch if need is Need.SESSIONS))
-        self._services_pending.difference_update(services)  # a later event asks again
-        seq = consumer.seq
-        limit = asyncio.Semaphore(ENRICH_CONCURRENCY)
-        looks = await asyncio.gather(
-            *(self._look(limit, self._docker.inspect_container, c) for c in containers),
-            *(self._look(limit, self._docker.inspect_service, s) for s in services),
-        )
-        execs = await asyncio.gather(
-            *(self._look(limit, self._docker.open_execs, c) for c in recovering)
-        )
-        self.inspections += len(looks) + len(execs)
-        found = {
-            cid: listing
-            for cid, listing in zip(recovering, execs, strict=True)
-            if isinstance(listing, ContainerExecs)
-        }
-        failed = []
-        for cid, cinfo in zip(containers, looks[: len(containers)], strict=True):
-            if isinstance(cinfo, ContainerInfo):
-                consumer.apply_container(cinfo)
-            else:  # gone, or the look failed: no healthcheck known, so execs count as use
-                consumer.unknown_container(cid)
-                if cinfo is not None:
-                    failed.append(cid)
-        for sid, sinfo in zip(services, looks[len(containers) :], strict=True):
-            if isinstance(sinfo, ServiceInfo) or sinfo is None:
-                consumer.apply_service(sinfo, sid, seq)
-        for ev, need in batch:  # in their order: a session read before the events after it
-            if need is Need.CONTAINER:
-                consumer.apply(ev)
-            elif need is Need.SESSIONS and ev.actor_id in found:
-                consumer.recover_sessions(ev.actor_id, found.pop(ev.actor_id))
-        for cid in failed:  # a look that failed is asked again at the next exec
-            consumer.forget_container(cid)
+        held = self._held[container_id]
+        failed = False
+        while held:
+            ev, need = held[0]
+            if need is Need.SESSIONS:
+                listing = await self._look(self._docker.open_execs, container_id)
+                if isinstance(listing, ContainerExecs):
+                    consumer.recover_sessions(container_id, listing)
+            else:
+                if not consumer.knows_container(container_id):
+                    info = await self._look(self._docker.inspect_container, container_id)
+                    if isinstance(info, ContainerInfo):
+                        consumer.apply_container(info)
+                    else:  # gone, or the look failed: no healthcheck known, execs are use
+                        consumer.unknown_container(container_id)
+                        failed = failed or info is not None
+                self._apply(ev)
+            held.popleft()
+            self._waiting -= 1
+        del self._held[container_id]  # (no await since `held` was found empty)
+        if failed:  # a look that failed is asked again at the next exec
+            consumer.forget_container(container_id)
 
-    def _release(self, container_id: str) -> None:
-        left = self._held[container_id] - 1
-        if left:
-            self._held[container_id] = left
-        else:
-            del self._held[container_id]
+    def _apply(self, ev: EngineEvent) -> None:
+        try:
+            self._consumer.apply(ev)
+        except Exception:  # one bad event must not stop its container's later ones
+            logger.exception("could not apply %s %s event", ev.type, ev.action)
 
-    async def _look(
-        self, limit: asyncio.Semaphore, call: Callable[[str], Awaitable[T]], ref: str
-    ) -> T | WatcherError:
-        # the call is made here, not by the caller: a look cancelled while it waits for
-        # its turn (a shutdown mid-batch) leaves no coroutine behind that was never awaited
-        async with limit:
-            try:
-                return await call(ref)
-            except WatcherError as exc:
-                logger.warning("could not look at the engine: %s", exc)
-                return exc
+    async def _look_at_service(self, service_id: str) -> None:
+        self._services_pending.discard(service_id)  # an event from now on asks again
+        seq = self._consumer.seq
+        info = await self._look(self._docker.inspect_service, service_id)
+        if isinstance(info, ServiceInfo) or info is None:
+            self._consumer.apply_service(info, service_id, seq)
+
+    async def _look(self, call: Callable[[str], Awaitable[T]], ref: str) -> T | WatcherError:
+        self.inspections += 1
+        try:
+            return await call(ref)
+        except WatcherError as exc:
+            logger.warning("could not look at the engine: %s", exc)
+            return exc
 
 
 class StreamSupervisor:

@@ -12,6 +12,7 @@ is written (a replica that lost the lease never writes an agent row over the new
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -43,6 +44,14 @@ class LeaderView(Protocol):
 
 logger = logging.getLogger(__name__)
 
+#: at most one commit per this many seconds: a burst of changes (a container's create,
+#: start, die, stop and destroy come within ~150 ms) goes in one transaction, while a
+#: lone change after a quiet spell is written at once, and a :meth:`StoreWriter.flush`
+#: cuts the wait short. At the engine's maximum churn a transaction per event was a third
+#: of idlewatch's CPU (bench/RESULTS.md). The live state never waits on it: the API, the
+#: feed and the sweeper read memory; the record trails it by this much at most.
+WRITE_PACE_S = 0.2
+
 
 class StoreWriter:
     """Owns the writer task; start with :meth:`start`, stop with :meth:`close` (flushes)."""
@@ -54,6 +63,7 @@ class StoreWriter:
         *,
         retry_max_s: float = 5.0,
         batch_max: int = 5000,
+        pace_s: float = WRITE_PACE_S,
         on_state: Callable[[], None] = lambda: None,
         on_commit: CommitObserver | None = None,
     ) -> None:
@@ -64,12 +74,14 @@ class StoreWriter:
         self._on_commit = on_commit
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
+        self._pace_s = pace_s
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []
         self._forgets: set[str] = set()
         self._activity: dict[tuple[str, str], ActivityReport] = {}  # newest per (agent, source)
         self._specs: dict[str, AgentSpec | None] = {}
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # somebody waits in flush(): no pacing
         self._done = asyncio.Condition()
         self._enqueued = 0
         self._committed = 0
@@ -151,6 +163,8 @@ class StoreWriter:
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything queued before this call is committed."""
         target = self._enqueued
+        if self._committed < target:
+            self._hurry.set()
         async with asyncio.timeout(timeout_s), self._done:
             await self._done.wait_for(lambda: self._committed >= target)
 
@@ -183,6 +197,7 @@ class StoreWriter:
                         self._wake.clear()
                         ok = True
                         while self.pending and ok:
+                            await self._paced()
                             ok = await self._write_once()
                         if not ok:
                             break  # drop the session: the next one reconnects
@@ -192,6 +207,16 @@ class StoreWriter:
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self._retry_max_s)
             self._wake.set()
+
+    async def _paced(self) -> None:
+        """Wait out the rest of the pace since the last commit (rows keep coalescing),
+        unless somebody waits in :meth:`flush`."""
+        wait_s = self._pace_s - (time.monotonic() - self.last_commit_monotonic)
+        if wait_s > 0 and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._hurry.wait()
+        self._hurry.clear()
 
     async def _write_once(self) -> bool:
         target = self._enqueued

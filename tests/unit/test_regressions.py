@@ -258,3 +258,23 @@ async def test_removed_agents_are_not_acted_on_and_can_be_forgotten() -> None:
         assert w.get("gone") is None and docker.calls["remove_agent"] == 0
     finally:
         await w.close()
+
+
+async def test_the_writer_coalesces_a_burst_and_a_flush_cuts_the_pace_short() -> None:
+    """A lone change is written at once; the changes right after it wait for the pace and
+    go in one transaction; somebody waiting in flush() does not wait for the pace."""
+    store = FakeStore()
+    writer = StoreWriter(store, FakeLeadership(), pace_s=3600)
+    writer.start()
+    try:
+        writer.put_agent(agent("a"))
+        await writer.flush(5)  # (nothing committed yet: no pace to wait out either)
+        assert store.writes == 1
+        for name in ("b", "c", "d"):
+            writer.put_agent(agent(name))
+            await asyncio.sleep(0)  # each a turn of the loop apart: the writer sees each
+        assert store.writes == 1  # an hour's pace: they wait
+        await writer.flush(5)  # far shorter than the pace
+        assert store.writes == 2 and set(store.rows) == {"a", "b", "c", "d"}
+    finally:
+        await writer.close()

@@ -79,13 +79,17 @@ async def test_a_lease_that_lapsed_and_came_back_between_two_looks_rewrites_the_
 
 async def test_a_failed_look_counts_the_exec_and_is_asked_again_in_serve_too() -> None:
     docker = FakeDocker()
-    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED, HEALTHCHECK)
     settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db")
     async with Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0)) as w:
         await w.wait_synced(5)
-        start = w.get("box")
-        assert start is not None
+        # started after the listing: no session reading looked at it, its healthcheck is unknown
+        docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED, HEALTHCHECK)
         t = to_ns(T0) + 10**12
+        docker.streams[-1].queue.put_nowait(
+            EngineEvent(EventType.CONTAINER, "start", "c1", t - 10**9, "box", "img", "", MANAGED)
+        )
+        start = await w.wait_for("box", lambda a: a is not None, 5)
+        assert start is not None
 
         def hc(i: int) -> EngineEvent:
             return EngineEvent(

@@ -115,3 +115,20 @@ async def test_activity_reports_take_the_one_hop_path_and_fall_back_alike(
     slow = await _report_and_read(f"sqlite+aiosqlite:///{tmp_path}/slow.db")
     t1 = T0.replace(minute=5).timestamp()
     assert fast == slow == [("a", "touch", t1), ("b", "x", T0.timestamp())]
+
+
+def test_the_row_tuple_is_the_row_in_the_tables_column_order() -> None:
+    """The writer's hot path builds the row tuple directly; it must stay the row itself."""
+    from idlewatch.models import freeze
+    from idlewatch.store.rows import agent_from_row, agent_row, agent_tuple
+    from idlewatch.store.schema import agents_table
+
+    a = _agent("a")._replace(
+        labels=freeze({"z": "1", "idlewatch.enable": "true", "owner": "Zoë"}),
+        keep_until=T0,
+        error="boom",
+    )
+    row = agent_row(a)
+    assert list(row) == [c.name for c in agents_table.columns]
+    assert agent_tuple(a) == tuple(row.values())
+    assert agent_from_row(row) == a  # labels (sorted keys, non-ASCII) read back as written
