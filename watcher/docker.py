@@ -272,7 +272,18 @@ class AioDockerGateway:
         if self._node_id is None:
             return info
         elsewhere = [t for t in tasks if t.get("NodeID") != self._node_id]
-        return replace(info, remote_running=_running_counts(elsewhere).get(raw["ID"], 0))
+        here = frozenset(
+            cid
+            for t in tasks
+            if t.get("NodeID") == self._node_id
+            and (status := t.get("Status") or {}).get("State") == "running"
+            and (cid := (status.get("ContainerStatus") or {}).get("ContainerID"))
+        )
+        return replace(
+            info,
+            remote_running=_running_counts(elsewhere).get(raw["ID"], 0),
+            local_tasks=here,
+        )
 
     async def open_execs(self, ref: str) -> ContainerExecs | None:
         """The container's exec sessions now (its ``ExecIDs``, each exec's own inspect: the

@@ -184,6 +184,8 @@ class ServiceInfo:
     replicas: int | None  # None: a global service (cannot be scaled)
     running: int = 0
     remote_running: int | None = None  # running tasks on other nodes, when known
+    #: this engine's running task containers, when known (an inspect on a manager)
+    local_tasks: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -424,6 +424,13 @@ class Tracker:
             running = len(self._local_tasks.get(s.name, ())) + s.remote_running
         elif reason == "inspect" and same and old is not None:
             running = old.running
+        elif reason == "inspect" and s.local_tasks is not None and s.remote_running is not None:
+            # first seen, with the tasks told apart by node: this engine's task containers
+            # are known by id, so their die events count down (a running task counted as
+            # remote stayed counted after it ended, until a resync)
+            self._local_tasks[s.name] = set(s.local_tasks)
+            self._remote_running[s.name] = s.remote_running
+            running = len(s.local_tasks) + s.remote_running
         elif reason == "inspect":  # first seen (or a new service of that name): trust the inspect
             self._local_tasks[s.name] = set()
             self._remote_running[s.name] = s.running

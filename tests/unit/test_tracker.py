@@ -152,6 +152,31 @@ def test_service_events_and_task_counts() -> None:
     assert "svc" not in tr.agents, "label removed: no longer managed"
 
 
+def test_a_service_first_seen_with_its_task_running_here_counts_down_when_it_ends() -> None:
+    """The task's start came before the service was known (nothing to count it on); the
+    first look finds it running on this engine. Its end must count down: it stayed counted
+    (as if on another node) until a resync, twice in the wake benchmark."""
+    tr, _, _ = make()
+    task = {"com.docker.swarm.service.id": "s1"}
+    assert tr.apply(cev("start", cid="t1", name="svc.1.x", managed=False, **task)) is Need.NOTHING
+    assert tr.apply(sev("create")) is Need.SERVICE
+    info = ServiceInfo(
+        "s1",
+        "svc",
+        "img",
+        freeze({LABEL: "true"}),
+        1,
+        1,
+        remote_running=0,
+        local_tasks=frozenset({"t1"}),
+    )
+    tr.apply_service(info, "s1")
+    assert (tr.agents["svc"].running, tr.agents["svc"].status) == (1, Status.RUNNING)
+    tr.apply(sev("update", t=9, **{"replicas.old": "1", "replicas.new": "0"}))
+    tr.apply(cev("die", cid="t1", managed=False, **task))
+    assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STOPPED)
+
+
 def test_unmanaged_service_is_not_tracked() -> None:
     tr, _, _ = make()
     tr.apply(sev("create"))
