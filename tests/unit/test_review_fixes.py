@@ -176,6 +176,9 @@ class CannedGateway(AioDockerGateway):
             raise answer
         return answer
 
+    async def _look_json(self, what: str, path: str) -> Any:
+        return await self._json(what, path)
+
 
 MANAGER = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"}}
 ALONE = {"Swarm": {"LocalNodeState": "inactive"}}
@@ -223,3 +226,62 @@ async def test_a_periodic_listing_costs_a_manager_3_calls_a_plain_engine_asks_it
     plain.asked.clear()
     await plain.snapshot(recheck_swarm=False)  # one that joins a Swarm is seen next time
     assert sorted(plain.asked) == ["containers/json", "containers/json", "info"]
+
+
+async def test_the_lean_look_path_gives_the_engines_answers_and_errors(tmp_path: Any) -> None:
+    """The enricher's GET path (aiohttp directly, not aiodocker's query): an object, a 404
+    as "gone", an error with the engine's message, bad JSON, no engine at all."""
+    from aiohttp import web
+    from idlewatch.errors import EngineUnavailable
+
+    inspect = {
+        "Id": "c1",
+        "Name": "/box",
+        "Config": {
+            "Image": "img",
+            "Labels": dict(MANAGED),
+            "Healthcheck": {"Test": ["CMD", "true"]},
+        },
+        "State": {"Status": "running"},
+        "ExecIDs": None,
+    }
+
+    async def container(request: web.Request) -> web.StreamResponse:
+        ref = request.match_info["ref"]
+        if ref == "c1":
+            return web.json_response(inspect)
+        if ref == "gone":
+            return web.json_response({"message": "No such container: gone"}, status=404)
+        if ref == "junk":
+            return web.Response(text="{not json", content_type="application/json")
+        return web.Response(text="boom", status=500)
+
+    async def version(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ApiVersion": "1.41"})
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.41/containers/{ref}/json", container)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = str(tmp_path / "engine.sock")
+    await web.UnixSite(runner, sock).start()
+    gw = AioDockerGateway(f"unix://{sock}", label="idlewatch.enable")
+    try:
+        info = await gw.inspect_container("c1")
+        assert info is not None and (info.name, info.healthcheck_cmd) == ("box", "true")
+        assert await gw.inspect_container("gone") is None
+        with pytest.raises(EngineError, match="boom") as failed:
+            await gw.inspect_container("broken")
+        assert failed.value.status == 500
+        with pytest.raises(EngineError, match="bad JSON"):
+            await gw.inspect_container("junk")
+    finally:
+        await gw.close()
+        await runner.cleanup()
+    nobody = AioDockerGateway(f"unix://{tmp_path / 'none.sock'}", label="idlewatch.enable")
+    try:
+        with pytest.raises(EngineUnavailable):
+            await nobody.inspect_container("c1")
+    finally:
+        await nobody.close()
