@@ -188,10 +188,13 @@ async def wait_ready(
     raise TimeoutError("serve did not become ready")
 
 
-async def cpu_at_max_churn(engine: PrivateEngine, seconds: float = 20) -> dict[str, Any]:
-    """The watcher's CPU share of one core while the engine churns containers flat out."""
+async def cpu_at_max_churn(
+    engine: PrivateEngine, seconds: float = 20, **settings: str
+) -> dict[str, Any]:
+    """The watcher's CPU share of one core while the engine churns containers flat out
+    (``settings``: serve's settings by name, as :func:`serve_process` takes them)."""
     tmp = tempfile.mkdtemp()
-    proc, port = serve_process(engine.url, tmp)
+    proc, port = serve_process(engine.url, tmp, **settings)
     docker = aiodocker.Docker(url=engine.url)
     events = 0
     try:

@@ -129,6 +129,16 @@ async def collect() -> dict[str, dict[str, Any]]:
             spread=stats(fracs),
             runs=[round(x, 4) for x in fracs],
         )
+        print("CPU at engine max churn with write_pace=200ms (1 x 20 s) ...", flush=True)
+        paced = await engine_figures.cpu_at_max_churn(engine, 20, write_pace="200ms")
+        figures["cpu_frac_at_engine_max_churn_write_pace_200ms"] = fig(
+            paced["cpu_frac"],
+            "fraction of one core",
+            "-",
+            "the same, one run, with IDLEWATCH_WRITE_PACE=200ms: a commit at most every "
+            "200 ms instead of one per change (rows reach the database up to 200 ms later; "
+            "the latency figure above is with the default, 0)",
+        )
         print("polling baseline (100 containers) ...", flush=True)
         poll = await engine_figures.polling_baseline(engine, 100)
         cycle = statistics.median(poll["poll_cycle_ms"])

@@ -74,7 +74,11 @@ class Watcher:
         self._health_watchers: set[asyncio.Event] = set()
         self._leadership = lead = Leadership(self._store.leases, s.replica_id, s.leader_lease)
         self._writer = StoreWriter(
-            self._store, lead, on_state=self._poke_health, on_commit=on_commit
+            self._store,
+            lead,
+            pace_s=s.write_pace,
+            on_state=self._poke_health,
+            on_commit=on_commit,
         )
         self._hub = Hub(s.subscriber_queue_size)
         self._signal = ChangeSignal()

@@ -49,6 +49,7 @@ _STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect
 _CALL_TIMEOUT_S = 30.0
 _SCALE_RETRIES = 8
 _CHUNK = 1 << 16
+_FAIR_AFTER_LINES = 32  # a chunk of this many events yields to the loop after it
 
 
 def _since(ns: int) -> str:
@@ -78,7 +79,11 @@ class DockerStream:
                     ev = self._parse(line)
                     if ev is not None:
                         yield ev
-                await asyncio.sleep(0)  # buffered data returns without a suspension: be fair
+                if len(lines) >= _FAIR_AFTER_LINES:
+                    # a big chunk was likely buffered already, and a read of buffered data
+                    # returns without suspending: let the other tasks (the enricher's
+                    # looks, the API) run between chunks of a burst
+                    await asyncio.sleep(0)
         except (aiohttp.ClientError, OSError) as exc:
             raise EngineUnavailable(f"events stream broke: {exc}") from exc
         if buf.strip():

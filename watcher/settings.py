@@ -226,6 +226,15 @@ class Settings(BaseSettings):
         "disables it.",
         json_schema_extra={"default_text": "`5m`"},
     )
+    write_pace: DurationS = Field(
+        default=0.0,
+        description="The least time between two database commits of the writer: a burst "
+        "of changes within it shares one transaction (fewer commits, less CPU under heavy "
+        "churn) at the cost of rows reaching the database up to this much later; `0` "
+        "commits as soon as the previous commit is done. The API, the feed and the "
+        "sweeper read memory and never wait for it.",
+        json_schema_extra={"default_text": "`0`"},
+    )
     allowed_images: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
         default_factory=list,
         description="Glob patterns of images `POST /api/agents` may deploy; empty disables "

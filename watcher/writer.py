@@ -44,14 +44,6 @@ class LeaderView(Protocol):
 
 logger = logging.getLogger(__name__)
 
-#: at most one commit per this many seconds: a burst of changes (a container's create,
-#: start, die, stop and destroy come within ~150 ms) goes in one transaction, while a
-#: lone change after a quiet spell is written at once, and a :meth:`StoreWriter.flush`
-#: cuts the wait short. At the engine's maximum churn a transaction per event was a third
-#: of idlewatch's CPU (bench/RESULTS.md). The live state never waits on it: the API, the
-#: feed and the sweeper read memory; the record trails it by this much at most.
-WRITE_PACE_S = 0.2
-
 
 class StoreWriter:
     """Owns the writer task; start with :meth:`start`, stop with :meth:`close` (flushes)."""
@@ -63,7 +55,7 @@ class StoreWriter:
         *,
         retry_max_s: float = 5.0,
         batch_max: int = 5000,
-        pace_s: float = WRITE_PACE_S,
+        pace_s: float = 0.0,
         on_state: Callable[[], None] = lambda: None,
         on_commit: CommitObserver | None = None,
     ) -> None:
@@ -74,6 +66,11 @@ class StoreWriter:
         self._on_commit = on_commit
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
+        #: the least time between two commits (``write_pace``): a burst of changes within
+        #: it goes in one transaction, a lone change after a quiet spell at once, and a
+        #: flush() cuts the wait short. At the engine's maximum churn a 200 ms pace took
+        #: serve from 0.027 to 0.019 of a core, and rows from 2 ms to 100-200 ms behind
+        #: (bench/RESULTS.md): hence off by default.
         self._pace_s = pace_s
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -278,3 +279,32 @@ async def test_the_writer_coalesces_a_burst_and_a_flush_cuts_the_pace_short() ->
         assert store.writes == 2 and set(store.rows) == {"a", "b", "c", "d"}
     finally:
         await writer.close()
+
+
+async def test_the_watcher_paces_its_writer_with_write_pace() -> None:
+    from idlewatch import Settings, Watcher
+    from idlewatch.models import EngineEvent, EventType, freeze
+
+    docker = FakeDocker()
+    store = FakeStore()
+    settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db", write_pace=3600)
+    async with Watcher(settings, docker=docker, store=store) as w:
+        await w.wait_synced(5)
+        labels = freeze({"idlewatch.enable": "true"})
+        docker.streams[-1].queue.put_nowait(
+            EngineEvent(
+                EventType.CONTAINER, "start", "c1", time.time_ns(), "box", "img", "", labels
+            )
+        )
+        await w.wait_for("box", lambda a: a is not None, 5)
+        await w.flush(5)  # the first commit goes at once
+        written = store.writes
+        docker.streams[-1].queue.put_nowait(
+            EngineEvent(EventType.CONTAINER, "die", "c1", time.time_ns(), "box", "img", "", labels)
+        )
+        await w.wait_for("box", lambda a: a is not None and a.running == 0, 5)
+        for _ in range(20):
+            await asyncio.sleep(0)  # turns enough for an unpaced writer to commit
+        assert store.writes == written  # an hour's pace holds the die's row
+        await w.flush(5)  # and a flush does not wait for it
+        assert store.writes == written + 1 and store.rows["box"].running == 0

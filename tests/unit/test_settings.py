@@ -156,3 +156,12 @@ def test_wake_keep_for_follows_a_smaller_max_keep_for_unless_set() -> None:
     assert load_settings().wake_keep_for == 300
     with pytest.raises(SettingsError, match=r"wake_keep_for='2m'.*at most max_keep_for"):
         load_settings(max_keep_for="60", wake_keep_for="2m")
+
+
+def test_write_pace_is_a_duration_named_when_bad(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDLEWATCH_WRITE_PACE", "200ms")
+    assert load_settings().write_pace == pytest.approx(0.2)
+    monkeypatch.setenv("IDLEWATCH_WRITE_PACE", "soon")
+    with pytest.raises(SettingsError, match="write_pace") as bad:
+        load_settings()
+    assert "soon" in str(bad.value)
