@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -273,12 +272,11 @@ class Watcher:
 
     def status(self) -> WatcherStatus:
         """Readiness, counters and leadership now (what ``/readyz`` and ``/metrics`` show)."""
-        by_status = Counter(a.status for a in self._tracker.agents.values())
         stream, writer = self._stream, self._writer
         return WatcherStatus(
             health=self.health(),
             leader=self._replicas.info(),
-            agents={s: by_status.get(s, 0) for s in Status},
+            agents=self._tracker.counts(),
             stream_connected=stream.connected,
             events_received=stream.events_received,
             events_applied=stream.events_applied,
@@ -292,7 +290,7 @@ class Watcher:
             sweeps=self._sweeper.sweeps,
             actions=dict(self._lifecycle.actions),
             subscribers_dropped=self._hub.dropped_subscribers,
-            sessions_open=sum(a.sessions for a in self._tracker.agents.values()),
+            sessions_open=self._tracker.sessions_open,
             idle_skipped={r: 0 for r in BUSY_REASONS} | self._idle.skipped,
             evictions=self._capacity.evictions,
             wake_requests=self._waker.requests,

@@ -65,7 +65,10 @@ class Tracker:
         self.default_idle_timeout_s = default_idle_timeout_s
         self._clock = clock
         self._bus = bus
+        #: the table; read freely, written only through _put and _pop (they keep the counts)
         self.agents: dict[str, Agent] = {}
+        self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
+        self._sessions_open = 0
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
@@ -81,7 +84,7 @@ class Tracker:
     def load(self, agents: Iterable[Agent]) -> None:
         """Seed the table from the store at start-up (no changes are emitted)."""
         for agent in agents:
-            self.agents[agent.name] = agent
+            self._put(agent)
             if agent.status is not Status.REMOVED:
                 self._by_id[agent.id] = agent.name
 
@@ -182,11 +185,14 @@ class Tracker:
     def _rename(self, agent: Agent, ev: EngineEvent) -> Agent:
         if not ev.name or ev.name == agent.name:
             return agent
-        self.agents.pop(agent.name, None)
+        self._pop(agent.name)
         self._bus.forgotten(agent.name)
+        taken = self.agents.get(ev.name)
+        if taken is not None and taken.id != agent.id:  # its destroy was missed: it is gone
+            self._drop_id(taken.id)
         renamed = agent._replace(name=ev.name, updated_at=self._clock.now())
         self._by_id[agent.id] = ev.name
-        self.agents[ev.name] = renamed
+        self._put(renamed)
         self._bus.changed(Change(renamed, agent.status, f"event:rename from {agent.name}"))
         return renamed
 
@@ -621,7 +627,7 @@ class Tracker:
         self._untrack(name, why)
 
     def _untrack(self, name: str, why: str) -> None:
-        agent = self.agents.pop(name, None)
+        agent = self._pop(name)
         if agent is not None:
             self._drop_id(agent.id)
             logger.info("no longer tracking %s: %s", name, why)
@@ -642,6 +648,33 @@ class Tracker:
                 )
             return self.default_idle_timeout_s
 
+    def _put(self, agent: Agent) -> None:
+        """Put an agent version in the table, keeping the counts by status and sessions."""
+        old = self.agents.get(agent.name)
+        if old is not None:
+            self._by_status[old.status] -= 1
+            self._sessions_open -= old.sessions
+        self._by_status[agent.status] += 1
+        self._sessions_open += agent.sessions
+        self.agents[agent.name] = agent
+
+    def _pop(self, name: str) -> Agent | None:
+        agent = self.agents.pop(name, None)
+        if agent is not None:
+            self._by_status[agent.status] -= 1
+            self._sessions_open -= agent.sessions
+        return agent
+
+    def counts(self) -> dict[Status, int]:
+        """Tracked agents by status, every status present (kept as the table changes: no
+        walk over the table)."""
+        return dict(self._by_status)
+
+    @property
+    def sessions_open(self) -> int:
+        """Open sessions holding agents, over the whole table."""
+        return self._sessions_open
+
     def _update(self, old: Agent, reason: str, changes: dict[str, Any]) -> Agent:
         """Apply field changes to ``old``: a Change only when something visible changed."""
         differ = {k: v for k, v in changes.items() if getattr(old, k) != v}
@@ -649,19 +682,19 @@ class Tracker:
             return old
         if differ.keys() == {"last_event_ns"}:  # bookkeeping only: no change to publish
             new = old._replace(**differ)
-            self.agents[old.name] = new
+            self.agents[old.name] = new  # (neither status nor sessions changed)
             return new
         new = old._replace(updated_at=self._clock.now(), **differ)
-        self.agents[new.name] = new
+        self._put(new)
         self._bus.changed(Change(new, old.status, reason))
         return new
 
     def _emit(self, new: Agent, old: Agent | None, reason: str) -> None:
         if old is not None and _same(new, old):
-            self.agents[new.name] = new._replace(updated_at=old.updated_at)
+            self._put(new._replace(updated_at=old.updated_at))
             return
         new = new._replace(updated_at=self._clock.now())
-        self.agents[new.name] = new
+        self._put(new)
         self._bus.changed(Change(new, old.status if old is not None else None, reason))
 
 

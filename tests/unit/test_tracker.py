@@ -8,10 +8,12 @@ from typing import Any
 
 from idlewatch.clock import ManualClock, to_ns
 from idlewatch.models import (
+    Agent,
     Change,
     ContainerInfo,
     EngineEvent,
     EventType,
+    Kind,
     Need,
     ServiceInfo,
     Snapshot,
@@ -268,3 +270,53 @@ def test_health_follows_the_engine_and_a_start_checks_again() -> None:
     assert tr.agents["box"].health is None  # no verdict while it does not run
     tr.apply(cev("start", t=4))
     assert tr.agents["box"].health == "starting"  # checked again from scratch
+
+
+def test_the_counts_by_status_and_sessions_follow_every_change_of_the_table() -> None:
+    """status() reads counts the tracker keeps as it changes (no walk over 10,000 agents
+    per call); after any mix of events, looks, renames, resyncs and forgets they equal a
+    recount."""
+    import random
+    from collections import Counter
+
+    from idlewatch.models import ContainerExecs, ExecProcess
+
+    rng = random.Random(15)
+    tr, _, _ = make()
+    tr.load([_loaded("old-1", Status.RUNNING), _loaded("old-2", Status.EXITED)])
+    names = [f"box{i}" for i in range(12)]
+    actions = ["create", "start", "die", "pause", "unpause", "destroy", "attach", "kill"]
+    for step in range(3000):
+        i = rng.randrange(len(names))
+        cid, name, t = f"c{i}", names[i], step + 2
+        roll = rng.random()
+        if roll < 0.5:
+            tr.apply(cev(rng.choice(actions), cid=cid, name=name, t=t))
+        elif roll < 0.8:
+            tr.use.learn(cid, "/bin/sh -c true")
+            exec_id = f"e{rng.randrange(4)}"
+            action = rng.choice(["exec_start", "exec_die"])
+            tr.apply(cev(action, cid=cid, name=name, t=t, detail="python x", execID=exec_id))
+        elif roll < 0.85:
+            new = f"renamed{rng.randrange(12)}"
+            tr.apply(cev("rename", cid=cid, name=new, t=t, oldName=name))
+        elif roll < 0.9:
+            tr.recover_sessions(cid, ContainerExecs(None, (ExecProcess("r1", "sh", True),)))
+        elif roll < 0.93:
+            live = [
+                ContainerInfo(a.id, a.name, "img", "running", freeze({LABEL: "true"}))
+                for a in list(tr.agents.values())[: rng.randrange(1, 8)]
+                if a.kind is Kind.CONTAINER
+            ]
+            tr.resync(Snapshot(tuple(live), (), False), periodic=rng.random() < 0.5)
+        elif roll < 0.95 and tr.agents:
+            tr.forget(rng.choice(list(tr.agents)), "test")
+        elif name in tr.agents:
+            tr.touch(name)
+        recount = Counter(a.status for a in tr.agents.values())
+        assert tr.counts() == {s: recount.get(s, 0) for s in Status}, step
+        assert tr.sessions_open == sum(a.sessions for a in tr.agents.values()), step
+
+
+def _loaded(name: str, status: Status) -> Agent:
+    return Agent(name, Kind.CONTAINER, f"id-{name}", "img", status, 1, 1, T0, 900.0, T0, sessions=1)
