@@ -161,7 +161,9 @@ class Enricher:
         self._concurrency = concurrency
         #: containers and services to look at, in the order they first asked
         self._work: asyncio.Queue[tuple[Need, str]] = asyncio.Queue()
-        self._services_pending: set[str] = set()
+        self._services_pending: set[str] = set()  # queued for a look, not begun
+        self._services_looking: set[str] = set()  # a look in flight
+        self._services_again: set[str] = set()  # asked for again during that look
         #: per container, its events waiting here in order (the first needs the look)
         self._held: dict[str, deque[tuple[EngineEvent, Need]]] = {}
         self._waiting = 0  # events held
@@ -171,14 +173,12 @@ class Enricher:
     @property
     def backlog(self) -> int:
         """Events and services waiting for a look."""
-        return self._waiting + len(self._services_pending)
+        return self._waiting + len(self._services_pending) + len(self._services_again)
 
     def submit(self, ev: EngineEvent, need: Need) -> None:
         """Queue an event for a look (never blocks); one look per service is enough."""
         if need is Need.SERVICE:
-            if ev.actor_id not in self._services_pending:
-                self._services_pending.add(ev.actor_id)
-                self._work.put_nowait((Need.SERVICE, ev.actor_id))
+            self._ask_service(ev.actor_id)
             return
         self._waiting += 1
         held = self._held.get(ev.actor_id)
@@ -187,6 +187,15 @@ class Enricher:
             self._work.put_nowait((Need.CONTAINER, ev.actor_id))
         else:
             held.append((ev, need))
+
+    def _ask_service(self, service_id: str) -> None:
+        """One look per service at a time (two answers could apply out of order); one asked
+        for during a look runs after it."""
+        if service_id in self._services_looking:
+            self._services_again.add(service_id)
+        elif service_id not in self._services_pending:
+            self._services_pending.add(service_id)
+            self._work.put_nowait((Need.SERVICE, service_id))
 
     def holds(self, container_id: str) -> bool:
         """Whether events of this container wait here (a later one must queue behind)."""
@@ -214,14 +223,22 @@ class Enricher:
 
     async def close(self) -> None:
         """Cancel and await the workers; what waited for a look is dropped (a later start
-        begins clean: the next connection's resync reads the engine afresh)."""
+        begins clean: the next connection's resync reads the engine afresh), and whoever
+        waits in :meth:`settled` is released."""
         workers, self._workers = self._workers, []
         for task in workers:
-            await cancel_and_wait(task)
-        self._work = asyncio.Queue()
-        self._held.clear()
-        self._services_pending.clear()
-        self._waiting = 0
+            task.cancel()
+        try:
+            await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            while not self._work.empty():  # never begun: done, as far as settled() goes
+                self._work.get_nowait()
+                self._work.task_done()
+            self._held.clear()
+            self._services_pending.clear()
+            self._services_looking.clear()
+            self._services_again.clear()
+            self._waiting = 0
 
     async def settled(self) -> None:
         """Wait until every look asked for so far is done and applied."""
@@ -235,8 +252,8 @@ class Enricher:
                     await self._look_at_service(ref)
                 else:
                     await self._drain(ref)
-            except Exception:  # a worker must outlive any one bad container
-                dropped = self._held.pop(ref, ())
+            except Exception:  # a worker must outlive any bug
+                dropped = self._held.pop(ref, ()) if need is not Need.SERVICE else ()
                 self._waiting -= len(dropped)
                 logger.exception("enricher failed on %s; dropped %d events", ref, len(dropped))
             finally:
@@ -250,18 +267,24 @@ class Enricher:
         failed = False
         while held:
             ev, need = held[0]
-            if need is Need.SESSIONS:
-                listing = await self._look(self._docker.open_execs, container_id)
-                if isinstance(listing, ContainerExecs):
-                    consumer.recover_sessions(container_id, listing)
-            else:
-                if not consumer.knows_container(container_id):
+            try:
+                if need is Need.SESSIONS:
+                    listing = await self._look(self._docker.open_execs, container_id)
+                    if isinstance(listing, ContainerExecs):
+                        consumer.recover_sessions(container_id, listing)
+                elif not consumer.knows_container(container_id):
                     info = await self._look(self._docker.inspect_container, container_id)
                     if isinstance(info, ContainerInfo):
                         consumer.apply_container(info)
                     else:  # gone, or the look failed: no healthcheck known, execs are use
                         consumer.unknown_container(container_id)
                         failed = failed or info is not None
+            except Exception:  # a bug in using the look: the events still go, in order
+                logger.exception("could not use the look at %s", container_id)
+                failed = True
+                if not consumer.knows_container(container_id):
+                    consumer.unknown_container(container_id)
+            if need is not Need.SESSIONS:
                 self._apply(ev)
             held.popleft()
             self._waiting -= 1
@@ -276,11 +299,18 @@ class Enricher:
             logger.exception("could not apply %s %s event", ev.type, ev.action)
 
     async def _look_at_service(self, service_id: str) -> None:
-        self._services_pending.discard(service_id)  # an event from now on asks again
-        seq = self._consumer.seq
-        info = await self._look(self._docker.inspect_service, service_id)
-        if isinstance(info, ServiceInfo) or info is None:
-            self._consumer.apply_service(info, service_id, seq)
+        self._services_pending.discard(service_id)
+        self._services_looking.add(service_id)
+        try:
+            seq = self._consumer.seq
+            info = await self._look(self._docker.inspect_service, service_id)
+            if isinstance(info, ServiceInfo) or info is None:
+                self._consumer.apply_service(info, service_id, seq)
+        finally:
+            self._services_looking.discard(service_id)
+            if service_id in self._services_again:  # asked for during this look: again
+                self._services_again.discard(service_id)
+                self._ask_service(service_id)
 
     async def _look(self, call: Callable[[str], Awaitable[T]], ref: str) -> T | WatcherError:
         self.inspections += 1

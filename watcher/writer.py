@@ -12,7 +12,6 @@ is written (a replica that lost the lease never writes an agent row over the new
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -78,7 +77,8 @@ class StoreWriter:
         self._activity: dict[tuple[str, str], ActivityReport] = {}  # newest per (agent, source)
         self._specs: dict[str, AgentSpec | None] = {}
         self._wake = asyncio.Event()
-        self._hurry = asyncio.Event()  # somebody waits in flush(): no pacing
+        self._hurry = asyncio.Event()  # set by flush(): the pacing re-checks
+        self._hurry_until = 0  # commit without pacing until _committed reaches this
         self._done = asyncio.Condition()
         self._enqueued = 0
         self._committed = 0
@@ -160,7 +160,8 @@ class StoreWriter:
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until everything queued before this call is committed."""
         target = self._enqueued
-        if self._committed < target:
+        if self._committed < target:  # no pacing until this is committed
+            self._hurry_until = max(self._hurry_until, target)
             self._hurry.set()
         async with asyncio.timeout(timeout_s), self._done:
             await self._done.wait_for(lambda: self._committed >= target)
@@ -208,12 +209,18 @@ class StoreWriter:
     async def _paced(self) -> None:
         """Wait out the rest of the pace since the last commit (rows keep coalescing),
         unless somebody waits in :meth:`flush`."""
-        wait_s = self._pace_s - (time.monotonic() - self.last_commit_monotonic)
-        if wait_s > 0 and not self._hurry.is_set():
-            with contextlib.suppress(TimeoutError):
+        if not self.last_commit_monotonic:  # nothing committed yet: no pace to wait out
+            return
+        while self._committed >= self._hurry_until:  # nobody waits for what is queued
+            wait_s = self._pace_s - (time.monotonic() - self.last_commit_monotonic)
+            if wait_s <= 0:
+                return
+            self._hurry.clear()  # (the loop re-checks the target after any wake)
+            try:
                 async with asyncio.timeout(wait_s):
                     await self._hurry.wait()
-        self._hurry.clear()
+            except TimeoutError:
+                return
 
     async def _write_once(self) -> bool:
         target = self._enqueued

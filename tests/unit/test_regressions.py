@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from idlewatch import AgentNotFound, ManualClock, Settings, Status, Watcher
@@ -308,3 +309,36 @@ async def test_the_watcher_paces_its_writer_with_write_pace() -> None:
         assert store.writes == written  # an hour's pace holds the die's row
         await w.flush(5)  # and a flush does not wait for it
         assert store.writes == written + 1 and store.rows["box"].running == 0
+
+
+async def test_a_flush_is_not_paced_between_the_parts_of_a_split_batch() -> None:
+    """More rows than batch_max commit in parts; a flush waiting for all of them must not
+    wait out the pace between the parts (nor when it arrives while a part is written)."""
+    store = FakeStore()
+    real = store.write
+    writing = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_write(*args: Any, **kw: Any) -> None:
+        writing.set()
+        await go_on.wait()
+        await real(*args, **kw)
+
+    writer = StoreWriter(store, FakeLeadership(), pace_s=3600, batch_max=2)
+    writer.start()
+    try:
+        writer.put_agent(agent("a"))
+        await writer.flush(5)
+        store.write = slow_write  # type: ignore[method-assign]
+        for name in ("b", "c", "d", "e", "f"):
+            writer.put_agent(agent(name))
+        flushed = asyncio.create_task(writer.flush(5))  # before the paced write begins
+        await asyncio.wait_for(writing.wait(), 5)
+        writer.put_agent(agent("g"))  # arrives while a part is written
+        later = asyncio.create_task(writer.flush(5))
+        go_on.set()
+        await flushed
+        await later
+        assert set(store.rows) == {"a", "b", "c", "d", "e", "f", "g"}
+    finally:
+        await writer.close()

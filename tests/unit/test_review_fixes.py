@@ -230,7 +230,8 @@ async def test_a_periodic_listing_costs_a_manager_3_calls_a_plain_engine_asks_it
 
 async def test_the_lean_look_path_gives_the_engines_answers_and_errors(tmp_path: Any) -> None:
     """The enricher's GET path (aiohttp directly, not aiodocker's query): an object, a 404
-    as "gone", an error with the engine's message, bad JSON, no engine at all."""
+    as "gone", errors with the engine's status and message (JSON or text), bad JSON, no
+    engine at all."""
     from aiohttp import web
     from idlewatch.errors import EngineUnavailable
 
@@ -254,6 +255,8 @@ async def test_the_lean_look_path_gives_the_engines_answers_and_errors(tmp_path:
             return web.json_response({"message": "No such container: gone"}, status=404)
         if ref == "junk":
             return web.Response(text="{not json", content_type="application/json")
+        if ref == "busy":
+            return web.json_response({"message": "container is restarting"}, status=409)
         return web.Response(text="boom", status=500)
 
     async def version(request: web.Request) -> web.StreamResponse:
@@ -274,6 +277,9 @@ async def test_the_lean_look_path_gives_the_engines_answers_and_errors(tmp_path:
         with pytest.raises(EngineError, match="boom") as failed:
             await gw.inspect_container("broken")
         assert failed.value.status == 500
+        with pytest.raises(EngineError, match="container is restarting") as refused:
+            await gw.inspect_container("busy")  # the engine's JSON message, its status
+        assert refused.value.status == 409
         with pytest.raises(EngineError, match="bad JSON"):
             await gw.inspect_container("junk")
     finally:

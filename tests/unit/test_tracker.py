@@ -274,8 +274,8 @@ def test_health_follows_the_engine_and_a_start_checks_again() -> None:
 
 def test_the_counts_by_status_and_sessions_follow_every_change_of_the_table() -> None:
     """status() reads counts the tracker keeps as it changes (no walk over 10,000 agents
-    per call); after any mix of events, looks, renames, resyncs and forgets they equal a
-    recount."""
+    per call); after any mix of container events, exec sessions, renames, session
+    recoveries, resyncs, touches and forgets they equal a recount."""
     import random
     from collections import Counter
 
