@@ -10,6 +10,7 @@ import pytest
 from idlewatch.models import Agent, AuditEntry, Kind, Status
 from idlewatch.store import SqlStore
 from idlewatch.store import sql as sql_module
+from idlewatch.store import sqlite as sqlite_module
 from idlewatch.store.sqlite import run_in_sqlite_thread
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -42,6 +43,7 @@ async def test_the_installed_aiosqlite_takes_the_one_hop_path(
         used.append(ok)
         return ok
 
+    monkeypatch.setattr(sqlite_module, "LOOP_BATCH_MAX", 0)  # no batch on the loop's thread
     monkeypatch.setattr(sql_module, "run_in_sqlite_thread", spy)
     assert await _write_and_read(f"sqlite+aiosqlite:///{tmp_path}/fast.db") == (
         ["a", "b"],
@@ -56,6 +58,7 @@ async def test_without_it_the_same_rows_go_through_databases(
     async def absent(raw: object, fn: object) -> bool:
         return False  # an aiosqlite without `_execute`
 
+    monkeypatch.setattr(sqlite_module, "LOOP_BATCH_MAX", 0)
     monkeypatch.setattr(sql_module, "run_in_sqlite_thread", absent)
     assert await _write_and_read(f"sqlite+aiosqlite:///{tmp_path}/slow.db") == (
         ["a", "b"],
@@ -132,3 +135,52 @@ def test_the_row_tuple_is_the_row_in_the_tables_column_order() -> None:
     assert list(row) == [c.name for c in agents_table.columns]
     assert agent_tuple(a) == tuple(row.values())
     assert agent_from_row(row) == a  # labels (sorted keys, non-ASCII) read back as written
+
+
+async def test_small_batches_commit_on_the_loops_thread_others_go_through_aiosqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few rows commit on the loop's own connection; every CHECKPOINT_EVERY-th batch
+    and a batch over LOOP_BATCH_MAX take aiosqlite's thread (which checkpoints the WAL);
+    a database locked by another writer sends the batch there too, where it waits its
+    turn; the rows are the same whichever way they went."""
+    import asyncio
+    import sqlite3
+
+    hops: list[bool] = []
+    hopping = asyncio.Event()
+
+    async def spy(raw: object, fn: object) -> bool:
+        hopping.set()
+        ok = await run_in_sqlite_thread(raw, fn)  # type: ignore[arg-type]
+        hops.append(ok)
+        return ok
+
+    monkeypatch.setattr(sql_module, "run_in_sqlite_thread", spy)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(sqlite_module, "LOOP_BATCH_MAX", 3)
+    path = tmp_path / "loop.db"
+    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    await store.connect()
+    try:
+        async with store.session():
+            for name in ("a", "b", "c"):
+                await store.write([_agent(name)], [])
+            assert hops == []  # three small batches, on the loop's thread
+            await store.write([_agent("d")], [])  # the fourth: aiosqlite's turn
+            assert hops == [True]
+            await store.write([_agent(n) for n in ("e", "f", "g", "h")], [])  # too big
+            assert hops == [True, True]
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            hopping.clear()
+            write = asyncio.create_task(store.write([_agent("i")], []))
+            await asyncio.wait_for(hopping.wait(), 5)  # refused on the loop: to the thread
+            other.execute("COMMIT")
+            other.close()
+            await asyncio.wait_for(write, 10)
+            assert hops == [True, True, True]
+        names = sorted(a.name for a in await store.load_agents())
+        assert names == ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+    finally:
+        await store.close()

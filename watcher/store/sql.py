@@ -39,7 +39,7 @@ from .schema import (
     schema_table,
     specs_table,
 )
-from .sqlite import immediate_transaction, run_in_sqlite_thread
+from .sqlite import LoopConnection, immediate_transaction, run_in_sqlite_thread
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class SqlStore:
         self._sqlite = self._dialect == "sqlite"
         path = self._sqlite_path()
         self._lock = ProcessLock(path + ".lock") if path is not None else None
+        #: small batches commit on the loop's thread (store/sqlite.py says why)
+        self._loop_conn = LoopConnection(path if self._sqlite else None)
         self._upsert_sql = self._build_upsert_sql()
         self._ping: asyncio.Task[None] | None = None
         self.ping_max_s = PING_MAX_S
@@ -168,6 +170,7 @@ class SqlStore:
             await cancel_and_wait(self._ping)  # its outcome was for callers that gave up
         if self._lock is not None:
             self._lock.release()
+        self._loop_conn.close()
         if self._db.is_connected:
             await self._db.disconnect()
 
@@ -214,17 +217,20 @@ class SqlStore:
     ) -> None:
         """Upsert agents, append audits, delete forgotten agents, save specs: one transaction."""
         specs = specs or {}
+
+        def batch(db: sqlite3.Connection) -> None:
+            self._write_sqlite(db, agents, audits, forgets, specs)
+
         try:
+            rows = len(agents) + len(audits) + len(forgets) + len(specs)
+            if self._sqlite and self._loop_conn.run(rows, batch):
+                return
             # the writer's session holds this connection already; any other caller gets one
             async with self._db.connection() as conn:
                 raw = conn.raw_connection
                 if not self._sqlite:
                     await self._write_postgres(raw, agents, audits, forgets, specs)
                     return
-
-                def batch(db: sqlite3.Connection) -> None:
-                    self._write_sqlite(db, agents, audits, forgets, specs)
-
                 if not await run_in_sqlite_thread(raw, batch):
                     async with self._db.transaction():
                         await self._write_generic(agents, audits, forgets, specs)

@@ -1,4 +1,5 @@
-"""The one private call into aiosqlite, behind one function with its fallback.
+"""SQLite's two ways in for the writer: the one private call into aiosqlite (behind one
+function with its fallback), and a connection of the event loop's own for small batches.
 
 aiosqlite runs each call in its own thread; a batch as BEGIN, executemany and COMMIT
 through ``databases`` is five thread hops, and as one function it is one (bench/RESULTS.md:
@@ -6,14 +7,31 @@ CPU at the engine's maximum churn went from 0.035 to 0.019 of a core). aiosqlite
 public way to run a function in its thread, so this uses its ``_execute`` and says so when
 it is not there: the caller then writes through ``databases`` as any other client would.
 tests/unit/test_store_sqlite.py checks both paths.
+
+A batch of a few rows costs 10-80 us to commit in WAL with ``synchronous=NORMAL``, less
+than the thread hop itself (a queue put, a thread wake-up, the loop woken through its
+self-pipe and two more loop turns): at the engine's maximum churn, one commit per event,
+the hop was a sixth of serve's CPU (bench/RESULTS.md). :class:`LoopConnection` commits
+such batches on the loop's thread; it never waits for a lock (another writer: the caller
+takes the thread path, which does) and never checkpoints the WAL (an fsync on the loop),
+leaving that to the thread path's connection, which every so many batches goes through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: a batch of at most this many rows may be committed on the event loop's thread
+LOOP_BATCH_MAX = 64
+#: one batch in this many goes through aiosqlite's thread anyway: its connection
+#: checkpoints the WAL there (the loop's connection never does)
+CHECKPOINT_EVERY = 256
 
 
 async def run_in_sqlite_thread(raw: Any, fn: Callable[[sqlite3.Connection], None]) -> bool:
@@ -42,3 +60,51 @@ def immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     except BaseException:
         conn.rollback()
         raise
+
+
+class LoopConnection:
+    """A sqlite3 connection used only on the event loop's thread, for small batches.
+
+    :meth:`run` returns False when the batch must take the thread path instead: too big,
+    the periodic checkpoint turn, the database locked by another writer (it never waits),
+    or no file to share (an in-memory database).
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+        self._turn = 0
+
+    def run(self, rows: int, fn: Callable[[sqlite3.Connection], None]) -> bool:
+        """Run ``fn(connection)`` (one transaction of ``rows`` rows) here, or say no."""
+        if self._path is None or rows > LOOP_BATCH_MAX:
+            return False
+        self._turn += 1
+        if self._turn % CHECKPOINT_EVERY == 0:
+            return False
+        if self._conn is None:
+            self._conn = self._open(self._path)
+        try:
+            fn(self._conn)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False  # (rolled back): the thread path waits for its turn
+            raise
+        return True
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (safe to call twice; a later run opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
