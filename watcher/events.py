@@ -168,6 +168,7 @@ class Enricher:
         self._held: dict[str, deque[tuple[EngineEvent, Need]]] = {}
         self._waiting = 0  # events held
         self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
         self.inspections = 0
 
     @property
@@ -226,6 +227,7 @@ class Enricher:
         begins clean: the next connection's resync reads the engine afresh), and whoever
         waits in :meth:`settled` is released."""
         workers, self._workers = self._workers, []
+        self._closing = True  # a look ending now asks for no other
         for task in workers:
             task.cancel()
         try:
@@ -239,6 +241,7 @@ class Enricher:
             self._services_looking.clear()
             self._services_again.clear()
             self._waiting = 0
+            self._closing = False
 
     async def settled(self) -> None:
         """Wait until every look asked for so far is done and applied."""
@@ -310,7 +313,8 @@ class Enricher:
             self._services_looking.discard(service_id)
             if service_id in self._services_again:  # asked for during this look: again
                 self._services_again.discard(service_id)
-                self._ask_service(service_id)
+                if not self._closing:
+                    self._ask_service(service_id)
 
     async def _look(self, call: Callable[[str], Awaitable[T]], ref: str) -> T | WatcherError:
         self.inspections += 1

@@ -194,7 +194,9 @@ class StoreWriter:
                         await self._wake.wait()
                         self._wake.clear()
                         ok = True
-                        while self.pending and ok:
+                        # (rows dropped on losing the lease leave nothing pending, but a
+                        # flush may wait for them: a write of nothing marks them done)
+                        while (self.pending or self._committed < self._enqueued) and ok:
                             await self._paced()
                             ok = await self._write_once()
                         if not ok:
@@ -231,6 +233,9 @@ class StoreWriter:
         forgets, self._forgets = self._forgets, set()
         specs, self._specs = self._specs, {}
         activity, self._activity = self._activity, {}
+        if not (agents or audits or forgets or specs or activity):
+            await self._committed_up_to(target)  # only dropped rows were waited for
+            return True
         try:
             await self._store.write(agents, audits, sorted(forgets), specs)
         except StoreError as exc:
@@ -258,10 +263,13 @@ class StoreWriter:
             if self._on_commit is not None:
                 self._on_commit(agents, time.time_ns())
         if complete:
-            async with self._done:
-                self._committed = max(self._committed, target)
-                self._done.notify_all()
+            await self._committed_up_to(target)
         return True
+
+    async def _committed_up_to(self, target: int) -> None:
+        async with self._done:
+            self._committed = max(self._committed, target)
+            self._done.notify_all()
 
     def _failed(self, exc: StoreError) -> None:
         first = self.last_error is None

@@ -342,3 +342,31 @@ async def test_a_flush_is_not_paced_between_the_parts_of_a_split_batch() -> None
         assert set(store.rows) == {"a", "b", "c", "d", "e", "f", "g"}
     finally:
         await writer.close()
+
+
+async def test_a_flush_returns_when_the_rows_it_waits_for_were_dropped_with_the_lease() -> None:
+    """Rows queued while leading are dropped when the lease is lost (they are the new
+    leader's to write): a flush waiting for them returns instead of hanging."""
+    store = FakeStore()
+    lead = FakeLeadership()
+    gate = asyncio.Event()
+    real = store.write
+
+    async def held(*args: Any, **kw: Any) -> None:
+        await gate.wait()
+        await real(*args, **kw)
+
+    writer = StoreWriter(store, lead)
+    writer.start()
+    try:
+        store.write = held  # type: ignore[method-assign]
+        writer.put_agent(agent("a"))
+        await asyncio.sleep(0)  # the batch with a is being written
+        writer.put_agent(agent("b"))  # queued behind it
+        lead.is_leader = False
+        writer.drop_agent_rows()  # as Replicas does when the lease is lost
+        gate.set()
+        await writer.flush(5)
+        assert "b" not in store.rows
+    finally:
+        await writer.close()

@@ -184,3 +184,28 @@ async def test_small_batches_commit_on_the_loops_thread_others_go_through_aiosql
         assert names == ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
     finally:
         await store.close()
+
+
+async def test_the_loops_connection_opens_the_file_aiosqlite_opens(tmp_path: Path) -> None:
+    """A percent-encoded path in the URL is decoded by `databases`; the loop's connection
+    must write to that same file, not create an empty one named with the escapes."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path}/my%20db.db")
+    await store.connect()
+    try:
+        async with store.session():
+            await store.write([_agent("a")], [])
+        assert [a.name for a in await store.load_agents()] == ["a"]
+    finally:
+        await store.close()
+    assert not (tmp_path / "my%20db.db").exists()
+
+
+def test_after_close_the_loops_connection_says_no(tmp_path: Path) -> None:
+    from idlewatch.store.sqlite import LoopConnection
+
+    ran: list[bool] = []
+    loop_conn = LoopConnection(str(tmp_path / "x.db"))
+    assert loop_conn.run(1, lambda conn: ran.append(True)) is True
+    loop_conn.close()
+    assert loop_conn.run(1, lambda conn: ran.append(True)) is False
+    assert ran == [True]

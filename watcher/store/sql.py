@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
-from databases import Database
+from databases import Database, DatabaseURL
 
 from ..errors import StoreError
 from ..models import Agent, AgentSpec, AuditEntry
@@ -75,8 +75,11 @@ class SqlStore:
         self._sqlite = self._dialect == "sqlite"
         path = self._sqlite_path()
         self._lock = ProcessLock(path + ".lock") if path is not None else None
-        #: small batches commit on the loop's thread (store/sqlite.py says why)
-        self._loop_conn = LoopConnection(path if self._sqlite else None)
+        #: small batches commit on the loop's thread (store/sqlite.py says why); the file
+        #: aiosqlite opens (the URL's path decoded), and none with URL options (mode=...)
+        self._loop_conn = LoopConnection(
+            DatabaseURL(url).database if path is not None and not urlsplit(url).query else None
+        )
         self._upsert_sql = self._build_upsert_sql()
         self._ping: asyncio.Task[None] | None = None
         self.ping_max_s = PING_MAX_S

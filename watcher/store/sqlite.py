@@ -74,20 +74,23 @@ class LoopConnection:
         self._path = path
         self._conn: sqlite3.Connection | None = None
         self._turn = 0
+        self._closed = False
 
     def run(self, rows: int, fn: Callable[[sqlite3.Connection], None]) -> bool:
         """Run ``fn(connection)`` (one transaction of ``rows`` rows) here, or say no."""
-        if self._path is None or rows > LOOP_BATCH_MAX:
+        if self._closed or self._path is None or rows > LOOP_BATCH_MAX:
             return False
         self._turn += 1
         if self._turn % CHECKPOINT_EVERY == 0:
             return False
-        if self._conn is None:
-            self._conn = self._open(self._path)
         try:
+            if self._conn is None:
+                self._conn = self._open(self._path)
+            if self._conn.in_transaction:  # a rollback that failed once: never join it
+                self._conn.rollback()
             fn(self._conn)
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _is_lock(exc):
                 return False  # (rolled back): the thread path waits for its turn
             raise
         return True
@@ -104,7 +107,16 @@ class LoopConnection:
         return conn
 
     def close(self) -> None:
-        """Close the connection (safe to call twice; a later run opens a new one)."""
+        """Close the connection (safe to call twice; later batches take the thread path)."""
+        self._closed = True
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _is_lock(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, in any of their extended forms."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
