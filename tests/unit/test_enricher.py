@@ -4,8 +4,6 @@ look per service at a time; closing mid-look leaves nothing waiting."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 from idlewatch.events import Enricher
@@ -21,14 +19,9 @@ from idlewatch.models import (
     freeze,
 )
 
+from tests.fakes import until
+
 MANAGED = freeze({"idlewatch.enable": "true"})
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
 
 
 class Consumer:

@@ -6,8 +6,7 @@ import asyncio
 import logging
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +15,7 @@ from idlewatch import ManualClock, Settings, Watcher
 from idlewatch.api import create_app
 from idlewatch.models import ContainerInfo, EngineEvent, EventType, freeze
 
-from tests.fakes import FakeDocker, FakeStore
+from tests.fakes import FakeDocker, FakeStore, until
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})
@@ -43,14 +42,6 @@ async def served() -> AsyncIterator[tuple[FakeDocker, Watcher, TestClient[object
 
 
 AUTH = {"Authorization": "Bearer tok"}
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition of the watcher's own tasks, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 async def test_a_405_names_the_allowed_methods_and_open_routes_answer_it_without_a_token(

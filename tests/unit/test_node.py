@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -24,7 +23,7 @@ from idlewatch.models import (
 from idlewatch.node import RESYNC_EVENT, NodeActivity, NodeReporter
 from idlewatch.policy import SERVICE_ID_LABEL
 
-from tests.fakes import FakeDocker, FakeStore
+from tests.fakes import FakeDocker, FakeStore, until
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NS0 = to_ns(T0)
@@ -192,14 +191,6 @@ async def reporter(docker: FakeDocker, store: FakeStore) -> AsyncIterator[NodeRe
         await rep.close()
         acted = {name: docker.calls[name] for name in ACTIONS if docker.calls[name]}
         assert not acted and not docker.acted, f"node mode acted on the engine: {acted}"
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``check`` until it holds (the fakes answer at once; this only yields the loop)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def row(store: FakeStore, agent: str = "web") -> ActivityReport | None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,18 +18,11 @@ from idlewatch.replicas import ActivityMerger, Replicas
 from idlewatch.tracker import Tracker
 from idlewatch.writer import StoreWriter
 
-from tests.fakes import FakeDocker, FakeStore
+from tests.fakes import FakeDocker, FakeStore, until
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})
 HEALTHCHECK = "/bin/sh -c true"
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Mono:

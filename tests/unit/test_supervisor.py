@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -16,18 +14,10 @@ from idlewatch.events import StreamSupervisor
 from idlewatch.models import ContainerInfo, freeze
 from idlewatch.node import NodeReporter
 
-from tests.fakes import FakeDocker, FakeStore
+from tests.fakes import FakeDocker, FakeStore, until
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition of the watchers' own tasks, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def _watcher(docker: FakeDocker, resync_interval: object) -> Watcher:
