@@ -20,12 +20,9 @@ leaving that to the thread path's connection, which every so many batches goes t
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 #: a batch of at most this many rows may be committed on the event loop's thread
 LOOP_BATCH_MAX = 64
