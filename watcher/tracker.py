@@ -48,6 +48,11 @@ _EVENT_ONLY_ATTRS = frozenset({"name", "image", "exitCode", "execID", "signal", 
 _RUNNING_LIKE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING})
 _GONE_ACTIONS = frozenset({"destroy", "die", "stop", "kill", "oom"})
 _ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
+_TASK_UP = frozenset({"start", "restart", "unpause"})  # a task container runs (again)
+_TASK_DOWN = frozenset({"die", "destroy", "stop"})
+#: bounds on what is kept of tasks whose service is not tracked (see _untracked_tasks)
+UNTRACKED_SERVICES_MAX = 1024
+UNTRACKED_TASKS_MAX = 256
 
 
 class Tracker:
@@ -72,6 +77,11 @@ class Tracker:
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
+        #: task starts and ends seen while their service was not tracked yet, the newest
+        #: per task (service id -> task container id -> running): a first look at the
+        #: service may have been sent before them, and its list of tasks here is then
+        #: corrected by them (a task ended meanwhile stayed counted until a resync)
+        self._untracked_tasks: dict[str, dict[str, bool]] = {}
         #: open sessions in a service's tasks reported by each node, and when the latest
         #: report of them came in (this clock): name -> source -> (count, received)
         self._remote_sessions: dict[str, dict[str, tuple[int, datetime]]] = {}
@@ -202,14 +212,15 @@ class Tracker:
     def _apply_task_event(self, ev: EngineEvent, service_id: str) -> Need:
         name = self._by_id.get(service_id)
         if name is None:
+            self._note_untracked_task(service_id, ev)
             return Need.NOTHING
         if self._needs_healthcheck(ev):
             return Need.CONTAINER
         agent = self.agents[name]
         tasks = self._local_tasks.setdefault(name, set())
-        if ev.action in ("start", "restart", "unpause"):
+        if ev.action in _TASK_UP:
             tasks.add(ev.actor_id)
-        elif ev.action in ("die", "destroy", "stop"):
+        elif ev.action in _TASK_DOWN:
             tasks.discard(ev.actor_id)
         running = len(tasks) + self._remote_running.get(name, 0)
         changes: dict[str, Any] = {
@@ -226,6 +237,23 @@ class Tracker:
         changes["sessions"] = self._service_sessions(name)
         self._update(agent, "task:" + ev.action, changes)
         return Need.NOTHING
+
+    def _note_untracked_task(self, service_id: str, ev: EngineEvent) -> None:
+        if ev.action in _TASK_UP:
+            running = True
+        elif ev.action in _TASK_DOWN:
+            running = False
+        else:
+            return
+        # bounded: most such services are not managed and never get looked at
+        tasks = self._untracked_tasks.pop(service_id, None) or {}
+        tasks.pop(ev.actor_id, None)
+        tasks[ev.actor_id] = running
+        if len(tasks) > UNTRACKED_TASKS_MAX:
+            del tasks[next(iter(tasks))]
+        self._untracked_tasks[service_id] = tasks  # the most recent service last
+        if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:
+            del self._untracked_tasks[next(iter(self._untracked_tasks))]
 
     def _service_sessions(self, name: str) -> int:
         """Open sessions in a service's tasks: those on this engine, or what the nodes
@@ -311,6 +339,8 @@ class Tracker:
         after that is newer than what the inspect saw, so its replica count stands.
         """
         name = self._by_id.get(service_id)
+        if info is None or not is_managed(info.labels, self.label):
+            self._untracked_tasks.pop(service_id, None)  # never needed now
         if info is None:
             return
         if not is_managed(info.labels, self.label):
@@ -347,6 +377,7 @@ class Tracker:
         """Make the table match a full listing; returns agents that became dead letters."""
         # what is known of containers gone while nobody watched goes (their sessions too)
         self.use.keep_only({c.id for c in snap.containers}.union(*snap.task_containers.values()))
+        self._untracked_tasks.clear()  # the listing's tasks are the truth from here on
         seen: set[str] = set()
         for c in snap.containers:
             if c.service_id is None and is_managed(c.labels, self.label):
@@ -424,6 +455,7 @@ class Tracker:
         now = self._clock.now()
         same = old is not None and old.id == s.id
         desired = s.replicas if s.replicas is not None else max(s.running, 1)
+        untracked = self._untracked_tasks.pop(s.id, {}) if reason == "inspect" else {}
         if reason == "inspect" and same and old is not None and s.remote_running is not None:
             # tasks here follow our events; tasks elsewhere come from the manager's list
             self._remote_running[s.name] = s.remote_running
@@ -434,9 +466,15 @@ class Tracker:
             # first seen, with the tasks told apart by node: this engine's task containers
             # are known by id, so their die events count down (a running task counted as
             # remote stayed counted after it ended, until a resync)
-            self._local_tasks[s.name] = set(s.local_tasks)
+            local = set(s.local_tasks)
+            for task, task_running in untracked.items():
+                if task_running:
+                    local.add(task)
+                else:
+                    local.discard(task)
+            self._local_tasks[s.name] = local
             self._remote_running[s.name] = s.remote_running
-            running = len(s.local_tasks) + s.remote_running
+            running = len(local) + s.remote_running
         elif reason == "inspect":  # first seen (or a new service of that name): trust the inspect
             self._local_tasks[s.name] = set()
             self._remote_running[s.name] = s.running

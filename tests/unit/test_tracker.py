@@ -179,6 +179,61 @@ def test_a_service_first_seen_with_its_task_running_here_counts_down_when_it_end
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STOPPED)
 
 
+def _first_look(*running_here: str, replicas: int = 1) -> ServiceInfo:
+    """A first look at service s1 on a manager: its running tasks here, none elsewhere."""
+    return ServiceInfo(
+        "s1",
+        "svc",
+        "img",
+        freeze({LABEL: "true"}),
+        replicas,
+        len(running_here),
+        remote_running=0,
+        local_tasks=frozenset(running_here),
+    )
+
+
+def test_a_task_that_ends_while_its_service_is_looked_at_is_not_counted() -> None:
+    """The look was sent while the task ran; the task's end came before the look's answer
+    (the service not tracked yet: no count to take it off). It stayed counted, running 1,
+    until a resync."""
+    tr, _, _ = make()
+    task = {"com.docker.swarm.service.id": "s1"}
+    assert tr.apply(sev("create")) is Need.SERVICE  # the look goes out
+    tr.apply(cev("die", cid="t1", name="svc.1.x", managed=False, **task))
+    tr.apply_service(_first_look("t1"), "s1")  # what the engine said before the die
+    assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STARTING)
+
+
+def test_a_task_that_starts_while_its_service_is_looked_at_is_counted() -> None:
+    tr, _, _ = make()
+    task = {"com.docker.swarm.service.id": "s1"}
+    assert tr.apply(sev("create")) is Need.SERVICE
+    tr.apply(cev("start", cid="t2", name="svc.1.y", managed=False, **task))
+    tr.apply_service(_first_look(), "s1")  # sent before the start
+    assert (tr.agents["svc"].running, tr.agents["svc"].status) == (1, Status.RUNNING)
+    tr.apply(cev("die", cid="t2", name="svc.1.y", managed=False, **task))
+    assert tr.agents["svc"].running == 0, "and its end counts it down"
+
+
+def test_tasks_of_untracked_services_are_remembered_within_bounds() -> None:
+    from idlewatch.tracker import UNTRACKED_SERVICES_MAX, UNTRACKED_TASKS_MAX
+
+    tr, _, _ = make()
+    for i in range(UNTRACKED_SERVICES_MAX + 10):  # services never looked at (not managed)
+        attrs = {"com.docker.swarm.service.id": f"other{i}"}
+        tr.apply(cev("start", cid=f"t{i}", name=f"o.{i}", managed=False, **attrs))
+    for i in range(UNTRACKED_TASKS_MAX + 10):
+        attrs = {"com.docker.swarm.service.id": "busy"}
+        tr.apply(cev("die", cid=f"b{i}", name=f"b.{i}", managed=False, **attrs))
+    kept = tr._untracked_tasks
+    assert len(kept) <= UNTRACKED_SERVICES_MAX and "busy" in kept
+    newest = f"b{UNTRACKED_TASKS_MAX + 9}"
+    assert len(kept["busy"]) == UNTRACKED_TASKS_MAX and newest in kept["busy"]
+    tr.reconcile(Snapshot((), (), swarm_active=True))
+    assert tr._untracked_tasks == {}, "a listing is the truth: nothing older is kept"
+
+
 def test_unmanaged_service_is_not_tracked() -> None:
     tr, _, _ = make()
     tr.apply(sev("create"))
