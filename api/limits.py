@@ -32,7 +32,7 @@ import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -180,7 +180,9 @@ class _GuardedProtocol(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport, but not always a subclass of asyncio.Transport: uvloop's are
+        # not, and an isinstance check there refused every connection under uvloop
+        transport = cast(asyncio.Transport, transport)
         if not self._guard.admit():
             self._refuse(transport)
             return

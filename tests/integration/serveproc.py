@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.private_engine import PrivateEngine, free_port
@@ -16,7 +17,14 @@ from tests.private_engine import PrivateEngine, free_port
 class ServeProcess:
     """`idlewatch serve` in a subprocess; its stderr is collected in ``lines``."""
 
-    def __init__(self, engine: PrivateEngine, workdir: Path, **settings: str) -> None:
+    def __init__(
+        self,
+        engine: PrivateEngine,
+        workdir: Path,
+        launcher: Sequence[str] = ("-m", "idlewatch.api.cli"),
+        **settings: str,
+    ) -> None:
+        self.launcher = tuple(launcher)  # python's arguments before `serve`
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
@@ -36,7 +44,7 @@ class ServeProcess:
         """Start and wait until the API listens (and, by default, the first resync is done)."""
         self._need_sync = wait_synced
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "idlewatch.api.cli", "serve"],
+            [sys.executable, *self.launcher, "serve"],
             env=self.env,
             cwd=self.workdir,
             stderr=subprocess.PIPE,

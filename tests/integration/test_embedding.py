@@ -17,6 +17,7 @@ from idlewatch import Change, Status, Watcher
 from tests.private_engine import PrivateEngine, free_port
 
 from .conftest import run_container
+from .serveproc import ServeProcess
 
 
 async def test_changes_feed_yields_each_change(engine: PrivateEngine, watcher: Watcher) -> None:
@@ -75,3 +76,34 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
     proc.stderr.close()
     assert "Traceback" not in rest and "shutting down" in rest
     assert (tmp_path / "data" / "idlewatch.db").is_file()
+
+
+#: `idlewatch serve` on uvloop's event loop, as an app that installs it would run us
+ON_UVLOOP = (
+    "-c",
+    "import asyncio, sys, uvloop;"
+    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+    "print('event loop:', type(asyncio.new_event_loop()).__module__, file=sys.stderr);"
+    "from idlewatch.api.cli import main; main(sys.argv[1:])",
+)
+
+
+def test_serve_works_on_uvloop(engine: PrivateEngine, tmp_path: Path) -> None:
+    """uvloop's transports are not asyncio.Transport subclasses: the connection guard
+    asserted that they were, and refused every connection there."""
+    run_container(engine, "on-uvloop")
+    server = ServeProcess(engine, tmp_path, ON_UVLOOP).start()
+    try:
+        assert any("event loop: uvloop" in line for line in server.lines), server.lines
+        with urllib.request.urlopen(f"{server.url}/api/agents", timeout=10) as r:
+            assert [a["name"] for a in json.load(r)] == ["on-uvloop"]
+        agent = f"{server.url}/api/agents/on-uvloop"
+        with urllib.request.urlopen(urllib.request.Request(f"{agent}/stop", method="POST")) as r:
+            assert r.status == 200
+        start = urllib.request.Request(f"{agent}/start?wait=running&timeout=30", method="POST")
+        with urllib.request.urlopen(start, timeout=40) as r:  # its events arrive on uvloop
+            assert json.load(r)["status"] == "running"
+    finally:
+        assert server.stop() == 0
+    log = "".join(server.lines)
+    assert "Traceback" not in log and "shutting down" in log, log[-3000:]
