@@ -141,13 +141,23 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
     }
 
 
+#: python's arguments that run `idlewatch serve` on uvloop's event loop instead
+ON_UVLOOP = (
+    "-c",
+    "import asyncio, sys, uvloop;"
+    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+    "from idlewatch.api.cli import main; main(sys.argv[1:])",
+)
+
+
 def serve_process(
-    docker_url: str, tmp: str, **settings: str
+    docker_url: str, tmp: str, *, uvloop: bool = False, **settings: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     """`idlewatch serve` in a subprocess on a free port, with a file SQLite in ``tmp``.
 
     It logs warnings and errors only, to ``tmp``/serve.log; ``settings`` add or override
-    settings by name (``api_token="..."`` sets IDLEWATCH_API_TOKEN).
+    settings by name (``api_token="..."`` sets IDLEWATCH_API_TOKEN); ``uvloop`` runs it
+    on uvloop's event loop.
     """
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
@@ -161,7 +171,7 @@ def serve_process(
     full.update({f"IDLEWATCH_{k.upper()}": v for k, v in settings.items()})
     with open(Path(tmp) / "serve.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "idlewatch.api.cli", "serve"],
+            [sys.executable, *(ON_UVLOOP if uvloop else ("-m", "idlewatch.api.cli")), "serve"],
             env=full,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -189,12 +199,12 @@ async def wait_ready(
 
 
 async def cpu_at_max_churn(
-    engine: PrivateEngine, seconds: float = 20, **settings: str
+    engine: PrivateEngine, seconds: float = 20, *, uvloop: bool = False, **settings: str
 ) -> dict[str, Any]:
     """The watcher's CPU share of one core while the engine churns containers flat out
     (``settings``: serve's settings by name, as :func:`serve_process` takes them)."""
     tmp = tempfile.mkdtemp()
-    proc, port = serve_process(engine.url, tmp, **settings)
+    proc, port = serve_process(engine.url, tmp, uvloop=uvloop, **settings)
     docker = aiodocker.Docker(url=engine.url)
     events = 0
     try:

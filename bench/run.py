@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import statistics
@@ -89,6 +90,23 @@ async def collect() -> dict[str, dict[str, Any]]:
         spread=stats(ceil),
     )
 
+    if importlib.util.find_spec("uvloop") is not None:
+        print("ingest on uvloop's event loop (2 runs) ...", flush=True)
+        uv = ingest.on_uvloop(2)
+        uv_ratios = [o["events_per_s"] / c for o, c in zip(uv["ours"], uv["ceilings"], strict=True)]
+        uv_wrong = sum(r["wrong_status"] + r["wrong_in_store"] for r in uv["ours"])
+        figures["ingest_ratio_to_ceiling_uvloop"] = fig(
+            statistics.median(uv_ratios),
+            "x ceiling",
+            "-",
+            f"the ingest figure with both sides on uvloop's event loop, 2 runs alternated; "
+            f"spread {_spread(uv_ratios)}; {statistics.median(ratios):.2f} on asyncio's loop "
+            f"above; wrong statuses at the end: {uv_wrong}",
+            ratios=[round(r, 3) for r in uv_ratios],
+            runs=[round(o["events_per_s"]) for o in uv["ours"]],
+            ceiling_runs=[round(c) for c in uv["ceilings"]],
+        )
+
     engine = PrivateEngine()
     try:
         print("starting the private engine ...", flush=True)
@@ -114,8 +132,19 @@ async def collect() -> dict[str, dict[str, Any]]:
             store_p99_ms=round(lat["store_p99"], 3),
             websocket_p99_ms=round(lat["ws_p99"], 3),
         )
-        print(f"CPU at engine max churn ({CPU_RUNS} x 20 s) ...", flush=True)
-        cpus = [await engine_figures.cpu_at_max_churn(engine, 20) for _ in range(CPU_RUNS)]
+        on_uvloop = importlib.util.find_spec("uvloop") is not None
+        print(
+            f"CPU at engine max churn ({CPU_RUNS} x 20 s"
+            + (", alternated with as many on uvloop" if on_uvloop else "")
+            + ") ...",
+            flush=True,
+        )
+        cpus: list[dict[str, Any]] = []
+        cpus_uv: list[dict[str, Any]] = []
+        for i in range(CPU_RUNS):  # asyncio's loop and uvloop's, alternated
+            for uv in ((False, True) if i % 2 == 0 else (True, False)) if on_uvloop else (False,):
+                run = await engine_figures.cpu_at_max_churn(engine, 20, uvloop=uv)
+                (cpus_uv if uv else cpus).append(run)
         fracs = [c["cpu_frac"] for c in cpus]
         cpu_median = statistics.median(fracs)
         figures["cpu_frac_at_engine_max_churn"] = fig(
@@ -129,6 +158,19 @@ async def collect() -> dict[str, dict[str, Any]]:
             spread=stats(fracs),
             runs=[round(x, 4) for x in fracs],
         )
+        if cpus_uv:
+            uv_fracs = [c["cpu_frac"] for c in cpus_uv]
+            uv_ratios = [u / a for u, a in zip(uv_fracs, fracs, strict=True)]
+            figures["cpu_frac_at_engine_max_churn_uvloop"] = fig(
+                statistics.median(uv_fracs),
+                "fraction of one core",
+                "-",
+                f"the same on uvloop's event loop, alternated with the runs above; "
+                f"{statistics.median(uv_ratios):.2f} x asyncio's loop "
+                f"(spread {_spread(uv_ratios)}); runs {[round(f, 4) for f in uv_fracs]}",
+                runs=[round(x, 4) for x in uv_fracs],
+                ratio_to_asyncio=round(statistics.median(uv_ratios), 3),
+            )
         print("CPU at engine max churn with write_pace=200ms (1 x 20 s) ...", flush=True)
         paced = await engine_figures.cpu_at_max_churn(engine, 20, write_pace="200ms")
         figures["cpu_frac_at_engine_max_churn_write_pace_200ms"] = fig(
@@ -160,7 +202,7 @@ async def collect() -> dict[str, dict[str, Any]]:
             f"with sweeps: {poll['idlewatch_calls_per_min']:.0f}/min",
             idlewatch_calls_per_min=poll["idlewatch_calls_per_min"],
         )
-        print("wake: paused, stopped (30 tries each), service at 0 (20 tries) ...", flush=True)
+        print("wake: paused, stopped (30 tries each), service at 0 (40 tries) ...", flush=True)
         figures.update(_wake(await wake_figures.run(engine)))
         print(
             "wake on request: /api/wake under 200 clients vs a bare handler, 3 x 2 runs;"
