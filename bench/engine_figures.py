@@ -199,16 +199,28 @@ async def wait_ready(
 
 
 async def cpu_at_max_churn(
-    engine: PrivateEngine, seconds: float = 20, *, uvloop: bool = False, **settings: str
+    engine: PrivateEngine,
+    seconds: float = 20,
+    *,
+    uvloop: bool = False,
+    idle_s: float = 0,
+    **settings: str,
 ) -> dict[str, Any]:
     """The watcher's CPU share of one core while the engine churns containers flat out
-    (``settings``: serve's settings by name, as :func:`serve_process` takes them)."""
+    (``settings``: serve's settings by name, as :func:`serve_process` takes them); with
+    ``idle_s``, first its share over that long with nothing happening (``idle_frac``)."""
     tmp = tempfile.mkdtemp()
     proc, port = serve_process(engine.url, tmp, uvloop=uvloop, **settings)
     docker = aiodocker.Docker(url=engine.url)
     events = 0
+    idle_frac = None
     try:
         await wait_ready(port)
+        if idle_s:
+            await asyncio.sleep(2)  # the start-up reads and writes settle
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            await asyncio.sleep(idle_s)
+            idle_frac = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
         sub_docker = aiodocker.Docker(url=engine.url)
         sub = sub_docker.events.subscribe()
 
@@ -244,7 +256,12 @@ async def cpu_at_max_churn(
         counter.cancel()
         await sub_docker.events.stop()
         await sub_docker.close()
-        return {"cpu_frac": frac, "events_per_s": events / elapsed, "seconds": elapsed}
+        return {
+            "cpu_frac": frac,
+            "events_per_s": events / elapsed,
+            "seconds": elapsed,
+            "idle_frac": idle_frac,
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

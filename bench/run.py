@@ -32,6 +32,7 @@ RESULTS = Path(__file__).with_name("results.json")
 HISTORY = Path(__file__).with_name("RESULTS.md")
 CPU_RUNS = 3  # the CPU figure: its median
 LOAD_RUNS = 3  # the load figure and its bare baseline, alternated
+IDLE_S = 10  # the idle CPU figure: measured for this long before each CPU run
 
 
 def fig(
@@ -134,7 +135,7 @@ async def collect() -> dict[str, dict[str, Any]]:
         )
         on_uvloop = importlib.util.find_spec("uvloop") is not None
         print(
-            f"CPU at engine max churn ({CPU_RUNS} x 20 s"
+            f"CPU at engine max churn ({CPU_RUNS} x 20 s, each after {IDLE_S} s idle"
             + (", alternated with as many on uvloop" if on_uvloop else "")
             + ") ...",
             flush=True,
@@ -143,7 +144,9 @@ async def collect() -> dict[str, dict[str, Any]]:
         cpus_uv: list[dict[str, Any]] = []
         for i in range(CPU_RUNS):  # asyncio's loop and uvloop's, alternated
             for uv in ((False, True) if i % 2 == 0 else (True, False)) if on_uvloop else (False,):
-                run = await engine_figures.cpu_at_max_churn(engine, 20, uvloop=uv)
+                run = await engine_figures.cpu_at_max_churn(
+                    engine, 20, uvloop=uv, idle_s=0 if uv else IDLE_S
+                )
                 (cpus_uv if uv else cpus).append(run)
         fracs = [c["cpu_frac"] for c in cpus]
         cpu_median = statistics.median(fracs)
@@ -157,6 +160,15 @@ async def collect() -> dict[str, dict[str, Any]]:
             met=cpu_median <= 0.02,
             spread=stats(fracs),
             runs=[round(x, 4) for x in fracs],
+        )
+        idle = [c["idle_frac"] for c in cpus]
+        figures["cpu_frac_idle"] = fig(
+            statistics.median(idle),
+            "fraction of one core",
+            "-",
+            f"a fresh `idlewatch serve` with nothing happening, {IDLE_S:g} s before each "
+            f"run above (lease renewals, activity reads); runs {[round(f, 4) for f in idle]}",
+            runs=[round(x, 4) for x in idle],
         )
         if cpus_uv:
             uv_fracs = [c["cpu_frac"] for c in cpus_uv]

@@ -244,6 +244,10 @@ class FakeStore:
         self.activity_rows: dict[tuple[str, str], tuple[ActivityReport, datetime]] = {}
         self.fail_reports = 0  # report_activity fails this many more times
         self.report_calls: list[list[ActivityReport]] = []
+        self.sessions_opened = 0
+        self.sessions_open = 0
+        self.activity_loads = 0
+        self.fail_loads = 0  # load_activity fails this many more times
         self.leases = self  # one fake for the whole port: the lease and the reports too
         self.activity = self
 
@@ -267,7 +271,12 @@ class FakeStore:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
-        yield
+        self.sessions_opened += 1
+        self.sessions_open += 1
+        try:
+            yield
+        finally:
+            self.sessions_open -= 1
 
     async def write(
         self,
@@ -325,6 +334,10 @@ class FakeStore:
             self.activity_rows[(r.agent, r.source)] = (replace(r, reported_at=now), now)
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
+        self.activity_loads += 1
+        if self.fail_loads:
+            self.fail_loads -= 1
+            raise StoreError("activity reports: the fake database is down")
         return [r for r, at in self.activity_rows.values() if since is None or at >= since]
 
     async def managed_services(self) -> dict[str, str]:

@@ -95,6 +95,7 @@ class Watcher:
             self._tracker,
             self._writer,
             self.clock,
+            session=self._store.session,
         )
         self._stream = StreamSupervisor(
             self._docker,

@@ -68,6 +68,39 @@ async def test_a_lease_that_lapsed_and_came_back_between_two_looks_rewrites_the_
         await replicas.close()
 
 
+async def test_the_replica_loops_hold_one_session_each_and_reopen_it_after_a_failure() -> None:
+    """An idle serve opened a SQLite connection (and its thread) for every activity read,
+    once a second: half its CPU. Each loop now holds one; a failed round lets it go (a
+    dead PostgreSQL connection must not be kept) and the next round opens another."""
+    store = FakeStore()
+    lead = Leadership(store, "a", 0.5)  # renewed every 0.1 s
+    writer = StoreWriter(store, lead)
+    tracker = Tracker(
+        label="idlewatch.enable", default_idle_timeout_s=60, clock=ManualClock(T0), bus=writer
+    )
+    replicas = Replicas(
+        lead,
+        ActivityMerger(store, tracker, lambda sid: None),
+        tracker,
+        writer,
+        ManualClock(T0),
+        session=store.session,
+        merge_interval_s=0.005,
+    )
+    await replicas.open()
+    try:
+        await until(lambda: store.activity_loads >= 20)
+        assert store.sessions_opened == 2, "one for the lease loop, one for the merge loop"
+        store.fail_loads = 1
+        await until(lambda: store.sessions_opened == 3)
+        loads = store.activity_loads
+        await until(lambda: store.activity_loads >= loads + 10)
+        assert store.sessions_opened == 3 and store.sessions_open == 2
+    finally:
+        await replicas.close()
+    assert store.sessions_open == 0
+
+
 async def test_a_failed_look_counts_the_exec_and_is_asked_again_in_serve_too() -> None:
     docker = FakeDocker()
     settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db")
