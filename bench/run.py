@@ -144,9 +144,7 @@ async def collect() -> dict[str, dict[str, Any]]:
         cpus_uv: list[dict[str, Any]] = []
         for i in range(CPU_RUNS):  # asyncio's loop and uvloop's, alternated
             for uv in ((False, True) if i % 2 == 0 else (True, False)) if on_uvloop else (False,):
-                run = await engine_figures.cpu_at_max_churn(
-                    engine, 20, uvloop=uv, idle_s=0 if uv else IDLE_S
-                )
+                run = await engine_figures.cpu_at_max_churn(engine, 20, uvloop=uv, idle_s=IDLE_S)
                 (cpus_uv if uv else cpus).append(run)
         fracs = [c["cpu_frac"] for c in cpus]
         cpu_median = statistics.median(fracs)
@@ -179,7 +177,8 @@ async def collect() -> dict[str, dict[str, Any]]:
                 "-",
                 f"the same on uvloop's event loop, alternated with the runs above; "
                 f"{statistics.median(uv_ratios):.2f} x asyncio's loop "
-                f"(spread {_spread(uv_ratios)}); runs {[round(f, 4) for f in uv_fracs]}",
+                f"(spread {_spread(uv_ratios)}); runs {[round(f, 4) for f in uv_fracs]}; "
+                f"idle first: {[round(c['idle_frac'], 4) for c in cpus_uv]}",
                 runs=[round(x, 4) for x in uv_fracs],
                 ratio_to_asyncio=round(statistics.median(uv_ratios), 3),
             )

@@ -246,6 +246,8 @@ class FakeStore:
         self.report_calls: list[list[ActivityReport]] = []
         self.sessions_opened = 0
         self.sessions_open = 0
+        self.fail_session_opens = 0  # session() fails to open this many more times
+        self.fail_session_closes = 0  # and to close
         self.activity_loads = 0
         self.fail_loads = 0  # load_activity fails this many more times
         self.leases = self  # one fake for the whole port: the lease and the reports too
@@ -271,12 +273,18 @@ class FakeStore:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
+        if self.fail_session_opens:
+            self.fail_session_opens -= 1
+            raise StoreError("session: the fake database is down")
         self.sessions_opened += 1
         self.sessions_open += 1
         try:
             yield
         finally:
             self.sessions_open -= 1
+            if self.fail_session_closes:
+                self.fail_session_closes -= 1
+                raise StoreError("session: the fake connection failed to close")
 
     async def write(
         self,

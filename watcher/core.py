@@ -95,7 +95,11 @@ class Watcher:
             self._tracker,
             self._writer,
             self.clock,
-            session=self._store.session,
+            # SQLite opens a connection (a thread and the file) per call made outside a
+            # session: the replica loops hold one each; a PostgreSQL pool lends one at once
+            session=self._store.session
+            if isinstance(self._store, SqlStore) and self._store.sqlite
+            else None,
         )
         self._stream = StreamSupervisor(
             self._docker,

@@ -203,7 +203,8 @@ class Store(Protocol):
         ...
 
     def session(self) -> AbstractAsyncContextManager[None]:
-        """Hold a connection for the calling task across writes (the writer uses one)."""
+        """Hold a connection for the calling task across calls (the writer uses one; on
+        SQLite, the lease and activity loops too)."""
         ...
 
     async def write(

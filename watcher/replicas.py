@@ -22,7 +22,7 @@ from .errors import StoreError
 from .leader import Leadership
 from .models import ActivityReport, Agent, AuditEntry, Kind
 from .ports import ActivityStore, Clock
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, cancelling
 from .tracker import Tracker
 from .writer import StoreWriter
 
@@ -113,10 +113,10 @@ class Replicas:
         merge_interval_s: float = MERGE_INTERVAL_S,
     ) -> None:
         self.leadership = leadership
-        #: the store's session (:meth:`~idlewatch.ports.Store.session`): each loop holds
-        #: one connection. Without it, a SQLite read every second opened a connection
-        #: and its thread, and when nothing else held the file, re-created its WAL: half
-        #: of an idle serve's CPU (0.0030-0.0035 of a core, 0.0015-0.0020 held)
+        #: the store's session (:meth:`~idlewatch.ports.Store.session`) where a connection
+        #: per call is dear: each loop holds one. On SQLite a read every second opened a
+        #: connection and its thread, and when nothing else held the file, re-created its
+        #: WAL: half of an idle serve's CPU. None: a connection per call (a pool's)
         self._session = session
         self._merger = merger
         self._tracker = tracker
@@ -256,19 +256,41 @@ class Replicas:
     async def _rounds(
         self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]
     ) -> None:
-        """A round every ``interval_s``, all on one held database connection; a round
-        that fails lets it go, and the next opens another (a dead connection is never
-        kept: the rounds use no transaction that could leave it stuck in ``databases``)."""
+        """A round every ``interval_s``; with a session, the rounds share one held
+        connection until one fails (the next round opens another: a dead connection is
+        never kept)."""
         while True:
+            await asyncio.sleep(interval_s())
+            if self._session is None:
+                await one_round()
+                continue
+            # a task per held connection: databases keeps one connection object per task,
+            # and one whose release failed would fail every later call of that task
+            held = asyncio.create_task(self._held_rounds(interval_s, one_round))
             try:
-                async with self._held():
-                    while True:
-                        await asyncio.sleep(interval_s())
-                        if not await one_round():
-                            break
-            except StoreError as exc:  # opening or closing the connection failed
-                logger.debug("database session of a replica loop: %s", exc)
-                await asyncio.sleep(interval_s())  # the next round opens it again
+                await held
+            except StoreError as exc:  # closing the connection failed
+                if cancelling():
+                    raise asyncio.CancelledError from exc  # close() must not hang on it
+                logger.warning("a replica loop's database connection: %s", exc)
+            finally:
+                if not held.done():  # (an await of a task returns once it is done)
+                    await cancel_and_wait(held)
 
-    def _held(self) -> AbstractAsyncContextManager[None]:
-        return self._session() if self._session is not None else contextlib.nullcontext()
+    async def _held_rounds(
+        self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]
+    ) -> None:
+        assert self._session is not None
+        stack = contextlib.AsyncExitStack()
+        try:
+            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                await stack.enter_async_context(self._session())
+        except (StoreError, TimeoutError) as exc:
+            logger.debug("cannot hold a database connection: %s", exc)
+            await one_round()  # without one: the round's own handling says what fails
+            return
+        async with stack:
+            while True:
+                if not await one_round():
+                    return
+                await asyncio.sleep(interval_s())

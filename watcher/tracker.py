@@ -51,8 +51,8 @@ _ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
 _TASK_UP = frozenset({"start", "restart", "unpause"})  # a task container runs (again)
 _TASK_DOWN = frozenset({"die", "destroy", "stop"})
 #: bounds on what is kept of tasks whose service is not tracked (see _untracked_tasks)
-UNTRACKED_SERVICES_MAX = 1024
-UNTRACKED_TASKS_MAX = 256
+UNTRACKED_SERVICES_MAX = 256
+UNTRACKED_TASKS_MAX = 64
 
 
 class Tracker:
@@ -77,10 +77,10 @@ class Tracker:
         self._by_id: dict[str, str] = {}
         self._local_tasks: dict[str, set[str]] = {}  # service name -> running task container ids
         self._remote_running: dict[str, int] = {}
-        #: task starts and ends seen while their service was not tracked yet, the newest
-        #: per task (service id -> task container id -> running): a first look at the
-        #: service may have been sent before them, and its list of tasks here is then
-        #: corrected by them (a task ended meanwhile stayed counted until a resync)
+        #: services not tracked whose first look was asked for, with the task starts and
+        #: ends seen since, the newest per task (service id -> task container id ->
+        #: running): the look may have been sent before them, and its list of tasks here
+        #: is corrected by them (a task ended meanwhile stayed counted until a resync)
         self._untracked_tasks: dict[str, dict[str, bool]] = {}
         #: open sessions in a service's tasks reported by each node, and when the latest
         #: report of them came in (this clock): name -> source -> (count, received)
@@ -245,15 +245,20 @@ class Tracker:
             running = False
         else:
             return
-        # bounded: most such services are not managed and never get looked at
-        tasks = self._untracked_tasks.pop(service_id, None) or {}
+        tasks = self._untracked_tasks.get(service_id)
+        if tasks is None:  # no look at its service is on its way
+            return
         tasks.pop(ev.actor_id, None)
-        tasks[ev.actor_id] = running
+        tasks[ev.actor_id] = running  # the newest last
         if len(tasks) > UNTRACKED_TASKS_MAX:
             del tasks[next(iter(tasks))]
-        self._untracked_tasks[service_id] = tasks  # the most recent service last
-        if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:
+
+    def _looking_at(self, service_id: str) -> Need:
+        """A first look at a service is asked for: its tasks' events count from now."""
+        self._untracked_tasks.setdefault(service_id, {})
+        if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:  # looks that never came
             del self._untracked_tasks[next(iter(self._untracked_tasks))]
+        return Need.SERVICE
 
     def _service_sessions(self, name: str) -> int:
         """Open sessions in a service's tasks: those on this engine, or what the nodes
@@ -266,7 +271,9 @@ class Tracker:
     def _apply_service_event(self, ev: EngineEvent) -> Need:
         name = self._by_id.get(ev.actor_id)
         if name is None:
-            return Need.SERVICE if ev.action in ("create", "update") else Need.NOTHING
+            if ev.action in ("create", "update"):
+                return self._looking_at(ev.actor_id)
+            return Need.NOTHING
         agent = self.agents[name]
         if ev.action == "remove":
             self._drop_id(ev.actor_id)

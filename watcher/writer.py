@@ -21,7 +21,7 @@ from typing import Protocol
 from .errors import StoreError
 from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change
 from .ports import Store
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, cancelling
 
 #: told after each commit with the agent rows written and the wall time in ns
 CommitObserver = Callable[[list[Agent], int], None]
@@ -203,6 +203,8 @@ class StoreWriter:
                             break  # drop the session: the next one reconnects
                         delay_s = 0.05
             except StoreError as exc:  # no connection (server down): keep the rows, retry
+                if cancelling():  # the connection failed to close as close() cancelled us
+                    raise asyncio.CancelledError from exc
                 self._failed(exc)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, self._retry_max_s)

@@ -13,7 +13,7 @@ from idlewatch.clock import to_ns
 from idlewatch.docker import AioDockerGateway
 from idlewatch.errors import EngineError
 from idlewatch.leader import Leadership
-from idlewatch.models import ContainerInfo, EngineEvent, EventType, freeze
+from idlewatch.models import Agent, ContainerInfo, EngineEvent, EventType, Kind, freeze
 from idlewatch.replicas import ActivityMerger, Replicas
 from idlewatch.tracker import Tracker
 from idlewatch.writer import StoreWriter
@@ -68,25 +68,29 @@ async def test_a_lease_that_lapsed_and_came_back_between_two_looks_rewrites_the_
         await replicas.close()
 
 
-async def test_the_replica_loops_hold_one_session_each_and_reopen_it_after_a_failure() -> None:
-    """An idle serve opened a SQLite connection (and its thread) for every activity read,
-    once a second: half its CPU. Each loop now holds one; a failed round lets it go (a
-    dead PostgreSQL connection must not be kept) and the next round opens another."""
-    store = FakeStore()
+def _agent() -> Agent:
+    return Agent("box", Kind.CONTAINER, "c1", "img", Status.RUNNING, 1, 1, T0, 60.0, T0, MANAGED)
+
+
+def _replicas(store: FakeStore) -> tuple[Replicas, StoreWriter]:
     lead = Leadership(store, "a", 0.5)  # renewed every 0.1 s
     writer = StoreWriter(store, lead)
     tracker = Tracker(
         label="idlewatch.enable", default_idle_timeout_s=60, clock=ManualClock(T0), bus=writer
     )
-    replicas = Replicas(
-        lead,
-        ActivityMerger(store, tracker, lambda sid: None),
-        tracker,
-        writer,
-        ManualClock(T0),
-        session=store.session,
-        merge_interval_s=0.005,
-    )
+    merger = ActivityMerger(store, tracker, lambda sid: None)
+    clock = ManualClock(T0)
+    held = store.session
+    replicas = Replicas(lead, merger, tracker, writer, clock, session=held, merge_interval_s=0.005)
+    return replicas, writer
+
+
+async def test_the_replica_loops_hold_one_session_each_and_reopen_it_after_a_failure() -> None:
+    """An idle serve on SQLite opened a connection (and its thread) for every activity
+    read, once a second: half its CPU. Each loop now holds one; a failed round lets it go
+    (a dead connection must not be kept) and the next round opens another."""
+    store = FakeStore()
+    replicas, _ = _replicas(store)
     await replicas.open()
     try:
         await until(lambda: store.activity_loads >= 20)
@@ -96,9 +100,43 @@ async def test_the_replica_loops_hold_one_session_each_and_reopen_it_after_a_fai
         loads = store.activity_loads
         await until(lambda: store.activity_loads >= loads + 10)
         assert store.sessions_opened == 3 and store.sessions_open == 2
+        store.fail_session_opens = 2  # a session cannot open: the rounds run all the same
+        store.fail_loads = 1
+        loads = store.activity_loads
+        await until(lambda: store.activity_loads >= loads + 10 and store.sessions_open == 2)
+        store.fail_session_closes = 1  # a connection that fails to close: another one
+        store.fail_loads = 1
+        opened = store.sessions_opened
+        await until(lambda: store.sessions_opened > opened and store.fail_session_closes == 0)
+        loads = store.activity_loads
+        await until(lambda: store.activity_loads >= loads + 10)
     finally:
         await replicas.close()
     assert store.sessions_open == 0
+
+
+@pytest.mark.parametrize("owner", ["replicas", "writer"])
+async def test_close_returns_when_a_held_connection_fails_to_close(owner: str) -> None:
+    """The session's exit turned the failure into a StoreError, which replaced the
+    cancellation: the loop caught it and went on, and close() waited for ever."""
+    store = FakeStore()
+    replicas, writer = _replicas(store)
+    if owner == "replicas":
+        await replicas.open()
+    else:
+        writer.start()
+        writer.put_agent(_agent())
+        await writer.flush(5)
+    await until(lambda: store.sessions_open >= 1)
+    store.fail_session_closes = 3
+    closing = asyncio.create_task(replicas.close() if owner == "replicas" else writer.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    store.fail_session_closes = 0
+    if not done:  # let the stuck loop go, then fail
+        await replicas.close() if owner == "replicas" else writer.close()
+        closing.cancel()
+        pytest.fail(f"{owner}.close() hung")
+    await closing
 
 
 async def test_a_failed_look_counts_the_exec_and_is_asked_again_in_serve_too() -> None:

@@ -88,6 +88,11 @@ class SqlStore:
         #: activity reports of nodes and replicas, on this store's database
         self.activity = SqlActivity(self._db, NOW_SQL[self._dialect], sqlite=self._sqlite)
 
+    @property
+    def sqlite(self) -> bool:
+        """Whether the database is SQLite (else PostgreSQL)."""
+        return self._sqlite
+
     async def connect(self) -> None:
         """Open the database (creating the SQLite directory) and apply pending migrations.
 
