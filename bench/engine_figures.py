@@ -21,6 +21,7 @@ from idlewatch.api import create_app
 from idlewatch.docker import AioDockerGateway
 from idlewatch.models import Agent
 
+from tests.integration.serveproc import ON_UVLOOP
 from tests.private_engine import TEST_IMAGE, PrivateEngine, free_port
 
 from .common import cpu_seconds, percentile, wait_for
@@ -139,15 +140,6 @@ async def latency(engine: PrivateEngine, changes: int = 200) -> dict[str, Any]:
         "ws_p99": percentile(ws_sorted, 99),
         "n": len(ws_sorted),
     }
-
-
-#: python's arguments that run `idlewatch serve` on uvloop's event loop instead
-ON_UVLOOP = (
-    "-c",
-    "import asyncio, sys, uvloop;"
-    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-    "from idlewatch.api.cli import main; main(sys.argv[1:])",
-)
 
 
 def serve_process(

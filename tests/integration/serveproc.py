@@ -13,6 +13,16 @@ from pathlib import Path
 
 from tests.private_engine import PrivateEngine, free_port
 
+#: python's arguments that run `idlewatch serve` on uvloop's event loop, as an app that
+#: installs it would run us (it says so on stderr: ``event loop: uvloop``)
+ON_UVLOOP = (
+    "-c",
+    "import asyncio, sys, uvloop;"
+    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+    "print('event loop:', type(asyncio.new_event_loop()).__module__, file=sys.stderr);"
+    "from idlewatch.api.cli import main; main(sys.argv[1:])",
+)
+
 
 class ServeProcess:
     """`idlewatch serve` in a subprocess; its stderr is collected in ``lines``."""

@@ -17,7 +17,7 @@ from idlewatch import Change, Status, Watcher
 from tests.private_engine import PrivateEngine, free_port
 
 from .conftest import run_container
-from .serveproc import ServeProcess
+from .serveproc import ON_UVLOOP, ServeProcess
 
 
 async def test_changes_feed_yields_each_change(engine: PrivateEngine, watcher: Watcher) -> None:
@@ -76,16 +76,6 @@ def test_serve_runs_and_shuts_down_cleanly_on_sigterm(
     proc.stderr.close()
     assert "Traceback" not in rest and "shutting down" in rest
     assert (tmp_path / "data" / "idlewatch.db").is_file()
-
-
-#: `idlewatch serve` on uvloop's event loop, as an app that installs it would run us
-ON_UVLOOP = (
-    "-c",
-    "import asyncio, sys, uvloop;"
-    "asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-    "print('event loop:', type(asyncio.new_event_loop()).__module__, file=sys.stderr);"
-    "from idlewatch.api.cli import main; main(sys.argv[1:])",
-)
 
 
 def test_serve_works_on_uvloop(engine: PrivateEngine, tmp_path: Path) -> None:
