@@ -1,0 +1,69 @@
+"""CPU at the engine's maximum churn, two commits of `idlewatch serve` alternated.
+
+    python -m bench.ab_serve_cpu f01020a HEAD [pairs]
+
+The CPU figure of `make bench` is a share of a core, not a ratio: it moves with the
+machine from one day to the next. This tells a change in the code from a change in the
+machine: each commit's `watcher/` and `api/` are laid out as the package `idlewatch` in a
+temporary folder, and `serve` runs from one then the other (A B, B A, A B...) on one
+private engine, with the harness of this checkout. Prints each run and the medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from tests.private_engine import PrivateEngine
+
+from . import engine_figures
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_of(rev: str, into: Path) -> Path:
+    """The package `idlewatch` as it was at ``rev``, under ``into``; the folder to put
+    first on PYTHONPATH."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "watcher", "api"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    src = into / "src"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(src, filter="data")
+    shutil.move(src / "watcher", into / "idlewatch")
+    shutil.move(src / "api", into / "idlewatch" / "api")
+    return into
+
+
+async def main(rev_a: str, rev_b: str, pairs: int) -> None:
+    runs: dict[str, list[float]] = {rev_a: [], rev_b: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {rev: package_of(rev, Path(tmp) / f"r{i}") for i, rev in enumerate(runs)}
+        engine = PrivateEngine()
+        try:
+            engine.start()
+            engine.build_test_image()
+            for i in range(pairs):
+                for rev in (rev_a, rev_b) if i % 2 == 0 else (rev_b, rev_a):
+                    os.environ["PYTHONPATH"] = str(paths[rev])  # serve's, not ours
+                    run = await engine_figures.cpu_at_max_churn(engine, 20, idle_s=5)
+                    runs[rev].append(run["cpu_frac"])
+                    print(f"{rev}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s)")
+        finally:
+            engine.stop()
+    for rev, fracs in runs.items():
+        print(f"{rev}: median {statistics.median(fracs):.4f}, runs {[round(f, 4) for f in fracs]}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 3))
