@@ -123,6 +123,14 @@ async def run(repeats: int = 3) -> dict[str, Any]:
     return {"ours": ours, "ceilings": ceilings}
 
 
+def ratios_and_wrong(result: dict[str, Any]) -> tuple[list[float], int]:
+    """Of a :func:`run`: each run's ratio to its ceiling, and the wrong final statuses
+    (in memory or in the store) over all runs."""
+    pairs = zip(result["ours"], result["ceilings"], strict=True)
+    ratios = [ours["events_per_s"] / ceiling for ours, ceiling in pairs]
+    return ratios, sum(r["wrong_status"] + r["wrong_in_store"] for r in result["ours"])
+
+
 def on_uvloop(repeats: int) -> dict[str, Any]:
     """:func:`run` on uvloop's event loop, in a process of its own (ours and the ceiling
     alike: uvloop speeds up aiodocker's subscriber too)."""

@@ -64,8 +64,7 @@ async def collect() -> dict[str, dict[str, Any]]:
     ing = await ingest.run(repeats=3)
     ours = [r["events_per_s"] for r in ing["ours"]]
     ceil = ing["ceilings"]
-    ratios = [o / c for o, c in zip(ours, ceil, strict=True)]
-    wrong = sum(r["wrong_status"] + r["wrong_in_store"] for r in ing["ours"])
+    ratios, wrong = ingest.ratios_and_wrong(ing)
     figures["ingest_events_per_s"] = fig(
         statistics.median(ours),
         "events/s",
@@ -94,8 +93,7 @@ async def collect() -> dict[str, dict[str, Any]]:
     if importlib.util.find_spec("uvloop") is not None:
         print("ingest on uvloop's event loop (2 runs) ...", flush=True)
         uv = ingest.on_uvloop(2)
-        uv_ratios = [o["events_per_s"] / c for o, c in zip(uv["ours"], uv["ceilings"], strict=True)]
-        uv_wrong = sum(r["wrong_status"] + r["wrong_in_store"] for r in uv["ours"])
+        uv_ratios, uv_wrong = ingest.ratios_and_wrong(uv)
         figures["ingest_ratio_to_ceiling_uvloop"] = fig(
             statistics.median(uv_ratios),
             "x ceiling",
