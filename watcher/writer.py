@@ -83,6 +83,7 @@ class StoreWriter:
         self._enqueued = 0
         self._committed = 0
         self._task: asyncio.Task[None] | None = None
+        self._retry_delay_s = 0.05  # doubles up to retry_max_s while writes fail
         self.last_error: str | None = None
         self.rows_written = 0
         self.last_commit_monotonic = 0.0
@@ -181,34 +182,45 @@ class StoreWriter:
         self._task = None
 
     async def _run(self) -> None:
-        delay_s = 0.05
         while True:
             # The session opens with the first write (an open and close with nothing to
             # write never starts a connection it would then have to abandon mid-connect).
             await self._wake.wait()
-            # One database session held across batches: opening a connection per write
-            # (a thread and a connect for SQLite) cost more CPU than the writes themselves.
+            # a task per session: databases keeps one connection object per task, and one
+            # whose release failed would fail every later write of the task that held it
+            held = asyncio.create_task(self._session(), name="idlewatch-writer-session")
             try:
-                async with self._store.session():
-                    while True:
-                        await self._wake.wait()
-                        self._wake.clear()
-                        ok = True
-                        # (rows dropped on losing the lease leave nothing pending, but a
-                        # flush may wait for them: a write of nothing marks them done)
-                        while (self.pending or self._committed < self._enqueued) and ok:
-                            await self._paced()
-                            ok = await self._write_once()
-                        if not ok:
-                            break  # drop the session: the next one reconnects
-                        delay_s = 0.05
+                await held
             except StoreError as exc:  # no connection (server down): keep the rows, retry
                 if cancelling():  # the connection failed to close as close() cancelled us
                     raise asyncio.CancelledError from exc
                 self._failed(exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self._retry_max_s)
+            finally:
+                if not held.done():  # (an await of a task returns once it is done)
+                    await cancel_and_wait(held)
+            await asyncio.sleep(self._retry_delay_s)
+            self._retry_delay_s = min(self._retry_delay_s * 2, self._retry_max_s)
             self._wake.set()
+
+    async def _session(self) -> None:
+        """Write batches on one held database session until one fails.
+
+        One session across batches: opening a connection per write (a thread and a
+        connect for SQLite) cost more CPU than the writes themselves.
+        """
+        async with self._store.session():
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                ok = True
+                # (rows dropped on losing the lease leave nothing pending, but a flush may
+                # wait for them: a write of nothing marks them done)
+                while (self.pending or self._committed < self._enqueued) and ok:
+                    await self._paced()
+                    ok = await self._write_once()
+                if not ok:
+                    return  # drop the session: the next one reconnects
+                self._retry_delay_s = 0.05
 
     async def _paced(self) -> None:
         """Wait out the rest of the pace since the last commit (rows keep coalescing),

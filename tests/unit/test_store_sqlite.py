@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from idlewatch.models import Agent, AuditEntry, Kind, Status
@@ -209,3 +210,53 @@ def test_after_close_the_loops_connection_says_no(tmp_path: Path) -> None:
     loop_conn.close()
     assert loop_conn.run(1, lambda conn: ran.append(True)) is False
     assert ran == [True]
+
+
+async def test_the_writer_writes_again_after_its_connection_failed_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """databases keeps one connection object per task: when releasing it fails, it stays
+    "acquired", and every later session of that task failed ("Connection is already
+    acquired"): one failed close stopped the writer for good. Each session now has a task
+    of its own."""
+    from databases.backends import sqlite as databases_sqlite
+    from idlewatch.errors import StoreError
+    from idlewatch.writer import StoreWriter
+
+    from tests.fakes import FakeLeadership
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/w.db"
+    store = SqlStore(url)
+    await store.connect()
+    failures = {"write": 1, "release": 1}
+    write, release = store.write, databases_sqlite.SQLitePool.release
+
+    async def failing_write(*args: Any, **kwargs: Any) -> None:
+        if failures["write"]:  # ends the writer's session: its connection is released
+            failures["write"] -= 1
+            raise StoreError("the disk said no (test)")
+        await write(*args, **kwargs)
+
+    async def failing_release(self: Any, connection: Any) -> None:
+        await release(self, connection)
+        if failures["release"]:
+            failures["release"] -= 1
+            raise OSError("connection reset (test)")
+
+    monkeypatch.setattr(store, "write", failing_write)
+    monkeypatch.setattr(databases_sqlite.SQLitePool, "release", failing_release)
+    writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.1)
+    writer.start()
+    try:
+        writer.put_agent(_agent("a"))
+        await writer.flush(10)
+    finally:
+        await writer.close()
+        await store.close()
+    assert failures == {"write": 0, "release": 0}
+    again = SqlStore(url)
+    await again.connect()
+    try:
+        assert [a.name for a in await again.load_agents()] == ["a"]
+    finally:
+        await again.close()
