@@ -248,6 +248,9 @@ class FakeStore:
         self.sessions_open = 0
         self.fail_session_opens = 0  # session() fails to open this many more times
         self.fail_session_closes = 0  # and to close
+        #: tasks whose session failed to close: like databases, every later session of
+        #: theirs fails (their connection object stays "acquired")
+        self.poisoned: set[asyncio.Task[object]] = set()
         self.activity_loads = 0
         self.fail_loads = 0  # load_activity fails this many more times
         self.leases = self  # one fake for the whole port: the lease and the reports too
@@ -273,6 +276,8 @@ class FakeStore:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
+        if asyncio.current_task() in self.poisoned:
+            raise StoreError("session: Connection is already acquired (fake)")
         if self.fail_session_opens:
             self.fail_session_opens -= 1
             raise StoreError("session: the fake database is down")
@@ -284,6 +289,9 @@ class FakeStore:
             self.sessions_open -= 1
             if self.fail_session_closes:
                 self.fail_session_closes -= 1
+                task = asyncio.current_task()
+                if task is not None:
+                    self.poisoned.add(task)
                 raise StoreError("session: the fake connection failed to close")
 
     async def write(

@@ -263,29 +263,34 @@ class Replicas:
             await asyncio.sleep(interval_s())
             if self._session is None:
                 await one_round()
-                continue
-            # a task per held connection: databases keeps one connection object per task,
-            # and one whose release failed would fail every later call of that task
-            held = asyncio.create_task(self._held_rounds(interval_s, one_round))
-            try:
-                await held
-            except StoreError as exc:  # closing the connection failed
-                if cancelling():
-                    raise asyncio.CancelledError from exc  # close() must not hang on it
-                logger.warning("a replica loop's database connection: %s", exc)
-            finally:
-                if not held.done():  # (an await of a task returns once it is done)
-                    await cancel_and_wait(held)
+            else:
+                # a task per held connection: databases keeps one connection object per
+                # task, and one whose release failed would fail every later call of it
+                held = asyncio.create_task(self._held_rounds(interval_s, one_round))
+                try:
+                    await held
+                except StoreError as exc:  # closing the connection failed
+                    if not cancelling():
+                        logger.warning("a replica loop's database connection: %s", exc)
+                finally:
+                    if not held.done():  # (an await of a task returns once it is done)
+                        await cancel_and_wait(held)
+            # a round swallows a StoreError, and one raised as close() cancelled us (a
+            # connection that failed to close) must not swallow the cancellation with it
+            if cancelling():
+                raise asyncio.CancelledError
 
     async def _held_rounds(
         self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]
     ) -> None:
         assert self._session is not None
         stack = contextlib.AsyncExitStack()
-        try:
-            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+        try:  # (no longer than a round's interval: the lease's renewal must not wait)
+            async with asyncio.timeout(min(STORE_CALL_TIMEOUT_S, interval_s())):
                 await stack.enter_async_context(self._session())
         except (StoreError, TimeoutError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
             logger.debug("cannot hold a database connection: %s", exc)
             await one_round()  # without one: the round's own handling says what fails
             return

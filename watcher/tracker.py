@@ -254,8 +254,9 @@ class Tracker:
             del tasks[next(iter(tasks))]
 
     def _looking_at(self, service_id: str) -> Need:
-        """A first look at a service is asked for: its tasks' events count from now."""
-        self._untracked_tasks.setdefault(service_id, {})
+        """A first look at a service is asked for: its tasks' events count from now.
+        (Kept when the look finds it unmanaged: an update may have asked for another.)"""
+        self._untracked_tasks[service_id] = self._untracked_tasks.pop(service_id, {})  # last
         if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:  # looks that never came
             del self._untracked_tasks[next(iter(self._untracked_tasks))]
         return Need.SERVICE
@@ -346,9 +347,8 @@ class Tracker:
         after that is newer than what the inspect saw, so its replica count stands.
         """
         name = self._by_id.get(service_id)
-        if info is None or not is_managed(info.labels, self.label):
-            self._untracked_tasks.pop(service_id, None)  # never needed now
         if info is None:
+            self._untracked_tasks.pop(service_id, None)  # gone: never needed now
             return
         if not is_managed(info.labels, self.label):
             if name is not None:

@@ -192,12 +192,15 @@ class StoreWriter:
             try:
                 await held
             except StoreError as exc:  # no connection (server down): keep the rows, retry
-                if cancelling():  # the connection failed to close as close() cancelled us
-                    raise asyncio.CancelledError from exc
-                self._failed(exc)
+                if not cancelling():
+                    self._failed(exc)
             finally:
                 if not held.done():  # (an await of a task returns once it is done)
                     await cancel_and_wait(held)
+            # a write that failed as close() cancelled us (a rollback or a close on a
+            # broken connection) is caught as a StoreError: the cancellation still stands
+            if cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(self._retry_delay_s)
             self._retry_delay_s = min(self._retry_delay_s * 2, self._retry_max_s)
             self._wake.set()

@@ -216,6 +216,19 @@ def test_a_task_that_starts_while_its_service_is_looked_at_is_counted() -> None:
     assert tr.agents["svc"].running == 0, "and its end counts it down"
 
 
+def test_task_events_count_across_a_look_asked_again() -> None:
+    """The first look found the service unmanaged; an update (its label added) had asked
+    for another meanwhile: the task events until that second look's answer still count."""
+    tr, _, _ = make()
+    task = {"com.docker.swarm.service.id": "s1"}
+    assert tr.apply(sev("create")) is Need.SERVICE
+    assert tr.apply(sev("update", t=2)) is Need.SERVICE  # asked again, during the first
+    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 1, 1), "s1")  # unmanaged
+    tr.apply(cev("die", cid="t1", name="svc.1.x", managed=False, **task))
+    tr.apply_service(_first_look("t1"), "s1")  # the second look, sent before the die
+    assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STARTING)
+
+
 def test_tasks_of_untracked_services_are_remembered_within_bounds() -> None:
     from idlewatch.tracker import UNTRACKED_SERVICES_MAX, UNTRACKED_TASKS_MAX
 
