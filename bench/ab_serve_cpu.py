@@ -45,24 +45,46 @@ def package_of(rev: str, into: Path) -> Path:
     return into
 
 
+def imported_from(path: Path) -> str:
+    """Where `idlewatch` comes from with ``path`` first on PYTHONPATH, as serve gets it."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import idlewatch; print(idlewatch.__file__)"],
+        env={**os.environ, "PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
 async def main(rev_a: str, rev_b: str, pairs: int) -> None:
-    runs: dict[str, list[float]] = {rev_a: [], rev_b: []}
+    labels = {f"A {rev_a}": rev_a, f"B {rev_b}": rev_b}  # (the same rev twice is fine)
+    runs: dict[str, list[float]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {rev: package_of(rev, Path(tmp) / f"r{i}") for i, rev in enumerate(runs)}
+        paths = {
+            label: package_of(rev, Path(tmp) / f"r{i}")
+            for i, (label, rev) in enumerate(labels.items())
+        }
+        for label, path in paths.items():
+            where = imported_from(path)
+            if not where.startswith(str(path)):
+                raise SystemExit(f"{label}: idlewatch would come from {where}, not {path}")
         engine = PrivateEngine()
         try:
             engine.start()
             engine.build_test_image()
+            a, b = labels
             for i in range(pairs):
-                for rev in (rev_a, rev_b) if i % 2 == 0 else (rev_b, rev_a):
-                    os.environ["PYTHONPATH"] = str(paths[rev])  # serve's, not ours
+                for label in (a, b) if i % 2 == 0 else (b, a):
+                    os.environ["PYTHONPATH"] = str(paths[label])  # serve's, not ours
                     run = await engine_figures.cpu_at_max_churn(engine, 20, idle_s=5)
-                    runs[rev].append(run["cpu_frac"])
-                    print(f"{rev}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s)")
+                    runs[label].append(run["cpu_frac"])
+                    print(f"{label}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s)")
         finally:
             engine.stop()
-    for rev, fracs in runs.items():
-        print(f"{rev}: median {statistics.median(fracs):.4f}, runs {[round(f, 4) for f in fracs]}")
+    for label, fracs in runs.items():
+        rounded = [round(f, 4) for f in fracs]
+        print(f"{label}: median {statistics.median(fracs):.4f}, runs {rounded}")
 
 
 if __name__ == "__main__":
