@@ -251,6 +251,9 @@ class FakeStore:
         #: tasks whose session failed to close: like databases, every later session of
         #: theirs fails (their connection object stays "acquired")
         self.poisoned: set[asyncio.Task[object]] = set()
+        #: writes and activity reads hang, and a cancellation while they do comes out as a
+        #: StoreError (as a driver's call cut short may)
+        self.hang_calls = False
         self.activity_loads = 0
         self.fail_loads = 0  # load_activity fails this many more times
         self.leases = self  # one fake for the whole port: the lease and the reports too
@@ -273,6 +276,14 @@ class FakeStore:
 
     async def load_specs(self) -> list[AgentSpec]:
         return list(self.specs.values())
+
+    async def _hang(self) -> None:
+        if not self.hang_calls:
+            return
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            raise StoreError("the call was cut short (fake)") from exc
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -302,6 +313,7 @@ class FakeStore:
         specs: Mapping[str, AgentSpec | None] | None = None,
     ) -> None:
         self.writes += 1
+        await self._hang()
         if self.fail_writes > 0:
             self.fail_writes -= 1
             raise StoreError("database is locked (fake)")
@@ -351,6 +363,7 @@ class FakeStore:
 
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
         self.activity_loads += 1
+        await self._hang()
         if self.fail_loads:
             self.fail_loads -= 1
             raise StoreError("activity reports: the fake database is down")

@@ -296,6 +296,9 @@ class Replicas:
             return
         async with stack:
             while True:
-                if not await one_round():
+                ok = await one_round()
+                if cancelling():  # (a round that caught it as a StoreError)
+                    raise asyncio.CancelledError
+                if not ok:
                     return
                 await asyncio.sleep(interval_s())

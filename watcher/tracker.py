@@ -254,8 +254,9 @@ class Tracker:
             del tasks[next(iter(tasks))]
 
     def _looking_at(self, service_id: str) -> Need:
-        """A first look at a service is asked for: its tasks' events count from now.
-        (Kept when the look finds it unmanaged: an update may have asked for another.)"""
+        """A look at a service not tracked is asked for: its tasks' events count from the
+        first such ask (kept when a look finds it unmanaged: an update may have asked for
+        another) until a look tracks it or finds it gone."""
         self._untracked_tasks[service_id] = self._untracked_tasks.pop(service_id, {})  # last
         if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:  # looks that never came
             del self._untracked_tasks[next(iter(self._untracked_tasks))]

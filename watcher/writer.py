@@ -156,6 +156,7 @@ class StoreWriter:
     def start(self) -> None:
         """Start the writer task (idempotent)."""
         if self._task is None:
+            self._retry_delay_s = 0.05
             self._task = asyncio.create_task(self._run(), name="idlewatch-writer")
 
     async def flush(self, timeout_s: float | None = None) -> None:
@@ -221,6 +222,8 @@ class StoreWriter:
                 while (self.pending or self._committed < self._enqueued) and ok:
                     await self._paced()
                     ok = await self._write_once()
+                    if cancelling():  # (a write that caught it as a StoreError)
+                        raise asyncio.CancelledError
                 if not ok:
                     return  # drop the session: the next one reconnects
                 self._retry_delay_s = 0.05

@@ -18,7 +18,7 @@ from idlewatch.replicas import ActivityMerger, Replicas
 from idlewatch.tracker import Tracker
 from idlewatch.writer import StoreWriter
 
-from tests.fakes import FakeDocker, FakeStore, until
+from tests.fakes import FakeDocker, FakeLeadership, FakeStore, until
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})
@@ -137,6 +137,36 @@ async def test_close_returns_when_a_held_connection_fails_to_close(owner: str) -
     done, _ = await asyncio.wait({closing}, timeout=5)
     store.fail_session_closes = 0
     if not done:  # let the stuck loops go (a cancellation is now taken), then fail
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.wait(asyncio.all_tasks() - {asyncio.current_task()}, timeout=5)
+        pytest.fail(f"{owner}.close() hung")
+    await closing
+
+
+@pytest.mark.parametrize("owner", ["replicas", "writer"])
+async def test_close_returns_when_a_call_turns_the_cancellation_into_a_store_error(
+    owner: str,
+) -> None:
+    """A write or a read cut short by close() may come out of the driver as an error of
+    its own: the loop caught it as a StoreError, went on, and close() waited for ever."""
+    store = FakeStore()
+    replicas, writer = _replicas(store)
+    store.hang_calls = True
+    if owner == "replicas":
+        await replicas.open()
+        await until(lambda: store.activity_loads >= 1)  # a read hangs
+        closing = asyncio.create_task(replicas.close())
+    else:
+        writer = StoreWriter(store, FakeLeadership())  # leads: its rows are written
+        writer.start()
+        writer.put_agent(_agent())
+        await until(lambda: store.writes >= 1)  # a write hangs
+        closing = asyncio.create_task(writer.close(flush_timeout_s=0.1))
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    if not done:
+        store.hang_calls = False
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
                 task.cancel()
