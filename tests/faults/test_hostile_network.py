@@ -233,8 +233,10 @@ class _Attacker:
         finally:
             self.closed = True  # EOF or reset: the server closed the connection
             drip.cancel()
-            await asyncio.gather(drip, return_exceptions=True)
-            writer.close()
+            try:  # (the test may cancel this task meanwhile: the writer is closed anyway)
+                await asyncio.gather(drip, return_exceptions=True)
+            finally:
+                writer.close()
 
     @staticmethod
     async def _drip(writer: asyncio.StreamWriter) -> None:
