@@ -62,6 +62,13 @@ class DemoEngine:
     proc: subprocess.Popen[bytes] | None = None
     #: the loopback port of its Swarm listener, once it made or joined a Swarm
     swarm_port: int | None = None
+    #: one line per time the daemon was found dead without being stopped: its exit code
+    #: and the end of its log, so that a crash is reported rather than silently restarted
+    crashes: list[str] = field(default_factory=list, repr=False)
+    #: set by stop() (and by a test's deliberate crash): the next exit is not a crash
+    exit_expected: bool = field(default=False, init=False, repr=False)
+    #: where in dockerd.log the current daemon's output starts
+    _log_offset: int = field(default=0, init=False, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -87,11 +94,36 @@ class DemoEngine:
         return res.stdout.strip()
 
     def start(self, timeout_s: float = 60) -> None:
-        """Start the daemon (no-op when running) and wait until /_ping answers."""
-        if self.proc is not None and self.proc.poll() is None:
-            return
+        """Start the daemon (no-op when running) and wait until /_ping answers.
+
+        After a daemon of ours died, what it left behind (its containerd, the shims, their
+        pid files) is cleared first: a new dockerd would otherwise wait for the old
+        containerd and give up ("timeout waiting for containerd to start"). An exit that
+        nobody asked for is recorded in :attr:`crashes`.
+        """
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                return
+            if not self.exit_expected:
+                self.crashes.append(
+                    f"dockerd exited by itself with code {self.proc.returncode}; "
+                    f"its log ended with:\n{self.log_tail()}"
+                )
+            self._clear_leftovers()
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            self._spawn_and_wait(timeout_s)
+        except EngineSetupError:
+            # once more from a clean slate: the first try may have met leftovers still dying
+            self.stop()
+            self._clear_leftovers()
+            self._spawn_and_wait(timeout_s)
+
+    def _spawn_and_wait(self, timeout_s: float) -> None:
+        log_path = self.root / "dockerd.log"
+        self._log_offset = log_path.stat().st_size if log_path.exists() else 0
+        self.exit_expected = False
+        log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
                 "dockerd",
@@ -115,11 +147,41 @@ class DemoEngine:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EngineSetupError(f"dockerd exited early; see {self.root / 'dockerd.log'}")
+                raise EngineSetupError(
+                    f"dockerd exited early with code {self.proc.returncode}; "
+                    f"its log ({log_path}) ended with:\n{self.log_tail()}"
+                )
             if self.ping():
                 return
             time.sleep(0.1)
-        raise EngineSetupError(f"dockerd did not answer within {timeout_s}s")
+        raise EngineSetupError(f"dockerd did not answer within {timeout_s}s; see {log_path}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the current (or last) daemon wrote, and any panic it printed."""
+        try:
+            with open(self.root / "dockerd.log", "rb") as fh:
+                fh.seek(self._log_offset)
+                text = fh.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        all_lines = text.splitlines()
+        panic = next(
+            (i for i, line in enumerate(all_lines) if line.startswith(("panic:", "fatal error:"))),
+            None,
+        )
+        head = [*all_lines[panic : panic + 15], "..."] if panic is not None else []
+        return "\n".join(head + all_lines[-lines:])
+
+    def _clear_leftovers(self, timeout_s: float = 10) -> None:
+        """Kill the containerd a dead daemon of ours left running; drop the stale pid files.
+
+        The shims stay, as after any engine crash: the new daemon cleans up its containers.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._kill_strays(program=b"containerd") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid_file in (self.root / "docker.pid", self.root / "exec/containerd/containerd.pid"):
+            pid_file.unlink(missing_ok=True)
 
     def ping(self) -> bool:
         """True when the daemon answers /_ping on its socket."""
@@ -138,6 +200,7 @@ class DemoEngine:
         """Signal the daemon this object started and wait for it to exit."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.exit_expected = True
         self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout_s)
@@ -176,12 +239,25 @@ class DemoEngine:
             subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _kill_strays(self) -> None:
-        """SIGKILL processes left under this engine's directory (shims after a crash)."""
+    def _kill_strays(self, program: bytes | None = None) -> int:
+        """SIGKILL processes left under this engine's directory (shims after a crash).
+
+        ``program`` narrows it to processes of that name. Returns how many were still
+        there; a killed process not yet reaped has an empty command line and is not counted.
+        """
         marker = str(self.root).encode() + b"/"
+        found = 0
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             with contextlib.suppress(OSError):
-                if marker in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
+                argv = (proc / "cmdline").read_bytes()
+                if marker not in argv:
+                    continue
+                if program is not None and Path(argv.split(b"\0", 1)[0].decode()).name != (
+                    program.decode()
+                ):
+                    continue
+                found += 1
+                os.kill(int(proc.name), signal.SIGKILL)
+        return found

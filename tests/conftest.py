@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.private_engine import CRASHES
 from tests.private_postgres import BACKENDS, PrivatePostgres, ensure_installed
 
 _numbers = itertools.count(1)
@@ -25,6 +26,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         "both_backends"
     ):
         metafunc.parametrize("database_url", BACKENDS, indirect=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report any private engine that died by itself (the suite restarted it and went on)."""
+    if CRASHES:
+        terminalreporter.section("private Docker engine crashes", sep="!")
+        for crash in CRASHES:
+            terminalreporter.write_line(crash)
 
 
 @pytest.fixture(scope="session")

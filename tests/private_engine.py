@@ -24,11 +24,30 @@ from idlewatch.api.demo_engine import (
 #: the image every test container and service runs (the demo's sample image)
 TEST_IMAGE = SAMPLE_IMAGE
 
-__all__ = ["TEST_IMAGE", "EngineSetupError", "PrivateEngine", "ensure_installed", "free_port"]
+#: every engine crash of this test session (an engine dying nobody killed), for the
+#: terminal summary (tests/conftest.py): the suite recovers from one, and says so
+CRASHES: list[str] = []
+
+__all__ = [
+    "CRASHES",
+    "TEST_IMAGE",
+    "EngineSetupError",
+    "PrivateEngine",
+    "ensure_installed",
+    "free_port",
+]
 
 
 class PrivateEngine(DemoEngine):
     """A :class:`DemoEngine` that tests can also crash, restart and join to another's Swarm."""
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Start (or restart after a crash, which :data:`CRASHES` then records)."""
+        known = len(self.crashes)
+        try:
+            super().start(timeout_s)
+        finally:
+            CRASHES.extend(f"{self.root}: {crash}" for crash in self.crashes[known:])
 
     def build_test_image(self) -> None:
         """Build the busybox test image (no registry)."""
@@ -37,14 +56,13 @@ class PrivateEngine(DemoEngine):
     def kill(self) -> None:
         """Crash the engine: SIGKILL dockerd and its containerd (its process group), no cleanup.
 
-        The next :meth:`start` must find no stale containerd pid file: a killed containerd
-        can linger as a zombie when PID 1 reaps slowly, and dockerd would wait for it.
+        The next :meth:`start` clears what is left (a lingering containerd, its pid file).
         """
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.exit_expected = True
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-        (self.root / "exec" / "containerd" / "containerd.pid").unlink(missing_ok=True)
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
         """Stop and start the daemon with the same flags (drops every events stream)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from idlewatch.api.demo_engine import DemoEngine
 
 from tests.integration.conftest import SLEEPER
 from tests.integration.serveproc import ServeProcess
@@ -278,3 +281,27 @@ async def test_serve_waits_for_an_engine_that_is_not_there_yet(
     log = "".join(serve.lines)
     assert "IDLEWATCH_DOCKER_URL" in log and str(engine.socket_path) in log
     assert "Traceback" not in log
+
+
+def test_a_daemon_that_died_alone_is_restarted_and_reported() -> None:
+    """dockerd dies without its containerd: start() must clear it, restart, and say so.
+
+    Before the fix the new dockerd found the old containerd still holding its directory,
+    waited 15 s for its own and exited ("timeout waiting for containerd to start").
+    """
+    ensure_installed()
+    engine = DemoEngine()  # the product's class: PrivateEngine would report this on purpose
+    try:
+        engine.start()
+        assert engine.proc is not None
+        os.kill(engine.proc.pid, signal.SIGKILL)  # dockerd only, not its process group
+        engine.proc.wait(10)
+        engine.start()
+        assert engine.ping()
+        assert len(engine.crashes) == 1
+        assert "exited by itself with code -9" in engine.crashes[0]
+        engine.stop()
+        engine.start()  # a stop asked for is not a crash
+        assert len(engine.crashes) == 1
+    finally:
+        engine.cleanup()
