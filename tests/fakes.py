@@ -238,6 +238,7 @@ class FakeStore:
         self.audits: list[AuditEntry] = []
         self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
+        self.bug_writes = 0  # write() raises a RuntimeError (a bug, not the database)
         self.writes = 0
         self.lease_rows: dict[str, tuple[str, float]] = {}
         #: activity reports by (agent, source), with when each row was last written
@@ -317,6 +318,9 @@ class FakeStore:
         if self.fail_writes > 0:
             self.fail_writes -= 1
             raise StoreError("database is locked (fake)")
+        if self.bug_writes > 0:
+            self.bug_writes -= 1
+            raise RuntimeError("a bug in a write (fake)")
         for name in forgets:
             self.rows.pop(name, None)
         for name, spec in (specs or {}).items():

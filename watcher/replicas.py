@@ -259,26 +259,39 @@ class Replicas:
         """A round every ``interval_s``; with a session, the rounds share one held
         connection until one fails (the next round opens another: a dead connection is
         never kept)."""
+        failing = False  # (a bug that recurs every round is logged once)
         while True:
             await asyncio.sleep(interval_s())
-            if self._session is None:
-                await one_round()
+            try:
+                if self._session is None:
+                    await one_round()
+                else:
+                    await self._in_held_task(interval_s, one_round)
+            except StoreError as exc:  # closing the held connection failed
+                if not cancelling():
+                    logger.warning("a replica loop's database connection: %s", exc)
+            except Exception:  # a bug (the rounds catch the store's errors): the loop goes on
+                if not failing:
+                    logger.exception("a replica loop's round failed; the next one goes on")
+                failing = True
             else:
-                # a task per held connection: databases keeps one connection object per
-                # task, and one whose release failed would fail every later call of it
-                held = asyncio.create_task(self._held_rounds(interval_s, one_round))
-                try:
-                    await held
-                except StoreError as exc:  # closing the connection failed
-                    if not cancelling():
-                        logger.warning("a replica loop's database connection: %s", exc)
-                finally:
-                    if not held.done():  # (an await of a task returns once it is done)
-                        await cancel_and_wait(held)
+                failing = False
             # a round swallows a StoreError, and one raised as close() cancelled us (a
             # connection that failed to close) must not swallow the cancellation with it
             if cancelling():
                 raise asyncio.CancelledError
+
+    async def _in_held_task(
+        self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]
+    ) -> None:
+        # a task per held connection: databases keeps one connection object per task, and
+        # one whose release failed would fail every later call of that task
+        held = asyncio.create_task(self._held_rounds(interval_s, one_round))
+        try:
+            await held
+        finally:
+            if not held.done():  # (an await of a task returns once it is done)
+                await cancel_and_wait(held)
 
     async def _held_rounds(
         self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]

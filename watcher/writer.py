@@ -23,6 +23,8 @@ from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change
 from .ports import Store
 from .tasks import cancel_and_wait, cancelling
 
+#: how last_error begins when the writer failed on a bug rather than on the database
+_INTERNAL = "internal error in the writer: "
 #: told after each commit with the agent rows written and the wall time in ns
 CommitObserver = Callable[[list[Agent], int], None]
 
@@ -195,6 +197,10 @@ class StoreWriter:
             except StoreError as exc:  # no connection (server down): keep the rows, retry
                 if not cancelling():
                     self._failed(exc)
+            except Exception as exc:  # a bug, not the database: logged once while it recurs
+                if not (self.last_error or "").startswith(_INTERNAL):
+                    logger.exception("the store writer failed, will retry")
+                self._failed(exc, internal=True)
             finally:
                 if not held.done():  # (an await of a task returns once it is done)
                     await cancel_and_wait(held)
@@ -258,11 +264,13 @@ class StoreWriter:
             return True
         try:
             await self._store.write(agents, audits, sorted(forgets), specs)
-        except StoreError as exc:
+        except Exception as exc:  # kept for the next try, whatever failed
             self._put_back(agents, audits)
             self._forgets |= {n for n in forgets if n not in self._agents}
             self._specs = {**specs, **self._specs}
             self._activity = {**activity, **self._activity}
+            if not isinstance(exc, StoreError):
+                raise  # a bug, not the database: _run logs it with its traceback
             self._failed(exc)
             return False
         if activity:
@@ -280,22 +288,29 @@ class StoreWriter:
         self.last_commit_monotonic = time.monotonic()
         if agents:
             self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
-            if self._on_commit is not None:
-                self._on_commit(agents, time.time_ns())
+            self._notify_commit(agents)
         if complete:
             await self._committed_up_to(target)
         return True
+
+    def _notify_commit(self, agents: list[Agent]) -> None:
+        if self._on_commit is None:
+            return
+        try:
+            self._on_commit(agents, time.time_ns())
+        except Exception:  # the rows are committed: an observer's bug stays its own
+            logger.exception("a commit observer failed")
 
     async def _committed_up_to(self, target: int) -> None:
         async with self._done:
             self._committed = max(self._committed, target)
             self._done.notify_all()
 
-    def _failed(self, exc: StoreError) -> None:
+    def _failed(self, exc: Exception, *, internal: bool = False) -> None:
         first = self.last_error is None
-        if first:
+        if first and not internal:  # (an internal error was logged with its traceback)
             logger.error("database write failed, will retry: %s", exc)
-        self.last_error = str(exc)
+        self.last_error = f"{_INTERNAL}{exc!r}" if internal else str(exc)
         if first:
             self._on_state()
 

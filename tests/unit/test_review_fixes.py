@@ -174,6 +174,78 @@ async def _closes_in_time(closing: asyncio.Task[None], store: FakeStore, owner: 
     await closing
 
 
+async def test_a_bug_in_a_write_keeps_the_rows_and_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real store's session wrapped any error of its body as a StoreError: a bug read
+    as a database outage, logged without its traceback. Now it comes out as itself, and
+    the writer keeps the batch, logs the traceback, says so in last_error and retries."""
+    caplog.set_level(logging.ERROR, logger="idlewatch.writer")
+    store = FakeStore()
+    store.bug_writes = 3
+    writer = StoreWriter(store, FakeLeadership())
+    writer.start()
+    try:
+        writer.put_agent(_agent())
+        await until(lambda: writer.last_error is not None)
+        assert writer.last_error is not None
+        assert writer.last_error.startswith("internal error in the writer: RuntimeError")
+        await writer.flush(5)
+        assert [r.exc_info is not None for r in caplog.records] == [True], "once, traced"
+        assert "box" in store.rows, "the batch that met the bug was lost"
+        assert writer.last_error is None
+    finally:
+        await writer.close()
+
+
+async def test_a_failing_commit_observer_stops_neither_the_writer_nor_a_flush(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="idlewatch.writer")
+
+    def observer(agents: list[Agent], ns: int) -> None:
+        raise ValueError("an observer's bug")
+
+    store = FakeStore()
+    writer = StoreWriter(store, FakeLeadership(), on_commit=observer)
+    writer.start()
+    try:
+        for status in (Status.RUNNING, Status.STOPPED):
+            writer.put_agent(_agent()._replace(status=status))
+            await writer.flush(5)
+            assert store.rows["box"].status is status
+        assert writer.last_error is None
+        assert [r.getMessage() for r in caplog.records] == ["a commit observer failed"] * 2
+    finally:
+        await writer.close()
+
+
+async def test_a_bug_in_a_replica_round_is_logged_once_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of a held session a round's bug ended the loop (only a StoreError was caught)."""
+    caplog.set_level(logging.ERROR, logger="idlewatch.replicas")
+    store = FakeStore()
+    replicas, _ = _replicas(store)
+    real, calls = replicas._merge_round, 0
+
+    async def buggy() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise RuntimeError("a bug in a round (test)")
+        return await real()
+
+    replicas._merge_round = buggy  # type: ignore[method-assign]
+    await replicas.open()
+    try:
+        await until(lambda: store.activity_loads >= 5)
+        failed = [r for r in caplog.records if "round failed" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].exc_info is not None
+    finally:
+        await replicas.close()
+
+
 async def test_a_failed_look_counts_the_exec_and_is_asked_again_in_serve_too() -> None:
     docker = FakeDocker()
     settings = Settings(docker_url="unix:///f.sock", database_url="sqlite:///u.db")

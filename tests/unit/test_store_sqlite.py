@@ -260,3 +260,19 @@ async def test_the_writer_writes_again_after_its_connection_failed_to_close(
         assert [a.name for a in await again.load_agents()] == ["a"]
     finally:
         await again.close()
+
+
+async def test_an_error_inside_a_session_comes_out_as_itself(tmp_path: Path) -> None:
+    """Only opening or closing the connection is the database's failure (a StoreError);
+    a bug in the session's body wrapped as one read as an outage and was retried."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    await store.connect()
+    try:
+        with pytest.raises(KeyError, match="a bug"):
+            async with store.session():
+                raise KeyError("a bug")
+        async with store.session():  # its connection was released: the task goes on
+            await store.write([_agent("a")], [])
+        assert [a.name for a in await store.load_agents()] == ["a"]
+    finally:
+        await store.close()

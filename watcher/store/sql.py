@@ -143,7 +143,12 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
-        """Hold one connection for the calling task (the writer) across many writes."""
+        """Hold one connection for the calling task (the writer) across many writes.
+
+        Opening or closing it fails with a :class:`StoreError`; what the body raises comes
+        out as it is (a bug in the caller must not read as a database outage).
+        """
+        body_error: BaseException | None = None
         try:
             async with self._db.connection():
                 if self._sqlite:
@@ -151,10 +156,17 @@ class SqlStore:
                     # never corrupts the file, and the state is reconciled from the engine
                     # at every start anyway.
                     await self._db.execute("PRAGMA synchronous=NORMAL")
-                yield
+                try:
+                    yield
+                except BaseException as exc:
+                    body_error = exc
+                    raise
         except StoreError:
             raise
-        except Exception as exc:  # opening or closing the connection failed
+        except Exception as exc:
+            if exc is body_error:
+                raise
+            # opening or closing the connection failed
             raise StoreError(f"database session on {self._redacted()} failed: {exc}") from exc
 
     def claim(self) -> None:
