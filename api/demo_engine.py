@@ -1,7 +1,8 @@
 """The demo's own Docker engine: private, throw-away, started by ``idlewatch demo``.
 
-Everything lives under one temporary directory; only the pid this module started is
-ever signalled, and :meth:`DemoEngine.cleanup` removes it all. The test suite's engine
+Everything lives under one temporary directory; only what this module started is ever
+signalled (its dockerd, and after a crash the containerd and shims left under that
+directory), and :meth:`DemoEngine.cleanup` removes it all. The test suite's engine
 (tests/private_engine.py) builds on this one and adds what only tests need (a crash, a
 restart, a second node joining the Swarm).
 """
@@ -96,30 +97,42 @@ class DemoEngine:
     def start(self, timeout_s: float = 60) -> None:
         """Start the daemon (no-op when running) and wait until /_ping answers.
 
-        After a daemon of ours died, what it left behind (its containerd, the shims, their
-        pid files) is cleared first: a new dockerd would otherwise wait for the old
-        containerd and give up ("timeout waiting for containerd to start"). An exit that
-        nobody asked for is recorded in :attr:`crashes`.
+        After a daemon of ours died, what it left behind (its containerd and their pid
+        files) is cleared first: a new dockerd would otherwise wait for the old containerd
+        and give up ("timeout waiting for containerd to start"). An exit that nobody asked
+        for, and a failed first try, are recorded in :attr:`crashes`.
         """
         if self.proc is not None:
             if self.proc.poll() is None:
                 return
-            if not self.exit_expected:
-                self.crashes.append(
-                    f"dockerd exited by itself with code {self.proc.returncode}; "
-                    f"its log ended with:\n{self.log_tail()}"
-                )
+            self._note_exit()
             self._clear_leftovers()
         self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
         try:
-            self._spawn_and_wait(timeout_s)
-        except EngineSetupError:
+            self._spawn_and_wait(deadline)
+        except EngineSetupError as exc:
             # once more from a clean slate: the first try may have met leftovers still dying
-            self.stop()
+            self._record_crash(f"a start failed, retrying once: {exc}")
+            self.exit_expected = True  # (recorded just now)
+            self.stop(timeout_s=10)
             self._clear_leftovers()
-            self._spawn_and_wait(timeout_s)
+            self._spawn_and_wait(max(deadline, time.monotonic() + 20))
 
-    def _spawn_and_wait(self, timeout_s: float) -> None:
+    def _note_exit(self) -> None:
+        """Record the daemon's exit as a crash if nobody asked for it (once)."""
+        if self.proc is None or self.proc.returncode is None or self.exit_expected:
+            return
+        self.exit_expected = True  # (recorded)
+        self._record_crash(
+            f"dockerd exited by itself with code {self.proc.returncode}; "
+            f"its log ended with:\n{self.log_tail()}"
+        )
+
+    def _record_crash(self, text: str) -> None:
+        self.crashes.append(text)
+
+    def _spawn_and_wait(self, deadline: float) -> None:
         log_path = self.root / "dockerd.log"
         self._log_offset = log_path.stat().st_size if log_path.exists() else 0
         self.exit_expected = False
@@ -144,7 +157,6 @@ class DemoEngine:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineSetupError(
@@ -154,7 +166,7 @@ class DemoEngine:
             if self.ping():
                 return
             time.sleep(0.1)
-        raise EngineSetupError(f"dockerd did not answer within {timeout_s}s; see {log_path}")
+        raise EngineSetupError(f"dockerd did not answer in time; see {log_path}")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the current (or last) daemon wrote, and any panic it printed."""
@@ -169,8 +181,11 @@ class DemoEngine:
             (i for i, line in enumerate(all_lines) if line.startswith(("panic:", "fatal error:"))),
             None,
         )
-        head = [*all_lines[panic : panic + 15], "..."] if panic is not None else []
-        return "\n".join(head + all_lines[-lines:])
+        tail_from = max(0, len(all_lines) - lines)
+        if panic is None or panic >= tail_from:  # (a panic in the tail shows there)
+            return "\n".join(all_lines[tail_from:])
+        head = all_lines[panic : min(panic + 15, tail_from)]
+        return "\n".join([*head, "...", *all_lines[tail_from:]])
 
     def _clear_leftovers(self, timeout_s: float = 10) -> None:
         """Kill the containerd a dead daemon of ours left running; drop the stale pid files.
@@ -199,6 +214,7 @@ class DemoEngine:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
         """Signal the daemon this object started and wait for it to exit."""
         if self.proc is None or self.proc.poll() is not None:
+            self._note_exit()  # (it may have died by itself since)
             return
         self.exit_expected = True
         self.proc.send_signal(sig)
@@ -254,9 +270,7 @@ class DemoEngine:
                 argv = (proc / "cmdline").read_bytes()
                 if marker not in argv:
                     continue
-                if program is not None and Path(argv.split(b"\0", 1)[0].decode()).name != (
-                    program.decode()
-                ):
+                if program is not None and os.path.basename(argv.split(b"\0", 1)[0]) != program:
                     continue
                 found += 1
                 os.kill(int(proc.name), signal.SIGKILL)

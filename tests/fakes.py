@@ -244,6 +244,7 @@ class FakeStore:
         #: activity reports by (agent, source), with when each row was last written
         self.activity_rows: dict[tuple[str, str], tuple[ActivityReport, datetime]] = {}
         self.fail_reports = 0  # report_activity fails this many more times
+        self.bug_reports = 0  # and raises a RuntimeError (a bug, not the database)
         self.report_calls: list[list[ActivityReport]] = []
         self.sessions_opened = 0
         self.sessions_open = 0
@@ -354,6 +355,9 @@ class FakeStore:
         if self.fail_reports > 0:
             self.fail_reports -= 1
             raise StoreError("database is down (fake)")
+        if self.bug_reports > 0:
+            self.bug_reports -= 1
+            raise RuntimeError("a bug in a report (fake)")
         now = datetime.now(UTC)
         for r in reports:
             old = self.activity_rows.get((r.agent, r.source))

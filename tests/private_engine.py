@@ -41,13 +41,9 @@ __all__ = [
 class PrivateEngine(DemoEngine):
     """A :class:`DemoEngine` that tests can also crash, restart and join to another's Swarm."""
 
-    def start(self, timeout_s: float = 60) -> None:
-        """Start (or restart after a crash, which :data:`CRASHES` then records)."""
-        known = len(self.crashes)
-        try:
-            super().start(timeout_s)
-        finally:
-            CRASHES.extend(f"{self.root}: {crash}" for crash in self.crashes[known:])
+    def _record_crash(self, text: str) -> None:
+        super()._record_crash(text)
+        CRASHES.append(f"{self.root}: {text}")
 
     def build_test_image(self) -> None:
         """Build the busybox test image (no registry)."""

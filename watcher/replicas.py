@@ -260,22 +260,31 @@ class Replicas:
         connection until one fails (the next round opens another: a dead connection is
         never kept)."""
         failing = False  # (a bug that recurs every round is logged once)
-        while True:
-            await asyncio.sleep(interval_s())
+
+        async def guarded() -> bool:  # a bug in a round: logged, and the loop goes on
+            nonlocal failing
             try:
-                if self._session is None:
-                    await one_round()
-                else:
-                    await self._in_held_task(interval_s, one_round)
-            except StoreError as exc:  # closing the held connection failed
-                if not cancelling():
-                    logger.warning("a replica loop's database connection: %s", exc)
-            except Exception:  # a bug (the rounds catch the store's errors): the loop goes on
+                ok = await one_round()
+            except Exception as exc:  # (the rounds catch the store's errors themselves)
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 if not failing:
                     logger.exception("a replica loop's round failed; the next one goes on")
                 failing = True
+                return False  # (a held connection is let go: the next round opens another)
+            failing = False
+            return ok
+
+        while True:
+            await asyncio.sleep(interval_s())
+            if self._session is None:
+                await guarded()
             else:
-                failing = False
+                try:
+                    await self._in_held_task(interval_s, guarded)
+                except StoreError as exc:  # closing the held connection failed
+                    if not cancelling():
+                        logger.warning("a replica loop's database connection: %s", exc)
             # a round swallows a StoreError, and one raised as close() cancelled us (a
             # connection that failed to close) must not swallow the cancellation with it
             if cancelling():

@@ -65,6 +65,7 @@ class StoreWriter:
         self._replica_id = leadership.replica_id
         self._on_state = on_state  # told when writes start failing or recover
         self._on_commit = on_commit
+        self._observer_failing = False
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
         #: the least time between two commits (``write_pace``): a burst of changes within
@@ -198,9 +199,10 @@ class StoreWriter:
                 if not cancelling():
                     self._failed(exc)
             except Exception as exc:  # a bug, not the database: logged once while it recurs
-                if not (self.last_error or "").startswith(_INTERNAL):
-                    logger.exception("the store writer failed, will retry")
-                self._failed(exc, internal=True)
+                if not cancelling():
+                    if not (self.last_error or "").startswith(_INTERNAL):
+                        logger.exception("the store writer failed, will retry")
+                    self._failed(exc, internal=True)
             finally:
                 if not held.done():  # (an await of a task returns once it is done)
                     await cancel_and_wait(held)
@@ -276,14 +278,13 @@ class StoreWriter:
         if activity:
             try:
                 await self._store.activity.report_activity(list(activity.values()))
-            except StoreError as exc:  # the rows above are committed: keep only the reports
+            except Exception as exc:  # the rows above are committed: keep only the reports
                 self._activity = {**activity, **self._activity}
+                if not isinstance(exc, StoreError):
+                    raise  # a bug: _run logs it with its traceback
                 self._failed(exc)
                 return False
-        if self.last_error is not None:
-            logger.info("database writes recovered")
-            self.last_error = None
-            self._on_state()
+        self._recovered()
         self.rows_written += len(agents) + len(audits)
         self.last_commit_monotonic = time.monotonic()
         if agents:
@@ -293,13 +294,25 @@ class StoreWriter:
             await self._committed_up_to(target)
         return True
 
+    def _recovered(self) -> None:
+        if self.last_error is None:
+            return
+        internal = self.last_error.startswith(_INTERNAL)
+        logger.info("the store writer recovered" if internal else "database writes recovered")
+        self.last_error = None
+        self._on_state()
+
     def _notify_commit(self, agents: list[Agent]) -> None:
         if self._on_commit is None:
             return
         try:
             self._on_commit(agents, time.time_ns())
         except Exception:  # the rows are committed: an observer's bug stays its own
-            logger.exception("a commit observer failed")
+            if not self._observer_failing:  # (logged once while it keeps failing)
+                logger.exception("a commit observer failed")
+            self._observer_failing = True
+        else:
+            self._observer_failing = False
 
     async def _committed_up_to(self, target: int) -> None:
         async with self._done:

@@ -283,6 +283,17 @@ async def test_serve_waits_for_an_engine_that_is_not_there_yet(
     assert "Traceback" not in log
 
 
+class _CountedStarts(DemoEngine):
+    """The product's class (PrivateEngine would report these crashes in the summary),
+    counting the daemons it spawns."""
+
+    spawned = 0
+
+    def _spawn_and_wait(self, deadline: float) -> None:
+        self.spawned += 1
+        super()._spawn_and_wait(deadline)
+
+
 def test_a_daemon_that_died_alone_is_restarted_and_reported() -> None:
     """dockerd dies without its containerd: start() must clear it, restart, and say so.
 
@@ -290,7 +301,7 @@ def test_a_daemon_that_died_alone_is_restarted_and_reported() -> None:
     waited 15 s for its own and exited ("timeout waiting for containerd to start").
     """
     ensure_installed()
-    engine = DemoEngine()  # the product's class: PrivateEngine would report this on purpose
+    engine = _CountedStarts()
     try:
         engine.start()
         assert engine.proc is not None
@@ -298,10 +309,17 @@ def test_a_daemon_that_died_alone_is_restarted_and_reported() -> None:
         engine.proc.wait(10)
         engine.start()
         assert engine.ping()
+        assert engine.spawned == 2, f"the restart needed a retry: {engine.crashes}"
         assert len(engine.crashes) == 1
         assert "exited by itself with code -9" in engine.crashes[0]
         engine.stop()
         engine.start()  # a stop asked for is not a crash
-        assert len(engine.crashes) == 1
+        assert (engine.spawned, len(engine.crashes)) == (3, 1)
+        assert engine.proc is not None
+        os.kill(engine.proc.pid, signal.SIGKILL)
+        engine.proc.wait(10)
+        engine.stop()  # a crash found by a stop (or cleanup) counts too, once
+        engine.stop()
+        assert len(engine.crashes) == 2
     finally:
         engine.cleanup()

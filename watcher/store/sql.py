@@ -166,8 +166,14 @@ class SqlStore:
         except Exception as exc:
             if exc is body_error:
                 raise
-            # opening or closing the connection failed
-            raise StoreError(f"database session on {self._redacted()} failed: {exc}") from exc
+            failure = StoreError(f"database session on {self._redacted()} failed: {exc}")
+            if isinstance(body_error, Exception) and not isinstance(body_error, StoreError):
+                # a bug in the body, then a failed release: the bug is the news
+                body_error.add_note(str(failure))
+                raise body_error from None
+            raise failure from exc  # opening or closing the connection failed
+        finally:
+            body_error = None  # (no frame-exception cycle)
 
     def claim(self) -> None:
         """Become the one actor on this database, or raise StoreError naming who holds it.
