@@ -100,7 +100,8 @@ class DemoEngine:
         After a daemon of ours died, what it left behind (its containerd and their pid
         files) is cleared first: a new dockerd would otherwise wait for the old containerd
         and give up ("timeout waiting for containerd to start"). An exit that nobody asked
-        for, and a failed first try, are recorded in :attr:`crashes`.
+        for, and a failed first try, are recorded in :attr:`crashes`. A failed first try
+        is retried once: the whole takes at most about ``timeout_s`` + 40 s.
         """
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -117,7 +118,11 @@ class DemoEngine:
             self.exit_expected = True  # (recorded just now)
             self.stop(timeout_s=10)
             self._clear_leftovers()
-            self._spawn_and_wait(max(deadline, time.monotonic() + 20))
+            try:
+                self._spawn_and_wait(max(deadline, time.monotonic() + min(timeout_s, 20)))
+            except EngineSetupError:
+                self.exit_expected = True  # (the caller has the error: not a crash as well)
+                raise
 
     def _note_exit(self) -> None:
         """Record the daemon's exit as a crash if nobody asked for it (once)."""
@@ -185,7 +190,8 @@ class DemoEngine:
         if panic is None or panic >= tail_from:  # (a panic in the tail shows there)
             return "\n".join(all_lines[tail_from:])
         head = all_lines[panic : min(panic + 15, tail_from)]
-        return "\n".join([*head, "...", *all_lines[tail_from:]])
+        gap = ["..."] if panic + 15 < tail_from else []
+        return "\n".join([*head, *gap, *all_lines[tail_from:]])
 
     def _clear_leftovers(self, timeout_s: float = 10) -> None:
         """Kill the containerd a dead daemon of ours left running; drop the stale pid files.

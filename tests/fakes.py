@@ -258,6 +258,10 @@ class FakeStore:
         self.hang_calls = False
         self.activity_loads = 0
         self.fail_loads = 0  # load_activity fails this many more times
+        #: calls of load_activity / acquire_lease that raise a RuntimeError (a bug), by number
+        self.bug_load_calls: set[int] = set()
+        self.bug_lease_calls: set[int] = set()
+        self.lease_calls = 0
         self.leases = self  # one fake for the whole port: the lease and the reports too
         self.activity = self
 
@@ -336,6 +340,9 @@ class FakeStore:
     async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
         """The lease table of one process: free, expired or ours is taken (monotonic time)."""
 
+        self.lease_calls += 1
+        if self.lease_calls in self.bug_lease_calls:
+            raise RuntimeError("a bug in a lease round (fake)")
         now = time.monotonic()
         current = self.lease_rows.get(role)
         if current is None or current[0] == holder or current[1] < now:
@@ -372,6 +379,8 @@ class FakeStore:
     async def load_activity(self, since: datetime | None = None) -> list[ActivityReport]:
         self.activity_loads += 1
         await self._hang()
+        if self.activity_loads in self.bug_load_calls:
+            raise RuntimeError("a bug in a merge round (fake)")
         if self.fail_loads:
             self.fail_loads -= 1
             raise StoreError("activity reports: the fake database is down")

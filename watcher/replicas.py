@@ -230,10 +230,9 @@ class Replicas:
 
     async def _lease_round(self) -> bool:
         try:
-            await self.leadership.try_once()
-        except Exception:  # the lease loop must outlive any one bad attempt
-            logger.exception("leadership attempt failed")
-        self._noticed()
+            await self.leadership.try_once()  # (it handles the store's errors itself)
+        finally:  # (a bug goes on to _rounds, which logs it and goes on)
+            self._noticed()
         return self.leadership.last_error is None
 
     async def _merge_loop(self) -> None:
@@ -247,10 +246,7 @@ class Replicas:
                 logger.warning("cannot read activity reports: %s", exc)
             self._merge_failing = True
             return False
-        except Exception:  # the loop must outlive any one bad merge
-            logger.exception("merging activity reports failed")
-        else:
-            self._merge_failing = False
+        self._merge_failing = False  # (a bug goes on to _rounds, which logs it and goes on)
         return True
 
     async def _rounds(
@@ -258,23 +254,10 @@ class Replicas:
     ) -> None:
         """A round every ``interval_s``; with a session, the rounds share one held
         connection until one fails (the next round opens another: a dead connection is
-        never kept)."""
-        failing = False  # (a bug that recurs every round is logged once)
-
-        async def guarded() -> bool:  # a bug in a round: logged, and the loop goes on
-            nonlocal failing
-            try:
-                ok = await one_round()
-            except Exception as exc:  # (the rounds catch the store's errors themselves)
-                if cancelling():
-                    raise asyncio.CancelledError from exc
-                if not failing:
-                    logger.exception("a replica loop's round failed; the next one goes on")
-                failing = True
-                return False  # (a held connection is let go: the next round opens another)
-            failing = False
-            return ok
-
+        never kept). A bug in a round (the rounds handle the store's errors themselves) is
+        logged once while it recurs, lets the held connection go (it may have been cut
+        mid-query) and the loop goes on: the lease loop must never stop renewing."""
+        guarded = _GuardedRound(one_round)
         while True:
             await asyncio.sleep(interval_s())
             if self._session is None:
@@ -285,6 +268,8 @@ class Replicas:
                 except StoreError as exc:  # closing the held connection failed
                     if not cancelling():
                         logger.warning("a replica loop's database connection: %s", exc)
+                except Exception as exc:  # a bug around the rounds (a store's session, say)
+                    guarded.bug(exc)
             # a round swallows a StoreError, and one raised as close() cancelled us (a
             # connection that failed to close) must not swallow the cancellation with it
             if cancelling():
@@ -324,3 +309,28 @@ class Replicas:
                 if not ok:
                     return
                 await asyncio.sleep(interval_s())
+
+
+class _GuardedRound:
+    """A replica loop's round that a bug does not end: logged once while it recurs."""
+
+    def __init__(self, one_round: Callable[[], Awaitable[bool]]) -> None:
+        self._round = one_round
+        self._failing = False
+
+    async def __call__(self) -> bool:
+        try:
+            ok = await self._round()
+        except Exception as exc:
+            self.bug(exc)
+            return False
+        self._failing = False
+        return ok
+
+    def bug(self, exc: Exception) -> None:
+        """Log ``exc`` with its traceback unless the last round failed too."""
+        if cancelling():  # (close() cancelled us mid-round: not a bug)
+            raise asyncio.CancelledError from exc
+        if not self._failing:
+            logger.exception("a replica loop's round failed; the next one goes on")
+        self._failing = True

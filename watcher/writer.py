@@ -275,6 +275,11 @@ class StoreWriter:
                 raise  # a bug, not the database: _run logs it with its traceback
             self._failed(exc)
             return False
+        self.rows_written += len(agents) + len(audits)  # (committed, whatever comes next)
+        self.last_commit_monotonic = time.monotonic()
+        if agents:
+            self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
+            self._notify_commit(agents)
         if activity:
             try:
                 await self._store.activity.report_activity(list(activity.values()))
@@ -285,11 +290,6 @@ class StoreWriter:
                 self._failed(exc)
                 return False
         self._recovered()
-        self.rows_written += len(agents) + len(audits)
-        self.last_commit_monotonic = time.monotonic()
-        if agents:
-            self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
-            self._notify_commit(agents)
         if complete:
             await self._committed_up_to(target)
         return True

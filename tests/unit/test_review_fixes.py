@@ -209,15 +209,22 @@ async def test_a_bug_in_a_write_keeps_the_rows_and_is_logged_with_its_traceback(
 
 
 async def test_a_bug_in_an_activity_report_keeps_the_report() -> None:
+    """The report is kept for the next try; the agent rows committed before it count as
+    committed (the observer heard of them only after a later successful write, if ever)."""
     store = FakeStore()
     store.bug_reports = 1
-    writer = StoreWriter(store, FakeLeadership())
+    told: list[str] = []
+    writer = StoreWriter(
+        store, FakeLeadership(), on_commit=lambda agents, ns: told.extend(a.name for a in agents)
+    )
     writer.start()
     try:
+        writer.put_agent(_agent())
         writer.put_activity(ActivityReport("box", "replica:a", T0, "touch", T0))
         await writer.flush(5)
         assert len(store.report_calls) == 2, "the report that met the bug was dropped"
         assert ("box", "replica:a") in store.activity_rows
+        assert told == ["box"] and writer.rows_written == 1
     finally:
         await writer.close()
 
@@ -245,28 +252,29 @@ async def test_a_failing_commit_observer_stops_neither_the_writer_nor_a_flush(
 
 
 @pytest.mark.parametrize("held", [True, False], ids=["held-session", "no-session"])
+@pytest.mark.parametrize("loop", ["merge", "lease"])
 async def test_a_bug_in_a_replica_round_is_logged_once_a_spell_and_the_loop_goes_on(
-    held: bool, caplog: pytest.LogCaptureFixture
+    loop: str, held: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Out of a held session a round's bug ended the loop (only a StoreError was caught)."""
+    """Out of a held session a round's bug ended the loop (only a StoreError was caught);
+    and each round's own catch-all logged a recurring bug with a traceback every round."""
     caplog.set_level(logging.ERROR, logger="idlewatch.replicas")
     store = FakeStore()
+    bugs = {*range(2, 7), *range(20, 23)}  # two spells of a recurring bug
+    if loop == "merge":
+        store.bug_load_calls = bugs
+    else:
+        store.bug_lease_calls = bugs
     replicas, _ = _replicas(store, held=held)
-    real, calls = replicas._merge_round, 0
-
-    async def buggy() -> bool:
-        nonlocal calls
-        calls += 1
-        if calls <= 5 or 20 <= calls <= 22:  # two spells of a recurring bug
-            raise RuntimeError("a bug in a round (test)")
-        return await real()
-
-    replicas._merge_round = buggy  # type: ignore[method-assign]
     await replicas.open()
     try:
-        await until(lambda: calls > 30)
-        failed = [r for r in caplog.records if "round failed" in r.getMessage()]
-        assert len(failed) == 2 and all(r.exc_info is not None for r in failed)
+        calls = (lambda: store.activity_loads) if loop == "merge" else (lambda: store.lease_calls)
+        await until(lambda: calls() > 30)
+        failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in failed] == [
+            "a replica loop's round failed; the next one goes on"
+        ] * 2
+        assert all(r.exc_info is not None for r in failed)
     finally:
         await replicas.close()
 

@@ -170,7 +170,7 @@ class SqlStore:
             if isinstance(body_error, Exception) and not isinstance(body_error, StoreError):
                 # a bug in the body, then a failed release: the bug is the news
                 body_error.add_note(str(failure))
-                raise body_error from None
+                raise body_error from body_error.__cause__  # (not the release's error)
             raise failure from exc  # opening or closing the connection failed
         finally:
             body_error = None  # (no frame-exception cycle)
