@@ -118,6 +118,35 @@ def create_service(
     return engine.cli(*args, *extra, TEST_IMAGE, *SLEEPER)
 
 
+async def wait_for_service(
+    watcher: Watcher,
+    engine: PrivateEngine,
+    name: str,
+    predicate: Callable[[Any], bool],
+    timeout_s: float,
+) -> None:
+    """``watcher.wait_for`` for a service; a timeout also shows the engine's side (its
+    tasks, and their containers with each one's state and last event), to tell a missed
+    event from a task container the engine had not finished with."""
+    try:
+        await watcher.wait_for(name, predicate, timeout_s)
+    except TimeoutError as exc:
+        tasks = engine.cli("service", "ps", "--no-trunc", name, check=False)
+        containers = engine.cli(
+            "ps", "-a", "--no-trunc", "--filter", f"label=com.docker.swarm.service.name={name}",
+            "--format", "{{.ID}} {{.Status}} {{.Names}}", check=False,
+        )  # fmt: skip
+        events = engine.cli(
+            "events", "--since", f"{int(timeout_s) + 60}s", "--until", "0s",
+            "--filter", f"label=com.docker.swarm.service.name={name}",
+            "--format", "{{.TimeNano}} {{.Action}} {{.Actor.ID}}", check=False,
+        )  # fmt: skip
+        raise AssertionError(
+            f"{exc}\nthe engine's tasks:\n{tasks}\ntheir containers:\n{containers}\n"
+            f"their containers' events:\n{events}\nidlewatch: {watcher.status()}"
+        ) from None
+
+
 def inspect(engine: PrivateEngine, ref: str) -> dict[str, Any]:
     """``docker inspect`` of one object."""
     data: list[dict[str, Any]] = json.loads(engine.cli("inspect", ref))

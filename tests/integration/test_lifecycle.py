@@ -9,7 +9,7 @@ from idlewatch import AgentNotFound, InvalidOperation, Settings, Status, Watcher
 
 from tests.private_engine import PrivateEngine
 
-from .conftest import MutableGateway, create_service, inspect, run_container
+from .conftest import MutableGateway, create_service, inspect, run_container, wait_for_service
 from .test_tracking import has
 
 
@@ -41,14 +41,16 @@ async def test_container_lifecycle(engine: PrivateEngine, watcher: Watcher) -> N
 
 async def test_service_lifecycle(engine: PrivateEngine, watcher: Watcher) -> None:
     create_service(engine, "svc-life")
-    await watcher.wait_for("svc-life", has(Status.RUNNING, running=1), 20)
+    await wait_for_service(watcher, engine, "svc-life", has(Status.RUNNING, running=1), 20)
     await watcher.scale("svc-life", 3)
-    await watcher.wait_for("svc-life", has(Status.RUNNING, replicas=3, running=3), 30)
+    three = has(Status.RUNNING, replicas=3, running=3)
+    await wait_for_service(watcher, engine, "svc-life", three, 30)
     await watcher.stop("svc-life")
-    await watcher.wait_for("svc-life", has(Status.STOPPED, replicas=0, running=0), 30)
+    none = has(Status.STOPPED, replicas=0, running=0)
+    await wait_for_service(watcher, engine, "svc-life", none, 30)
     agent = await watcher.start("svc-life")
     assert agent.restore_replicas == 3
-    await watcher.wait_for("svc-life", has(Status.RUNNING, replicas=3, running=3), 30)
+    await wait_for_service(watcher, engine, "svc-life", three, 30)
     version = inspect(engine, "svc-life")["Spec"]["TaskTemplate"].get("ForceUpdate", 0)
     await watcher.restart("svc-life")
     assert inspect(engine, "svc-life")["Spec"]["TaskTemplate"]["ForceUpdate"] == version + 1

@@ -9,7 +9,7 @@ from idlewatch.store import SqlStore
 
 from tests.private_engine import PrivateEngine
 
-from .conftest import create_service, eventually, run_container, running_tasks
+from .conftest import create_service, eventually, run_container, running_tasks, wait_for_service
 
 
 def has(status: Status, **fields: int) -> Callable[[Agent | None], bool]:
@@ -83,12 +83,12 @@ async def test_container_changes_reach_the_store(engine: PrivateEngine, watcher:
 
 async def test_service_scale_reaches_the_store(engine: PrivateEngine, watcher: Watcher) -> None:
     create_service(engine, "svc")
-    await watcher.wait_for("svc", has(Status.RUNNING, replicas=1, running=1), 20)
+    await wait_for_service(watcher, engine, "svc", has(Status.RUNNING, replicas=1, running=1), 20)
     engine.cli("service", "scale", "-d", "svc=2")
-    await watcher.wait_for("svc", has(Status.RUNNING, replicas=2, running=2), 20)
+    await wait_for_service(watcher, engine, "svc", has(Status.RUNNING, replicas=2, running=2), 20)
     assert has(Status.RUNNING, replicas=2, running=2)(await stored(watcher, "svc"))
     engine.cli("service", "scale", "-d", "svc=0")
-    await watcher.wait_for("svc", has(Status.STOPPED, replicas=0, running=0), 20)
+    await wait_for_service(watcher, engine, "svc", has(Status.STOPPED, replicas=0, running=0), 20)
     row = await stored(watcher, "svc")
     assert has(Status.STOPPED, replicas=0, running=0)(row)
     assert row is not None and row.restore_replicas == 2
