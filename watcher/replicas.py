@@ -22,7 +22,7 @@ from .errors import StoreError
 from .leader import Leadership
 from .models import ActivityReport, Agent, AuditEntry, Kind
 from .ports import ActivityStore, Clock
-from .tasks import cancel_and_wait, cancelling
+from .tasks import cancel_and_wait, cancelling, in_own_task
 from .tracker import Tracker
 from .writer import StoreWriter
 
@@ -264,7 +264,7 @@ class Replicas:
                 await guarded()
             else:
                 try:
-                    await self._in_held_task(interval_s, guarded)
+                    await in_own_task(self._held_rounds(interval_s, guarded))
                 except StoreError as exc:  # closing the held connection failed
                     if not cancelling():
                         logger.warning("a replica loop's database connection: %s", exc)
@@ -274,18 +274,6 @@ class Replicas:
             # connection that failed to close) must not swallow the cancellation with it
             if cancelling():
                 raise asyncio.CancelledError
-
-    async def _in_held_task(
-        self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]
-    ) -> None:
-        # a task per held connection: databases keeps one connection object per task, and
-        # one whose release failed would fail every later call of that task
-        held = asyncio.create_task(self._held_rounds(interval_s, one_round))
-        try:
-            await held
-        finally:
-            if not held.done():  # (an await of a task returns once it is done)
-                await cancel_and_wait(held)
 
     async def _held_rounds(
         self, interval_s: Callable[[], float], one_round: Callable[[], Awaitable[bool]]

@@ -21,7 +21,7 @@ from typing import Protocol
 from .errors import StoreError
 from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change
 from .ports import Store
-from .tasks import cancel_and_wait, cancelling
+from .tasks import cancel_and_wait, cancelling, in_own_task
 
 #: how last_error begins when the writer failed on a bug rather than on the database
 _INTERNAL = "internal error in the writer: "
@@ -190,11 +190,8 @@ class StoreWriter:
             # The session opens with the first write (an open and close with nothing to
             # write never starts a connection it would then have to abandon mid-connect).
             await self._wake.wait()
-            # a task per session: databases keeps one connection object per task, and one
-            # whose release failed would fail every later write of the task that held it
-            held = asyncio.create_task(self._session(), name="idlewatch-writer-session")
             try:
-                await held
+                await in_own_task(self._session(), "idlewatch-writer-session")
             except StoreError as exc:  # no connection (server down): keep the rows, retry
                 if not cancelling():
                     self._failed(exc)
@@ -203,9 +200,6 @@ class StoreWriter:
                     if not (self.last_error or "").startswith(_INTERNAL):
                         logger.exception("the store writer failed, will retry")
                     self._failed(exc, internal=True)
-            finally:
-                if not held.done():  # (an await of a task returns once it is done)
-                    await cancel_and_wait(held)
             # a write that failed as close() cancelled us (a rollback or a close on a
             # broken connection) is caught as a StoreError: the cancellation still stands
             if cancelling():
