@@ -6,7 +6,9 @@ The CPU figure of `make bench` is a share of a core, not a ratio: it moves with 
 machine from one day to the next. This tells a change in the code from a change in the
 machine: each commit's `watcher/` and `api/` are laid out as the package `idlewatch` in a
 temporary folder, and `serve` runs from one then the other (A B, B A, A B...) on one
-private engine, with the harness of this checkout. Prints each run and the medians.
+private engine, with the harness of this checkout. Each run has its bare subscriber
+(:mod:`bench.bare_subscriber`) over the same window. Prints each run, the medians, and
+the medians of each run's ratio to its bare subscriber.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def imported_from(path: Path) -> str:
 async def main(rev_a: str, rev_b: str, pairs: int) -> None:
     labels = {f"A {rev_a}": rev_a, f"B {rev_b}": rev_b}  # (the same rev twice is fine)
     runs: dict[str, list[float]] = {label: [] for label in labels}
+    ratios: dict[str, list[float]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {
             label: package_of(rev, Path(tmp) / f"r{i}")
@@ -77,14 +80,21 @@ async def main(rev_a: str, rev_b: str, pairs: int) -> None:
             for i in range(pairs):
                 for label in (a, b) if i % 2 == 0 else (b, a):
                     os.environ["PYTHONPATH"] = str(paths[label])  # serve's, not ours
-                    run = await engine_figures.cpu_at_max_churn(engine, 20, idle_s=5)
+                    run = await engine_figures.cpu_at_max_churn(engine, 20, idle_s=5, baseline=True)
                     runs[label].append(run["cpu_frac"])
-                    print(f"{label}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s)")
+                    ratios[label].append(run["cpu_frac"] / run["bare_cpu_frac"])
+                    print(
+                        f"{label}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s;"
+                        f" bare subscriber {run['bare_cpu_frac']:.4f})"
+                    )
         finally:
             engine.stop()
     for label, fracs in runs.items():
         rounded = [round(f, 4) for f in fracs]
-        print(f"{label}: median {statistics.median(fracs):.4f}, runs {rounded}")
+        print(
+            f"{label}: median {statistics.median(fracs):.4f}, runs {rounded}; "
+            f"{statistics.median(ratios[label]):.2f} x the bare subscriber"
+        )
 
 
 if __name__ == "__main__":

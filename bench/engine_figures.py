@@ -196,17 +196,34 @@ async def cpu_at_max_churn(
     *,
     uvloop: bool = False,
     idle_s: float = 0,
+    baseline: bool = False,
     **settings: str,
 ) -> dict[str, Any]:
     """The watcher's CPU share of one core while the engine churns containers flat out
     (``settings``: serve's settings by name, as :func:`serve_process` takes them); with
-    ``idle_s``, first its share over that long with nothing happening (``idle_frac``)."""
+    ``idle_s``, first its share over that long with nothing happening (``idle_frac``).
+
+    With ``baseline``, :mod:`bench.bare_subscriber` reads the same stream in a process of
+    its own over the same window (``bare_cpu_frac``, ``bare_events``): the same events at
+    the same moment, which no alternation gives on an engine whose pace varies. Both use
+    about 2% of a core, so neither delays the other.
+    """
     tmp = tempfile.mkdtemp()
     proc, port = serve_process(engine.url, tmp, uvloop=uvloop, **settings)
     docker = aiodocker.Docker(url=engine.url)
     events = 0
     idle_frac = None
+    bare = None
     try:
+        if baseline:
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "bench.bare_subscriber", engine.url],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert bare.stdout is not None
+            if await asyncio.to_thread(bare.stdout.readline) != "ready\n":
+                raise RuntimeError("the bare subscriber did not subscribe")
         await wait_ready(port)
         if idle_s:
             await asyncio.sleep(2)  # the start-up reads and writes settle
@@ -223,6 +240,7 @@ async def cpu_at_max_churn(
 
         counter = asyncio.create_task(count())
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        bare0 = cpu_seconds(bare.pid) if bare else 0.0
         stop_at = t0 + seconds
 
         async def churn(k: int) -> None:
@@ -245,6 +263,12 @@ async def cpu_at_max_churn(
         await asyncio.gather(churn(0), churn(1))
         elapsed = time.monotonic() - t0
         frac = (cpu_seconds(proc.pid) - cpu0) / elapsed
+        out: dict[str, Any] = {}
+        if bare is not None:
+            out["bare_cpu_frac"] = (cpu_seconds(bare.pid) - bare0) / elapsed
+            bare.send_signal(signal.SIGTERM)
+            stdout, _ = await asyncio.to_thread(bare.communicate, timeout=30)
+            out["bare_events"] = int(stdout)
         counter.cancel()
         await sub_docker.events.stop()
         await sub_docker.close()
@@ -253,8 +277,12 @@ async def cpu_at_max_churn(
             "events_per_s": events / elapsed,
             "seconds": elapsed,
             "idle_frac": idle_frac,
+            **out,
         }
     finally:
+        if bare is not None and bare.poll() is None:
+            bare.kill()
+            bare.wait()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         await docker.close()

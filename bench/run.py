@@ -142,20 +142,39 @@ async def collect() -> dict[str, dict[str, Any]]:
         cpus_uv: list[dict[str, Any]] = []
         for i in range(CPU_RUNS):  # asyncio's loop and uvloop's, alternated
             for uv in ((False, True) if i % 2 == 0 else (True, False)) if on_uvloop else (False,):
-                run = await engine_figures.cpu_at_max_churn(engine, 20, uvloop=uv, idle_s=IDLE_S)
+                run = await engine_figures.cpu_at_max_churn(
+                    engine, 20, uvloop=uv, idle_s=IDLE_S, baseline=not uv
+                )
                 (cpus_uv if uv else cpus).append(run)
         fracs = [c["cpu_frac"] for c in cpus]
         cpu_median = statistics.median(fracs)
+        bare_fracs = [c["bare_cpu_frac"] for c in cpus]
+        to_bare = [c["cpu_frac"] / c["bare_cpu_frac"] for c in cpus]
         figures["cpu_frac_at_engine_max_churn"] = fig(
             cpu_median,
             "fraction of one core",
             "<= 0.02",
             f"median of {CPU_RUNS} runs of a fresh `idlewatch serve` process, 20 s each, the "
             f"engine at {statistics.median(c['events_per_s'] for c in cpus):.0f} events/s; "
-            f"runs {[round(f, 4) for f in fracs]}",
+            f"runs {[round(f, 4) for f in fracs]}; "
+            f"{statistics.median(to_bare):.2f} x the bare subscriber of the same runs "
+            f"(spread {_spread(to_bare)})",
             met=cpu_median <= 0.02,
             spread=stats(fracs),
             runs=[round(x, 4) for x in fracs],
+            ratio_to_bare_subscriber=round(statistics.median(to_bare), 3),
+            ratio_runs=[round(x, 3) for x in to_bare],
+        )
+        figures["cpu_frac_bare_subscriber_at_engine_max_churn"] = fig(
+            statistics.median(bare_fracs),
+            "fraction of one core",
+            "reference",
+            "aiodocker's events subscriber with a no-op handler (bench/bare_subscriber.py), "
+            "its own process, reading serve's stream over the same 20 s of each run above: "
+            "what reading the engine's events costs a Python process here; events read "
+            f"{[c['bare_events'] for c in cpus]}; runs {[round(f, 4) for f in bare_fracs]}",
+            spread=stats(bare_fracs),
+            runs=[round(x, 4) for x in bare_fracs],
         )
         idle = [c["idle_frac"] for c in cpus]
         figures["cpu_frac_idle"] = fig(
