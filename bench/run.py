@@ -230,7 +230,7 @@ async def collect() -> dict[str, dict[str, Any]]:
             f"with sweeps: {poll['idlewatch_calls_per_min']:.0f}/min",
             idlewatch_calls_per_min=poll["idlewatch_calls_per_min"],
         )
-        print("wake: paused, stopped (30 tries each), service at 0 (40 tries) ...", flush=True)
+        print("wake: paused (30 tries), stopped (90), service at 0 (40) ...", flush=True)
         figures.update(_wake(await wake_figures.run(engine)))
         print(
             "wake on request: /api/wake under 200 clients vs a bare handler, 3 x 2 runs;"
