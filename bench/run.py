@@ -56,7 +56,7 @@ def _spread(values: list[float]) -> str:
 
 
 async def collect() -> dict[str, dict[str, Any]]:
-    """Run everything once; about ten minutes on 2 cores."""
+    """Run everything once; about twelve minutes on 2 cores."""
     figures: dict[str, dict[str, Any]] = {}
     t0 = time.monotonic()
 
