@@ -205,8 +205,9 @@ async def cpu_at_max_churn(
 
     With ``baseline``, :mod:`bench.bare_subscriber` reads the same stream in a process of
     its own over the same window (``bare_cpu_frac``, ``bare_events``): the same events at
-    the same moment, which no alternation gives on an engine whose pace varies. Both use
-    about 2% of a core, so neither delays the other.
+    the same moment, which no alternation gives on an engine whose pace varies. They use
+    about 1 and 2% of a core, so neither delays the other much; every run that is compared
+    with another has it, so each has the same neighbour.
     """
     tmp = tempfile.mkdtemp()
     proc, port = serve_process(engine.url, tmp, uvloop=uvloop, **settings)
@@ -222,7 +223,10 @@ async def cpu_at_max_churn(
                 text=True,
             )
             assert bare.stdout is not None
-            if await asyncio.to_thread(bare.stdout.readline) != "ready\n":
+            # (it gives up after 30 s itself; this bounds a child that hangs anyway: the
+            # kill below closes the pipe, and the thread's read returns)
+            ready = await asyncio.wait_for(asyncio.to_thread(bare.stdout.readline), 60)
+            if ready != "ready\n":
                 raise RuntimeError("the bare subscriber did not subscribe")
         await wait_ready(port)
         if idle_s:
@@ -267,7 +271,11 @@ async def cpu_at_max_churn(
         if bare is not None:
             out["bare_cpu_frac"] = (cpu_seconds(bare.pid) - bare0) / elapsed
             bare.send_signal(signal.SIGTERM)
+            # (the child writes nothing after "ready" but its count: no text is left in
+            # the pipe's buffer for communicate() to miss)
             stdout, _ = await asyncio.to_thread(bare.communicate, timeout=30)
+            if bare.returncode != 0:
+                raise RuntimeError(f"the bare subscriber failed ({bare.returncode})")
             out["bare_events"] = int(stdout)
         counter.cancel()
         await sub_docker.events.stop()
@@ -280,9 +288,12 @@ async def cpu_at_max_churn(
             **out,
         }
     finally:
-        if bare is not None and bare.poll() is None:
-            bare.kill()
-            bare.wait()
+        if bare is not None:
+            if bare.poll() is None:
+                bare.kill()
+                bare.wait()
+            if bare.stdout is not None:
+                bare.stdout.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         await docker.close()

@@ -111,15 +111,13 @@ async def run(
     """Each wake ``tries`` times (the stopped container ``stopped_tries``, the service
     ``service_tries``), ours and bare alternated.
 
-    The added p50 is a difference of two medians, and its noise shrinks with the square
-    root of the tries. A paused container thaws in about 10 ms, give or take 2: 30 tries
-    are plenty. A start takes 150-190 ms: with 30 tries the stopped wake's added p50 came
-    out at -2.8, +3.7 and +0.1 ms in three runs in a row (2026-12-02) and at +6.4 ms in a
-    `make bench` (the target is 5 ms); with 90, at +3.2 and +2.3 ms in two runs, about
-    80 s each. A service's scale goes through Swarm's scheduler and varies by tens of ms:
-    with 20 tries its added p50 came out at +1.2, -0.5 and +7.3 ms, with 40 (kept) at
-    -3.8 and +0.9, with 60 at +13.5 and -8.6 (2026-12-02, 2.9 s a pair). Its p50 is noise
-    at any affordable count. (The p99 of n tries is the slowest of them below 100 tries.)
+    The added p50 is a difference of two medians: its noise shrinks with the square root
+    of the tries. A paused container thaws in about 10 ms, give or take 2: 30 tries are
+    plenty. A start takes 150-190 ms: with 30 tries the stopped wake's verdict was left to
+    the draw (bench/RESULTS.md, "Latest run", has the runs); 90 cut that noise by about
+    1.7 x, for about 80 s. A service's scale goes through Swarm's scheduler and varies by
+    tens of ms: 60 tries did no better than 40 in two runs, and its p50 stays noisy at any
+    count a run can afford. (The p99 of fewer than 100 tries is the slowest of them.)
     """
     docker = aiodocker.Docker(url=engine.url)
     tmp = tempfile.mkdtemp()
