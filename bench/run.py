@@ -202,6 +202,8 @@ async def collect() -> dict[str, dict[str, Any]]:
                 runs=[round(x, 4) for x in uv_fracs],
                 ratio_to_asyncio=round(statistics.median(uv_ratios), 3),
                 ratio_to_bare_subscriber=round(statistics.median(uv_to_bare), 3),
+                bare_runs=[round(c["bare_cpu_frac"], 4) for c in cpus_uv],
+                bare_events=[c["bare_events"] for c in cpus_uv],
             )
         print("CPU at engine max churn with write_pace=200ms (1 x 20 s) ...", flush=True)
         paced = await engine_figures.cpu_at_max_churn(engine, 20, baseline=True, write_pace="200ms")
@@ -214,6 +216,8 @@ async def collect() -> dict[str, dict[str, Any]]:
             "the latency figure above is with the default, 0); "
             f"{paced['cpu_frac'] / paced['bare_cpu_frac']:.2f} x the bare subscriber beside it",
             ratio_to_bare_subscriber=round(paced["cpu_frac"] / paced["bare_cpu_frac"], 3),
+            bare_cpu_frac=round(paced["bare_cpu_frac"], 4),
+            bare_events=paced["bare_events"],
         )
         print("polling baseline (100 containers) ...", flush=True)
         poll = await engine_figures.polling_baseline(engine, 100)

@@ -114,10 +114,11 @@ async def run(
     The added p50 is a difference of two medians: its noise shrinks with the square root
     of the tries. A paused container thaws in about 10 ms, give or take 2: 30 tries are
     plenty. A start takes 150-190 ms: with 30 tries the stopped wake's verdict was left to
-    the draw (bench/RESULTS.md, "Latest run", has the runs); 90 cut that noise by about
-    1.7 x, for about 80 s. A service's scale goes through Swarm's scheduler and varies by
-    tens of ms: 60 tries did no better than 40 in two runs, and its p50 stays noisy at any
-    count a run can afford. (The p99 of fewer than 100 tries is the slowest of them.)
+    the draw (the runs are in the message of commit 1c5bfcb); 90 should cut that noise by
+    the square root of 3, about 1.7 x, for about 80 s. A service's scale goes through
+    Swarm's scheduler and varies by tens of ms: 60 tries did no better than 40 in two
+    runs, and its p50 stays noisy at any count a run can afford. (The p99 of fewer than
+    100 tries is the slowest of them.)
     """
     docker = aiodocker.Docker(url=engine.url)
     tmp = tempfile.mkdtemp()
