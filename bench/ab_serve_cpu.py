@@ -82,7 +82,7 @@ async def main(rev_a: str, rev_b: str, pairs: int) -> None:
                     os.environ["PYTHONPATH"] = str(paths[label])  # serve's, not ours
                     run = await engine_figures.cpu_at_max_churn(engine, 20, idle_s=5, baseline=True)
                     runs[label].append(run["cpu_frac"])
-                    ratios[label].append(run["cpu_frac"] / run["bare_cpu_frac"])
+                    ratios[label].append(run["to_bare"])
                     print(
                         f"{label}: {run['cpu_frac']:.4f} ({run['events_per_s']:.0f} events/s;"
                         f" bare subscriber {run['bare_cpu_frac']:.4f})"

@@ -204,7 +204,8 @@ async def cpu_at_max_churn(
     ``idle_s``, first its share over that long with nothing happening (``idle_frac``).
 
     With ``baseline``, :mod:`bench.bare_subscriber` reads the same stream in a process of
-    its own over the same window (``bare_cpu_frac``, ``bare_events``): the same events at
+    its own over the same window (``bare_cpu_frac``, ``bare_events``; ``to_bare``, serve's
+    share over its share): the same events at
     the same moment, which no alternation gives on an engine whose pace varies. They use
     about 1 and 2% of a core, so neither delays the other much; every run that is compared
     with another has it, so each has the same neighbour.
@@ -270,6 +271,7 @@ async def cpu_at_max_churn(
         out: dict[str, Any] = {}
         if bare is not None:
             out["bare_cpu_frac"] = (cpu_seconds(bare.pid) - bare0) / elapsed
+            out["to_bare"] = frac / out["bare_cpu_frac"]  # serve's share over the baseline's
             bare.send_signal(signal.SIGTERM)
             # (the child writes nothing after "ready" but its count: no text is left in
             # the pipe's buffer for communicate() to miss)

@@ -149,7 +149,7 @@ async def collect() -> dict[str, dict[str, Any]]:
         fracs = [c["cpu_frac"] for c in cpus]
         cpu_median = statistics.median(fracs)
         bare_fracs = [c["bare_cpu_frac"] for c in cpus]
-        to_bare = [c["cpu_frac"] / c["bare_cpu_frac"] for c in cpus]
+        to_bare = [c["to_bare"] for c in cpus]
         figures["cpu_frac_at_engine_max_churn"] = fig(
             cpu_median,
             "fraction of one core",
@@ -188,7 +188,7 @@ async def collect() -> dict[str, dict[str, Any]]:
         if cpus_uv:
             uv_fracs = [c["cpu_frac"] for c in cpus_uv]
             uv_ratios = [u / a for u, a in zip(uv_fracs, fracs, strict=True)]
-            uv_to_bare = [c["cpu_frac"] / c["bare_cpu_frac"] for c in cpus_uv]
+            uv_to_bare = [c["to_bare"] for c in cpus_uv]
             figures["cpu_frac_at_engine_max_churn_uvloop"] = fig(
                 statistics.median(uv_fracs),
                 "fraction of one core",
@@ -214,8 +214,8 @@ async def collect() -> dict[str, dict[str, Any]]:
             "the same, one run, with IDLEWATCH_WRITE_PACE=200ms: a commit at most every "
             "200 ms instead of one per change (rows reach the database up to 200 ms later; "
             "the latency figure above is with the default, 0); "
-            f"{paced['cpu_frac'] / paced['bare_cpu_frac']:.2f} x the bare subscriber beside it",
-            ratio_to_bare_subscriber=round(paced["cpu_frac"] / paced["bare_cpu_frac"], 3),
+            f"{paced['to_bare']:.2f} x the bare subscriber beside it",
+            ratio_to_bare_subscriber=round(paced["to_bare"], 3),
             bare_cpu_frac=round(paced["bare_cpu_frac"], 4),
             bare_events=paced["bare_events"],
         )
