@@ -17,8 +17,17 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .netns import (
+    hold_network_namespace,
+    join_network_namespace,
+    namespace_of,
+    new_network_namespace,
+    process_is_isolated,
+)
 
 #: the sample agents' image, built from the host's static busybox (no registry needed)
 SAMPLE_IMAGE = "idlewatch-test/busybox:latest"
@@ -70,6 +79,13 @@ class DemoEngine:
     exit_expected: bool = field(default=False, init=False, repr=False)
     #: where in dockerd.log the current daemon's output starts
     _log_offset: int = field(default=0, init=False, repr=False)
+    #: where the daemon's network is (api/netns.py says why): ``"own"``, a namespace of
+    #: its own (the default); ``"shared"``, this process's, for tests that reach a
+    #: host-network container from a proxy (only in a process that isolated itself);
+    #: or another engine, whose namespace it joins (a second Swarm node beside the first)
+    network: str | DemoEngine = "own"
+    #: holds the daemon's network namespace once it ran (a restart comes back to it)
+    _netns_fd: int | None = field(default=None, init=False, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -160,8 +176,11 @@ class DemoEngine:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._network_setup(),
         )
         log.close()
+        if self._netns_fd is None and self.network != "shared":
+            self._netns_fd = hold_network_namespace(self.proc.pid)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineSetupError(
@@ -172,6 +191,30 @@ class DemoEngine:
                 return
             time.sleep(0.1)
         raise EngineSetupError(f"dockerd did not answer in time; see {log_path}")
+
+    def _network_setup(self) -> Callable[[], None] | None:
+        """What the child does before it runs dockerd: enter the chosen namespace (the
+        one it had before, after a restart)."""
+        if self._netns_fd is not None:
+            return join_network_namespace(self._netns_fd)
+        if isinstance(self.network, DemoEngine):
+            if self.network._netns_fd is None:
+                raise EngineSetupError("the engine whose network this one joins never ran")
+            return join_network_namespace(self.network._netns_fd)
+        if self.network == "shared":
+            if not process_is_isolated():  # never the host's own namespace
+                raise EngineSetupError(
+                    "a shared network needs a process that left the host's namespace first "
+                    "(idlewatch.api.netns.isolate_this_process)"
+                )
+            return None
+        return new_network_namespace
+
+    def network_namespace(self) -> str | None:
+        """The network namespace the daemon runs in (None: not running)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return namespace_of(self.proc.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the current (or last) daemon wrote, and any panic it printed."""
@@ -260,6 +303,9 @@ class DemoEngine:
         for mnt in sorted(mounts if "mounts" in locals() else [], key=len, reverse=True):
             subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._netns_fd is not None:
+            os.close(self._netns_fd)
+            self._netns_fd = None
 
     def _kill_strays(self, program: bytes | None = None) -> int:
         """SIGKILL processes left under this engine's directory (shims after a crash).

@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from idlewatch.api.netns import isolate_this_process
+
 from tests.private_engine import PrivateEngine, ensure_installed
 
 from . import (
@@ -582,6 +584,9 @@ def main() -> int:
     """Run, print, write bench/results.json, append the run to bench/RESULTS.md."""
     logging.basicConfig(level=logging.ERROR)
     ensure_installed()
+    # the engines, servers and clients of the run share a loopback that is not the host's,
+    # and nothing an engine does to its network reaches the host (api/netns.py)
+    isolate_this_process()
     figures = asyncio.run(collect())
     info = machine()
     rev = commit()

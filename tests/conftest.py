@@ -13,11 +13,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from idlewatch.api.netns import NamespaceError, isolate_this_process
 
 from tests.private_engine import CRASHES
 from tests.private_postgres import BACKENDS, PrivatePostgres, ensure_installed
 
 _numbers = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole session leaves the host's network namespace before anything starts: its
+    private engines, serve processes, proxies and clients share a loopback of their own,
+    and nothing an engine does to its network can reach the user's Docker (api/netns.py)."""
+    try:
+        isolate_this_process()
+    except NamespaceError as exc:  # not root: the engine tests cannot run anyway
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"the tests stay in the host's network namespace: {exc}"), 2
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 def two_node_swarm() -> Iterator[tuple[PrivateEngine, PrivateEngine]]:
     """Start a manager and a worker, join them over loopback, yield (manager, worker)."""
     ensure_installed()
-    manager, worker = PrivateEngine(), PrivateEngine()
+    manager = PrivateEngine()
+    worker = PrivateEngine(network=manager)  # one private loopback for both nodes
     try:
         for eng in (manager, worker):
             eng.start()

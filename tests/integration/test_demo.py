@@ -12,8 +12,11 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from idlewatch.api.netns import namespace_of
+
 from tests.private_engine import free_port
 
+from .bridges import bridge_state, stand_in_bridges
 from .serveproc import wait_until
 
 
@@ -23,6 +26,14 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_demo_smoke(tmp_path: Path) -> None:
+    """And the demo's engine lives in a network namespace of its own: the user's Docker
+    bridges are left as they were (issue 22, item 1)."""
+    with stand_in_bridges() as bridges:
+        _demo_smoke(tmp_path)
+        assert bridge_state() == bridges, "the demo changed the host's Docker bridges"
+
+
+def _demo_smoke(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEWATCH_")}
     proc = subprocess.Popen(
@@ -61,6 +72,9 @@ def test_demo_smoke(tmp_path: Path) -> None:
             agents = {a["name"]: a for a in json.loads(body)}
             return agents.get("demo-service", {}).get("status") == "stopped"
 
+        root = next(line.split("engine: ", 1)[1].strip() for line in out if "engine: " in line)
+        dockerd = (Path(root) / "docker.pid").read_text().strip()
+        assert namespace_of(dockerd) != namespace_of("self"), "the demo engine's own network"
         wait_until(idle_stopped, 60)
         _, body = _get(base + "/api/audit?agent=demo-service")
         assert json.loads(body)[0]["action"] == "scale_to_zero"
