@@ -47,8 +47,9 @@ _STATE = {s.value: s for s in Status}
 
 
 def is_managed(labels: Mapping[str, str], label: str) -> bool:
-    """True when the management label's value is ``true`` (case-insensitive)."""
-    return labels.get(label, "").strip().lower() == "true"
+    """True when the management label's value is exactly ``true``: ``True``, ``1``, ``yes``
+    or `` true`` are never managed (the README's safety promise, word for word)."""
+    return labels.get(label) == "true"
 
 
 def idle_timeout_s(labels: Mapping[str, str], default_s: float | None) -> float | None:

@@ -132,3 +132,27 @@ async def test_engine_absent_at_start_then_appears(
             assert w.health().ready
     finally:
         late.cleanup()
+
+
+async def test_only_a_label_value_of_exactly_true_is_managed(
+    engine: PrivateEngine, settings_for: Callable[..., Settings]
+) -> None:
+    """``True``, ``TRUE``, ``1``, ``yes`` and `` true`` are never managed, so never stopped
+    (issue 22, item 5: ``idlewatch.enable=True`` was idle-stopped)."""
+    near_misses = {"cap": "True", "upper": "TRUE", "one": "1", "yes": "yes", "space": " true"}
+    short = {"idlewatch.idle-timeout": "10s"}
+    for name, value in near_misses.items():
+        run_container(engine, f"lbl-{name}", managed=False, labels={"idlewatch.enable": value})
+    create_service(engine, "lbl-svc", managed=False, labels={"idlewatch.enable": "True", **short})
+    run_container(engine, "lbl-exact", labels=short)
+    clock = ManualClock(datetime.now(UTC))
+    async with Watcher(settings_for(), clock=clock) as w:
+        await w.wait_synced(30)
+        await w.settled(10)
+        assert [a.name for a in w.agents()] == ["lbl-exact"]
+        clock.advance(60)
+        report = await w.sweep_once()
+        assert report.candidates == ["lbl-exact"]
+    for name in near_misses:
+        assert inspect(engine, f"lbl-{name}")["State"]["Running"] is True, name
+    assert inspect(engine, "lbl-svc")["Spec"]["Mode"]["Replicated"]["Replicas"] == 1

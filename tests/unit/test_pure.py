@@ -97,10 +97,9 @@ def test_normalize_falls_back_to_seconds() -> None:
     assert ev is not None and ev.time_ns == 1700000000 * 10**9
 
 
-def test_management_label_must_be_true() -> None:
+def test_management_label_must_be_exactly_true() -> None:
     assert is_managed({"idlewatch.enable": "true"}, "idlewatch.enable")
-    assert is_managed({"idlewatch.enable": "TRUE "}, "idlewatch.enable")
-    for value in ("false", "1", "", "yes"):
+    for value in ("True", "TRUE", "TRUE ", " true", "true ", "1", "yes", "false", ""):
         assert not is_managed({"idlewatch.enable": value}, "idlewatch.enable")
     assert not is_managed({}, "idlewatch.enable")
 
