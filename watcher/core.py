@@ -33,6 +33,7 @@ from .lifecycle import Lifecycle, LifecycleConfig
 from .models import ACTIVE_STATUSES, Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
 from .replicas import STORE_CALL_TIMEOUT_S, ActivityMerger, Replicas
+from .schedule import SweepSchedule, stop_after_or
 from .settings import Settings, load_settings
 from .status import Health, WatcherStatus
 from .store import SqlStore
@@ -82,11 +83,18 @@ class Watcher:
         self._hub = Hub(s.subscriber_queue_size)
         self._signal = ChangeSignal()
         self._index = LabelIndex(s.group_label, s.hosts_label)
+        schedule = SweepSchedule(
+            lambda: self._tracker.agents.values(),
+            self.clock,
+            stop_after_or(s.pause_stop_after),
+            interval_s=s.sweep_interval,
+            min_interval_s=s.sweep_min_interval,
+        )
         self._tracker = Tracker(
             label=s.label,
             default_idle_timeout_s=s.idle_timeout,
             clock=self.clock,
-            bus=ChangeBus([self._index, self._writer, self._hub, self._signal]),
+            bus=ChangeBus([self._index, self._writer, self._hub, self._signal, schedule]),
         )
         enricher = Enricher(self._docker, self._tracker)
         self._replicas = Replicas(
@@ -143,7 +151,7 @@ class Watcher:
             self._tracker,
             self._idle,
             self.clock,
-            interval_s=s.sweep_interval,
+            schedule,
             dry_run=s.dry_run,
             session_max_hold_s=s.session_max_hold,
             held_back=self._held_back,

@@ -109,8 +109,16 @@ class Settings(BaseSettings):
     )
     sweep_interval: DurationS = Field(
         default=60.0,
-        description="How often the idle sweep runs.",
+        description="The longest time between two idle sweeps (each also runs at the "
+        "earliest agent deadline: see `sweep_min_interval`).",
         json_schema_extra={"default_text": "`60s`"},
+    )
+    sweep_min_interval: DurationS = Field(
+        default=1.0,
+        description="The least time between two idle sweeps. A sweep runs at the earliest "
+        "deadline an agent has (at least every `sweep_interval`), so an idle agent is acted "
+        "on within about this long of its timeout.",
+        json_schema_extra={"default_text": "`1s`"},
     )
     dry_run: bool = Field(
         default=False,
@@ -319,6 +327,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "sweep_interval",
+        "sweep_min_interval",
         "reconnect_backoff_max",
         "ws_send_timeout",
         "request_timeout",

@@ -19,6 +19,7 @@ from .errors import WatcherError
 from .idle import IdleActions
 from .policy import at_rest, cutoff, idle_agents
 from .ports import Clock
+from .schedule import SweepSchedule
 from .tasks import cancel_and_wait
 from .tracker import Tracker
 
@@ -44,8 +45,8 @@ class Sweeper:
         tracker: Tracker,
         idle: IdleActions,
         clock: Clock,
+        schedule: SweepSchedule,
         *,
-        interval_s: float,
         dry_run: bool,
         session_max_hold_s: float | None = None,
         held_back: Callable[[], str | None] = lambda: None,
@@ -60,26 +61,25 @@ class Sweeper:
         self._idle = idle
         self._session_max_hold_s = session_max_hold_s
         self._clock = clock
-        self._interval_s = interval_s
+        self._schedule = schedule
         self._dry_run = dry_run
         self._held_back = held_back  # why no idle stop may be decided now (None: go)
         self._retention_s = removed_retention_s
         self._prepare = prepare
         self._task: asyncio.Task[None] | None = None
         self._dry_reported: dict[str, datetime] = {}
+        self._held_by: str | None = None  # why the sweeps are held back now (logged once)
         self.sweeps = 0
         self.last: SweepReport | None = None
 
     async def sweep_once(self, now: datetime | None = None) -> SweepReport:
         """Stop every agent idle at ``now`` (default: the clock's now)."""
         now = now or self._clock.now()
+        self._schedule.swept(now)
         report = SweepReport(at=now)
         if self._retention_s is not None:  # every replica: its own table must not grow
             report.pruned = len(self._tracker.prune_removed(cutoff(now, self._retention_s)))
-        if (why := self._held_back()) is not None:
-            # without a current picture, use may be missed: stopping could stop agents in use
-            report.skipped = why
-            logger.info("idle sweep skipped: %s", why)
+        if self._hold_back(report):
             return report
         if self._prepare is not None:
             await self._prepare()
@@ -105,6 +105,21 @@ class Sweeper:
         self.sweeps += 1
         self.last = report
         return report
+
+    def _hold_back(self, report: SweepReport) -> bool:
+        """Whether this sweep may stop nothing: without a current picture use may be
+        missed, and only the leader acts. Logged once a spell, not at every sweep."""
+        why = self._held_back()
+        if why is not None:
+            report.skipped = why
+            if why != self._held_by:
+                logger.info("idle sweeps held back: %s", why)
+            self._held_by = why
+            return True
+        if self._held_by is not None:
+            logger.info("idle sweeps resume (they were held back: %s)", self._held_by)
+            self._held_by = None
+        return False
 
     async def _group_holds(
         self, name: str, now: datetime, checked: dict[str, str | None]
@@ -157,7 +172,7 @@ class Sweeper:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            await self._schedule.wait()
             try:
                 await self.sweep_once()
             except Exception:  # the loop must outlive any one bad sweep

@@ -225,6 +225,7 @@ def settings_for(engine: PrivateEngine, database_url: str) -> Callable[..., Sett
             "docker_url": engine.url,
             "database_url": database_url,
             "sweep_interval": 3600,
+            "sweep_min_interval": 3600,  # sweeps only when a test asks (sweep_once)
             "stop_timeout": 2,
             "reconnect_backoff_max": 0.5,
         }

@@ -63,6 +63,7 @@ def leader_settings(manager: PrivateEngine, database_url: str, **kw: Any) -> Set
         "docker_url": manager.url,
         "database_url": database_url,
         "sweep_interval": 3600,
+        "sweep_min_interval": 3600,  # sweeps only when a test asks (sweep_once)
         "stop_timeout": 2,
         "reconnect_backoff_max": 0.5,
     }
