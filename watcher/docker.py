@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 _STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
 _CALL_TIMEOUT_S = 30.0
+_PING_TIMEOUT_S = 5.0
 _SCALE_RETRIES = 8
 _CHUNK = 1 << 16
 _FAIR_AFTER_LINES = 32  # a chunk of this many events yields to the loop after it
@@ -138,12 +139,18 @@ class AioDockerGateway:
                 return await fn()
         except aiodocker.DockerError as exc:
             if exc.status == 900:
-                raise EngineUnavailable(f"{what}: {_root_cause(exc.message)}") from exc
+                raise self._unavailable(what, _root_cause(exc.message)) from exc
             raise EngineError(f"{what}: {exc.message}", status=exc.status) from exc
         except TimeoutError as exc:
-            raise EngineUnavailable(f"{what}: no answer within {timeout_s:.0f}s") from exc
+            raise EngineUnavailable(
+                f"{what}: the Docker engine at {self._url} gave no answer within {timeout_s:.0f}s"
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise EngineUnavailable(f"{what}: {_root_cause(str(exc))}") from exc
+            raise self._unavailable(what, _root_cause(str(exc))) from exc
+
+    def _unavailable(self, what: str, cause: str) -> EngineUnavailable:
+        """The engine cannot be reached: say where it was looked for."""
+        return EngineUnavailable(f"{what}: cannot reach the Docker engine at {self._url}: {cause}")
 
     async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
         return await self._call(what, lambda: self._client()._query_json(path, method, **kw))
@@ -181,8 +188,13 @@ class AioDockerGateway:
         )
 
     async def ping(self) -> None:
-        """Raise EngineUnavailable unless the engine answers."""
-        await self._json("ping", "version", versioned_api=False)
+        """Raise EngineUnavailable unless the engine answers its cheap ``/_ping``."""
+
+        async def ping() -> None:
+            resp = await self._client()._do_query("_ping", "GET", versioned_api=False)
+            resp.release()
+
+        await self._call("ping", ping, timeout_s=_PING_TIMEOUT_S)
 
     async def subscribe(self, since_ns: int | None) -> DockerStream:
         """Open the events stream for containers and services, replaying from ``since_ns``."""

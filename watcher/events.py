@@ -10,6 +10,8 @@ Policy (read this first):
   replay of the next subscription.
 - On any end or error of the stream: back off (capped, reset after a healthy connection),
   resubscribe from the last taken ``timeNano`` minus a margin, drop the duplicates, resync.
+  While the engine is unreachable, a cheap ``/_ping`` every ``ping_interval_s`` cuts the
+  backoff short: tracking resumes within about that long of the engine answering again.
 - Every ``resync_interval_s`` (None: never) the listing is taken again with the stream up,
   the same way, so drift that no event announced (Swarm has no task events; an event
   filtered or lost) is corrected; the consumer logs each correction.
@@ -49,6 +51,9 @@ RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; repla
 DEDUP_KEYS = 8192
 ENRICH_CONCURRENCY = 32  # enricher workers: looks in flight at once
 HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
+#: while the engine is unreachable, a ping this often decides when to resubscribe (the
+#: backoff between subscriptions may be much longer: reconnect_backoff_max)
+PING_INTERVAL_S = 0.5
 
 
 def exponential_backoff(initial_s: float, max_s: float) -> Callable[[int], float]:
@@ -339,8 +344,10 @@ class StreamSupervisor:
         on_state: Callable[[], None] = lambda: None,
         on_dead_letters: Callable[[list[Agent]], None] = lambda agents: None,
         name: str = "events",
+        ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         self._docker = docker
+        self._ping_interval_s = ping_interval_s
         self._consumer = consumer
         self.enricher = enricher
         self._backoff = backoff
@@ -408,7 +415,31 @@ class StreamSupervisor:
                 attempt = 0
             delay_s = self._backoff(attempt)
             attempt += 1
+            await self._back_off(delay_s)
+
+    async def _back_off(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before the next subscription, pinging the engine meanwhile: once
+        it was seen down (unreachable, or a ping that failed), the first ping it answers
+        ends the wait, so a restarted engine is tracked again within about
+        ``ping_interval_s`` of its return. An engine that answers pings all along (the
+        stream failed for another reason) waits the whole backoff."""
+        if delay_s <= self._ping_interval_s:
             await asyncio.sleep(delay_s)
+            return
+        seen_down = self.unreachable
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(self._ping_interval_s, left))
+            try:
+                async with asyncio.timeout(max(self._ping_interval_s, 1.0)):
+                    await self._docker.ping()
+            except (WatcherError, TimeoutError):
+                seen_down = True
+                continue
+            if seen_down:
+                logger.debug("the engine at %s answers again: resubscribing", self._docker.address)
+                return
 
     def _failed(self, reason: str) -> None:
         """Warn once per outage (the first failure after a good sync), then only debug."""
@@ -419,11 +450,19 @@ class StreamSupervisor:
     def _report_unreachable(self, exc: EngineUnavailable, attempt: int) -> None:
         first = not self.unreachable
         self.unreachable = True
-        self.last_error = f"engine unreachable at {self._docker.address}: {exc}"
-        if first:
+        where = self._docker.address
+        text = str(exc)  # (the engine adapter's messages name the address already)
+        self.last_error = f"engine unreachable{'' if where in text else ' at ' + where}: {text}"
+        if first and not self.reconnects:  # never reached: maybe the wrong address
             logger.warning(
                 "cannot reach the Docker engine at %s (%s); set IDLEWATCH_DOCKER_URL or "
-                "DOCKER_HOST to another address; retrying with backoff until it answers",
+                "DOCKER_HOST if it listens elsewhere; retrying until it answers",
+                self._docker.address,
+                exc.message,
+            )
+        elif first:  # it answered before: a restart or an outage, the address is right
+            logger.warning(
+                "lost the Docker engine at %s (%s); resubscribing as soon as it answers",
                 self._docker.address,
                 exc.message,
             )

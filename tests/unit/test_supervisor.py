@@ -102,3 +102,39 @@ async def test_nothing_is_stopped_while_a_periodic_listing_parks_the_events() ->
         assert docker.calls["stop_container"] == 0
         listing.set()
         await until(lambda: w.status().periodic_resyncs >= 1)
+
+
+async def test_a_returning_engine_is_tracked_on_its_first_ping_not_after_the_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 22, item 8: while the engine is down, a cheap ping every ping_interval decides
+    when to resubscribe; the backoff (here 1,000 s) is not waited out."""
+    from idlewatch.bus import ChangeBus
+    from idlewatch.events import Enricher
+    from idlewatch.tracker import Tracker
+
+    docker = FakeDocker()
+    tracker = Tracker(label="idlewatch.enable", default_idle_timeout_s=60,
+                      clock=ManualClock(T0), bus=ChangeBus([]))  # fmt: skip
+    supervisor = StreamSupervisor(
+        docker, tracker, Enricher(docker, tracker), backoff=lambda n: 1000.0 if n else 0.0,
+        ping_interval_s=0.01,
+    )  # fmt: skip
+    caplog.set_level(logging.INFO, logger="idlewatch.events")
+    supervisor.start()
+    try:
+        await supervisor.synced.wait()
+        docker.reachable = False
+        subscribed = docker.calls["subscribe"]
+        docker.streams[-1].end()  # the engine restarts: the stream ends, nobody answers
+        await docker.wait_calls("subscribe", subscribed + 1)  # at once (attempt 0), in vain
+        await docker.wait_calls("ping", docker.calls["ping"] + 3)
+        assert not supervisor.synced.is_set()
+        docker.reachable = True
+        async with asyncio.timeout(5):
+            await supervisor.synced.wait()
+    finally:
+        await supervisor.close()
+    logs = " ".join(r.getMessage() for r in caplog.records)
+    assert "lost the Docker engine at fake://engine" in logs
+    assert "IDLEWATCH_DOCKER_URL" not in logs, "no address hint for an engine that answered"
