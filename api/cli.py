@@ -208,12 +208,22 @@ def _human(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _idle_in(agent: dict[str, Any]) -> str:
+def _idle_in(agent: dict[str, Any], now: datetime) -> str:
+    """When the sweep would act, as the dashboard shows it: never, not awake, in use (an
+    open session), kept (a keep-alive), or the time left (``due`` once it passed)."""
     if agent["idle_timeout"] is None:
         return "never"
     if agent["status"] not in ("running", "starting", "restarting"):
         return "-"
-    return _human(agent["idle_timeout"] - agent["idle_for"])
+    if agent.get("sessions"):
+        return f"in use ({agent['sessions']})"
+    keep_until = agent.get("keep_until")
+    if keep_until:
+        kept_s = (datetime.fromisoformat(keep_until.replace("Z", "+00:00")) - now).total_seconds()
+        if kept_s > 0:
+            return "kept " + _human(kept_s)
+    left = agent["idle_timeout"] - agent["idle_for"]
+    return "due" if left <= 0 else _human(left)
 
 
 def _table(agents: list[dict[str, Any]]) -> None:
@@ -226,7 +236,7 @@ def _table(agents: list[dict[str, Any]]) -> None:
             a["status"],
             f"{a['running']}/{a['replicas']}",
             _ago(a["last_activity"], now),
-            _idle_in(a),
+            _idle_in(a, now),
         ]
         for a in agents
     ]
@@ -279,7 +289,7 @@ def agents(
             sys.exit(1)
 
 
-def _lifecycle(verb: str, path: str) -> Callable[..., None]:
+def _lifecycle(done: str, path: str, help_text: str) -> Callable[..., None]:
     @_api_options
     @click.argument("name")
     def command(name: str, config: str | None, url: str | None, token: str | None) -> None:
@@ -287,14 +297,18 @@ def _lifecycle(verb: str, path: str) -> Callable[..., None]:
             async with _client(config, url, token) as c:
                 return await c.call("POST", f"/api/agents/{name}/{path}")
 
-        _show(_run(go), verb)
+        _show(_run(go), done)
 
-    command.__doc__ = f"{verb.capitalize()} an agent (through the running API)."
+    command.__doc__ = help_text
     return command
 
 
-main.command("stop")(_lifecycle("stopped", "stop"))
-main.command("restart")(_lifecycle("restarted", "restart"))
+main.command("stop")(
+    _lifecycle("stopped", "stop", "Stop a container or scale a service to 0 (through the API).")
+)
+main.command("restart")(
+    _lifecycle("restarted", "restart", "Restart an agent (through the running API).")
+)
 
 
 @main.command()
@@ -310,6 +324,13 @@ def touch(
     name: str, keep_for: str | None, config: str | None, url: str | None, token: str | None
 ) -> None:
     """Record activity now (through the running API); --for keeps the agent awake."""
+    if keep_for is not None:
+        from idlewatch.durations import DurationError, parse_duration_s
+
+        try:
+            parse_duration_s(keep_for)
+        except DurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--for'") from None
 
     async def go() -> Any:
         async with _client(config, url, token) as c:

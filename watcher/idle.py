@@ -33,6 +33,13 @@ from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
+#: what the log says an idle action did
+_DONE = {
+    "stop": "stopped container %s",
+    "pause": "paused container %s",
+    "scale_to_zero": "scaled service %s to 0",
+}
+
 
 def at_rest_and_not_running(agent: Agent) -> bool:
     """Nothing runs in it: stopped, paused, or a service scaled to 0."""
@@ -156,10 +163,7 @@ class IdleActions:
             name, action, reason, "sweep", started=decided, detail=f"replicas was {fresh.replicas}"
         )
         took_s = (self._clock.now() - decided).total_seconds()
-        if action == "scale_to_zero":
-            logger.info("scaled service %s to 0 (%s; took %.1fs)", name, reason, took_s)
-        else:
-            logger.info("%sd container %s (%s; took %.1fs)", action, name, reason, took_s)
+        logger.info(_DONE[action] + " (%s; took %.1fs)", name, reason, took_s)
         return "acted"
 
     async def first_busy(self, names: list[str]) -> str | None:

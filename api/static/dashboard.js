@@ -10,6 +10,7 @@
   let health = null; // readiness from the feed: {ready, reasons, checks}
   let retryDelay = 1000;
   let retryTimer = null;
+  let loaded = false; // a snapshot arrived on this connection
 
   function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
   function headers() {
@@ -65,14 +66,47 @@
     td.textContent = text;
     return td;
   }
-  function button(name, action, label) {
+  function button(name, action, label, enabled) {
     const b = document.createElement("button");
     b.type = "button";
     b.dataset.action = action;
     b.textContent = label;
+    b.disabled = !enabled;
     b.addEventListener("click", () => act(name, action));
     return b;
   }
+  // what each control can do to an agent in its status (the server refuses the rest too)
+  const GONE = ["removed", "error"];
+  function asleep(a) {
+    return a.kind === "service" ? a.replicas === 0
+      : ["exited", "created", "dead", "paused"].includes(a.status);
+  }
+  function awake(a) {
+    return a.kind === "service" ? a.replicas > 0 && !GONE.includes(a.status)
+      : ["running", "restarting", "paused"].includes(a.status);
+  }
+  // a stop asks once more: the first click arms the button for a few seconds
+  function stopButton(a) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.action = "stop";
+    b.disabled = !awake(a);
+    const armed = armedStop.get(a.name);
+    b.textContent = armed && armed > Date.now() ? "Confirm stop" : "Stop";
+    b.addEventListener("click", () => {
+      const until = armedStop.get(a.name);
+      if (until && until > Date.now()) {
+        armedStop.delete(a.name);
+        act(a.name, "stop");
+      } else {
+        armedStop.set(a.name, Date.now() + 4000);
+        say("Click Confirm stop to stop " + a.name + ".");
+        render();
+      }
+    });
+    return b;
+  }
+  const armedStop = new Map(); // agent name -> until when its Stop button is armed
 
   function render() {
     const tbody = $("#agents tbody");
@@ -108,13 +142,14 @@
       tr.appendChild(cell(human((now - Date.parse(a.last_activity)) / 1000) + " ago"));
       tr.appendChild(cell(idleIn(a, now), "idle-in"));
       const actions = document.createElement("td");
-      actions.append(button(a.name, "start", "Start"), button(a.name, "stop", "Stop"),
-                     button(a.name, "activity", "Touch"));
+      actions.append(button(a.name, "start", "Start", asleep(a)), stopButton(a),
+                     button(a.name, "activity", "Touch", !GONE.includes(a.status)));
       tr.appendChild(actions);
       rows.push(tr);
     }
     tbody.replaceChildren(...rows);
-    $("#empty").hidden = agents.size !== 0;
+    // "no agents" only once a snapshot said so (never behind the token prompt)
+    $("#empty").hidden = !loaded || agents.size !== 0;
   }
 
   async function act(name, action) {
@@ -137,6 +172,8 @@
   }
 
   function askToken(rejected) {
+    loaded = false;
+    render();
     setConn("unauthorized", rejected ? "token rejected" : "token needed");
     $("#auth").hidden = false;
     $("#auth-error").textContent = rejected
@@ -165,6 +202,7 @@
     socket.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.type === "snapshot") {
+        loaded = true;
         agents.clear();
         for (const a of msg.agents) agents.set(a.name, a);
         health = msg.health || null;

@@ -134,3 +134,29 @@ def test_an_unreachable_engine_is_shown_not_an_empty_live_fleet(
         page.close()
     finally:
         proc.stop()
+
+
+def test_controls_follow_the_state_and_a_stop_asks_first(
+    browser: Browser, engine: PrivateEngine, server: ServeProcess
+) -> None:
+    """Issue 22, item 10: no "No managed agents yet" behind the token prompt; Start only on
+    what sleeps, Stop only on what is awake, and a Stop asks for a second click."""
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator("#auth")).to_be_visible()
+    expect(page.locator("#empty")).to_be_hidden()
+    page.fill("#token", TOKEN)
+    page.click("#token-submit")
+    row = page.locator('tr[data-name="web-c"]')
+    start, stop = row.locator('button[data-action="start"]'), row.locator('[data-action="stop"]')
+    expect(row.locator(".badge").first).to_have_attribute("data-status", "running", timeout=10_000)
+    expect(start).to_be_disabled()
+    expect(stop).to_be_enabled()
+    stop.click()
+    expect(stop).to_have_text("Confirm stop")
+    assert inspect(engine, "web-c")["State"]["Running"] is True, "one click stops nothing"
+    stop.click()
+    expect(row.locator(".badge").first).to_have_attribute("data-status", "exited", timeout=10_000)
+    expect(start).to_be_enabled()
+    expect(stop).to_be_disabled()
+    page.close()
