@@ -19,6 +19,9 @@ Policy (read this first):
   a session that ended during the gap counts as use when the recovery finds it gone;
   attaches leave no trace there and cannot be recovered.
 - A session open longer than ``session_max_hold`` stops holding (:meth:`expire`).
+- An ``unpause`` between a container's ``kill`` and its ``die`` is the engine stopping a
+  paused container (it thaws it to let the signal in), not somebody using it: idlewatch's
+  own stop of a paused agent must not make the stop time its last activity.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class ContainerUse:
         self._open: dict[str, dict[str, Session]] = {}  # container id -> session id -> session
         self._expired: set[tuple[str, str]] = set()  # (container, session) past max hold
         self._own: dict[str, None] = {}  # idlewatch's own exec ids (ordered, bounded)
+        self._stopping: set[str] = set()  # containers killed whose process has not died yet
 
     # -------------------------------------------------------------- looks
     def needs_look(self, ev: EngineEvent) -> bool:
@@ -119,6 +123,12 @@ class ContainerUse:
             sid = f"attach@{ev.time_ns}"
             self._open.setdefault(cid, {})[sid] = Session(sid, "attach", from_ns(ev.time_ns))
             return True
+        if action == "kill":
+            self._stopping.add(cid)
+        elif action in _PROCESS_ENDS or action == "start":
+            self._stopping.discard(cid)
+        elif action == "unpause" and cid in self._stopping:
+            return False  # the engine thaws a paused container it stops: no use
         if action in _PROCESS_ENDS:
             self._close_all(cid)
         return is_use(ev, None)
@@ -207,6 +217,7 @@ class ContainerUse:
     def forget(self, container_id: str) -> None:
         """The container is gone."""
         self._healthcheck.pop(container_id, None)
+        self._stopping.discard(container_id)
         self._close_all(container_id)
 
     def keep_only(self, present: Iterable[str]) -> None:
@@ -216,6 +227,7 @@ class ContainerUse:
             del self._healthcheck[cid]
         for cid in [c for c in self._open if c not in keep]:
             self._close_all(cid)
+        self._stopping &= keep
 
     def with_sessions(self) -> list[str]:
         """Containers that have open sessions now."""

@@ -244,3 +244,24 @@ async def test_concurrent_starts_never_exceed_the_cap(
         assert len(running) == 2, running
         evicted = [e for n in names for e in await w.audit(n) if e.actor == "capacity"]
         assert len(evicted) == 2 and all(e.reason.startswith("evicted for ") for e in evicted)
+
+
+async def test_stopping_a_paused_agent_is_no_use_of_it(
+    engine: PrivateEngine, settings_for: Callable[..., Settings]
+) -> None:
+    """The engine thaws a paused container it stops (kill, unpause, die): that unpause is
+    no use, so the agent's last activity stays what it was (issue 22, item 9)."""
+    run_container(engine, "frozen")
+    async with Watcher(settings_for()) as w:
+        await w.wait_for("frozen", has(Status.RUNNING), 15)
+        engine.cli("pause", "frozen")
+        paused = await w.wait_for("frozen", has(Status.PAUSED), 15)
+        assert paused is not None
+        await w.stop("frozen")
+        stopped = await w.wait_for("frozen", has(Status.EXITED), 15)
+        assert stopped is not None and stopped.last_activity == paused.last_activity
+        engine.cli("start", "frozen")
+        engine.cli("pause", "frozen")
+        engine.cli("unpause", "frozen")  # somebody's own unpause is use, as before
+        resumed = await w.wait_for("frozen", has(Status.RUNNING), 15)
+        assert resumed is not None and resumed.last_activity > paused.last_activity

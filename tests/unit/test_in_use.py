@@ -298,3 +298,18 @@ async def test_a_shutdown_mid_recovery_leaves_no_look_unawaited() -> None:
         gc.collect()
     assert 0 < docker.calls["open_execs"] < 500  # it was stopped mid-way
     assert [str(x.message) for x in seen if "never awaited" in str(x.message)] == []
+
+
+def test_an_unpause_inside_a_stop_is_no_use() -> None:
+    """kill, unpause, die: the engine thawing a paused container to stop it."""
+    from idlewatch.usage import ContainerUse
+
+    from tests.builders import container_event
+
+    use = ContainerUse()
+    assert use.observe(container_event("unpause")), "somebody's unpause is use"
+    assert not use.observe(container_event("kill"))
+    assert not use.observe(container_event("unpause")), "part of the stop"
+    assert not use.observe(container_event("die"))
+    assert use.observe(container_event("start"))
+    assert use.observe(container_event("unpause")), "a later unpause is use again"
