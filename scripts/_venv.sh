@@ -1,6 +1,7 @@
-# Sourced by serve.sh and test.sh: make ./.venv with Python >= 3.11, installing venv support
-# from Debian/Ubuntu packages when it is missing and we are root. pip stays quiet (no
-# version nag, no root warning): the first thing a user reads is idlewatch's own line.
+# Sourced by serve.sh, demo.sh, test.sh and bench.sh: make ./.venv with Python >= 3.11,
+# installing venv support from Debian/Ubuntu packages when it is missing and we are root,
+# and define install_once. pip stays quiet (no version nag, no root warning): the first
+# thing a user reads is idlewatch's own line.
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 PY=${PYTHON:-python3}
 if ! command -v "$PY" >/dev/null; then
@@ -24,5 +25,21 @@ if [ ! -x .venv/bin/python ]; then
             exit 1
         fi
     fi
+    .venv/bin/python -m pip install -q --upgrade pip
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+
+# install_once ARGS...: `pip install ARGS` unless the very same install was done before
+# from the same project files (a stamp in .venv: the arguments, and each file's path and
+# content under pyproject.toml, watcher/ and api/). A restart then starts from the venv as
+# it is: in about a second, and with no package index at all.
+install_once() {
+    local stamp=.venv/.idlewatch-install-$(printf '%s' "$*" | sha256sum | cut -c1-16)
+    local now
+    now=$( { printf '%s\n' "$*"; find pyproject.toml watcher api -type f \
+        ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$now" ]; then
+        return 0
+    fi
+    .venv/bin/python -m pip install -q "$@"
+    printf '%s\n' "$now" > "$stamp"
+}

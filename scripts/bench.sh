@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-.venv/bin/python -m pip install -q -e '.[dev,postgres]' --config-settings editable_mode=strict
+install_once -e '.[dev,postgres]' --config-settings editable_mode=strict
 exec .venv/bin/python -m bench.run "$@"

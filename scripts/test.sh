@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-.venv/bin/python -m pip install -q -e '.[dev,postgres]' --config-settings editable_mode=strict
+install_once -e '.[dev,postgres]' --config-settings editable_mode=strict
 
 # Debian packages the suite needs: a Docker engine (run privately by the tests), a static
 # busybox (the test image), Chromium (the dashboard's browser test, driven by Playwright),
