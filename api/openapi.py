@@ -725,9 +725,21 @@ _SERVICE_RESTART = (
 _OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
 
 
-def document(max_replicas: int = 10, max_keep_for_s: float = 86400.0) -> dict[str, Any]:
-    """The whole OpenAPI document (for a server with these ``max_replicas`` and
-    ``max_keep_for`` settings)."""
+#: the routes a wake token opens (api/auth.py's WAKE_ROUTES), by path
+_WAKE_PATHS = ("/api/wake", "/api/strategies/blocking", "/api/strategies/dynamic")
+
+
+def document(
+    max_replicas: int = 10,
+    max_keep_for_s: float = 86400.0,
+    *,
+    api_secured: bool = True,
+    wake_secured: bool = True,
+) -> dict[str, Any]:
+    """The whole OpenAPI document for a server with these ``max_replicas`` and
+    ``max_keep_for`` settings, declaring the auth it asks for: ``api_secured`` when
+    ``api_token`` is set, ``wake_secured`` when the wake routes need a token (api_token or
+    wake_token set, wake_open off). A route that needs none declares none, and no 401."""
     agents_list = _json({"type": "array", "items": _ref("Agent")}, "Agents")
     paths: dict[str, Any] = {
         "/api/agents": {
@@ -891,32 +903,50 @@ def document(max_replicas: int = 10, max_keep_for_s: float = 86400.0) -> dict[st
             )
         },
     }
-    for path in _OPEN:
-        paths[path]["get"]["security"] = []  # open even when api_token is set
-    paths["/api/ws"]["get"]["parameters"] = [
-        {
-            "name": "token",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "the API token, for browsers that cannot set the Authorization header",
-        }
-    ]
+    if api_secured:
+        paths["/api/ws"]["get"]["parameters"] = [
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the API token, for browsers that cannot set the "
+                "Authorization header",
+            }
+        ]
+    _declare_auth(paths, api_secured=api_secured, wake_secured=wake_secured)
+    components: dict[str, Any] = {"schemas": schemas(max_replicas, max_keep_for_s)}
+    if api_secured or wake_secured:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "idlewatch",
             "version": "0.1.0",
             "description": "Lifecycle API of idlewatch. With api_token set, every /api "
-            "route needs Authorization: Bearer <token>.",
+            "route needs Authorization: Bearer <token>; the wake routes take api_token or "
+            "wake_token. This document declares what this server asks for.",
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas(max_replicas, max_keep_for_s),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
+        "components": components,
     }
+
+
+def _declare_auth(paths: dict[str, Any], *, api_secured: bool, wake_secured: bool) -> None:
+    """Each operation's ``security`` as the running server enforces it (api/auth.py): the
+    open routes never ask; the wake routes ask when ``wake_secured``; the rest when
+    ``api_secured``. An operation that asks for nothing documents no 401."""
+    for path, operations in paths.items():
+        if path in _WAKE_PATHS:
+            secured = wake_secured
+        else:
+            secured = api_secured and path not in _OPEN
+        for method, op in operations.items():  # (copies: some operations are shared)
+            responses = op["responses"]
+            if not secured:
+                responses = {k: v for k, v in responses.items() if k != "401"}
+            security = [{"bearer": []}] if secured else []
+            operations[method] = {**op, "security": security, "responses": responses}
 
 
 @routes.get("/api/openapi.json", name="openapi")
@@ -925,4 +955,12 @@ async def openapi(request: web.Request) -> web.Response:
     from .keys import SETTINGS
 
     settings = request.config_dict[SETTINGS]
-    return web.json_response(document(settings.max_replicas, settings.max_keep_for))
+    api_secured = settings.api_token is not None
+    wake_secured = not settings.wake_open and (api_secured or settings.wake_token is not None)
+    doc = document(
+        settings.max_replicas,
+        settings.max_keep_for,
+        api_secured=api_secured,
+        wake_secured=wake_secured,
+    )
+    return web.json_response(doc)

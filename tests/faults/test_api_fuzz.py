@@ -109,9 +109,14 @@ class Fuzz:
 
 
 @pytest.fixture
-def served(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
+def served(
+    engine: PrivateEngine, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ServeProcess]:
     """A real `idlewatch serve` process with three running agents: a discovered container,
-    a discovered service and one registered through the API."""
+    a discovered service and one registered through the API. With the token by default;
+    parametrized ``None``, the quick start's configuration (no token, open on loopback)."""
+    token = getattr(request, "param", TOKEN)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     # fuzz-c is in group "fuzz" and answers for the host the fuzz client sends, so that a
     # wake naming no agent (host-based) and the group routes reach their success paths
     integration.run_container(
@@ -121,7 +126,7 @@ def served(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
     proc = ServeProcess(
         engine,
         tmp_path,
-        api_token=TOKEN,
+        **({"api_token": token} if token else {}),
         allowed_images="idlewatch-test/*",
         max_replicas="2",
         ws_send_timeout="2",
@@ -129,11 +134,11 @@ def served(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
     ).start()
     try:
         body = {"name": KNOWN[2], "image": TEST_IMAGE, "command": integration.SLEEPER}
-        resp = requests.post(proc.url + "/api/agents", json=body, headers=AUTH, timeout=30)
+        resp = requests.post(proc.url + "/api/agents", json=body, headers=auth, timeout=30)
         assert resp.status_code == 201, resp.text
 
         def all_running() -> bool:
-            agents = requests.get(proc.url + "/api/agents", headers=AUTH, timeout=10).json()
+            agents = requests.get(proc.url + "/api/agents", headers=auth, timeout=10).json()
             running = {a["name"] for a in agents if a["status"] == "running"}
             return set(KNOWN) <= running
 
@@ -318,24 +323,30 @@ checks.positive_data_acceptance.enabled = false
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("served", [TOKEN, None], ids=["token", "quick-start"], indirect=True)
 async def test_the_schemathesis_cli_with_every_check_finds_nothing(
-    fuzz: Fuzz, tmp_path: Path
+    served: ServeProcess, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """What a stranger runs: the Schemathesis CLI with every check (its default, as the
     config file's [checks] says; `--checks all` would override the one exclusion), through
     its examples, coverage and fuzzing phases (the coverage phase sends the unsupported
-    methods, boundary values and missing parameters that the generator above does not)."""
+    methods, boundary values and missing parameters that the generator above does not).
+
+    On a token configuration and on the quick start's (no token): the document declares
+    the auth each one asks for, so the auth checks (ignored_auth...) find nothing either
+    (issue 22, item 6: the quick start's document claimed a bearer scheme)."""
     config = tmp_path / "schemathesis.toml"
     config.write_text(CLI_CONFIG)
     st_bin = Path(sys.executable).with_name("schemathesis")
+    token = request.node.callspec.params["served"]
+    header = ["--header", f"Authorization: Bearer {token}"] if token else []
     proc = await asyncio.create_subprocess_exec(
         str(st_bin),
         "--config-file",
         str(config),
         "run",
-        fuzz.base_url + "/api/openapi.json",
-        "--header",
-        f"Authorization: Bearer {TOKEN}",
+        served.url + "/api/openapi.json",
+        *header,
         "--phases",
         "examples,coverage,fuzzing",
         "--max-examples",

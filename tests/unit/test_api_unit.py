@@ -185,3 +185,53 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     as_dicts = render.listing([b, c], later, complete=False)
     assert as_bytes == as_dicts and [list(x) for x in as_bytes] == [list(x) for x in as_dicts]
     assert [x["idle_for"] for x in as_bytes] == [7.123, 0.0]
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        {},  # the quick start: open on loopback
+        {"api_token": "t"},
+        {"wake_token": "w"},  # only the wake routes ask
+        {"api_token": "t", "wake_open": True},  # every route but the wake routes asks
+    ],
+    ids=["quick-start", "api-token", "wake-token-only", "wake-open"],
+)
+async def test_the_openapi_document_declares_the_auth_the_server_asks_for(
+    tokens: dict[str, object],
+) -> None:
+    """Issue 22, item 6: every operation the document declares secured answers 401 without
+    a token, and every other one does not (no 401 documented for it either)."""
+    settings = Settings(
+        docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", **tokens
+    )
+    w = Watcher(settings, docker=FakeDocker(), store=FakeStore(), backoff=lambda n: 0.0)
+    await w.open()
+    client = TestClient(TestServer(create_app(w)))
+    await client.start_server()
+    headers = {"Authorization": "Bearer t"} if "api_token" in tokens else {}
+    try:
+        resp = await client.get("/api/openapi.json", headers=headers)
+        doc = await resp.json()
+        for path, operations in doc["paths"].items():
+            for method, op in operations.items():
+                secured = bool(op["security"])
+                assert ("401" in op["responses"]) is secured, (method, path)
+                if not secured:
+                    continue
+                url = path.replace("{name}", "ghost")
+                answer = await client.request(method.upper(), url, headers={"Host": "x"})
+                assert answer.status == 401, (method, path, answer.status)
+        unsecured = {
+            (m, p) for p, ops in doc["paths"].items() for m, op in ops.items() if not op["security"]
+        }
+        for method, path in unsecured:
+            url = path.replace("{name}", "ghost")
+            answer = await client.request(method.upper(), url, headers={"Host": "x"})
+            assert answer.status != 401, (method, path)
+        assert ("securitySchemes" in doc["components"]) is bool(
+            tokens.get("api_token") or tokens.get("wake_token")
+        )
+    finally:
+        await client.close()
+        await w.close()
