@@ -60,7 +60,14 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app.add_routes(ws_routes)
     app.add_routes(openapi_routes)
     app.on_shutdown.append(close_all)
+    app.on_response_prepare.append(_no_server_header)
     return app
+
+
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """No ``Server`` header: it names versions, and a proxy that passes an answer of ours
+    on (Caddy's forward_auth passes the waiting page) adds its own (two were sent)."""
+    response.headers.popall("Server", None)
 
 
 def watcher_ctx(

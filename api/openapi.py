@@ -937,15 +937,12 @@ def _declare_auth(paths: dict[str, Any], *, api_secured: bool, wake_secured: boo
     open routes never ask; the wake routes ask when ``wake_secured``; the rest when
     ``api_secured``. An operation that asks for nothing documents no 401."""
     for path, operations in paths.items():
-        if path in _WAKE_PATHS:
-            secured = wake_secured
-        else:
-            secured = api_secured and path not in _OPEN
+        secured = wake_secured if path in _WAKE_PATHS else api_secured and path not in _OPEN
         for method, op in operations.items():  # (copies: some operations are shared)
             responses = op["responses"]
             if not secured:
                 responses = {k: v for k, v in responses.items() if k != "401"}
-            security = [{"bearer": []}] if secured else []
+            security: list[dict[str, list[str]]] = [{"bearer": []}] if secured else []
             operations[method] = {**op, "security": security, "responses": responses}
 
 

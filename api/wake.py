@@ -148,15 +148,31 @@ async def _wake(
 
 
 # ------------------------------------------------------------------- answers
-def _agent_brief(agent: Agent) -> dict[str, Any]:
+_ON_ITS_WAY = frozenset({Status.STARTING, Status.RESTARTING, Status.RUNNING})
+
+
+def _agent_brief(agent: Agent, result: WakeResult) -> dict[str, Any]:
     return {
         "name": agent.name,
         "kind": agent.kind.value,
         "status": agent.status.value,
         "replicas": agent.replicas,
         "running": agent.running,
-        "ready": is_ready(agent),
+        "ready": agent.name in result.answering,
     }
+
+
+def _progress(agent: Agent, result: WakeResult) -> str:
+    """Where one agent is on its way up, in words a visitor understands."""
+    if agent.name in result.answering:
+        return "ready"
+    if agent.status in (Status.ERROR, Status.REMOVED):
+        return f"cannot start ({agent.status.value})"
+    if agent.status is Status.RUNNING and agent.running >= max(agent.replicas, 1):
+        return "running, not answering yet"  # a healthcheck or its ready-port to come
+    if agent.name in result.started or agent.status in _ON_ITS_WAY:
+        return "starting"
+    return agent.status.value
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
@@ -168,8 +184,8 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Res
 def _page(result: WakeResult, *, title: str, refresh_s: float, details: bool, dark: bool) -> str:
     """The waiting page: what is starting, refreshing itself until the agents run."""
     rows = "".join(
-        f"<li>{html.escape(a.name)}: {html.escape(a.status.value)}"
-        f" ({a.running}/{max(a.replicas, 1)})</li>"
+        f"<li>{html.escape(a.name)}: {html.escape(_progress(a, result))}"
+        f" ({a.running}/{max(a.replicas, 1)} running)</li>"
         for a in result.agents
     )
     refresh = max(1, round(refresh_s))
@@ -191,12 +207,16 @@ def _page(result: WakeResult, *, title: str, refresh_s: float, details: bool, da
 
 
 def _wake_answer(result: WakeResult) -> web.Response:
-    agents = [_agent_brief(a) for a in result.agents]
+    agents = [_agent_brief(a, result) for a in result.agents]
     if result.ready:
         ready = {"status": "ready", "looked_up": result.looked_up, "agents": agents}
         return _json(ready, 200, {STATUS_HEADER: "ready"})
     waiting = ", ".join(
-        [f"{a.name} ({a.status.value})" for a in result.agents if not is_ready(a)]
+        [
+            f"{a.name} ({_progress(a, result)})"
+            for a in result.agents
+            if a.name not in result.answering
+        ]
         + [f"{name} (no longer tracked)" for name in result.gone]
     )
     body: dict[str, Any] = {
@@ -223,7 +243,7 @@ async def wake(request: web.Request) -> web.StreamResponse:
     keep_for_s = _duration(request, "keep_for", maximum=w.settings.max_keep_for, allow_zero=True)
     timeout = timeout_s if timeout_s is not None else w.settings.wake_timeout
     names, group = _names(request), _group(request)
-    if wait == "page":
+    if wait == "page" and _browser(request):
         result = await _wake(
             request, names, group, keep_for_s=keep_for_s, timeout_s=min(timeout, PAGE_GRACE_S)
         )
@@ -240,6 +260,13 @@ async def wake(request: web.Request) -> web.StreamResponse:
     return _wake_answer(result)
 
 
+def _browser(request: web.Request) -> bool:
+    """A browser's navigation (its Accept names text/html, as forward-auth passes it on):
+    it gets the waiting page; any other client is held until ready, as without
+    ``wait=page`` (a script or an API client has no use for a page)."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
 @routes.post("/api/wake", name="wake_post")
 async def wake_post(request: web.Request) -> web.StreamResponse:
     """The same wake for a POST (a script, a webhook); its body is ignored."""
@@ -252,7 +279,7 @@ def _sablier_session(result: WakeResult) -> dict[str, Any]:
     for a in result.agents:
         state = (
             "ready"
-            if is_ready(a)
+            if a.name in result.answering
             else "unrecoverable"
             if a.status in (Status.ERROR, Status.REMOVED)
             else "not-ready"

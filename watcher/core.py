@@ -32,6 +32,7 @@ from .leader import Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
 from .models import ACTIVE_STATUSES, Agent, AgentSpec, AuditEntry, Change, Kind, Status
 from .ports import Clock, DockerGateway, Store
+from .ready_port import ReadyPorts
 from .replicas import STORE_CALL_TIMEOUT_S, ActivityMerger, Replicas
 from .schedule import SweepSchedule, stop_after_or
 from .settings import Settings, load_settings
@@ -82,6 +83,7 @@ class Watcher:
         )
         self._hub = Hub(s.subscriber_queue_size)
         self._signal = ChangeSignal()
+        self._ports = ReadyPorts(self._docker)
         self._index = LabelIndex(s.group_label, s.hosts_label)
         schedule = SweepSchedule(
             lambda: self._tracker.agents.values(),
@@ -94,7 +96,9 @@ class Watcher:
             label=s.label,
             default_idle_timeout_s=s.idle_timeout,
             clock=self.clock,
-            bus=ChangeBus([self._index, self._writer, self._hub, self._signal, schedule]),
+            bus=ChangeBus(
+                [self._index, self._writer, self._hub, self._signal, schedule, self._ports]
+            ),
         )
         enricher = Enricher(self._docker, self._tracker)
         self._replicas = Replicas(
@@ -168,6 +172,7 @@ class Watcher:
             start=lambda name: self.start(name, actor="wake"),
             wait_for=self.wait_for,
             share=lambda agent: self._replicas.report_use(agent, "wake"),
+            ports=self._ports,
         )
         self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
         self._started = False
@@ -228,6 +233,7 @@ class Watcher:
             return
         self._started = False
         await self._waker.close()
+        await self._ports.close()
         await self._sweeper.close()
         await self._stream.close()
         await self._writer.close()  # while still leading: the last rows are this replica's

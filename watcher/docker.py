@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiodocker
@@ -594,7 +595,36 @@ def _container_from_inspect(raw: dict[str, Any]) -> ContainerInfo:
         labels=freeze(config.get("Labels") or {}),
         healthcheck_cmd=healthcheck_command(health.get("Test"), config.get("Shell")),
         health=((raw.get("State") or {}).get("Health") or {}).get("Status") or None,
+        address=_address(raw),
+        started_at=_started_at(raw),
     )
+
+
+def _address(raw: dict[str, Any]) -> str | None:
+    """Where the container's ports are reached, as the engine reports it: 127.0.0.1 on
+    the host's network, else its first network's address (None: it has none)."""
+    if (raw.get("HostConfig") or {}).get("NetworkMode") == "host":
+        return "127.0.0.1"
+    settings = raw.get("NetworkSettings") or {}
+    for network in (settings.get("Networks") or {}).values():
+        if (network or {}).get("IPAddress"):
+            return str(network["IPAddress"])
+    return str(settings["IPAddress"]) if settings.get("IPAddress") else None
+
+
+def _started_at(raw: dict[str, Any]) -> datetime | None:
+    """When the container's current process started (None: never, or not running)."""
+    state = raw.get("State") or {}
+    text = str(state.get("StartedAt") or "")
+    if not state.get("Running") or not text or text.startswith("0001-"):
+        return None
+    # the engine gives nanoseconds ("2026-12-06T11:10:46.123456789Z"): keep microseconds
+    head, _, rest = text.rstrip("Z").partition(".")
+    micro = (rest + "000000")[:6] if rest else "000000"
+    try:
+        return datetime.fromisoformat(f"{head}.{micro}+00:00")
+    except ValueError:
+        return None
 
 
 def _local_tasks(containers: list[ContainerInfo]) -> Mapping[str, frozenset[str]]:

@@ -166,6 +166,10 @@ class ContainerInfo:
     labels: Mapping[str, str]
     healthcheck_cmd: str | None = None  # exec command of its healthcheck, when inspected
     health: str | None = None  # starting, healthy or unhealthy; None: no healthcheck
+    #: where its ports are reached (127.0.0.1 on the host network), when inspected
+    address: str | None = None
+    #: when its current process started (running, when inspected)
+    started_at: datetime | None = None
 
     @property
     def service_id(self) -> str | None:

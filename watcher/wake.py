@@ -17,6 +17,9 @@ Policy (read this first):
 - The wait for "running" is event-driven (the change signal), bounded by ``timeout``;
   past it the answer is "not ready" with each agent's status. A start still under way
   then goes on: the Waker owns it and cancels it at close.
+- Ready means answers: running with every desired task, healthy when it has a
+  healthcheck, and its ``idlewatch.ready-port`` accepting connections when it has one
+  (ready_port.py); confirmed once per running spell, so the hot path stays a lookup.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .errors import AgentNotFound, InvalidOperation
 from .groups import LabelIndex, host_name
 from .models import Agent, Kind, Status
 from .ports import Clock
+from .ready_port import ReadyPorts
 from .tasks import cancel_and_wait
 from .tracker import Tracker
 
@@ -81,6 +85,8 @@ class WakeResult:
     started: tuple[str, ...]  # the agents this wake (or one it joined) started
     looked_up: str  # what named them: "names a,b", "group g", "host h"
     gone: tuple[str, ...] = ()  # named, but no longer tracked when the answer was made
+    #: the agents that are ready (running, healthy, their ready-port answering)
+    answering: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +111,10 @@ class Waker:
         start: Callable[[str], Coroutine[Any, Any, Agent]],
         wait_for: Callable[[str, Callable[[Agent | None], bool], float], Awaitable[object]],
         share: Callable[[Agent], None] = lambda agent: None,
+        ports: ReadyPorts | None = None,
     ) -> None:
         self._tracker = tracker
+        self._ports = ports
         self._index = index
         self._clock = clock
         self.config = config
@@ -180,14 +188,14 @@ class Waker:
         names = [a.name for a in agents]
         for name in names:
             self._note(name, keep_for)
-        if all(is_ready(self._tracker.get(n)) for n in names):
+        if all(self._answers(self._tracker.get(n)) for n in names):
             return self._result(names, looked_up, ())  # the hot path: nothing else
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         started: list[str] = []  # begun here, or joined: a start of it was under way
         pending = []
         for name in names:
             agent = self._tracker.get(name)
-            if _settled(agent):
+            if agent is None or agent.status in _GONE or self._answers(agent):
                 continue
             assert agent is not None
             if is_asleep(agent) or name in self._starting:
@@ -207,6 +215,15 @@ class Waker:
         if task is not None:
             await asyncio.shield(task)  # its failure is every waiter's (capacity, engine)
         await self._wait_for(name, _settled, timeout_s)
+        agent = self._tracker.get(name)
+        if self._ports is not None and agent is not None and is_ready(agent):
+            await self._ports.wait_answers(agent)  # its app listens, not only its process
+
+    def _answers(self, agent: Agent | None) -> bool:
+        """Ready, its ready-port included (no I/O: a port not confirmed yet is not)."""
+        return is_ready(agent) and (
+            self._ports is None or agent is None or self._ports.answers(agent)
+        )
 
     def _raise_recent_failure(self, name: str) -> None:
         """A start of ``name`` that failed a moment ago is the answer (not a retry per
@@ -255,8 +272,9 @@ class Waker:
     def _result(self, names: list[str], looked_up: str, started: tuple[str, ...]) -> WakeResult:
         agents = tuple(a for n in names if (a := self._tracker.get(n)) is not None)
         gone = tuple(n for n in names if self._tracker.get(n) is None)
-        ready = not gone and all(is_ready(a) for a in agents)
-        return WakeResult(ready, agents, started, looked_up, gone)
+        answering = frozenset(a.name for a in agents if self._answers(a))
+        ready = not gone and len(answering) == len(agents)
+        return WakeResult(ready, agents, started, looked_up, gone, answering)
 
     async def close(self) -> None:
         """Cancel and await the starts under way."""

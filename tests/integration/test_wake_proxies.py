@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from tests.private_engine import PrivateEngine
 
@@ -82,11 +83,17 @@ async def proxied(
         await upstream.close()
 
 
+#: what a browser's navigation asks for (the waiting page is for browsers only)
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
 async def _get(
     session: aiohttp.ClientSession, proxy: Proxy, host: str = APP_HOST
-) -> tuple[int, str, dict[str, str]]:
-    async with session.get(proxy.url + "/", headers={"Host": proxy.host_header(host)}) as resp:
-        return resp.status, await resp.text(), dict(resp.headers)
+) -> tuple[int, str, CIMultiDictProxy[str]]:
+    """A browser's request for the app's page."""
+    headers = {"Host": proxy.host_header(host), "Accept": BROWSER}
+    async with session.get(proxy.url + "/", headers=headers) as resp:
+        return resp.status, await resp.text(), resp.headers
 
 
 async def _until_upstream(session: aiohttp.ClientSession, proxy: Proxy, timeout_s: float) -> str:
@@ -221,6 +228,11 @@ async def test_caddy_wait_page_then_the_upstream_once_healthy(
             assert status == 503, (status, page[:300])
             assert headers["Retry-After"] == "2" and headers["X-Idlewatch-Status"] == "not-ready"
             assert 'http-equiv="refresh"' in page and "site" in page
+            # issue 22, item 10: the page says where the agent is on its way up (it said
+            # "is starting" above "exited"), and Caddy's is the one Server header
+            assert "site: starting" in page or "site: running, not answering yet" in page, page
+            assert "exited" not in page, page
+            assert headers.getall("Server") == ["Caddy"], headers.getall("Server")
             assert await _until_upstream(session, proxy, 30) == "hello from site"
         assert upstream.seen and all(s["health"] == "healthy" for s in upstream.seen)
         # each reload of the page waited for the same start: never a second one

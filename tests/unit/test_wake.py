@@ -287,7 +287,7 @@ async def test_blocking_past_its_timeout_says_not_ready(
     resp = await client.get("/api/wake?names=napper&timeout=200ms", headers=bearer(WAKE))
     body = await resp.json()
     assert resp.status == 504 and resp.headers["X-Idlewatch-Status"] == "not-ready"
-    assert body["agents"][0]["status"] == "exited" and "napper (exited)" in body["error"]["message"]
+    assert body["agents"][0]["status"] == "exited" and "napper (starting)" in body["error"]["message"]
     resp = await client.get("/api/wake?names=napper&wait=page", headers=bearer(WAKE))
     assert resp.status == 503 and resp.headers["Retry-After"] == "2"
     assert "napper" in await resp.text()
