@@ -287,10 +287,17 @@ async def test_blocking_past_its_timeout_says_not_ready(
     resp = await client.get("/api/wake?names=napper&timeout=200ms", headers=bearer(WAKE))
     body = await resp.json()
     assert resp.status == 504 and resp.headers["X-Idlewatch-Status"] == "not-ready"
-    assert body["agents"][0]["status"] == "exited" and "napper (starting)" in body["error"]["message"]
-    resp = await client.get("/api/wake?names=napper&wait=page", headers=bearer(WAKE))
+    assert body["agents"][0]["status"] == "exited", "not started yet: the start is held"
+    assert "napper (starting)" in body["error"]["message"]
+    browser = {**bearer(WAKE), "Accept": "text/html,*/*;q=0.8"}
+    resp = await client.get("/api/wake?names=napper&wait=page", headers=browser)
     assert resp.status == 503 and resp.headers["Retry-After"] == "2"
-    assert "napper" in await resp.text()
+    page = await resp.text()
+    assert "napper: starting" in page and "exited" not in page, page
+    assert "Server" not in resp.headers
+    script = "/api/wake?names=napper&wait=page&timeout=200ms"
+    resp = await client.get(script, headers=bearer(WAKE))  # no text/html: held, no page
+    assert resp.status == 504 and resp.content_type == "application/json"
     docker.start_gate.set()
 
 
