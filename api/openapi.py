@@ -245,6 +245,7 @@ SCHEMAS: dict[str, Any] = {
             "sessions",
             "keep_until",
             "health",
+            "attached_since",
         ],
         "additionalProperties": False,
         "properties": {
@@ -276,6 +277,13 @@ SCHEMAS: dict[str, Any] = {
                 "enum": ["starting", "healthy", "unhealthy", None],
                 "description": "a container's healthcheck verdict; null: no healthcheck (or "
                 "not known yet). A wake waits for healthy.",
+            },
+            "attached_since": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "attached (docker attach, run -it) since then, which holds it "
+                "until its process ends or attach_max_hold after the last attach or resize; "
+                "null: not attached",
             },
         },
     },

@@ -76,6 +76,7 @@ async def run_node(settings: Settings) -> None:
     from idlewatch.events import exponential_backoff
     from idlewatch.node import NodeReporter
     from idlewatch.store import SqlStore
+    from idlewatch.usage import HoldLimits
 
     stop = _until_signalled()
     store = SqlStore(settings.database_url)
@@ -87,7 +88,7 @@ async def run_node(settings: Settings) -> None:
         node_id=settings.node_id,
         report_interval_s=settings.report_interval,
         resync_interval_s=settings.resync_interval,
-        session_max_hold_s=settings.session_max_hold,
+        hold_limits=HoldLimits(settings.session_max_hold, settings.attach_max_hold),
         backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
     )
     try:

@@ -383,6 +383,7 @@ def _fixed_json(agent: Agent) -> dict[str, Any]:
         "sessions": agent.sessions,
         "keep_until": _iso(agent.keep_until) if agent.keep_until is not None else None,
         "health": agent.health,
+        "attached_since": _iso(since) if (since := agent.attached_since) is not None else None,
     }
 
 

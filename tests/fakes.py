@@ -29,6 +29,9 @@ from idlewatch.models import (
     freeze,
 )
 
+#: when a fake running container's process started, unless the test says
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
 
 class FakeStream:
     """An events stream fed by the test; ``end()`` closes it like a daemon restart."""
@@ -134,7 +137,8 @@ class FakeDocker:
         c = self.containers.get(ref)
         if c is None:
             return None
-        return ContainerExecs(c.healthcheck_cmd, tuple(self.execs.get(ref, ())))
+        started = c.started_at or (LONG_AGO if c.state in ("running", "paused") else None)
+        return ContainerExecs(c.healthcheck_cmd, tuple(self.execs.get(ref, ())), started)
 
     async def pause_container(self, ref: str) -> None:
         self._call("pause_container")

@@ -40,6 +40,7 @@ from .status import Health, WatcherStatus
 from .store import SqlStore
 from .sweeper import Sweeper, SweepReport
 from .tracker import Tracker
+from .usage import HoldLimits
 from .wake import WakeConfig, Waker, WakeResult
 from .writer import CommitObserver, StoreWriter
 
@@ -157,7 +158,7 @@ class Watcher:
             self.clock,
             schedule,
             dry_run=s.dry_run,
-            session_max_hold_s=s.session_max_hold,
+            hold_limits=HoldLimits(s.session_max_hold, s.attach_max_hold),
             held_back=self._held_back,
             removed_retention_s=s.removed_retention,
             prepare=self._replicas.merge_once,

@@ -335,7 +335,8 @@ class AioDockerGateway:
             raise
         info = _container_from_inspect(raw)
         procs = await asyncio.gather(*(self._exec_process(i) for i in raw.get("ExecIDs") or []))
-        return ContainerExecs(info.healthcheck_cmd, tuple(p for p in procs if p is not None))
+        execs = tuple(p for p in procs if p is not None)
+        return ContainerExecs(info.healthcheck_cmd, execs, info.started_at)
 
     async def _exec_process(self, exec_id: str) -> ExecProcess | None:
         try:

@@ -70,6 +70,14 @@ class Agent(NamedTuple):
     #: a container's healthcheck verdict (``starting``, ``healthy``, ``unhealthy``);
     #: None: no healthcheck, or not known yet. Not stored: the engine says it again.
     health: str | None = None
+    #: the attaches that hold it, one per container (its own, or its tasks' here):
+    #: (container id, first attach, last renewal). Stored: the engine cannot tell again.
+    attached: tuple[tuple[str, datetime, datetime], ...] = ()
+
+    @property
+    def attached_since(self) -> datetime | None:
+        """When its first attach still holding was made (None: not attached)."""
+        return min((opened for _, opened, _ in self.attached), default=None)
 
     def idle_for_s(self, now: datetime) -> float:
         """Seconds since the last activity (never negative)."""
@@ -223,6 +231,9 @@ class ContainerExecs:
 
     healthcheck_cmd: str | None
     execs: tuple[ExecProcess, ...]
+    #: when its current process started; None: it does not run (an attach made to an
+    #: earlier process is over)
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from .models import (
 from .policy import SERVICE_ID_LABEL, SESSIONS_REREPORT_S
 from .ports import ActivityStore, Clock, DockerGateway
 from .tasks import cancel_and_wait
-from .usage import ContainerUse
+from .usage import NO_HOLD_LIMITS, ContainerUse, HoldLimits
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +188,9 @@ class NodeActivity:
         if touched:
             self._on_change(touched)
 
-    def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
-        """Sessions open longer than ``max_hold_s`` stop holding (named in a warning once)."""
-        expired = self.use.expire(now, max_hold_s)
+    def expire_sessions(self, now: datetime, limits: HoldLimits) -> None:
+        """Sessions held longer than their limit stop holding (named in a warning once)."""
+        expired = self.use.expire(now, limits)
         for cid, session in expired:
             logger.warning(
                 "task container %s: %s session %s open since %s no longer holds its "
@@ -295,11 +295,11 @@ class NodeReporter:
         report_interval_s: float = 1.0,
         refresh_interval_s: float = 5.0,
         resync_interval_s: float | None = None,
-        session_max_hold_s: float | None = None,
+        hold_limits: HoldLimits = NO_HOLD_LIMITS,
         backoff: Callable[[int], float] | None = None,
     ) -> None:
         self._store = activity
-        self._session_max_hold_s = session_max_hold_s
+        self._hold_limits = hold_limits
         self._sessions_reported_at = 0.0  # monotonic time of the last re-report
         self.source = f"node:{node_id}"
         self._clock = clock or SystemClock()
@@ -382,7 +382,7 @@ class NodeReporter:
     def keep_sessions_reported(self, force: bool = False) -> None:
         """Sessions past ``session_max_hold`` stop holding; open sessions are re-reported
         every SESSIONS_REREPORT_S, which tells the leader this node still holds them."""
-        self.activity.expire_sessions(self._clock.now(), self._session_max_hold_s)
+        self.activity.expire_sessions(self._clock.now(), self._hold_limits)
         now = time.monotonic()
         if not force and now - self._sessions_reported_at < SESSIONS_REREPORT_S:
             return

@@ -171,9 +171,18 @@ class Settings(BaseSettings):
     )
     session_max_hold: TimeoutS = Field(
         default=43200.0,
-        description="An open exec or attach session stops holding its agent in use after "
-        "this long (a forgotten terminal), with a warning naming it; `never` disables it.",
+        description="An open exec session stops holding its agent in use after this long "
+        "(a forgotten terminal), with a warning naming it; `never` disables it. Attaches "
+        "have their own bound: `attach_max_hold`.",
         json_schema_extra={"default_text": "`12h`"},
+    )
+    attach_max_hold: TimeoutS = Field(
+        default=3600.0,
+        description="An attach (`docker attach`, `docker run -it`) holds its agent in use "
+        "until the container's process ends, but at most this long after the last attach "
+        "or terminal resize: the engine tells nobody when a client detaches. `never` "
+        "keeps it until the process ends.",
+        json_schema_extra={"default_text": "`1h`"},
     )
     busy_command_timeout: DurationS = Field(
         default=10.0,

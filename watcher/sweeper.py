@@ -22,6 +22,7 @@ from .ports import Clock
 from .schedule import SweepSchedule
 from .tasks import cancel_and_wait
 from .tracker import Tracker
+from .usage import NO_HOLD_LIMITS, HoldLimits
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Sweeper:
         schedule: SweepSchedule,
         *,
         dry_run: bool,
-        session_max_hold_s: float | None = None,
+        hold_limits: HoldLimits = NO_HOLD_LIMITS,
         held_back: Callable[[], str | None] = lambda: None,
         removed_retention_s: float | None = None,
         prepare: Callable[[], Awaitable[object]] | None = None,
@@ -59,7 +60,7 @@ class Sweeper:
         self._members = members
         self._tracker = tracker
         self._idle = idle
-        self._session_max_hold_s = session_max_hold_s
+        self._hold_limits = hold_limits
         self._clock = clock
         self._schedule = schedule
         self._dry_run = dry_run
@@ -83,7 +84,7 @@ class Sweeper:
             return report
         if self._prepare is not None:
             await self._prepare()
-        self._tracker.expire_sessions(now, self._session_max_hold_s)
+        self._tracker.expire_sessions(now, self._hold_limits)
         await self._stop_paused(report, now)
         held_by_group: dict[str, str | None] = {}  # group -> why it is held (None: it is not)
         for agent in idle_agents(self._tracker.agents.values(), now):

@@ -40,7 +40,7 @@ from .policy import (
     status_after,
 )
 from .ports import Clock
-from .usage import ContainerUse
+from .usage import ContainerUse, HoldLimits
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,15 @@ class Tracker:
 
     # ----------------------------------------------------------------- loading
     def load(self, agents: Iterable[Agent]) -> None:
-        """Seed the table from the store at start-up (no changes are emitted)."""
+        """Seed the table from the store at start-up (no changes are emitted); the
+        attaches it recorded hold again (the engine cannot say them again: the first
+        recovery drops those whose process is gone)."""
         for agent in agents:
             self._put(agent)
             if agent.status is not Status.REMOVED:
                 self._by_id[agent.id] = agent.name
+            for cid, opened, renewed in agent.attached:
+                self.use.restore_attach(cid, opened, renewed)
 
     def get(self, name: str) -> Agent | None:
         """The agent called ``name``, if tracked."""
@@ -151,7 +155,7 @@ class Tracker:
             when = from_ns(ev.time_ns)
             if when > agent.last_activity:
                 changes["last_activity"] = when
-        changes["sessions"] = self.use.count(ev.actor_id)
+        changes.update(self._container_sessions(ev.actor_id))
         if ev.action == "health_status" and ev.detail:
             changes["health"] = ev.detail
         elif ev.action in ("start", "restart") and (
@@ -234,7 +238,7 @@ class Tracker:
                 changes["last_activity"] = when
         if ev.action == "destroy":
             self.use.forget(ev.actor_id)
-        changes["sessions"] = self._service_sessions(name)
+        changes.update(self._service_session_fields(name))
         self._update(agent, "task:" + ev.action, changes)
         return Need.NOTHING
 
@@ -261,6 +265,22 @@ class Tracker:
         if len(self._untracked_tasks) > UNTRACKED_SERVICES_MAX:  # looks that never came
             del self._untracked_tasks[next(iter(self._untracked_tasks))]
         return Need.SERVICE
+
+    def _container_sessions(self, container_id: str) -> dict[str, Any]:
+        """A container agent's session fields: the open sessions, and its attach."""
+        record = self.use.attach_record(container_id)
+        return {
+            "sessions": self.use.count(container_id),
+            "attached": (record,) if record is not None else (),
+        }
+
+    def _service_session_fields(self, name: str) -> dict[str, Any]:
+        """A service's session fields: the open sessions, and its tasks' attaches here."""
+        records = (self.use.attach_record(t) for t in sorted(self._local_tasks.get(name, ())))
+        return {
+            "sessions": self._service_sessions(name),
+            "attached": tuple(r for r in records if r is not None),
+        }
 
     def _service_sessions(self, name: str) -> int:
         """Open sessions in a service's tasks: those on this engine, or what the nodes
@@ -443,14 +463,15 @@ class Tracker:
             updated_at=base.updated_at if base else now,
             labels=freeze(c.labels),
             last_event_ns=base.last_event_ns if base else 0,
-            sessions=self.use.count(c.id),
             keep_until=base.keep_until if base else None,
             paused_at=((base.paused_at if base else None) or now)
             if status is Status.PAUSED
             else None,
             health=c.health if c.health is not None else (base.health if base else None),
         )
-        agent = _with_container_status(agent, status)
+        if status not in _RUNNING_LIKE:  # stopped while nobody watched: nothing is attached
+            self.use.process_ended(c.id)
+        agent = _with_container_status(agent._replace(**self._container_sessions(c.id)), status)
         if status in _RUNNING_LIKE and not was_running and not fresh:
             agent = _touched(agent, now)  # started while we were not watching
         if old is not None and old.id != c.id:
@@ -504,9 +525,9 @@ class Tracker:
             labels=freeze(s.labels),
             restore_replicas=restore if desired == 0 else max(desired, 1),
             last_event_ns=old.last_event_ns if same and old is not None else 0,
-            sessions=self._service_sessions(s.name),
             keep_until=old.keep_until if same and old is not None else None,
         )
+        agent = agent._replace(**self._service_session_fields(s.name))
         if same and old is not None and old.replicas == 0 and desired > 0:
             agent = _touched(agent, now)  # scaled up while we were not watching
         if old is not None and not same:
@@ -551,24 +572,27 @@ class Tracker:
         else:
             by_source.pop(source, None)
         if before != sessions:
-            self._update(agent, f"sessions on {source}", {"sessions": self._service_sessions(name)})
+            self._update(agent, f"sessions on {source}", self._service_session_fields(name))
 
-    def expire_sessions(self, now: datetime, max_hold_s: float | None) -> None:
-        """Sessions open longer than ``max_hold_s`` stop holding their agent (a forgotten
-        terminal); each is named in a warning once. A node's sessions not re-reported
-        for STALE_SESSIONS_S stop holding too (the node is gone or cut off)."""
+    def expire_sessions(self, now: datetime, limits: HoldLimits) -> None:
+        """Sessions held longer than their limit stop holding their agent (a forgotten
+        terminal, an attach nobody renewed); each is named in a warning once. A node's
+        sessions not re-reported for STALE_SESSIONS_S stop holding too (the node is gone
+        or cut off)."""
         self._expire_remote_sessions(now)
-        for cid, session in self.use.expire(now, max_hold_s):
+        for cid, session in self.use.expire(now, limits):
             name = self._owner(cid)
+            setting = "attach_max_hold" if session.kind == "attach" else "session_max_hold"
             logger.warning(
-                "agent %s: %s session %s open since %s no longer holds it (session_max_hold)",
+                "agent %s: %s session %s open since %s no longer holds it (%s)",
                 name or cid[:12],
                 session.kind,
                 session.id[:12],
                 session.opened_at.isoformat(),
+                setting,
             )
             if name is not None:
-                self._refresh_sessions(name, "session past session_max_hold")
+                self._refresh_sessions(name, f"session past {setting}")
 
     def _expire_remote_sessions(self, now: datetime) -> None:
         for name, by_source in list(self._remote_sessions.items()):
@@ -605,10 +629,10 @@ class Tracker:
         if agent is None:
             return
         if agent.kind is Kind.SERVICE:
-            count = self._service_sessions(name)
+            fields = self._service_session_fields(name)
         else:
-            count = self.use.count(agent.id)
-        self._update(agent, reason, {"sessions": count})
+            fields = self._container_sessions(agent.id)
+        self._update(agent, reason, fields)
 
     def local_tasks(self, name: str) -> frozenset[str]:
         """A service's running task containers on this engine."""

@@ -12,13 +12,20 @@ Policy (read this first):
   both ends are use, so the idle clock starts when the last session closes.
 - An attach is an open session from its ``attach`` event until the container's process
   ends (``die``, ``destroy``): the engine emits nothing when an attach ends and keeps no
-  count of attached clients (measured on Engine 20.10, shared/PITFALLS.md), so the safe
-  reading is "attached until the process is gone", bounded by ``session_max_hold``.
+  count of attached clients (measured on Engine 20.10), so the safe reading is "attached
+  until the process is gone". A container is attached or not (one session however many
+  attaches came); a later ``attach`` or a terminal ``resize`` renews it, and it stops
+  holding ``attach_max_hold`` after its last renewal (a detach, ctrl-p ctrl-q, is
+  invisible: without that bound one attach would hold for ``session_max_hold``).
+- An attach is a fact idlewatch keeps in its store (the agent's ``attached`` field): it
+  survives idlewatch's own restart and a replica's takeover (:meth:`restore_attach`), and
+  a recovery drops it when the container's process is no longer the one attached to (it
+  stopped, or started again since).
 - Sessions lost to a gap in the stream are recovered from the engine (the container's
   running exec ids, each exec's own inspect: :meth:`ContainerUse.recover`), never guessed;
   a session that ended during the gap counts as use when the recovery finds it gone;
   attaches leave no trace there and cannot be recovered.
-- A session open longer than ``session_max_hold`` stops holding (:meth:`expire`).
+- An exec open longer than ``session_max_hold`` stops holding (:meth:`expire`).
 - An ``unpause`` between a container's ``kill`` and its ``die`` is the engine stopping a
   paused container (it thaws it to let the signal in), not somebody using it: idlewatch's
   own stop of a paused agent must not make the stop time its last activity.
@@ -36,6 +43,11 @@ from .policy import is_use
 
 #: the container's process is gone: every session in it ended
 _PROCESS_ENDS = frozenset({"die", "destroy"})
+#: the id of a container's one attach session
+ATTACH = "attach"
+#: ``docker run -it`` and ``docker start -ai`` attach a moment before the start: an attach
+#: this much older than the process's start still belongs to it
+ATTACH_BEFORE_START_S = 10.0
 OWN_EXECS_KEPT = 1000  # idlewatch's own execs remembered (a few per idle check)
 #: the last argument of every busy-command idlewatch runs (``sh -c CMD <mark>``: the mark is
 #: the shell's $0), so any idlewatch process, after a restart or on another node, tells
@@ -66,10 +78,36 @@ class Recovered:
 class Session:
     """One open session of a container."""
 
-    id: str  # the exec id, or "attach@<event ns>"
+    id: str  # the exec id, or ATTACH
     kind: str  # "exec" or "attach"
     opened_at: datetime
     command: str = ""
+    #: an attach: its last sign of life (a later attach, a resize); its hold counts from it
+    renewed_at: datetime | None = None
+
+    @property
+    def held_since(self) -> datetime:
+        """What the max hold counts from."""
+        return self.renewed_at or self.opened_at
+
+
+@dataclass(frozen=True, slots=True)
+class HoldLimits:
+    """How long a session holds its agent at most (None: for ever)."""
+
+    exec_s: float | None  # session_max_hold
+    attach_s: float | None  # attach_max_hold
+
+    def of(self, session: Session) -> float | None:
+        """The limit for this kind of session."""
+        return self.attach_s if session.kind == "attach" else self.exec_s
+
+
+#: sessions hold for as long as they are open
+NO_HOLD_LIMITS = HoldLimits(None, None)
+
+#: one container's attach, as the agent records it: (container id, opened, renewed)
+AttachRecord = tuple[str, datetime, datetime]
 
 
 class ContainerUse:
@@ -119,9 +157,8 @@ class ContainerUse:
         cid, action = ev.actor_id, ev.action
         if action in ("exec_start", "exec_die"):
             return self._exec(ev)
-        if action == "attach":
-            sid = f"attach@{ev.time_ns}"
-            self._open.setdefault(cid, {})[sid] = Session(sid, "attach", from_ns(ev.time_ns))
+        if action == "attach" or (action == "resize" and self._attached(cid)):
+            self._attach(cid, from_ns(ev.time_ns))
             return True
         if action == "kill":
             self._stopping.add(cid)
@@ -151,6 +188,36 @@ class ContainerUse:
         self._open.setdefault(cid, {})[exec_id] = session
         return True
 
+    def _attached(self, cid: str) -> bool:
+        return ATTACH in self._open.get(cid, {})
+
+    def _attach(self, cid: str, when: datetime) -> None:
+        """Open the container's attach session, or renew it (its hold starts again)."""
+        sessions = self._open.setdefault(cid, {})
+        old = sessions.get(ATTACH)
+        opened = old.opened_at if old is not None else when
+        renewed = max(when, old.held_since) if old is not None else when
+        sessions[ATTACH] = Session(ATTACH, "attach", opened, renewed_at=renewed)
+        self._expired.discard((cid, ATTACH))
+
+    def restore_attach(self, cid: str, opened_at: datetime, renewed_at: datetime) -> None:
+        """An attach the store kept (idlewatch restarted, or this replica took over): it
+        holds again until a recovery finds the container's process gone or restarted."""
+        self._attach(cid, opened_at)
+        self._attach(cid, renewed_at)
+
+    def attach_record(self, cid: str) -> AttachRecord | None:
+        """The container's attach as the agent records it, None when not attached."""
+        session = self._open.get(cid, {}).get(ATTACH)
+        if session is None or (cid, ATTACH) in self._expired:
+            return None
+        return (cid, session.opened_at, session.held_since)
+
+    def process_ended(self, cid: str) -> None:
+        """The container's process is gone (a listing found it stopped): no session is left."""
+        self._stopping.discard(cid)
+        self._close_all(cid)
+
     def _close_all(self, cid: str) -> None:
         for sid in self._open.pop(cid, {}):
             self._expired.discard((cid, sid))
@@ -167,17 +234,16 @@ class ContainerUse:
         """The container's open sessions, holding or not."""
         return list(self._open.get(container_id, {}).values())
 
-    def expire(self, now: datetime, max_hold_s: float | None) -> list[tuple[str, Session]]:
-        """Sessions open longer than ``max_hold_s`` stop holding; returns the ones that just
+    def expire(self, now: datetime, limits: HoldLimits) -> list[tuple[str, Session]]:
+        """Sessions held longer than their limit stop holding; returns the ones that just
         did (each once), by container id."""
-        if max_hold_s is None:
-            return []
         newly = []
         for cid, sessions in self._open.items():
             for sid, session in sessions.items():
-                if (cid, sid) not in self._expired and (
-                    now - session.opened_at
-                ).total_seconds() > max_hold_s:
+                limit = limits.of(session)
+                if limit is None or (cid, sid) in self._expired:
+                    continue
+                if (now - session.held_since).total_seconds() > limit:
                     self._expired.add((cid, sid))
                     newly.append((cid, session))
         return newly
@@ -196,7 +262,11 @@ class ContainerUse:
         is use: the caller counts it now, as its exec_die may never be seen)."""
         self._healthcheck[container_id] = listing.healthcheck_cmd
         before = self._open.get(container_id, {})
-        kept = {sid: s for sid, s in before.items() if s.kind == "attach"}
+        kept = {
+            sid: s
+            for sid, s in before.items()
+            if s.kind == "attach" and _same_process(s, listing.started_at)
+        }
         for proc in listing.execs:
             if self.is_users(listing, proc):
                 kept[proc.id] = before.get(proc.id) or Session(proc.id, "exec", now, proc.command)
@@ -208,6 +278,16 @@ class ContainerUse:
         else:
             self._open.pop(container_id, None)
         return Recovered(changed=set(kept) != set(before), ended=bool(ended))
+
+    def held_since(self, container_id: str) -> datetime | None:
+        """Since when the container has been in use by its sessions that hold (None: it
+        holds none)."""
+        times = [
+            s.opened_at
+            for sid, s in self._open.get(container_id, {}).items()
+            if (container_id, sid) not in self._expired
+        ]
+        return min(times) if times else None
 
     def is_expired(self, container_id: str, session_id: str) -> bool:
         """Whether a session was open longer than the max hold (it holds nothing)."""
@@ -232,3 +312,11 @@ class ContainerUse:
     def with_sessions(self) -> list[str]:
         """Containers that have open sessions now."""
         return list(self._open)
+
+
+def _same_process(attach: Session, started_at: datetime | None) -> bool:
+    """Whether the container's process now is the one ``attach`` was made to: it runs, and
+    has not started again since (a moment before the start is the same: ``run -it``)."""
+    if started_at is None:
+        return False
+    return (started_at - attach.opened_at).total_seconds() <= ATTACH_BEFORE_START_S

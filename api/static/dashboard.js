@@ -49,9 +49,13 @@
     if (s < 3600) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
     return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
   }
+  function clock(iso) {
+    return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
   function idleIn(a, now) {
     if (a.idle_timeout === null) return "never";
     if (!["running", "starting", "restarting"].includes(a.status)) return "—";
+    if (a.attached_since) return "attached since " + clock(a.attached_since);
     if (a.sessions > 0) return "in use";
     if (a.keep_until && Date.parse(a.keep_until) > now) {
       return "kept " + human((Date.parse(a.keep_until) - now) / 1000);
@@ -135,6 +139,7 @@
         use.className = "badge in-use";
         use.dataset.status = "in-use";
         use.textContent = "in use (" + a.sessions + ")";
+        if (a.attached_since) use.title = "attached since " + new Date(a.attached_since).toLocaleString();
         st.append(" ", use);
       }
       tr.appendChild(st);

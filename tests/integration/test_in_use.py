@@ -4,11 +4,18 @@ keep-alive, pause, and the cap on awake agents."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import pty
 import socket
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
@@ -16,6 +23,7 @@ from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
 from tests.private_engine import PrivateEngine
 
 from .conftest import audited, eventually, inspect, run_container
+from .serveproc import ServeProcess
 from .test_tracking import has
 
 BURN = ("sh", "-c", 'trap "exit 0" TERM; while :; do :; done')
@@ -265,3 +273,61 @@ async def test_stopping_a_paused_agent_is_no_use_of_it(
         engine.cli("unpause", "frozen")  # somebody's own unpause is use, as before
         resumed = await w.wait_for("frozen", has(Status.RUNNING), 15)
         assert resumed is not None and resumed.last_activity > paused.last_activity
+
+
+async def test_an_attach_survives_a_restart_of_serve_and_holds_until_attach_max_hold(
+    engine: PrivateEngine, tmp_path: Path
+) -> None:
+    """Issue 22, item 2: attached to a container with a 5 s idle timeout, serve restarted:
+    the attach is still counted (it was 0, and an idle stop killed the container under
+    the terminal); it holds until attach_max_hold after the attach, then the agent sleeps."""
+    run_container(engine, "term", labels={"idlewatch.idle-timeout": "5s"}, extra=("-t", "-i"))
+    settings = {"sweep_interval": "1s", "attach_max_hold": "20s"}
+    serve = ServeProcess(engine, tmp_path, **settings).start()
+    controller, terminal = pty.openpty()
+    attach = await asyncio.create_subprocess_exec(
+        "docker", "attach", "--sig-proxy=false", "term",
+        env=engine.env(), stdin=terminal, stdout=terminal, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: _json(serve, "/api/agents/term")["sessions"] == 1, 15, "attach")
+        attached_at = time.monotonic()
+        assert serve.stop() == 0
+        serve = ServeProcess(engine, tmp_path, **settings).start()
+        agent = _json(serve, "/api/agents/term")
+        assert agent["sessions"] == 1 and agent["attached_since"], agent
+        idle_passed = attached_at + 5 + 1
+
+        def swept_after_the_timeout() -> bool:
+            return time.monotonic() > idle_passed and _sweeps(serve) >= 3
+
+        await eventually(swept_after_the_timeout, 20, "sweeps past the idle timeout")
+        sweeps = _sweeps(serve)
+        await eventually(lambda: _sweeps(serve) >= sweeps + 2, 10, "two sweeps more")
+        assert _state(engine, "term") == "running", "stopped under the attached terminal"
+        # the terminal detaches (the engine says nothing): attach_max_hold ends the hold
+        attach.terminate()
+        await eventually(lambda: _state(engine, "term") == "exited", 40, "the idle stop")
+        assert time.monotonic() - attached_at >= 20
+        stops = [e for e in _json(serve, "/api/audit?agent=term") if e["action"] == "stop"]
+        assert stops and stops[0]["actor"] == "sweep"
+        assert any("attach_max_hold" in line for line in serve.lines)
+    finally:
+        if attach.returncode is None:
+            attach.kill()
+        await attach.wait()
+        os.close(controller)
+        os.close(terminal)
+        serve.stop()
+
+
+def _json(serve: ServeProcess, path: str) -> Any:
+    with urllib.request.urlopen(serve.url + path, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _sweeps(serve: ServeProcess) -> int:
+    with urllib.request.urlopen(serve.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("idlewatch_sweeps_total ")]
+    return int(float(line.split()[1]))

@@ -55,6 +55,7 @@ async def watcher() -> AsyncIterator[tuple[FakeDocker, Watcher, ManualClock]]:
         database_url="sqlite:///u.db",
         idle_timeout=60,
         session_max_hold="10m",
+        attach_max_hold="10m",
         pause_stop_after="5m",
         max_awake=2,
     )
@@ -95,13 +96,13 @@ async def test_a_forgotten_session_stops_holding_after_the_max_hold(
     docker.streams[-1].queue.put_nowait(event("attach", "c1", "a", 1))
     await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
-    clock.advance(11 * 60)  # session_max_hold is 10m
+    clock.advance(11 * 60)  # attach_max_hold is 10m
     report = await w.sweep_once()
     assert report.outcomes["a"] == "acted"
-    warned = [r.getMessage() for r in caplog.records if "session_max_hold" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "attach_max_hold" in r.getMessage()]
     assert len(warned) == 1 and "agent a" in warned[0] and "attach" in warned[0]
     await w.sweep_once()
-    assert len([r for r in caplog.records if "session_max_hold" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "attach_max_hold" in r.getMessage()]) == 1
 
 
 async def test_a_busy_agent_is_not_stopped_and_the_check_counts_as_use(

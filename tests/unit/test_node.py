@@ -22,6 +22,7 @@ from idlewatch.models import (
 )
 from idlewatch.node import RESYNC_EVENT, NodeActivity, NodeReporter
 from idlewatch.policy import SERVICE_ID_LABEL
+from idlewatch.usage import HoldLimits
 
 from tests.fakes import FakeDocker, FakeStore, until
 
@@ -378,9 +379,9 @@ async def test_open_sessions_are_re_reported_and_expire_past_the_max_hold(
     docker: FakeDocker, store: FakeStore
 ) -> None:
     """While a session is open the node re-reports it (the leader's proof that it still
-    holds); past session_max_hold it stops holding, as on serve."""
+    holds); past attach_max_hold an attach stops holding, as on serve."""
     clock = ManualClock(T0)
-    rep = NodeReporter(docker, store, node_id="n1", clock=clock, session_max_hold_s=600)
+    rep = NodeReporter(docker, store, node_id="n1", clock=clock, hold_limits=HoldLimits(None, 600))
     await rep.refresh_once()
     rep.activity.apply(tev("start", t=1))
     rep.activity.apply(tev("attach", t=2))

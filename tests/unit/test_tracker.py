@@ -22,6 +22,7 @@ from idlewatch.models import (
 )
 from idlewatch.policy import STALE_SESSIONS_S
 from idlewatch.tracker import Tracker
+from idlewatch.usage import NO_HOLD_LIMITS
 
 from tests.fakes import ChangeLog
 
@@ -321,11 +322,11 @@ def test_node_sessions_not_re_reported_stop_holding_with_a_warning(caplog: Any) 
     clock.advance(STALE_SESSIONS_S - 1)
     tr.note_sessions("svc", "node:w1", 2)  # re-reported: renewed
     clock.advance(STALE_SESSIONS_S - 1)
-    tr.expire_sessions(clock.now(), None)
+    tr.expire_sessions(clock.now(), NO_HOLD_LIMITS)
     assert tr.agents["svc"].sessions == 2
     clock.advance(2)
     caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
-    tr.expire_sessions(clock.now(), None)
+    tr.expire_sessions(clock.now(), NO_HOLD_LIMITS)
     assert tr.agents["svc"].sessions == 0
     (warned,) = [r.getMessage() for r in caplog.records if "node:w1" in r.getMessage()]
     assert "svc" in warned and "no longer hold" in warned

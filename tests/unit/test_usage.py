@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 from idlewatch.clock import to_ns
 from idlewatch.models import ContainerExecs, EngineEvent, EventType, ExecProcess, freeze
-from idlewatch.usage import OWN_EXECS_KEPT, ContainerUse, busy_check_argv, is_busy_check
+from idlewatch.usage import (
+    NO_HOLD_LIMITS,
+    OWN_EXECS_KEPT,
+    ContainerUse,
+    HoldLimits,
+    busy_check_argv,
+    is_busy_check,
+)
 
 T0 = datetime(2026, 8, 1, tzinfo=UTC)
 HEALTH = "/bin/sh -c true"
@@ -69,12 +76,40 @@ def test_sessions_open_and_close_and_a_process_end_closes_attaches() -> None:
 def test_expire_stops_holding_once_per_session() -> None:
     use = looked()
     use.observe(ev("attach", 0))
-    assert use.expire(T0 + timedelta(seconds=59), 60) == []
-    (expired,) = use.expire(T0 + timedelta(seconds=61), 60)
+    limits = HoldLimits(exec_s=None, attach_s=60)
+    assert use.expire(T0 + timedelta(seconds=59), limits) == []
+    (expired,) = use.expire(T0 + timedelta(seconds=61), limits)
     assert expired[0] == "c1" and expired[1].kind == "attach"
     assert use.count("c1") == 0 and len(use.sessions("c1")) == 1
-    assert use.expire(T0 + timedelta(seconds=120), 60) == []
-    assert use.expire(T0 + timedelta(days=9), None) == []
+    assert use.expire(T0 + timedelta(seconds=120), limits) == []
+    assert use.expire(T0 + timedelta(days=9), NO_HOLD_LIMITS) == []
+
+
+def test_an_attach_is_one_session_renewed_by_a_later_attach_or_a_resize() -> None:
+    """Issue 22, item 2: a detach is invisible, so the hold counts from the last sign of
+    a terminal (attach_max_hold), not from the first attach."""
+    use = looked()
+    limits = HoldLimits(exec_s=None, attach_s=60)
+    use.observe(ev("attach", 0))
+    use.observe(ev("attach", 30))
+    assert use.count("c1") == 1, "attached or not: one session"
+    use.observe(ev("resize", 50))
+    assert use.attach_record("c1") == ("c1", T0, T0 + timedelta(seconds=50))
+    assert use.expire(T0 + timedelta(seconds=100), limits) == [], "renewed at 50 s"
+    assert len(use.expire(T0 + timedelta(seconds=111), limits)) == 1
+    assert use.attach_record("c1") is None, "past its hold: nothing to keep"
+
+
+def test_a_kept_attach_holds_again_until_its_process_is_gone() -> None:
+    """An attach from the store: the recovery keeps it while the container's process is
+    the one attached to (started before it, or just after: run -it), drops it otherwise."""
+    for started_s, kept in ((-3600, True), (3, True), (60, False), (None, False)):
+        use = looked()
+        use.restore_attach("c1", T0, T0 + timedelta(seconds=5))
+        assert use.count("c1") == 1
+        started = None if started_s is None else T0 + timedelta(seconds=started_s)
+        use.recover("c1", ContainerExecs(HEALTH, (), started), T0)
+        assert use.count("c1") == (1 if kept else 0), started_s
 
 
 def test_recover_keeps_running_user_execs_and_attaches_only() -> None:
@@ -92,6 +127,7 @@ def test_recover_keeps_running_user_execs_and_attaches_only() -> None:
             # idlewatch's busy-command run by another process (a restart, another node)
             ExecProcess("x9", "sh -c test -e /busy idlewatch-busy-check", running=True),
         ),
+        started_at=T0 - timedelta(hours=1),  # the process attached to still runs
     )
     found = use.recover("c1", listing, T0)
     assert found.changed and found.ended  # e1 found; "stale" ended while nobody watched

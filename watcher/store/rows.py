@@ -31,6 +31,7 @@ def agent_row(a: Agent) -> dict[str, Any]:
         "last_event_ns": a.last_event_ns,
         "keep_until": a.keep_until.isoformat() if a.keep_until is not None else None,
         "paused_at": a.paused_at.isoformat() if a.paused_at is not None else None,
+        "attached": attached_json(a.attached),
     }
 
 
@@ -55,6 +56,7 @@ def agent_tuple(a: Agent) -> tuple[Any, ...]:
         a.last_event_ns,
         keep_until.isoformat() if keep_until is not None else None,
         paused_at.isoformat() if paused_at is not None else None,
+        attached_json(a.attached),
     )
 
 
@@ -83,6 +85,25 @@ def agent_from_row(row: Any) -> Agent:
         last_event_ns=int(row["last_event_ns"]),
         keep_until=_when(row["keep_until"]),
         paused_at=_when(row["paused_at"]),
+        attached=_attached(row["attached"]),
+    )
+
+
+def attached_json(attached: tuple[tuple[str, datetime, datetime], ...]) -> str | None:
+    """An agent's attaches as the ``attached`` column's JSON (None: not attached)."""
+    if not attached:
+        return None
+    return json.dumps(
+        [[cid, opened.isoformat(), renewed.isoformat()] for cid, opened, renewed in attached]
+    )
+
+
+def _attached(text: str | None) -> tuple[tuple[str, datetime, datetime], ...]:
+    if not text:
+        return ()
+    return tuple(
+        (str(cid), datetime.fromisoformat(opened), datetime.fromisoformat(renewed))
+        for cid, opened, renewed in json.loads(text)
     )
 
 

@@ -40,6 +40,7 @@ agents_table = sa.Table(
     *_agents_columns(),
     sa.Column("keep_until", sa.String(40), nullable=True),
     sa.Column("paused_at", sa.String(40), nullable=True),
+    sa.Column("attached", sa.Text, nullable=True),
 )
 
 
@@ -182,6 +183,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 "ALTER TABLE activity ADD COLUMN sessions INTEGER NOT NULL DEFAULT 0",
                 "ALTER TABLE activity ADD COLUMN keep_until FLOAT",
             )
+        ),
+    ),
+    Migration(
+        7,
+        "attaches are kept: the engine cannot say them again after a restart",
+        (
+            sa.DDL(  # type: ignore[no-untyped-call]
+                "ALTER TABLE agents ADD COLUMN attached TEXT"
+            ),
         ),
     ),
 )
