@@ -75,7 +75,7 @@ async def run_node(settings: Settings) -> None:
     from idlewatch.docker import AioDockerGateway
     from idlewatch.events import exponential_backoff
     from idlewatch.node import NodeReporter
-    from idlewatch.store import SqlStore
+    from idlewatch.store import SqlStore, redacted_url
     from idlewatch.usage import HoldLimits
 
     stop = _until_signalled()
@@ -107,31 +107,26 @@ async def run_node(settings: Settings) -> None:
         await docker.close()
 
 
-def redacted_url(url: str) -> str:
-    """A database URL without its credentials, for log lines."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
-
-
 async def check(settings: Settings, say: Callable[[str], None]) -> bool:
-    """Reach the database and the engine, say what would be managed; True when all is well."""
+    """Reach the database and the engine, say what would be managed; True when all is well.
+
+    Nothing is created or changed: a SQLite file that does not exist yet is not made, a
+    schema is not migrated (serve does both)."""
+    from idlewatch.binding import mismatch, stale_after_s
     from idlewatch.docker import AioDockerGateway
     from idlewatch.policy import is_managed
-    from idlewatch.store import SqlStore
+    from idlewatch.store import redacted_url
+    from idlewatch.store.probe import StoreProbe, probe
 
     ok = True
-    store = SqlStore(settings.database_url)
+    database = redacted_url(settings.database_url)
+    found: StoreProbe | None = None
     try:
-        await store.connect()
-        await store.ping()
-        say(f"database: ok ({settings.database_url.split('://')[0]})")
+        found = await probe(settings.database_url, settings.replica_id)
+        say(f"database: ok ({database}: {found.describe()})")
     except WatcherError as exc:
         say(f"database: FAILED: {exc}")
         ok = False
-    finally:
-        await store.close()
     docker = AioDockerGateway(settings.docker_url, label=settings.label)
     try:
         info = await docker.describe()
@@ -140,6 +135,12 @@ async def check(settings: Settings, say: Callable[[str], None]) -> bool:
             f"swarm: {'active' if info.swarm_active else 'inactive'}, this node "
             f"{'is' if info.manager else 'is not'} a manager"
         )
+        if found is not None:
+            stale_s = stale_after_s(settings.leader_lease)
+            conflict = mismatch(info, docker.address, found.engines, database, stale_s)
+            if conflict is not None:
+                say(f"database: FAILED: {conflict}")
+                ok = False
         snap = await docker.snapshot()
         managed = [
             c

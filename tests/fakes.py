@@ -20,6 +20,8 @@ from idlewatch.models import (
     ContainerExecs,
     ContainerInfo,
     EngineEvent,
+    EngineInfo,
+    EngineRecord,
     EventType,
     ExecProcess,
     Kind,
@@ -81,6 +83,7 @@ class FakeDocker:
         self.lively = False
         #: a start waits for this, when set (to hold many wakes on one start)
         self.start_gate: asyncio.Event | None = None
+        self.engine_id = "fake-engine-1"  # what describe() says this engine is
 
     def _act(self, call: str, ref: str) -> None:
         """Record an action and whether its target carried the management label then."""
@@ -107,6 +110,10 @@ class FakeDocker:
 
     async def ping(self) -> None:
         self._call("ping")
+
+    async def describe(self) -> EngineInfo:
+        self._call("describe")
+        return EngineInfo("20.10", "1.41", True, True, id=self.engine_id, name="fake")
 
     async def subscribe(self, since_ns: int | None) -> FakeStream:
         self._call("subscribe")
@@ -268,6 +275,20 @@ class FakeStore:
         self.lease_calls = 0
         self.leases = self  # one fake for the whole port: the lease and the reports too
         self.activity = self
+        self.engines = self
+        #: which engine each replica said it watches: replica -> (engine, address, said at)
+        self.engine_rows: dict[str, tuple[EngineInfo, str, float]] = {}
+
+    async def record(self, replica: str, engine: EngineInfo, address: str) -> None:
+        self.engine_rows[replica] = (engine, address, time.time())
+
+    async def others(self, replica: str) -> list[EngineRecord]:
+        now = time.time()
+        return [
+            EngineRecord(r, e.id, e.name, address, e.cluster_id, now - at, e.root_dir)
+            for r, (e, address, at) in self.engine_rows.items()
+            if r != replica
+        ]
 
     async def connect(self) -> None:
         pass

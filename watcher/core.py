@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 
+from .binding import DatabaseShared, EngineBinding, stale_after_s
 from .bus import ChangeBus, ChangeSignal
 from .busy import BUSY_REASONS, BusyCheck
 from .capacity import Capacity
@@ -37,7 +38,7 @@ from .replicas import STORE_CALL_TIMEOUT_S, ActivityMerger, Replicas
 from .schedule import SweepSchedule, stop_after_or
 from .settings import Settings, load_settings
 from .status import Health, WatcherStatus
-from .store import SqlStore
+from .store import SqlStore, redacted_url
 from .sweeper import Sweeper, SweepReport
 from .tracker import Tracker
 from .usage import HoldLimits
@@ -102,6 +103,13 @@ class Watcher:
             ),
         )
         enricher = Enricher(self._docker, self._tracker)
+        binding = EngineBinding(
+            self._store.engines,
+            self._docker,
+            s.replica_id,
+            database=redacted_url(s.database_url),
+            stale_after_s=stale_after_s(s.leader_lease),
+        )
         self._replicas = Replicas(
             lead,
             ActivityMerger(self._store.activity, self._tracker, enricher.refresh_service),
@@ -113,6 +121,7 @@ class Watcher:
             session=self._store.session
             if isinstance(self._store, SqlStore) and self._store.sqlite
             else None,
+            binding=binding,
         )
         self._stream = StreamSupervisor(
             self._docker,
@@ -175,6 +184,7 @@ class Watcher:
             share=lambda agent: self._replicas.report_use(agent, "wake"),
             ports=self._ports,
         )
+        self._binding = binding
         self._db_answered_monotonic = 0.0  # the last successful ping (0: none yet)
         self._started = False
         #: how long an operation waits for the engine's confirming event before answering
@@ -188,6 +198,8 @@ class Watcher:
             return "events stream not connected and synced"
         if self._stream.parking:
             return "a resync with the engine is under way"
+        if self._binding.conflict is not None:
+            return "the database is shared with a replica watching another engine"
         if not self._leadership.is_leader:
             return "not the leader"
         return None
@@ -210,7 +222,8 @@ class Watcher:
             self._tracker.load(await self._store.load_agents())
             self._index.load(self._tracker.agents.values())
             self._registry.load(await self._store.load_specs())
-        except StoreError:
+            await self._binding.check_at_start()  # one database, one engine
+        except (StoreError, DatabaseShared):
             await self._store.close()
             raise
         except Exception as exc:
@@ -280,6 +293,8 @@ class Watcher:
         elif not stream.synced.is_set():
             reasons.append("initial sync with the engine not finished")
         events_stream = not reasons
+        if self._binding.conflict is not None:
+            reasons.append(self._binding.conflict)
         if self._writer.last_error:
             reasons.append(f"database: {self._writer.last_error}")
         return Health(

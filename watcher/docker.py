@@ -181,11 +181,16 @@ class AioDockerGateway:
         version = await self._json("version", "version", versioned_api=False)
         info = await self._json("engine info", "info")
         swarm = info.get("Swarm") or {}
+        cluster = (swarm.get("Cluster") or {}).get("ID") if swarm.get("ControlAvailable") else None
         return EngineInfo(
             version=str(version.get("Version", "?")),
             api_version=str(version.get("ApiVersion", "?")),
             swarm_active=swarm.get("LocalNodeState") == "active",
             manager=bool(swarm.get("ControlAvailable")),
+            id=str(info.get("ID", "")),
+            name=str(info.get("Name", "")),
+            cluster_id=str(cluster) if cluster else None,
+            root_dir=str(info.get("DockerRootDir", "")),
         )
 
     async def ping(self) -> None:

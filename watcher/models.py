@@ -252,9 +252,40 @@ class AgentSpec:
 
 @dataclass(frozen=True, slots=True)
 class EngineInfo:
-    """What ``idlewatch check`` reports about the engine."""
+    """What ``idlewatch check`` reports about the engine, and who it is."""
 
     version: str
     api_version: str
     swarm_active: bool
     manager: bool
+    id: str = ""  # the engine's own id (``docker info``'s ID)
+    name: str = ""  # its host name
+    cluster_id: str | None = None  # its Swarm's id, on a manager
+    root_dir: str = ""  # its data root (``DockerRootDir``)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """Who the engine is: its id, host name and data root together (Engine 20.10 takes
+        its id from the host's /etc/docker/key.json: two engines on one host, or hosts
+        cloned from one image, can share an id)."""
+        return (self.id, self.name, self.root_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    """Which engine a replica sharing the database watches, as it last said (the store's
+    clock): replicas must watch one engine, or managers of one Swarm."""
+
+    replica: str
+    engine_id: str
+    engine_name: str
+    address: str
+    cluster_id: str | None
+    seen_s_ago: float
+    root_dir: str = ""
+
+    def compatible(self, engine: EngineInfo) -> bool:
+        """The same engine, or managers of the same Swarm."""
+        if (self.engine_id, self.engine_name, self.root_dir) == engine.identity:
+            return True
+        return self.cluster_id is not None and self.cluster_id == engine.cluster_id

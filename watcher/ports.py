@@ -15,6 +15,8 @@ from .models import (
     ContainerExecs,
     ContainerInfo,
     EngineEvent,
+    EngineInfo,
+    EngineRecord,
     Kind,
     ServiceInfo,
     Snapshot,
@@ -51,6 +53,10 @@ class DockerGateway(Protocol):
 
     async def ping(self) -> None:
         """Succeed when the engine answers."""
+        ...
+
+    async def describe(self) -> EngineInfo:
+        """The engine's version, Swarm role and identity."""
         ...
 
     async def subscribe(self, since_ns: int | None) -> EventStream:
@@ -164,6 +170,18 @@ class ActivityStore(Protocol):
         ...
 
 
+class EngineRecords(Protocol):
+    """Which engine each replica sharing the database watches."""
+
+    async def record(self, replica: str, engine: EngineInfo, address: str) -> None:
+        """Say (again) which engine ``replica`` watches, stamped by the store's clock."""
+        ...
+
+    async def others(self, replica: str) -> list[EngineRecord]:
+        """What the other replicas said of their engines (with how long ago), newest first."""
+        ...
+
+
 class Store(Protocol):
     """Persistence of agents, the audit trail and specs (the writer task is its only
     writer), with the lease and the activity reports on the same database."""
@@ -176,6 +194,11 @@ class Store(Protocol):
     @property
     def activity(self) -> ActivityStore:
         """Activity reports of nodes and replicas."""
+        ...
+
+    @property
+    def engines(self) -> EngineRecords:
+        """Which engine each replica watches."""
         ...
 
     async def connect(self) -> None:

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .binding import EngineBinding
 from .errors import StoreError
 from .leader import Leadership
 from .models import ActivityReport, Agent, AuditEntry, Kind
@@ -111,8 +112,10 @@ class Replicas:
         *,
         session: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         merge_interval_s: float = MERGE_INTERVAL_S,
+        binding: EngineBinding | None = None,
     ) -> None:
         self.leadership = leadership
+        self._binding = binding  # one database, one engine: checked at each lease round
         #: the store's session (:meth:`~idlewatch.ports.Store.session`) where a connection
         #: per call is dear: each loop holds one. On SQLite a read every second opened a
         #: connection and its thread, and when nothing else held the file, re-created its
@@ -128,6 +131,7 @@ class Replicas:
         self._term: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._merge_failing = False  # (logged once per spell)
+        self._said_following = False  # this follower said so (once a spell)
 
     @property
     def is_leader(self) -> bool:
@@ -208,13 +212,19 @@ class Replicas:
         """
         lead = self.leadership
         term = lead.term if lead.is_leader else None
+        if term is None and not self._said_following and lead.holder is not None:
+            self._said_following = True  # once, not at every round or sweep
+            logger.info("replica %s follows (leader: %s)", lead.replica_id, lead.holder)
         if term == self._term:
             return
         was_leading, self._term = self._term is not None, term
         if term is None:  # rows queued while leading must not land over the new leader's
-            logger.info("replica %s follows (leader: %s)", lead.replica_id, lead.holder or "none")
+            if not self._said_following:
+                self._said_following = True
+                logger.info("replica %s follows (leader: none)", lead.replica_id)
             self._writer.drop_agent_rows()
             return
+        self._said_following = False  # leading: a later follow is news again
         if was_leading:
             logger.warning(
                 "replica %s leads again after its lease lapsed: rewriting the record",
@@ -230,6 +240,9 @@ class Replicas:
 
     async def _lease_round(self) -> bool:
         try:
+            if self._binding is not None and not await self._binding.renew():
+                await self.leadership.release()  # it watches another engine: never leads
+                return True
             await self.leadership.try_once()  # (it handles the store's errors itself)
         finally:  # (a bug goes on to _rounds, which logs it and goes on)
             self._noticed()

@@ -53,6 +53,14 @@ class ServeProcess:
     def start(self, timeout_s: float = 30, *, wait_synced: bool = True) -> ServeProcess:
         """Start and wait until the API listens (and, by default, the first resync is done)."""
         self._need_sync = wait_synced
+        self.launch()
+        if not self._ready.wait(timeout_s):
+            self.stop()
+            raise AssertionError("serve did not become ready:\n" + "".join(self.lines))
+        return self
+
+    def launch(self) -> None:
+        """Start it and return at once (its stderr is read into ``lines``)."""
         self.proc = subprocess.Popen(
             [sys.executable, *self.launcher, "serve"],
             env=self.env,
@@ -61,11 +69,15 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             text=True,
         )
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._ready.wait(timeout_s):
-            self.stop()
-            raise AssertionError("serve did not become ready:\n" + "".join(self.lines))
-        return self
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+
+    def wait_exit(self, timeout_s: float = 30) -> int:
+        """Wait until it exits by itself; its exit code (its stderr all read)."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout_s)
+        self._drainer.join(timeout_s)
+        return code
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

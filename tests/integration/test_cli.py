@@ -86,10 +86,25 @@ def test_error_paths(server: ServeProcess) -> None:
 
 
 def test_check(engine: PrivateEngine, tmp_path: Path, server: ServeProcess) -> None:
+    """And a check creates nothing: run where no database is yet, it says so and leaves no
+    ./data behind (issue 22, item 10: it made ./data/idlewatch.db)."""
     import subprocess
     import sys
 
     env = dict(server.env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "idlewatch.api.cli", "check"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "no database yet: serve creates it" in res.stdout, res.stdout
+    assert list(elsewhere.iterdir()) == [], "a check must not create state"
     res = subprocess.run(
         [sys.executable, "-m", "idlewatch.api.cli", "check"],
         env=env,
@@ -99,6 +114,7 @@ def test_check(engine: PrivateEngine, tmp_path: Path, server: ServeProcess) -> N
         timeout=60,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "(sqlite+aiosqlite:///./data/idlewatch.db: schema " in res.stdout, res.stdout
     assert "swarm: active, this node is a manager" in res.stdout
     assert "container cli-c (running)" in res.stdout and "service cli-s" in res.stdout
     env["IDLEWATCH_DOCKER_URL"] = "unix:///nonexistent/docker.sock"
@@ -111,6 +127,22 @@ def test_check(engine: PrivateEngine, tmp_path: Path, server: ServeProcess) -> N
         timeout=60,
     )
     assert res.returncode == 1 and "engine: FAILED" in res.stdout
+
+
+def test_usage_errors_and_help_words(server: ServeProcess) -> None:
+    """Issue 22, item 10: a bad --for is a usage error (2), not a failed action (1); help
+    says what a command does, not what it did."""
+    import subprocess
+    import sys
+
+    res = server.cli("touch", "cli-c", "--for", "abc", token=TOKEN)
+    assert res.returncode == 2 and "--for" in res.stderr, res.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-m", "idlewatch.api.cli", "--help"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "Stop a container or scale a service to 0" in help_text, help_text
+    assert "Stopped" not in help_text and "Restarted" not in help_text, help_text
 
 
 def test_help_everywhere() -> None:

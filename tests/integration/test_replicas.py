@@ -8,6 +8,8 @@ plus a little scheduling slack.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +194,51 @@ async def _ws_until(ws: aiohttp.ClientWebSocketResponse, name: str, status: str)
 async def _metrics(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with http.get(url + "/metrics") as resp:
         return resp.status, await resp.text()
+
+
+def test_replicas_of_two_engines_never_share_a_database_silently(
+    engine: PrivateEngine, postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    """Issue 22, item 11: one serve per Docker host on one PostgreSQL "for HA" left the
+    other host's idle agents running with no warning. The later replica refuses to
+    start, naming both engines and the remedy; `idlewatch check` says the same; the
+    follower of one engine says that it follows once, not at every sweep."""
+    name, url = fresh_database(postgres)
+    other = PrivateEngine()  # a second Docker host: another engine, its own network
+    procs: list[ServeProcess] = []
+    try:
+        other.start()
+        for rid in ("host-a-1", "host-a-2"):  # two replicas of host A: they share it
+            workdir = tmp_path / rid
+            workdir.mkdir()
+            procs.append(
+                ServeProcess(
+                    engine, workdir, database_url=url, replica_id=rid,
+                    leader_lease="2s", sweep_interval="1s",
+                ).start()
+            )  # fmt: skip
+        b_dir = tmp_path / "host-b"
+        b_dir.mkdir()
+        host_b = ServeProcess(other, b_dir, database_url=url, replica_id="host-b-1")
+        host_b.launch()
+        try:
+            code = host_b.wait_exit(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("".join(host_b.lines)) from None
+        log = "".join(host_b.lines)
+        assert code == 1, log
+        assert engine.url in log and other.url in log and "host-a-" in log, log
+        assert "database of its own" in log and "Swarm" in log, log
+        check = subprocess.run(
+            [sys.executable, "-m", "idlewatch.api.cli", "check"],
+            env=host_b.env, cwd=b_dir, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert check.returncode == 1 and engine.url in check.stdout, check.stdout + check.stderr
+        follower = next(p for p in procs if "follows" in "".join(p.lines))
+        held = [line for line in follower.lines if "idle sweeps held back" in line]
+        assert len(held) == 1, held
+    finally:
+        for p in procs:
+            p.stop()
+        other.cleanup()
+        postgres.drop_database(name)

@@ -7,6 +7,6 @@ rows), ``sql`` (the store: agents, audit, specs), ``lease`` (the leader lease),
 """
 
 from .schema import MIGRATIONS, SCHEMA_VERSION, Migration, migration_sql
-from .sql import SqlStore
+from .sql import SqlStore, redacted_url
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqlStore", "migration_sql"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqlStore", "migration_sql", "redacted_url"]

@@ -120,6 +120,21 @@ activity_table = sa.Table(
 )
 
 
+#: which engine each replica watches (replicas of one database must watch one engine, or
+#: managers of one Swarm); seen_at is the database's clock in epoch seconds
+replicas_table = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica", sa.String(255), primary_key=True),
+    sa.Column("engine_id", sa.String(255), nullable=False),
+    sa.Column("engine_name", sa.String(255), nullable=False),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("cluster_id", sa.String(255), nullable=True),
+    sa.Column("root_dir", sa.Text, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied once, in order, in the transaction that records it.
@@ -193,6 +208,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 "ALTER TABLE agents ADD COLUMN attached TEXT"
             ),
         ),
+    ),
+    Migration(
+        8,
+        "which engine each replica watches (one database, one engine or one Swarm)",
+        (sa.schema.CreateTable(replicas_table),),
     ),
 )
 #: the schema version this code writes; a database with a higher one is refused

@@ -23,6 +23,7 @@ from ..errors import StoreError
 from ..models import Agent, AgentSpec, AuditEntry
 from ..tasks import cancel_and_wait
 from .activity import SqlActivity
+from .engines import SqlEngines
 from .lease import SqlLeases
 from .lock import ProcessLock
 from .rows import agent_from_row, agent_tuple, audit_from_row, audit_row, spec_from_json, spec_json
@@ -70,7 +71,7 @@ class SqlStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._db = Database(url, **_pg_options(url))
+        self._db = Database(url, **pg_options(url))
         self._dialect = dialect_of(url)
         self._sqlite = self._dialect == "sqlite"
         path = self._sqlite_path()
@@ -87,6 +88,8 @@ class SqlStore:
         self.leases = SqlLeases(self._db, NOW_SQL[self._dialect])
         #: activity reports of nodes and replicas, on this store's database
         self.activity = SqlActivity(self._db, NOW_SQL[self._dialect], sqlite=self._sqlite)
+        #: which engine each replica watches, on this store's database
+        self.engines = SqlEngines(self._db, NOW_SQL[self._dialect])
 
     @property
     def sqlite(self) -> bool:
@@ -363,10 +366,15 @@ class SqlStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def _redacted(self) -> str:
-        scheme, sep, rest = self.url.partition("://")
-        if "@" in rest:
-            rest = "***@" + rest.split("@", 1)[1]
-        return scheme + sep + rest
+        return redacted_url(self.url)
+
+
+def redacted_url(url: str) -> str:
+    """A database URL without its credentials, for messages and log lines."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:
@@ -375,7 +383,7 @@ def _retrieved(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-def _pg_options(url: str) -> dict[str, Any]:
+def pg_options(url: str) -> dict[str, Any]:
     """Driver options that ``databases`` would drop from a PostgreSQL URL.
 
     ``databases`` takes the port from the netloc only, so the libpq form for a unix socket,
