@@ -34,6 +34,7 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 _isolated = False
+_host_fd: int | None = None  # the namespace this process left (its children may go back)
 
 
 class NamespaceError(OSError):
@@ -83,11 +84,22 @@ def isolate_this_process() -> None:
     namespace: for a test session or a benchmark run, whose engines, servers, proxies and
     clients then share one loopback that is not the host's. Call it before any thread
     starts. Idempotent."""
-    global _isolated
+    global _isolated, _host_fd
     if _isolated:
         return
-    new_network_namespace()
-    _isolated = True
+    host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        new_network_namespace()
+    except BaseException:
+        os.close(host)
+        raise
+    _host_fd, _isolated = host, True
+
+
+def in_host_network() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that runs a child in the namespace this process left (a package
+    index is reached from there: ``pip wheel`` in a test); None when it left none."""
+    return join_network_namespace(_host_fd) if _host_fd is not None else None
 
 
 def process_is_isolated() -> bool:

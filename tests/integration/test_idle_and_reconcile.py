@@ -124,7 +124,11 @@ async def test_engine_absent_at_start_then_appears(
                 lambda: any("unreachable" in r for r in w.health().reasons), 10, "first failure"
             )
             assert not w.health().ready
-            warnings = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+            warnings = [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "idlewatch.events" and "cannot reach" in r.getMessage()
+            ]
             assert len(warnings) == 1, warnings
             assert late.url in warnings[0] and "IDLEWATCH_DOCKER_URL" in warnings[0]
             late.start()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import yaml
+from idlewatch.api.netns import in_host_network
 
 from tests.private_engine import PrivateEngine, free_port
 
@@ -32,10 +33,11 @@ def _logs(engine: PrivateEngine) -> str:
 def test_image_builds_offline_and_turns_healthy(engine: PrivateEngine, tmp_path: Path) -> None:
     base = build_host_python_base(engine, tmp_path)
     wheels = tmp_path / "wheels"
-    subprocess.run(
+    subprocess.run(  # the package index is reached from the host's network only
         [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(ROOT)],
         check=True,
         timeout=600,
+        preexec_fn=in_host_network(),
     )
     engine.cli(
         "build",

@@ -101,10 +101,10 @@ async def test_an_attach_holds_until_the_max_hold_as_its_end_leaves_no_trace(
     engine: PrivateEngine, settings_for: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The engine says nothing when an attach ends (no event, no count in inspect): the
-    attach holds its agent until the process ends or session_max_hold passes."""
+    attach holds its agent until the process ends or attach_max_hold passes."""
     cid = run_container(engine, "att", labels={"idlewatch.idle-timeout": "1s"})
     caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
-    async with Watcher(settings_for(sweep_interval=1, session_max_hold="6s")) as w:
+    async with Watcher(settings_for(sweep_interval=1, attach_max_hold="6s")) as w:
         await w.wait_for("att", has(Status.RUNNING), 15)
         attached = datetime.now(UTC)
         with socket.socket(socket.AF_UNIX) as s:  # attach, then hang up at once
@@ -118,7 +118,7 @@ async def test_an_attach_holds_until_the_max_hold_as_its_end_leaves_no_trace(
         await _until_exited(w, "att", 6 + 1 + 8)
         stop = await audited(w, "att", "stop")
         assert len(stop) == 1 and (stop[0].at - attached).total_seconds() >= 6 - 1
-    warned = [r.getMessage() for r in caplog.records if "session_max_hold" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "attach_max_hold" in r.getMessage()]
     assert len(warned) == 1 and "att" in warned[0] and "attach" in warned[0]
 
 

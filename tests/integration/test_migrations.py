@@ -159,15 +159,17 @@ async def test_a_newer_database_is_refused_naming_both_versions(
     store = SqlStore(database_url)
     await store.connect()
     await store.close()
-    run_sql(database_url, ["UPDATE schema_version SET version = 7"], request)
+    newer_version = SCHEMA_VERSION + 1
+    run_sql(database_url, [f"UPDATE schema_version SET version = {newer_version}"], request)
     newer = SqlStore(database_url)
     with pytest.raises(StoreError) as err:
         await newer.connect()
-    assert "schema version 7" in err.value.message
+    assert f"schema version {newer_version}" in err.value.message
     assert f"(version {SCHEMA_VERSION})" in err.value.message
     assert "upgrade idlewatch" in err.value.message
     await newer.close()  # safe after a refused connect
-    assert run_sql(database_url, ["SELECT max(version) FROM schema_version"], request) == "7"
+    found = run_sql(database_url, ["SELECT max(version) FROM schema_version"], request)
+    assert found == str(newer_version)
 
 
 async def test_replicas_starting_together_migrate_once(postgres: PrivatePostgres) -> None:
@@ -215,6 +217,12 @@ LATER_DDL = {
         "ALTER TABLE agents ADD COLUMN paused_at VARCHAR(40)",
         "ALTER TABLE activity ADD COLUMN sessions INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE activity ADD COLUMN keep_until FLOAT",
+    ],
+    7: ["ALTER TABLE agents ADD COLUMN attached TEXT"],
+    8: [
+        "CREATE TABLE replicas ( replica VARCHAR(255) NOT NULL, engine_id VARCHAR(255) NOT NULL, "
+        "engine_name VARCHAR(255) NOT NULL, address TEXT NOT NULL, cluster_id VARCHAR(255), "
+        "root_dir TEXT NOT NULL, seen_at FLOAT NOT NULL, PRIMARY KEY (replica) )"
     ],
 }
 
