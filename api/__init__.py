@@ -14,16 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import create_app, watcher_ctx
-    from .keys import METRICS, SETTINGS, SOCKETS, WATCHER
+    from .keys import SETTINGS, WATCHER
     from .limits import GUARD
+    from .metrics import METRICS
+    from .ws import SOCKETS
 
 _WHERE = {
     "create_app": ".app",
     "watcher_ctx": ".app",
     "GUARD": ".limits",
-    "METRICS": ".keys",
+    "METRICS": ".metrics",
     "SETTINGS": ".keys",
-    "SOCKETS": ".keys",
+    "SOCKETS": ".ws",
     "WATCHER": ".keys",
 }
 

@@ -9,14 +9,14 @@ from idlewatch import Settings, Watcher
 
 from .auth import auth_middleware
 from .errors import error_middleware
-from .keys import AGENT_JSON, FEED, METRICS, SETTINGS, SOCKETS, WATCHER, Sockets
+from .keys import SETTINGS, WATCHER
 from .limits import GUARD, ConnectionGuard
-from .metrics import Metrics
+from .metrics import METRICS, Metrics
 from .openapi import routes as openapi_routes
+from .render import AGENT_JSON, AgentJson
 from .routes import routes as rest_routes
-from .schemas import AgentJson
 from .wake import routes as wake_routes
-from .ws import Feed, close_all, feed_ctx
+from .ws import FEED, SOCKETS, Feed, Sockets, close_all, feed_ctx
 from .ws import routes as ws_routes
 
 

@@ -381,11 +381,9 @@ def start(
     _show(_run(go), "started")
 
 
-def _runs(agent: dict[str, Any]) -> bool:
-    return bool(agent["status"] == "running" and agent["running"] >= max(agent["replicas"], 1))
-
-
 async def _start_and_follow(c: ApiClient, name: str, body: Any, timeout_s: float) -> dict[str, Any]:
+    from idlewatch.rules import runs_fully
+
     from .client import ApiCallError
 
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -404,7 +402,7 @@ async def _start_and_follow(c: ApiClient, name: str, body: Any, timeout_s: float
             await connected.wait()  # subscribed before starting: no change is missed
             agent: dict[str, Any] = await c.call("POST", f"/api/agents/{name}/start", body)
             _progress(agent)
-            while not _runs(agent):
+            while not runs_fully(agent["status"], agent["running"], agent["replicas"]):
                 nxt = await queue.get()
                 if nxt is None:
                     follower.result()  # raises what ended the feed

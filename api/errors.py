@@ -13,6 +13,7 @@ from idlewatch.errors import (
     EngineUnavailable,
     Forbidden,
     InvalidOperation,
+    InvalidValue,
     StoreError,
     WatcherError,
 )
@@ -43,6 +44,7 @@ def error_response(
 
 
 _CORE_STATUS: list[tuple[type[WatcherError], int]] = [
+    (InvalidValue, 400),  # (before InvalidOperation, which it is too)
     (AgentNotFound, 404),
     (Forbidden, 403),
     (Conflict, 409),
@@ -65,9 +67,10 @@ _HTTP_CODES = {
 
 def from_core(exc: WatcherError) -> web.Response:
     """Map a core error to its HTTP answer."""
+    field = exc.field if isinstance(exc, InvalidValue) else None
     for cls, status in _CORE_STATUS:
         if isinstance(exc, cls):
-            return error_response(status, exc.code, exc.message)
+            return error_response(status, exc.code, exc.message, field)
     return error_response(500, exc.code, exc.message)
 
 

@@ -33,6 +33,9 @@ class Metrics:
         return count
 
 
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     if labels:
         inner = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())

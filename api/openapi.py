@@ -7,30 +7,21 @@ from typing import Any
 from aiohttp import web
 from idlewatch.models import Status
 
-from .schemas import (
-    CONTAINER_NAME,
-    DURATION,
-    ENV_NAME,
-    RESERVED_LABELS,
-    RESERVED_NAMES,
-    SERVICE_NAME,
+from .openapi_schemas import (
+    AGENT_ERRORS,
+    COMMON_ERRORS,
+    NAME_PARAM,
+    components,
+    error_content,
+    json_content,
+    op,
+    ref,
 )
+from .openapi_wake import wake_paths
 
 routes = web.RouteTableDef()
 
-_REF = "#/components/schemas/"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+_ref, _json, _err = ref, json_content, error_content
 
 
 #: what every lifecycle answer waits for, stated once for the document and the README
@@ -42,43 +33,7 @@ CONFIRMED = (
 )
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_COMMON_ERRORS = {
-    "400": _err("Bad input: malformed JSON, wrong types, unknown fields or parameters"),
-    "401": _err("Missing or wrong bearer token (when api_token is set)"),
-    "503": _err("The Docker engine or the database is unavailable"),
-}
-_AGENT_ERRORS = {
-    **_COMMON_ERRORS,
-    "404": _err("No managed agent of that name"),
-    "409": _err(
-        "The operation does not apply to this agent; or (code capacity) a start would wake "
-        "more than max_awake agents and none can be put to sleep"
-    ),
-    "502": _err("The Docker engine refused the operation"),
-}
-
-
-def _op(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    params: list[dict[str, Any]] | None = None,
-    body: str | None = None,
-    body_required: bool = False,
-    tag: str = "agents",
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
-    if params:
-        op["parameters"] = params
-    if body:
-        op["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": _ref(body)}},
-        }
-        responses.setdefault("408", _err("The body did not arrive within request_timeout"))
-        responses.setdefault("413", _err("The body is larger than max_body_bytes"))
-    return op
+_NAME, _COMMON_ERRORS, _AGENT_ERRORS, _op = NAME_PARAM, COMMON_ERRORS, AGENT_ERRORS, op
 
 
 def _agent_op(
@@ -122,613 +77,11 @@ _STOP["description"] = CONFIRMED
 _START["description"] = CONFIRMED
 
 
-def schemas(max_replicas: int, max_keep_for_s: float = 86400.0) -> dict[str, Any]:
-    """The component schemas; replica bounds come from the ``max_replicas`` setting and the
-    keep-alive's from ``max_keep_for``."""
-    return {
-        **SCHEMAS,
-        "ActivityBody": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "keep_for": {
-                    "oneOf": [
-                        {"type": "number", "minimum": 0, "maximum": max_keep_for_s},
-                        {"type": "string", "pattern": keep_for_pattern(max_keep_for_s)},
-                        {"type": "null"},
-                    ],
-                    "description": "keep the agent awake this long from now: seconds, or a "
-                    "duration like '30m' (also compound: '1h30m'), at most max_keep_for "
-                    "(400 beyond it)",
-                }
-            },
-        },
-        "ReplicasBody": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "replicas": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": max_replicas,
-                    "description": "a service's replicas (max_replicas at most); a container "
-                    "runs 1",
-                }
-            },
-        },
-        "ScaleBody": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["replicas"],
-            "properties": {
-                "replicas": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": max_replicas,
-                    "description": "a service: 0..max_replicas; a container: 0 or 1 (409 else)",
-                }
-            },
-        },
-        "RegisterBody": _register_body(max_replicas),
-    }
-
-
-def _register_body(max_replicas: int) -> dict[str, Any]:
-    """A new agent: a container runs exactly 1 replica and takes a container name; a service
-    takes 1..max_replicas and a service name (letters, digits and dashes)."""
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "image"],
-        "properties": {
-            "name": {
-                "type": "string",
-                "not": {"enum": sorted(RESERVED_NAMES)},
-                "description": "a Docker container name (2 to 128 characters); for a service: "
-                "letters, digits and dashes only, at most 63; not `running` (a listing's path)",
-            },
-            "image": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 512,
-                "description": "must match a pattern of allowed_images (403 otherwise)",
-            },
-            "command": {"type": ["array", "null"], "items": {"type": "string"}},
-            "env": {
-                "type": ["object", "null"],
-                "propertyNames": {"pattern": ENV_NAME.pattern},
-                "additionalProperties": {"type": "string"},
-            },
-            "labels": {
-                "type": ["object", "null"],
-                "propertyNames": {"not": {"pattern": RESERVED_LABELS.pattern}},
-                "additionalProperties": {"type": "string"},
-                "description": "Docker's and idlewatch's own label prefixes are reserved",
-            },
-            "kind": {"type": "string", "enum": ["container", "service"], "default": "container"},
-            "replicas": {"type": "integer", "minimum": 1, "maximum": max_replicas, "default": 1},
-            "idle_timeout": {
-                "oneOf": [
-                    {"type": "number", "minimum": 0},
-                    {"type": "string", "pattern": DURATION.pattern},
-                    {"type": "null"},
-                ],
-                "description": "seconds, '15m', '1h30m', or 'never' (0 too); default: the "
-                "idle_timeout setting",
-            },
-        },
-        "if": {"required": ["kind"], "properties": {"kind": {"const": "service"}}},
-        "then": {"properties": {"name": {"pattern": SERVICE_NAME.pattern}}},
-        "else": {
-            "properties": {"name": {"pattern": CONTAINER_NAME.pattern}, "replicas": {"const": 1}}
-        },
-    }
-
-
-SCHEMAS: dict[str, Any] = {
-    "Agent": {
-        "type": "object",
-        "required": [
-            "name",
-            "kind",
-            "id",
-            "image",
-            "status",
-            "replicas",
-            "running",
-            "last_activity",
-            "idle_timeout",
-            "idle_for",
-            "labels",
-            "error",
-            "updated_at",
-            "sessions",
-            "keep_until",
-            "health",
-            "attached_since",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string"},
-            "kind": {"type": "string", "enum": ["service", "container"]},
-            "id": {"type": "string"},
-            "image": {"type": "string"},
-            "status": {"type": "string", "enum": [s.value for s in Status]},
-            "replicas": {"type": "integer", "minimum": 0, "description": "desired"},
-            "running": {"type": "integer", "minimum": 0},
-            "last_activity": {"type": "string", "format": "date-time"},
-            "idle_timeout": {"type": ["number", "null"], "description": "seconds; null: never"},
-            "idle_for": {"type": "number", "minimum": 0},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "error": {"type": ["string", "null"]},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "sessions": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "open exec or attach sessions that hold it in use now",
-            },
-            "keep_until": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "kept awake until then (a touch with keep_for); null: none",
-            },
-            "health": {
-                "type": ["string", "null"],
-                "enum": ["starting", "healthy", "unhealthy", None],
-                "description": "a container's healthcheck verdict; null: no healthcheck (or "
-                "not known yet). A wake waits for healthy.",
-            },
-            "attached_since": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "attached (docker attach, run -it) since then, which holds it "
-                "until its process ends or attach_max_hold after the last attach or resize; "
-                "null: not attached",
-            },
-        },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "field"],
-                "additionalProperties": False,
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": ["string", "null"]},
-                },
-            }
-        },
-    },
-    "WakeAgent": {
-        "type": "object",
-        "required": ["name", "kind", "status", "replicas", "running", "ready"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string"},
-            "kind": {"type": "string", "enum": ["service", "container"]},
-            "status": {"type": "string", "enum": [s.value for s in Status]},
-            "replicas": {"type": "integer", "minimum": 0},
-            "running": {"type": "integer", "minimum": 0},
-            "ready": {"type": "boolean"},
-        },
-    },
-    "WakeReady": {
-        "type": "object",
-        "required": ["status", "looked_up", "agents"],
-        "additionalProperties": False,
-        "properties": {
-            "status": {"const": "ready"},
-            "looked_up": {"type": "string", "description": "names a,b / group g / host h"},
-            "agents": {"type": "array", "items": _ref("WakeAgent")},
-        },
-    },
-    "WakeNotReady": {
-        "allOf": [_ref("Error")],
-        "required": ["status", "looked_up", "agents"],
-        "properties": {
-            "status": {"const": "not-ready"},
-            "looked_up": {"type": "string"},
-            "agents": {"type": "array", "items": _ref("WakeAgent")},
-        },
-    },
-    "SablierSession": {
-        "type": "object",
-        "required": ["session"],
-        "properties": {
-            "session": {
-                "type": "object",
-                "required": ["instances", "status"],
-                "properties": {
-                    "status": {"type": "string", "enum": ["ready", "not-ready"]},
-                    "instances": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["instance", "error"],
-                            "properties": {
-                                "instance": {
-                                    "type": "object",
-                                    "required": [
-                                        "name",
-                                        "currentReplicas",
-                                        "desiredReplicas",
-                                        "status",
-                                    ],
-                                    "properties": {
-                                        "name": {"type": "string"},
-                                        "currentReplicas": {"type": "integer", "minimum": 0},
-                                        "desiredReplicas": {"type": "integer", "minimum": 0},
-                                        "status": {
-                                            "type": "string",
-                                            "enum": ["ready", "not-ready", "unrecoverable"],
-                                        },
-                                    },
-                                },
-                                "error": {"type": ["string", "null"]},
-                            },
-                        },
-                    },
-                },
-            },
-            "error": {"type": "object", "description": "on 504: code timeout"},
-        },
-    },
-    "Group": {
-        "type": "object",
-        "required": ["name", "awake", "ready", "members"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string"},
-            "awake": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "members running, starting or paused",
-            },
-            "ready": {"type": "boolean", "description": "every member runs"},
-            "members": {"type": "array", "items": _ref("Agent")},
-        },
-    },
-    "TimeoutError": {
-        "allOf": [_ref("Error")],
-        "properties": {"agent": {"oneOf": [_ref("Agent"), {"type": "null"}]}},
-    },
-    "NotReady": {
-        "allOf": [_ref("Error")],
-        "properties": {
-            "ready": {"const": False},
-            "reasons": {"type": "array", "items": {"type": "string"}},
-            "checks": {"type": "object"},
-            "leader": _ref("Leader"),
-        },
-    },
-    "Ready": {
-        "type": "object",
-        "required": ["ready", "leader"],
-        "properties": {
-            "ready": {"const": True},
-            "checks": {"type": "object"},
-            "leader": _ref("Leader"),
-        },
-    },
-    "Leader": {
-        "type": "object",
-        "description": "Which replica leads (runs the idle sweep and reconciles) among the "
-        "replicas sharing this database. Every replica serves the API and the feed.",
-        "required": ["replica", "leader", "holder"],
-        "additionalProperties": False,
-        "properties": {
-            "replica": {"type": "string", "description": "This replica's replica_id."},
-            "leader": {"type": "boolean", "description": "Whether this replica leads now."},
-            "holder": {
-                "type": ["string", "null"],
-                "description": "The replica holding the lease, as last read (null: none yet).",
-            },
-        },
-    },
-    "AuditEntry": {
-        "type": "object",
-        "required": [
-            "at",
-            "agent",
-            "action",
-            "reason",
-            "actor",
-            "ok",
-            "dry_run",
-            "detail",
-            "replica",
-            "finished_at",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "at": {
-                "type": "string",
-                "format": "date-time",
-                "description": "When the action was decided (just before its engine call).",
-            },
-            "finished_at": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "When its engine call ended (a stop: up to stop_timeout "
-                "later); null for an action without an engine call.",
-            },
-            "agent": {"type": "string"},
-            "action": {"type": "string"},
-            "reason": {"type": "string"},
-            "actor": {
-                "type": "string",
-                "enum": ["sweep", "api", "library", "reconcile", "capacity", "wake"],
-            },
-            "ok": {"type": "boolean"},
-            "dry_run": {"type": "boolean"},
-            "detail": {"type": "string"},
-            "replica": {
-                "type": "string",
-                "description": "The replica_id of the idlewatch replica that acted.",
-            },
-        },
-    },
-}
-
-
-def _int_upto(limit: int) -> str:
-    """An ECMA regex of the decimal integers 0..limit (no leading zeros)."""
-    digits = str(limit)
-    parts = ["0"]
-    if len(digits) > 1:
-        parts.append(f"[1-9][0-9]{{0,{len(digits) - 2}}}")
-    for i, d in enumerate(digits):
-        low = 1 if i == 0 else 0
-        if int(d) > low:
-            rest = len(digits) - i - 1
-            tail = f"[0-9]{{{rest}}}" if rest else ""
-            parts.append(f"{digits[:i]}[{low}-{int(d) - 1}]{tail}")
-    if limit > 0:
-        parts.append(digits)
-    return "(" + "|".join(parts) + ")"
-
-
-def positive_duration_pattern(max_s: float) -> str:
-    """:func:`keep_for_pattern` without zero (a timeout of 0 is refused)."""
-    return "^(?! *0+(\\.0+)?([sSmMhHdD]|[mM][sS])? *$)" + keep_for_pattern(max_s)[1:]
-
-
-def keep_for_pattern(max_s: float) -> str:
-    """Durations up to ``max_s`` in one unit (what the document can bound; the server takes
-    compound ones too, up to the same limit)."""
-    whole = int(max_s)
-    units = [
-        ("", 1),
-        ("[sS]", 1),
-        ("[mM][sS]", 0.001),
-        ("[mM]", 60),
-        ("[hH]", 3600),
-        ("[dD]", 86400),
-    ]
-    forms = [f"{_upto(int(whole / per))}{unit}" for unit, per in units]
-    return "^ *(" + "|".join(forms) + ") *$"
-
-
-def _upto(limit: int) -> str:
-    """An ECMA regex of the decimal numbers 0..limit, fractions included (``0.5``)."""
-    if limit == 0:
-        return "0(\\.0+)?"
-    return f"({_int_upto(limit - 1)}(\\.[0-9]+)?|{limit}(\\.0+)?)"
-
-
-def _qp(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-        **extra,
-    }
-
-
-def _duration_param(name: str, max_s: float, description: str, *, positive: bool) -> Any:
-    pattern = positive_duration_pattern(max_s) if positive else keep_for_pattern(max_s)
-    return _qp(name, {"type": "string", "pattern": pattern}, description)
-
-
-_NAMES = _qp(
-    "names",
-    {"type": "array", "items": {"type": "string"}},
-    "agents to wake: repeated (names=a&names=b), comma-separated too; empty parts are "
-    "ignored (none left: as if not given)",
-    style="form",
-    explode=True,
-)
-_GROUP = _qp("group", {"type": "string", "pattern": "\\S"}, "a group to wake (names win)")
-_WAKE_STATUS = {
-    "X-Idlewatch-Status": {
-        "schema": {"type": "string", "enum": ["ready", "not-ready"]},
-        "description": "ready: every agent runs",
-    }
-}
-_SABLIER_STATUS = {
-    "X-Sablier-Session-Status": {
-        "schema": {"type": "string", "enum": ["ready", "not-ready"]},
-        "description": "what Sablier's proxy plugins branch on",
-    }
-}
-_WAKE_REFUSED = {
-    "400": _err("Bad parameters (named in field)"),
-    "401": _err("Missing or wrong bearer token (api_token or wake_token; none with wake_open)"),
-    "404": _err("Nothing matches what was looked up: names, group, or the request's host"),
-    "409": _err("A start would wake more than max_awake agents (code capacity)"),
-    "503": _err("The Docker engine or the database is unavailable"),
-}
-
-
-def _html(description: str, headers: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": headers,
-        "content": {"text/html": {"schema": {"type": "string"}}},
-    }
-
-
-def _wake_paths(max_keep_for_s: float) -> dict[str, Any]:
-    """The wake routes: forward-auth, Sablier's strategies, and groups."""
-    keep_for = _duration_param(
-        "keep_for",
-        max_keep_for_s,
-        "keep the agents awake this long (default wake_keep_for; at most max_keep_for)",
-        positive=False,
-    )
-    session = _duration_param(
-        "session_duration",
-        max_keep_for_s,
-        "Sablier's name for keep_for (default wake_keep_for; at most max_keep_for)",
-        positive=False,
-    )
-    timeout = _duration_param(
-        "timeout", 300, "how long to wait for the agents (default wake_timeout)", positive=True
-    )
-    wake_params = [
-        _NAMES,
-        _GROUP,
-        timeout,
-        keep_for,
-        _qp(
-            "wait",
-            {"type": "string", "enum": ["page"]},
-            "page: answer a 503 waiting page at once when not ready within 1 s",
-        ),
-    ]
-    wake_ok = {
-        "description": "Every agent runs",
-        "headers": _WAKE_STATUS,
-        "content": {"application/json": {"schema": _ref("WakeReady")}},
-    }
-    wake_late = {
-        "description": "Not every agent runs within timeout",
-        "headers": _WAKE_STATUS,
-        "content": {"application/json": {"schema": _ref("WakeNotReady")}},
-    }
-    wake = _op(
-        "Wake on request (forward-auth): start what sleeps, answer once all run",
-        {
-            "200": wake_ok,
-            **_WAKE_REFUSED,
-            "503": {
-                **_html("wait=page: not ready yet; a page that reloads itself", _WAKE_STATUS),
-                "description": "wait=page and not ready yet: a waiting page that reloads "
-                "itself (Retry-After); or the engine or database unavailable (JSON)",
-                "content": {
-                    "text/html": {"schema": {"type": "string"}},
-                    "application/json": {"schema": _ref("Error")},
-                },
-            },
-            "504": wake_late,
-        },
-        params=wake_params,
-        tag="wake",
-    )
-    wake["description"] = (
-        "Which agents: names, else group, else the request's X-Forwarded-Host (else Host, "
-        "port ignored) matched against the hosts label. Every call keeps them awake for "
-        "keep_for. It only ever starts and touches. No body is needed; one sent is ignored."
-    )
-    session_ok = {
-        "description": "Every instance is ready",
-        "headers": _SABLIER_STATUS,
-        "content": {"application/json": {"schema": _ref("SablierSession")}},
-    }
-    session_late = {
-        "description": "Not ready within timeout",
-        "headers": _SABLIER_STATUS,
-        "content": {"application/json": {"schema": _ref("SablierSession")}},
-    }
-    group_ok = _json(_ref("Group"), "The group")
-    group_errors = {**_AGENT_ERRORS, "404": _err("No managed agent in that group")}
-    return {
-        "/api/wake": {"get": wake, "post": {**wake, "summary": "The same wake, by POST"}},
-        "/api/strategies/blocking": {
-            "get": _op(
-                "Sablier's blocking strategy: hold the request until every instance is ready",
-                {"200": session_ok, **_WAKE_REFUSED, "504": session_late},
-                params=[_NAMES, _GROUP, session, timeout],
-                tag="sablier",
-            )
-        },
-        "/api/strategies/dynamic": {
-            "get": _op(
-                "Sablier's dynamic strategy: start what sleeps, answer a waiting page at once",
-                {
-                    "200": _html(
-                        "The waiting page; the header says whether the instances are ready",
-                        _SABLIER_STATUS,
-                    ),
-                    **_WAKE_REFUSED,
-                },
-                params=[
-                    _NAMES,
-                    _GROUP,
-                    session,
-                    _qp("display_name", {"type": "string"}, "the page's title"),
-                    _qp(
-                        "theme",
-                        {
-                            "type": "string",
-                            "enum": ["ghost", "shuffle", "hacker-terminal", "matrix"],
-                        },
-                        "Sablier's theme names (light or dark)",
-                    ),
-                    _qp(
-                        "show_details",
-                        {"type": "string", "enum": ["true", "false", "1", "0"]},
-                        "list each instance's status",
-                    ),
-                    _duration_param(
-                        "refresh_frequency", 3600, "how often the page reloads", positive=True
-                    ),
-                ],
-                tag="sablier",
-            )
-        },
-        "/api/groups": {
-            "get": _op(
-                "Every group (the group_label label) with its members",
-                {
-                    "200": _json({"type": "array", "items": _ref("Group")}, "Groups"),
-                    **_COMMON_ERRORS,
-                },
-                tag="groups",
-            )
-        },
-        "/api/groups/{name}": {
-            "get": _op("One group", {"200": group_ok, **group_errors}, params=[_NAME], tag="groups")
-        },
-        "/api/groups/{name}/start": {
-            "post": _op(
-                "Start every member that is not running",
-                {"200": group_ok, **group_errors},
-                params=[_NAME],
-                tag="groups",
-            )
-        },
-        "/api/groups/{name}/stop": {
-            "post": _op(
-                "Stop every member that is awake",
-                {"200": group_ok, **group_errors},
-                params=[_NAME],
-                tag="groups",
-            )
-        },
-    }
-
-
 _SERVICE_RESTART = (
     " A service's restart answers once the engine accepted the update; its tasks are then "
     "replaced one after another."
 )
+
 
 _OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
 
@@ -845,7 +198,7 @@ def document(
                 tag="feed",
             )
         },
-        **_wake_paths(max_keep_for_s),
+        **wake_paths(max_keep_for_s),
         "/api/openapi.json": {
             "get": _op(
                 "This document",
@@ -923,9 +276,9 @@ def document(
             }
         ]
     _declare_auth(paths, api_secured=api_secured, wake_secured=wake_secured)
-    components: dict[str, Any] = {"schemas": schemas(max_replicas, max_keep_for_s)}
+    parts: dict[str, Any] = {"schemas": components(max_replicas, max_keep_for_s)}
     if api_secured or wake_secured:
-        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        parts["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -936,7 +289,7 @@ def document(
             "wake_token. This document declares what this server asks for.",
         },
         "paths": paths,
-        "components": components,
+        "components": parts,
     }
 
 
@@ -946,12 +299,12 @@ def _declare_auth(paths: dict[str, Any], *, api_secured: bool, wake_secured: boo
     ``api_secured``. An operation that asks for nothing documents no 401."""
     for path, operations in paths.items():
         secured = wake_secured if path in _WAKE_PATHS else api_secured and path not in _OPEN
-        for method, op in operations.items():  # (copies: some operations are shared)
-            responses = op["responses"]
+        for method, operation in operations.items():  # (copies: some are shared)
+            responses = operation["responses"]
             if not secured:
                 responses = {k: v for k, v in responses.items() if k != "401"}
             security: list[dict[str, list[str]]] = [{"bearer": []}] if secured else []
-            operations[method] = {**op, "security": security, "responses": responses}
+            operations[method] = {**operation, "security": security, "responses": responses}
 
 
 @routes.get("/api/openapi.json", name="openapi")

@@ -7,25 +7,27 @@ from typing import Any
 
 from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Status, Watcher
+from idlewatch.rules import runs
 
 from .errors import ApiError, error_response
-from .keys import AGENT_JSON, METRICS, SETTINGS, WATCHER
-from .metrics import render
-from .schemas import (
+from .keys import WATCHER
+from .metrics import METRICS, render
+from .render import AGENT_JSON, audit_json
+from .requests import (
     ActivityBody,
     RegisterBody,
     ReplicasBody,
     ScaleBody,
-    audit_json,
     no_body,
+    only,
     read_json,
+    wait_seconds,
     whole_number,
 )
 
 routes = web.RouteTableDef()
 
 _ACTOR = "api"
-_MAX_WAIT_S = 300.0
 
 
 def _w(request: web.Request) -> Watcher:
@@ -43,27 +45,10 @@ def _name(request: web.Request) -> str:
     return name
 
 
-def _query(request: web.Request, allowed: set[str]) -> None:
-    for key in request.query:
-        if key not in allowed:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {key!r}", key)
-
-
-def _replicas(request: web.Request, n: int | None, *, minimum: int) -> None:
-    high = request.config_dict[SETTINGS].max_replicas
-    if n is not None and not minimum <= n <= high:
-        raise ApiError(
-            400,
-            "invalid_replicas",
-            f"replicas must be between {minimum} and {high} (max_replicas), got {n}",
-            "replicas",
-        )
-
-
 @routes.get("/api/agents", name="agents")
 async def list_agents(request: web.Request) -> web.Response:
     """All tracked agents, optionally filtered by ``?status=``."""
-    _query(request, {"status"})
+    only(request, {"status"})
     agents = _w(request).agents()
     complete = "status" not in request.query
     if not complete:
@@ -78,7 +63,7 @@ async def list_agents(request: web.Request) -> web.Response:
 @routes.get("/api/agents/running", name="agents_running")
 async def list_running(request: web.Request) -> web.Response:
     """The agents whose status is ``running``."""
-    _query(request, set())
+    only(request, set())
     now = _w(request).clock.now()
     running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
     return _json_body(request.config_dict[AGENT_JSON].listing_bytes(running, now, complete=False))
@@ -94,35 +79,26 @@ async def running_other_methods(request: web.Request) -> web.Response:
 @routes.get("/api/agents/{name}", name="agent")
 async def get_agent(request: web.Request) -> web.Response:
     """One agent."""
-    _query(request, set())
+    only(request, set())
     agent = _w(request).get(_name(request))
     assert agent is not None
     return _agent(request, agent)
 
 
-def _runs(agent: Agent | None) -> bool:
-    return (
-        agent is not None
-        and agent.status is Status.RUNNING
-        and agent.running >= max(agent.replicas, 1)
-    )
-
-
 async def _start(request: web.Request) -> web.Response:
-    _query(request, {"wait", "timeout"})
+    only(request, {"wait", "timeout"})
     wait = request.query.get("wait")
     if wait is not None and wait != "running":
         raise ApiError(400, "invalid_parameter", "wait can only be 'running'", "wait")
-    timeout_s = _timeout(request.query.get("timeout", "30"))
+    timeout_s = wait_seconds(request.query.get("timeout", "30"))
     body: ReplicasBody = await read_json(request, ReplicasBody, required=False)
-    _replicas(request, body.replicas, minimum=1)
     w = _w(request)
     name = _name(request)
     agent = await w.start(name, body.replicas, actor=_ACTOR)
     if wait is None:
         return _agent(request, agent)
     try:
-        done = await w.wait_for(name, _runs, timeout_s)
+        done = await w.wait_for(name, runs, timeout_s)
     except TimeoutError:
         current = w.get(name)
         return error_response(
@@ -136,23 +112,8 @@ async def _start(request: web.Request) -> web.Response:
     return _agent(request, done)
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= _MAX_WAIT_S:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"timeout must be seconds in (0, {_MAX_WAIT_S:g}], got {text!r}",
-            "timeout",
-        )
-    return value
-
-
 async def _stop(request: web.Request) -> web.Response:
-    _query(request, set())
+    only(request, set())
     await no_body(request)
     return _agent(request, await _w(request).stop(_name(request), actor=_ACTOR))
 
@@ -184,7 +145,7 @@ async def legacy_stop(request: web.Request) -> web.Response:
 @routes.post("/api/agents/{name}/restart", name="restart")
 async def restart(request: web.Request) -> web.Response:
     """Restart a container, or replace every task of a service."""
-    _query(request, set())
+    only(request, set())
     await no_body(request)
     return _agent(request, await _w(request).restart(_name(request), actor=_ACTOR))
 
@@ -192,39 +153,26 @@ async def restart(request: web.Request) -> web.Response:
 @routes.post("/api/agents/{name}/scale", name="scale")
 async def scale(request: web.Request) -> web.Response:
     """Set a service's replicas (409 for a container and N > 1)."""
-    _query(request, set())
+    only(request, set())
     body: ScaleBody = await read_json(request, ScaleBody, required=True)
-    _replicas(request, body.replicas, minimum=0)
     return _agent(request, await _w(request).scale(_name(request), body.replicas, actor=_ACTOR))
 
 
 @routes.post("/api/agents/{name}/activity", name="activity")
 async def activity(request: web.Request) -> web.Response:
     """Touch: last activity = now; ``{"keep_for": "30m"}`` keeps it awake that long."""
-    _query(request, set())
+    only(request, set())
     body: ActivityBody = await read_json(request, ActivityBody, required=False)
-    keep_for_s = body.keep_for_s()
-    limit = request.config_dict[SETTINGS].max_keep_for
-    if keep_for_s is not None and keep_for_s > limit:
-        raise ApiError(
-            400,
-            "invalid_body",
-            f"keep_for must be at most {limit:g}s (max_keep_for), got {keep_for_s:g}s",
-            "keep_for",
-        )
-    agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=keep_for_s)
+    agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=body.keep_for_s())
     return _agent(request, agent)
 
 
 @routes.post("/api/agents", name="register")
 async def register(request: web.Request) -> web.Response:
     """Register and deploy a new agent (201)."""
-    _query(request, set())
+    only(request, set())
     body: RegisterBody = await read_json(request, RegisterBody, required=True)
-    spec = body.to_spec()
-    if spec.kind.value == "service":
-        _replicas(request, spec.replicas, minimum=1)
-    agent = await _w(request).register(spec, actor=_ACTOR)
+    agent = await _w(request).register(body.to_spec(), actor=_ACTOR)
     resp = _agent(request, agent)
     resp.set_status(201)
     return resp
@@ -233,7 +181,7 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/api/agents/{name}/deploy", name="deploy")
 async def deploy(request: web.Request) -> web.Response:
     """(Re)deploy a registered agent."""
-    _query(request, set())
+    only(request, set())
     await no_body(request)
     return _agent(request, await _w(request).deploy(request.match_info["name"], actor=_ACTOR))
 
@@ -241,7 +189,7 @@ async def deploy(request: web.Request) -> web.Response:
 @routes.delete("/api/agents/{name}", name="delete")
 async def delete(request: web.Request) -> web.Response:
     """Stop and remove what idlewatch deployed, and forget the agent (204)."""
-    _query(request, set())
+    only(request, set())
     await no_body(request)
     await _w(request).delete(request.match_info["name"], actor=_ACTOR)
     return web.Response(status=204)
@@ -250,7 +198,7 @@ async def delete(request: web.Request) -> web.Response:
 @routes.get("/api/audit", name="audit")
 async def audit(request: web.Request) -> web.Response:
     """The audit trail, newest first (``?agent=&limit=``)."""
-    _query(request, {"agent", "limit"})
+    only(request, {"agent", "limit"})
     text = request.query.get("limit", "100")
     limit = whole_number(text)
     if limit is None or not 1 <= limit <= 1000:

@@ -72,25 +72,13 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
 
 async def run_node(settings: Settings) -> None:
     """Run a NodeReporter until SIGINT/SIGTERM (no API, no store lock: it does not act)."""
-    from idlewatch.docker import AioDockerGateway
-    from idlewatch.events import exponential_backoff
-    from idlewatch.node import NodeReporter
-    from idlewatch.store import SqlStore, redacted_url
-    from idlewatch.usage import HoldLimits
+    from idlewatch import assemble
+    from idlewatch.store import redacted_url
 
     stop = _until_signalled()
-    store = SqlStore(settings.database_url)
+    store = assemble.store(settings)
     await store.connect()  # no claim(): the one-actor lock is for processes that act
-    docker = AioDockerGateway(settings.docker_url, label=settings.label)
-    reporter = NodeReporter(
-        docker,
-        store.activity,
-        node_id=settings.node_id,
-        report_interval_s=settings.report_interval,
-        resync_interval_s=settings.resync_interval,
-        hold_limits=HoldLimits(settings.session_max_hold, settings.attach_max_hold),
-        backoff=exponential_backoff(0.25, settings.reconnect_backoff_max),
-    )
+    reporter, docker = assemble.node_reporter(settings, store)
     try:
         reporter.start()
         logger.info(
@@ -112,8 +100,8 @@ async def check(settings: Settings, say: Callable[[str], None]) -> bool:
 
     Nothing is created or changed: a SQLite file that does not exist yet is not made, a
     schema is not migrated (serve does both)."""
+    from idlewatch import assemble
     from idlewatch.binding import mismatch, stale_after_s
-    from idlewatch.docker import AioDockerGateway
     from idlewatch.policy import is_managed
     from idlewatch.store import redacted_url
     from idlewatch.store.probe import StoreProbe, probe
@@ -127,7 +115,7 @@ async def check(settings: Settings, say: Callable[[str], None]) -> bool:
     except WatcherError as exc:
         say(f"database: FAILED: {exc}")
         ok = False
-    docker = AioDockerGateway(settings.docker_url, label=settings.label)
+    docker = assemble.gateway(settings)
     try:
         info = await docker.describe()
         say(f"engine: ok ({settings.docker_url}, Docker {info.version}, API {info.api_version})")

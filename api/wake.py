@@ -16,13 +16,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from idlewatch import Agent, AgentNotFound, Status, Watcher
-from idlewatch.durations import DurationError, parse_duration_s
-from idlewatch.wake import WakeResult, is_ready
+from idlewatch import Agent, AgentNotFound, InvalidValue, Watcher
+from idlewatch.rules import ON_ITS_WAY, is_awake, is_gone, is_ready, runs
+from idlewatch.wake import WakeResult
 
+from . import requests
 from .errors import ApiError
-from .keys import AGENT_JSON, WATCHER
-from .schemas import DURATION, no_body
+from .keys import WATCHER
+from .render import AGENT_JSON
+from .requests import MAX_WAIT_S as MAX_TIMEOUT_S
+from .requests import no_body
 
 routes = web.RouteTableDef()
 
@@ -30,8 +33,6 @@ STATUS_HEADER = "X-Idlewatch-Status"
 SABLIER_HEADER = "X-Sablier-Session-Status"
 #: how long ``wait=page`` waits before it answers with the page instead
 PAGE_GRACE_S = 1.0
-#: the longest a request may ask to be held (``timeout``)
-MAX_TIMEOUT_S = 300.0
 #: Sablier's built-in theme names (all render idlewatch's page, light or dark)
 THEMES = {"ghost": "light", "shuffle": "light", "hacker-terminal": "dark", "matrix": "dark"}
 _WAKE_PARAMS = {"names", "group", "timeout", "keep_for", "wait"}
@@ -51,70 +52,19 @@ def _w(request: web.Request) -> Watcher:
     return request.config_dict[WATCHER]
 
 
+def _keep_for(request: web.Request, key: str) -> float | None:
+    """A wake's keep-alive (``keep_for``, Sablier's ``session_duration``): its format
+    checked here, its bound (``max_keep_for``) in the core, named as this route names it."""
+    keep_for_s = requests.duration(request, key, allow_zero=True)
+    if keep_for_s is not None:
+        try:
+            _w(request).operations.check_keep_for(keep_for_s)
+        except InvalidValue as exc:
+            raise ApiError(400, exc.code, exc.message.replace("keep_for", key), key) from None
+    return keep_for_s
+
+
 # ---------------------------------------------------------------- reading requests
-def _only(request: web.Request, allowed: set[str]) -> None:
-    for key in request.query:
-        if key not in allowed:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {key!r}", key)
-
-
-def _names(request: web.Request) -> list[str]:
-    """``names`` repeated, or comma-separated, or both; empty parts are ignored (none
-    left: as if no names were given)."""
-    out: list[str] = []
-    for value in request.query.getall("names", []):
-        out.extend(p for part in value.split(",") if (p := part.strip()))
-    return list(dict.fromkeys(out))
-
-
-def _group(request: web.Request) -> str | None:
-    groups = request.query.getall("group", [])
-    if len(groups) > 1:
-        raise ApiError(400, "invalid_parameter", "group can be given once", "group")
-    if groups and not groups[0].strip():
-        raise ApiError(400, "invalid_parameter", "group is empty", "group")
-    return groups[0].strip() if groups else None
-
-
-def _duration(
-    request: web.Request,
-    key: str,
-    *,
-    maximum: float,
-    default: float | None = None,
-    allow_zero: bool = False,
-) -> float | None:
-    """A duration parameter (``90``, ``30s``, ``5m``, ``1h30m``): a 400 naming it when bad,
-    above ``maximum``, or zero (unless ``allow_zero``)."""
-    values = request.query.getall(key, [])
-    if not values:
-        return default
-    if len(values) > 1:
-        raise ApiError(400, "invalid_parameter", f"{key} can be given once", key)
-    text = values[0]
-    try:
-        if not DURATION.fullmatch(text):
-            raise DurationError(text)
-        seconds = parse_duration_s(text)
-    except DurationError:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{key} must be a duration like 90, '30s', '5m' or '1h30m', got {text!r}",
-            key,
-        ) from None
-    too_low = seconds < 0 if allow_zero else seconds <= 0
-    if too_low or seconds > maximum:
-        low = "at least 0" if allow_zero else "more than 0"
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"{key} must be {low} and at most {maximum:g}s, got {text!r}",
-            key,
-        )
-    return seconds
-
-
 def _host(request: web.Request) -> str | None:
     """The proxied request's host: ``X-Forwarded-Host`` (its first value), else ``Host``."""
     forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
@@ -148,9 +98,6 @@ async def _wake(
 
 
 # ------------------------------------------------------------------- answers
-_ON_ITS_WAY = frozenset({Status.STARTING, Status.RESTARTING, Status.RUNNING})
-
-
 def _agent_brief(agent: Agent, result: WakeResult) -> dict[str, Any]:
     return {
         "name": agent.name,
@@ -166,11 +113,11 @@ def _progress(agent: Agent, result: WakeResult) -> str:
     """Where one agent is on its way up, in words a visitor understands."""
     if agent.name in result.answering:
         return "ready"
-    if agent.status in (Status.ERROR, Status.REMOVED):
+    if is_gone(agent):
         return f"cannot start ({agent.status.value})"
-    if agent.status is Status.RUNNING and agent.running >= max(agent.replicas, 1):
+    if runs(agent):
         return "running, not answering yet"  # a healthcheck or its ready-port to come
-    if agent.name in result.started or agent.status in _ON_ITS_WAY:
+    if agent.name in result.started or agent.status in ON_ITS_WAY:
         return "starting"
     return agent.status.value
 
@@ -234,15 +181,15 @@ async def wake(request: web.Request) -> web.StreamResponse:
     """Forward-auth wake: the GET nginx ``auth_request``, Caddy ``forward_auth`` and
     Traefik ``ForwardAuth`` send (HEAD and POST too); no body needed, and one sent is
     never read. 200 ``X-Idlewatch-Status: ready`` once every agent runs."""
-    _only(request, _WAKE_PARAMS)
+    requests.only(request, _WAKE_PARAMS)
     wait = request.query.get("wait")
     if wait not in (None, "page"):
         raise ApiError(400, "invalid_parameter", "wait can only be 'page'", "wait")
     w = _w(request)
-    timeout_s = _duration(request, "timeout", maximum=MAX_TIMEOUT_S, default=None)
-    keep_for_s = _duration(request, "keep_for", maximum=w.settings.max_keep_for, allow_zero=True)
+    timeout_s = requests.duration(request, "timeout", maximum=MAX_TIMEOUT_S)
+    keep_for_s = _keep_for(request, "keep_for")
     timeout = timeout_s if timeout_s is not None else w.settings.wake_timeout
-    names, group = _names(request), _group(request)
+    names, group = requests.names(request), requests.group(request)
     if wait == "page" and _browser(request):
         result = await _wake(
             request, names, group, keep_for_s=keep_for_s, timeout_s=min(timeout, PAGE_GRACE_S)
@@ -281,7 +228,7 @@ def _sablier_session(result: WakeResult) -> dict[str, Any]:
             "ready"
             if a.name in result.answering
             else "unrecoverable"
-            if a.status in (Status.ERROR, Status.REMOVED)
+            if is_gone(a)
             else "not-ready"
         )
         instances.append(
@@ -301,21 +248,19 @@ def _sablier_session(result: WakeResult) -> dict[str, Any]:
 def _sablier_targets(request: web.Request) -> tuple[list[str], str | None]:
     """Sablier's ``names`` or ``group``; names win when both are given, and with neither
     the request's host is looked up, as on ``/api/wake``."""
-    names, group = _names(request), _group(request)
+    names, group = requests.names(request), requests.group(request)
     return names, (None if names else group)
 
 
 @routes.get("/api/strategies/blocking", name="sablier_blocking")
 async def sablier_blocking(request: web.Request) -> web.Response:
     """Sablier's blocking strategy: hold the request until every instance is ready."""
-    _only(request, _BLOCKING_PARAMS)
+    requests.only(request, _BLOCKING_PARAMS)
     await no_body(request)
     w = _w(request)
     names, group = _sablier_targets(request)
-    keep_for_s = _duration(
-        request, "session_duration", maximum=w.settings.max_keep_for, allow_zero=True
-    )
-    timeout_s = _duration(
+    keep_for_s = _keep_for(request, "session_duration")
+    timeout_s = requests.duration(
         request, "timeout", maximum=MAX_TIMEOUT_S, default=w.settings.wake_timeout
     )
     assert timeout_s is not None
@@ -335,14 +280,11 @@ async def sablier_blocking(request: web.Request) -> web.Response:
 async def sablier_dynamic(request: web.Request) -> web.Response:
     """Sablier's dynamic strategy: start what sleeps and answer at once with a waiting
     page that refreshes itself (the header says whether to show it)."""
-    _only(request, _DYNAMIC_PARAMS)
+    requests.only(request, _DYNAMIC_PARAMS)
     await no_body(request)
-    w = _w(request)
     names, group = _sablier_targets(request)
-    keep_for_s = _duration(
-        request, "session_duration", maximum=w.settings.max_keep_for, allow_zero=True
-    )
-    refresh_s = _duration(request, "refresh_frequency", maximum=3600.0, default=5.0)
+    keep_for_s = _keep_for(request, "session_duration")
+    refresh_s = requests.duration(request, "refresh_frequency", maximum=3600.0, default=5.0)
     assert refresh_s is not None
     theme = request.query.get("theme", "ghost")
     if theme not in THEMES:
@@ -377,12 +319,9 @@ async def sablier_dynamic(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------- groups
-_AWAKE = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING, Status.PAUSED})
-
-
 def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[str, Any]:
     now = _w(request).clock.now()
-    awake = sum(1 for a in members if a.status in _AWAKE)
+    awake = sum(1 for a in members if is_awake(a))
     return {
         "name": name,
         "awake": awake,
@@ -394,7 +333,7 @@ def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[s
 @routes.get("/api/groups", name="groups")
 async def list_groups(request: web.Request) -> web.Response:
     """Every group with its members."""
-    _only(request, set())
+    requests.only(request, set())
     body = [_group_json(request, g, members) for g, members in _w(request).groups().items()]
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -402,7 +341,7 @@ async def list_groups(request: web.Request) -> web.Response:
 @routes.get("/api/groups/{name}", name="group")
 async def get_group(request: web.Request) -> web.Response:
     """One group."""
-    _only(request, set())
+    requests.only(request, set())
     w = _w(request)
     name = request.match_info["name"]
     return web.json_response(_group_json(request, name, w.group(name)))
@@ -411,7 +350,7 @@ async def get_group(request: web.Request) -> web.Response:
 @routes.post("/api/groups/{name}/start", name="group_start")
 async def start_group(request: web.Request) -> web.Response:
     """Start every member that is not running."""
-    _only(request, set())
+    requests.only(request, set())
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]
@@ -421,7 +360,7 @@ async def start_group(request: web.Request) -> web.Response:
 @routes.post("/api/groups/{name}/stop", name="group_stop")
 async def stop_group(request: web.Request) -> web.Response:
     """Stop every member that is awake."""
-    _only(request, set())
+    requests.only(request, set())
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -29,8 +30,8 @@ from idlewatch.models import Agent, Change
 from idlewatch.tasks import cancel_and_wait
 
 from .errors import ApiError
-from .keys import FEED, SETTINGS, SOCKETS, WATCHER
-from .schemas import AgentJson, health_json
+from .keys import SETTINGS, WATCHER
+from .render import AgentJson, health_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,32 @@ HEARTBEAT_S = 20.0
 CLOSE_TIMEOUT_S = 1.0
 FEED_QUEUE = 100_000  # the fan-out task's own hub queue
 FEED_BATCH = 100  # changes written to a client at once, at most (about 50 KB)
+
+
+class Sockets:
+    """The open websockets of one app, held weakly."""
+
+    def __init__(self) -> None:
+        self._set: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self.dropped = 0  # clients aborted for not reading
+
+    def add(self, ws: web.WebSocketResponse) -> None:
+        """Track a socket."""
+        self._set.add(ws)
+
+    def discard(self, ws: web.WebSocketResponse) -> None:
+        """Stop tracking a socket."""
+        self._set.discard(ws)
+
+    def all(self) -> list[web.WebSocketResponse]:
+        """The sockets still open."""
+        return list(self._set)
+
+    def __len__(self) -> int:
+        return len(self._set)
+
+
+SOCKETS: web.AppKey[Sockets] = web.AppKey("sockets", Sockets)
 
 
 class Client:
@@ -142,6 +169,9 @@ class Feed:
                 client.abort(f"more than {self.max_buffer_bytes} bytes unread")
                 continue
             transport.write(frames)
+
+
+FEED: web.AppKey[Feed] = web.AppKey("feed", Feed)
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from idlewatch import Settings, Watcher
 from idlewatch.api import create_app
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 from idlewatch.models import Agent
 
 from tests.integration.serveproc import ON_UVLOOP

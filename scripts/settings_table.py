@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-from idlewatch.settings import settings_table
-
+from idlewatch.settings_load import settings_table
 
 readme = Path(__file__).resolve().parent.parent / "README.md"
 text = readme.read_text()

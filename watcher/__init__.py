@@ -22,6 +22,7 @@ from .errors import (
     EngineError,
     EngineUnavailable,
     InvalidOperation,
+    InvalidValue,
     SettingsError,
     StoreError,
     SubscriberLagged,
@@ -32,7 +33,8 @@ from .models import Agent, AgentSpec, AuditEntry, Change, Kind, Status
 if TYPE_CHECKING:
     from .core import Watcher
     from .replicas import LeaderInfo
-    from .settings import Settings, load_settings
+    from .settings import Settings
+    from .settings_load import load_settings
     from .status import Health, WatcherStatus
     from .sweeper import SweepReport
     from .wake import WakeResult
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Watcher": ".core",
     "Settings": ".settings",
-    "load_settings": ".settings",
+    "load_settings": ".settings_load",
     "Health": ".status",
     "WatcherStatus": ".status",
     "LeaderInfo": ".replicas",
@@ -59,6 +61,7 @@ __all__ = [
     "EngineUnavailable",
     "Health",
     "InvalidOperation",
+    "InvalidValue",
     "Kind",
     "LeaderInfo",
     "ManualClock",

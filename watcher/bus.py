@@ -10,9 +10,17 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from .models import Change
+from .models import Agent, Change
 
 T = TypeVar("T")
+
+
+class AgentLookup(Protocol):
+    """Where an agent is read by name (the tracker)."""
+
+    def get(self, name: str) -> Agent | None:
+        """The agent, if tracked."""
+        ...
 
 
 class ChangeListener(Protocol):
@@ -32,6 +40,10 @@ class ChangeBus:
 
     def __init__(self, listeners: Sequence[ChangeListener]) -> None:
         self._listeners = tuple(listeners)
+
+    def add(self, listener: ChangeListener) -> None:
+        """Tell ``listener`` too, after the others (one that reads the table it follows)."""
+        self._listeners = (*self._listeners, listener)
 
     def changed(self, change: Change) -> None:
         """Tell every listener."""
@@ -73,3 +85,26 @@ class ChangeSignal:
                 self._event = asyncio.Event()
             await self._event.wait()
         return value
+
+
+class AgentWaits:
+    """Waits for a condition on one agent, woken by the change signal (no polling): what
+    every operation that answers "once it runs" waits on."""
+
+    def __init__(self, signal: ChangeSignal, agents: AgentLookup) -> None:
+        self._signal = signal
+        self._agents = agents
+
+    async def wait_for(
+        self, name: str, predicate: Callable[[Agent | None], bool], timeout_s: float
+    ) -> Agent | None:
+        """Wait until ``predicate(agent)`` holds; TimeoutError after ``timeout_s`` (its
+        message shows the agent as last seen)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._signal.wait_until(lambda: self._agents.get(name), predicate)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{name!r} did not reach the state waited for within {timeout_s:g}s; "
+                f"last seen: {self._agents.get(name)}"
+            ) from None

@@ -1,7 +1,8 @@
 """A cap on awake agents (``max_awake``): a start first makes room, or fails with 409.
 
 Policy (read this first):
-- Awake means a container running, paused or restarting, or a service with replicas > 0.
+- Awake means a container running, paused or restarting, or a service with replicas > 0
+  (:func:`idlewatch.rules.is_awake`).
 - A start that would make more than ``max_awake`` agents awake first puts one to sleep:
   the least recently used awake agent with no open session, no keep-alive, an idle timeout
   (not ``never``), that the live busy check finds unused; a paused one before any running
@@ -29,20 +30,13 @@ from .errors import AgentNotFound, CapacityExceeded, WatcherError
 from .lifecycle import Lifecycle
 from .models import Agent, Kind, Status
 from .ports import Clock
+from .rules import is_awake
 from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
 #: a start counts as awake this long at most while its event has not been seen
 RESERVED_S = 30.0
-_AWAKE = frozenset({Status.RUNNING, Status.PAUSED, Status.RESTARTING, Status.STARTING})
-
-
-def is_awake(agent: Agent) -> bool:
-    """Whether an agent takes one of the ``max_awake`` places."""
-    if agent.kind is Kind.SERVICE:
-        return agent.replicas > 0 and agent.status not in (Status.REMOVED, Status.ERROR)
-    return agent.status in _AWAKE
 
 
 def may_evict(agent: Agent, now: datetime) -> bool:

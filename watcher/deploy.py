@@ -3,23 +3,44 @@
 Safety: only images matching ``allowed_images`` are deployed (none when it is empty);
 what is deployed always carries the management label and ``idlewatch.deployed=true``,
 never anything privileged; only what carries that deployed label is ever removed.
+Registrations are shared through the store (another replica may have made one): they are
+read again before each operation, this replica's pending writes first. A deploy makes
+room under ``max_awake`` first, and answers once the events stream shows the new object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from .errors import AgentNotFound, Conflict, Forbidden, InvalidOperation
+from .bus import AgentWaits
+from .capacity import Capacity
+from .errors import AgentNotFound, Conflict, EngineError, Forbidden, InvalidValue, StoreError
 from .lifecycle import Lifecycle
-from .models import Agent, AgentSpec, AuditEntry, Kind, Status
+from .models import Agent, AgentSpec, AuditEntry, Kind
 from .policy import DEPLOYED_LABEL, image_allowed, is_managed
 from .ports import Clock, DockerGateway
+from .rules import is_gone
 from .tracker import Tracker
 from .writer import StoreWriter
 
 logger = logging.getLogger(__name__)
+
+#: a store call made for an API request gives up after this long
+STORE_CALL_TIMEOUT_S = 5.0
+#: a deployed object must show on the events stream within this long
+SEEN_TIMEOUT_S = 10.0
+
+
+class SpecSource(Protocol):
+    """Where the registered specs are read again (the store)."""
+
+    async def load_specs(self) -> list[AgentSpec]:
+        """Every registered spec."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +61,22 @@ class Registry:
         docker: DockerGateway,
         tracker: Tracker,
         lifecycle: Lifecycle,
+        capacity: Capacity,
         writer: StoreWriter,
+        source: SpecSource,
+        waits: AgentWaits,
         clock: Clock,
         config: DeployConfig,
-        audit: Callable[[AuditEntry], None],
     ) -> None:
         self._docker = docker
         self._tracker = tracker
         self._lifecycle = lifecycle
+        self._capacity = capacity
         self._writer = writer
+        self._source = source
+        self._waits = waits
         self._clock = clock
         self._cfg = config
-        self._audit = audit
         self.specs: dict[str, AgentSpec] = {}
 
     def load(self, specs: Sequence[AgentSpec]) -> None:
@@ -75,27 +100,72 @@ class Registry:
         low = 1
         high = self._cfg.max_replicas if spec.kind is Kind.SERVICE else 1
         if not low <= spec.replicas <= high:
-            raise InvalidOperation(
-                f"replicas must be between {low} and {high} for a {spec.kind}, got {spec.replicas}"
+            raise InvalidValue(
+                f"replicas must be between {low} and {high} for a {spec.kind} (max_replicas), "
+                f"got {spec.replicas}",
+                field="replicas",
+                code="invalid_replicas",
             )
 
-    async def register(self, spec: AgentSpec, *, actor: str = "library") -> str:
+    async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
+        """Register and deploy a new agent; returns it once the engine reports it."""
+        await self._refresh()
+        async with self._capacity.room_for(spec.name):
+            engine_id = await self._register(spec, actor=actor)
+        return await self._seen(spec.name, engine_id)
+
+    async def deploy(self, name: str, *, actor: str = "library") -> Agent:
+        """(Re)deploy a registered agent; returns it once the engine reports it."""
+        await self._refresh()
+        async with self._capacity.room_for(name):
+            engine_id = await self._deploy(name, actor=actor)
+        return await self._seen(name, engine_id)
+
+    async def delete(self, name: str, *, actor: str = "library") -> None:
+        """Remove what idlewatch deployed under ``name`` and forget the agent."""
+        await self._refresh()
+        await self._delete(name, actor=actor)
+
+    async def _refresh(self) -> None:
+        """The registrations in the store, this replica's pending writes first; when the
+        store cannot answer, the specs known here are used as they are."""
+        try:
+            async with asyncio.timeout(STORE_CALL_TIMEOUT_S):
+                await self._writer.flush()
+                specs = await self._source.load_specs()
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("using the registrations known here: %s", exc)
+            return
+        self.load(specs)
+
+    async def _seen(self, name: str, engine_id: str) -> Agent:
+        try:
+            agent = await self._waits.wait_for(
+                name, lambda a: a is not None and a.id == engine_id, SEEN_TIMEOUT_S
+            )
+        except TimeoutError:
+            agent = None
+        if agent is None:
+            raise EngineError(f"{name!r} was created but not seen on the events stream in time")
+        return agent
+
+    async def _register(self, spec: AgentSpec, *, actor: str) -> str:
         """Record ``spec`` and deploy it; returns the engine id."""
         self.check(spec)
         existing = self._tracker.get(spec.name)
-        live = existing is not None and existing.status not in (Status.REMOVED, Status.ERROR)
+        live = not is_gone(existing)
         if spec.name in self.specs or live:
             raise Conflict(f"an agent named {spec.name!r} already exists", agent=spec.name)
         self.specs[spec.name] = spec
         self._writer.put_spec(spec.name, spec)
         try:
-            return await self.deploy(spec.name, actor=actor)
+            return await self._deploy(spec.name, actor=actor)
         except Exception:
             self.specs.pop(spec.name, None)
             self._writer.put_spec(spec.name, None)
             raise
 
-    async def deploy(self, name: str, *, actor: str = "library") -> str:
+    async def _deploy(self, name: str, *, actor: str) -> str:
         """(Re)deploy a registered agent; a name conflict removes the old one and retries once."""
         spec = self.specs.get(name)
         if spec is None:
@@ -128,13 +198,12 @@ class Registry:
             )
         await self._docker.remove_agent(kind, ref)
 
-    async def delete(self, name: str, *, actor: str = "library") -> None:
-        """Remove what idlewatch deployed under ``name`` and forget the agent."""
+    async def _delete(self, name: str, *, actor: str) -> None:
         agent = self._tracker.get(name)
         spec = self.specs.get(name)
         if agent is None and spec is None:
             raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
-        gone = agent is not None and agent.status in (Status.REMOVED, Status.ERROR)
+        gone = agent is not None and is_gone(agent)
         if gone:
             agent = None  # only the record is left: forget it, touch nothing on the engine
         elif agent is not None and agent.labels.get(DEPLOYED_LABEL) != "true" and spec is None:
@@ -167,4 +236,4 @@ class Registry:
         await self._docker.remove_agent(agent.kind, agent.id)
 
     def _record(self, name: str, action: str, reason: str, actor: str) -> None:
-        self._audit(AuditEntry(self._clock.now(), name, action, reason, actor))
+        self._writer.put_audit(AuditEntry(self._clock.now(), name, action, reason, actor))

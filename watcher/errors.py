@@ -39,6 +39,21 @@ class InvalidOperation(WatcherError):
     code = "invalid_operation"
 
 
+class InvalidValue(InvalidOperation):
+    """A value beyond a limit the settings set (``max_replicas``, ``max_keep_for``); names
+    the field (the API answers 400 with it)."""
+
+    code = "invalid_value"
+
+    def __init__(
+        self, message: str, *, field: str, code: str | None = None, agent: str | None = None
+    ) -> None:
+        super().__init__(message, agent=agent)
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
 class EngineUnavailable(WatcherError):
     """The Docker engine could not be reached."""
 

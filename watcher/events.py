@@ -16,7 +16,8 @@ Policy (read this first):
   the same way, so drift that no event announced (Swarm has no task events; an event
   filtered or lost) is corrected; the consumer logs each correction.
 - Events that need a look at the engine (an unknown healthcheck, a new service) go to the
-  enricher's workers, off the reader's path; a container's later events wait behind its look.
+  enricher's workers (enricher.py), off the reader's path; a container's later events wait
+  behind its look.
 """
 
 from __future__ import annotations
@@ -26,18 +27,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from .enricher import Enricher, LookTarget
 from .errors import EngineUnavailable, WatcherError
 from .models import (
     Agent,
-    ContainerExecs,
-    ContainerInfo,
     EngineEvent,
     EventType,
     Need,
-    ServiceInfo,
     Snapshot,
 )
 from .ports import DockerGateway, EventStream
@@ -49,7 +48,6 @@ T = TypeVar("T")
 
 RESUME_MARGIN_NS = 1_000_000_000  # events may arrive ~10 ms out of order; replay 1 s
 DEDUP_KEYS = 8192
-ENRICH_CONCURRENCY = 32  # enricher workers: looks in flight at once
 HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the backoff
 #: while the engine is unreachable, a ping this often decides when to resubscribe (the
 #: backoff between subscriptions may be much longer: reconnect_backoff_max)
@@ -61,18 +59,15 @@ def exponential_backoff(initial_s: float, max_s: float) -> Callable[[int], float
     return lambda attempt: min(max_s, initial_s * (2 ** min(attempt, 30)))
 
 
-class StreamConsumer(Protocol):
+class StreamConsumer(LookTarget, Protocol):
     """What the supervisor keeps in step with the engine: the tracker, a node's activity.
 
-    Every method is synchronous: the reader calls them and never waits.
+    Every method is synchronous: the reader calls them and never waits. The looks at the
+    engine it asks for are the enricher's (:class:`~idlewatch.enricher.LookTarget`).
     """
 
     def accepts(self, ev: EngineEvent) -> bool:
         """Whether an event may matter at all (others are not parked, deduplicated or kept)."""
-        ...
-
-    def apply(self, ev: EngineEvent) -> Need:
-        """Apply one event; say what must be looked at when it cannot be decided alone."""
         ...
 
     def resync(self, snapshot: Snapshot, *, periodic: bool) -> list[Agent]:
@@ -87,39 +82,8 @@ class StreamConsumer(Protocol):
         """What it holds, for the log line of a resync (``12 agents tracked``)."""
         ...
 
-    @property
-    def seq(self) -> int:
-        """A counter of applied service events (to tell an inspect from before one)."""
-        ...
-
-    def knows_container(self, container_id: str) -> bool:
-        """Whether the container was looked at already."""
-        ...
-
-    def apply_container(self, info: ContainerInfo) -> None:
-        """The look at a container."""
-        ...
-
-    def unknown_container(self, container_id: str) -> None:
-        """A look at a container found nothing (or failed): no healthcheck is known."""
-        ...
-
-    def forget_container(self, container_id: str) -> None:
-        """Forget what was learnt of a container (after a failed look: ask again next time)."""
-        ...
-
-    def apply_service(
-        self, info: ServiceInfo | None, service_id: str, seq_before: int | None = None
-    ) -> None:
-        """The look at a service (None: it does not exist)."""
-        ...
-
     def sessions_to_recover(self) -> list[str]:
         """Containers whose open exec sessions must be read again after a gap."""
-        ...
-
-    def recover_sessions(self, container_id: str, listing: ContainerExecs) -> None:
-        """What the engine says runs in a container now (after a gap in the stream)."""
         ...
 
 
@@ -141,193 +105,6 @@ class Dedup:
         if len(self._order) > self._size:
             self._keys.discard(self._order.popleft())
         return False
-
-
-class Enricher:
-    """Looks at the engine for events the consumer cannot decide alone.
-
-    A container's events wait, in their order, behind the look they need (an exec_die is
-    never applied before its exec_start) and are applied the moment it is answered; every
-    other container's events go on meanwhile. :data:`ENRICH_CONCURRENCY` workers take the
-    containers and services in the order they first asked. (One shared queue, as before,
-    made every later event of a held container wait for the whole backlog: in the ingest
-    benchmark 171,157 of 200,000 events went through it.)
-    """
-
-    def __init__(
-        self,
-        docker: DockerGateway,
-        consumer: StreamConsumer,
-        *,
-        concurrency: int = ENRICH_CONCURRENCY,
-    ) -> None:
-        self._docker = docker
-        self._consumer = consumer
-        self._concurrency = concurrency
-        #: containers and services to look at, in the order they first asked
-        self._work: asyncio.Queue[tuple[Need, str]] = asyncio.Queue()
-        self._services_pending: set[str] = set()  # queued for a look, not begun
-        self._services_looking: set[str] = set()  # a look in flight
-        self._services_again: set[str] = set()  # asked for again during that look
-        #: per container, its events waiting here in order (the first needs the look)
-        self._held: dict[str, deque[tuple[EngineEvent, Need]]] = {}
-        self._waiting = 0  # events held
-        self._workers: list[asyncio.Task[None]] = []
-        self._closing = False
-        self.inspections = 0
-
-    @property
-    def backlog(self) -> int:
-        """Events and services waiting for a look."""
-        return self._waiting + len(self._services_pending) + len(self._services_again)
-
-    def submit(self, ev: EngineEvent, need: Need) -> None:
-        """Queue an event for a look (never blocks); one look per service is enough."""
-        if need is Need.SERVICE:
-            self._ask_service(ev.actor_id)
-            return
-        self._waiting += 1
-        held = self._held.get(ev.actor_id)
-        if held is None:
-            self._held[ev.actor_id] = deque(((ev, need),))
-            self._work.put_nowait((Need.CONTAINER, ev.actor_id))
-        else:
-            held.append((ev, need))
-
-    def _ask_service(self, service_id: str) -> None:
-        """One look per service at a time (two answers could apply out of order); one asked
-        for during a look runs after it."""
-        if service_id in self._services_looking:
-            self._services_again.add(service_id)
-        elif service_id not in self._services_pending:
-            self._services_pending.add(service_id)
-            self._work.put_nowait((Need.SERVICE, service_id))
-
-    def holds(self, container_id: str) -> bool:
-        """Whether events of this container wait here (a later one must queue behind)."""
-        return container_id in self._held
-
-    def recover_sessions(self, container_ids: list[str]) -> None:
-        """Read the open exec sessions of these containers from the engine (after a gap in
-        the stream); each container's later events wait behind its reading."""
-        now = time.time_ns()
-        for cid in container_ids:
-            self.submit(EngineEvent(EventType.CONTAINER, "recover", cid, now), Need.SESSIONS)
-
-    def refresh_service(self, service_id: str) -> None:
-        """Look at a service again (a task started or died on a node we do not watch)."""
-        ev = EngineEvent(EventType.SERVICE, "update", service_id, time.time_ns())
-        self.submit(ev, Need.SERVICE)
-
-    def start(self) -> None:
-        """Start the worker tasks (idempotent)."""
-        if not self._workers:
-            self._workers = [
-                asyncio.create_task(self._run(), name=f"idlewatch-enricher-{i}")
-                for i in range(self._concurrency)
-            ]
-
-    async def close(self) -> None:
-        """Cancel and await the workers; what waited for a look is dropped (a later start
-        begins clean: the next connection's resync reads the engine afresh), and whoever
-        waits in :meth:`settled` is released."""
-        workers, self._workers = self._workers, []
-        self._closing = True  # a look ending now asks for no other
-        for task in workers:
-            task.cancel()
-        try:
-            await asyncio.gather(*workers, return_exceptions=True)
-        finally:
-            while not self._work.empty():  # never begun: done, as far as settled() goes
-                self._work.get_nowait()
-                self._work.task_done()
-            self._held.clear()
-            self._services_pending.clear()
-            self._services_looking.clear()
-            self._services_again.clear()
-            self._waiting = 0
-            self._closing = False
-
-    async def settled(self) -> None:
-        """Wait until every look asked for so far is done and applied."""
-        await self._work.join()
-
-    async def _run(self) -> None:
-        while True:
-            need, ref = await self._work.get()
-            try:
-                if need is Need.SERVICE:
-                    await self._look_at_service(ref)
-                else:
-                    await self._drain(ref)
-            except Exception:  # a worker must outlive any bug
-                dropped = self._held.pop(ref, ()) if need is not Need.SERVICE else ()
-                self._waiting -= len(dropped)
-                logger.exception("enricher failed on %s; dropped %d events", ref, len(dropped))
-            finally:
-                self._work.task_done()
-
-    async def _drain(self, container_id: str) -> None:
-        """Apply a container's held events in order, looking at the engine where one needs
-        it; events that arrive meanwhile are appended and applied in the same pass."""
-        consumer = self._consumer
-        held = self._held[container_id]
-        failed = False
-        while held:
-            ev, need = held[0]
-            try:
-                if need is Need.SESSIONS:
-                    listing = await self._look(self._docker.open_execs, container_id)
-                    if isinstance(listing, ContainerExecs):
-                        consumer.recover_sessions(container_id, listing)
-                elif not consumer.knows_container(container_id):
-                    info = await self._look(self._docker.inspect_container, container_id)
-                    if isinstance(info, ContainerInfo):
-                        consumer.apply_container(info)
-                    else:  # gone, or the look failed: no healthcheck known, execs are use
-                        consumer.unknown_container(container_id)
-                        failed = failed or info is not None
-            except Exception:  # a bug in using the look: the events still go, in order
-                logger.exception("could not use the look at %s", container_id)
-                failed = True
-                if not consumer.knows_container(container_id):
-                    consumer.unknown_container(container_id)
-            if need is not Need.SESSIONS:
-                self._apply(ev)
-            held.popleft()
-            self._waiting -= 1
-        del self._held[container_id]  # (no await since `held` was found empty)
-        if failed:  # a look that failed is asked again at the next exec
-            consumer.forget_container(container_id)
-
-    def _apply(self, ev: EngineEvent) -> None:
-        try:
-            self._consumer.apply(ev)
-        except Exception:  # one bad event must not stop its container's later ones
-            logger.exception("could not apply %s %s event", ev.type, ev.action)
-
-    async def _look_at_service(self, service_id: str) -> None:
-        self._services_pending.discard(service_id)
-        self._services_looking.add(service_id)
-        try:
-            seq = self._consumer.seq
-            info = await self._look(self._docker.inspect_service, service_id)
-            if isinstance(info, ServiceInfo) or info is None:
-                self._consumer.apply_service(info, service_id, seq)
-        finally:
-            self._services_looking.discard(service_id)
-            if service_id in self._services_again:  # asked for during this look: again
-                self._services_again.discard(service_id)
-                if not self._closing:
-                    self._ask_service(service_id)
-
-    async def _look(self, call: Callable[[str], Awaitable[T]], ref: str) -> T | WatcherError:
-        self.inspections += 1
-        try:
-            return await call(ref)
-        except WatcherError as exc:
-            logger.warning("could not look at the engine: %s", exc)
-            return exc
 
 
 class StreamSupervisor:
@@ -387,6 +164,16 @@ class StreamSupervisor:
     async def settled(self) -> None:
         """Wait until every event read so far is applied, looks at the engine included."""
         await self.enricher.settled()
+
+    async def wait_settled(self, timeout_s: float | None = None) -> None:
+        """:meth:`settled`, at most ``timeout_s`` (TimeoutError after it)."""
+        async with asyncio.timeout(timeout_s):
+            await self.enricher.settled()
+
+    async def wait_synced(self, timeout_s: float | None = None) -> None:
+        """Wait until the first full resync after a (re)connect is done."""
+        async with asyncio.timeout(timeout_s):
+            await self.synced.wait()
 
     @property
     def parking(self) -> bool:

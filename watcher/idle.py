@@ -29,6 +29,7 @@ from .lifecycle import Lifecycle
 from .models import Agent, Kind, Status
 from .policy import IDLE_ACTION_LABEL, STOP_AFTER_LABEL, idle_action, is_idle, stop_after_s
 from .ports import Clock
+from .rules import runs_nothing
 from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,6 @@ _DONE = {
     "pause": "paused container %s",
     "scale_to_zero": "scaled service %s to 0",
 }
-
-
-def at_rest_and_not_running(agent: Agent) -> bool:
-    """Nothing runs in it: stopped, paused, or a service scaled to 0."""
-    if agent.kind is Kind.SERVICE:
-        return agent.replicas == 0 or agent.running == 0
-    return agent.status is not Status.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +168,7 @@ class IdleActions:
         for name in names:
             async with self._lifecycle.lock(name):
                 agent = self._tracker.get(name)
-                if agent is None or at_rest_and_not_running(agent):
+                if agent is None or runs_nothing(agent):
                     continue
                 try:
                     labels = await self._lifecycle.checked_labels(agent)

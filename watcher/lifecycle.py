@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import AgentNotFound, EngineError, InvalidOperation, WatcherError
-from .models import Agent, AuditEntry, ContainerInfo, Kind, Status
-from .policy import container_status, is_managed, service_status
+from .errors import AgentNotFound, EngineError, InvalidOperation, InvalidValue, WatcherError
+from .models import Agent, AuditEntry, ContainerInfo, Kind
+from .policy import is_managed
 from .ports import Clock, DockerGateway
+from .rules import container_status, is_gone, process_exists, service_status
 from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Lifecycle:
         agent = self._tracker.get(name)
         if agent is None:
             raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
-        if agent.status in (Status.REMOVED, Status.ERROR):
+        if is_gone(agent):
             raise AgentNotFound(
                 f"agent {name!r} is {agent.status}: the engine has nothing to act on", agent=name
             )
@@ -139,9 +140,15 @@ class Lifecycle:
         )
 
     async def start(
-        self, name: str, replicas: int | None = None, *, actor: str = "library"
+        self,
+        name: str,
+        replicas: int | None = None,
+        *,
+        actor: str = "library",
+        note_use: bool = True,
     ) -> Agent:
-        """Start a container, or bring a service to ``replicas`` (default: remembered, else 1)."""
+        """Start a container, or bring a service to ``replicas`` (default: remembered, else 1).
+        ``note_use=False``: the caller touched the agent already (a wake)."""
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()
@@ -164,7 +171,8 @@ class Lifecycle:
                 await self.checked_labels(agent)
                 with _gone_means_not_found(agent):
                     await self._docker.scale_service(agent.id, n)
-            self._tracker.touch(name, reason="start")
+            if note_use:
+                self._tracker.touch(name, reason="start")
             self.record(name, "start", f"requested {n} replica(s)", actor, started=started)
             logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
             return self._agent(name)
@@ -268,7 +276,7 @@ class Lifecycle:
                 if info is None:
                     return agent
                 status = container_status(info.state)
-                alive = 1 if status in (Status.RUNNING, Status.PAUSED, Status.RESTARTING) else 0
+                alive = 1 if process_exists(status) else 0
                 return agent._replace(status=status, replicas=alive, running=alive)
             sinfo = await self._docker.inspect_service(agent.id)
         except WatcherError as exc:
@@ -284,9 +292,11 @@ class Lifecycle:
 
     def _check_replicas(self, name: str, n: int, *, minimum: int) -> None:
         if not minimum <= n <= self._cfg.max_replicas:
-            raise InvalidOperation(
+            raise InvalidValue(
                 f"replicas must be between {minimum} and {self._cfg.max_replicas} "
                 f"(max_replicas), got {n}",
+                field="replicas",
+                code="invalid_replicas",
                 agent=name,
             )
 

@@ -34,9 +34,6 @@ class Status(enum.StrEnum):
     ERROR = "error"  # dead-letter: the record said running, the engine has nothing
 
 
-#: statuses in which an agent costs money and so can be idle-stopped
-ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING})
-
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .clock import SystemClock, from_ns
+from .enricher import Enricher
 from .errors import StoreError, WatcherError
-from .events import Enricher, StreamSupervisor, exponential_backoff
+from .events import StreamSupervisor, exponential_backoff
 from .models import (
     ActivityReport,
     Agent,

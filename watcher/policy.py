@@ -1,4 +1,6 @@
-"""Pure rules: what is managed, what counts as activity, which status follows, who is idle."""
+"""Pure policy from labels and settings: what is managed, what counts as use, who is idle.
+
+(The status rules, what runs, is awake or asleep, are :mod:`idlewatch.rules`.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from .durations import parse_timeout_s
-from .models import ACTIVE_STATUSES, Agent, EngineEvent, Kind, Status
+from .models import Agent, EngineEvent
+from .rules import ACTIVE_STATUSES, costs
 
 IDLE_TIMEOUT_LABEL = "idlewatch.idle-timeout"
 #: a CPU share (percent of one core) at or above which the agent counts as busy
@@ -27,23 +30,8 @@ SESSIONS_REREPORT_S = 30.0
 STALE_SESSIONS_S = 3 * SESSIONS_REREPORT_S
 #: set on everything idlewatch deployed itself: only that may be removed by it
 DEPLOYED_LABEL = "idlewatch.deployed"
-
-#: container actions that move a container to a status
-_CONTAINER_STATUS = {
-    "create": Status.CREATED,
-    "start": Status.RUNNING,
-    "restart": Status.RUNNING,
-    "unpause": Status.RUNNING,
-    "pause": Status.PAUSED,
-    "die": Status.EXITED,
-    "destroy": Status.REMOVED,
-}
-
 #: container actions that are somebody using it
 _USE_ACTIONS = frozenset({"start", "restart", "unpause", "attach"})
-
-#: the engine's container states, mapped onto the status vocabulary
-_STATE = {s.value: s for s in Status}
 
 
 def is_managed(labels: Mapping[str, str], label: str) -> bool:
@@ -98,25 +86,6 @@ def busy_command(labels: Mapping[str, str]) -> str | None:
     return labels.get(BUSY_COMMAND_LABEL, "").strip() or None
 
 
-def container_status(state: str) -> Status:
-    """The status for an engine container state word (``running``, ``exited``...)."""
-    return _STATE.get(state.lower(), Status.EXITED)
-
-
-def status_after(action: str) -> Status | None:
-    """The container status an event action leads to, or None if it changes none."""
-    return _CONTAINER_STATUS.get(action)
-
-
-def service_status(desired: int | None, running: int) -> Status:
-    """A service's status from its desired and running task counts."""
-    if desired == 0:
-        return Status.STOPPED
-    if running > 0:
-        return Status.RUNNING
-    return Status.STARTING
-
-
 def healthcheck_command(test: Sequence[str] | None, shell: Sequence[str] | None) -> str | None:
     """The command line the engine shows in ``exec_start: ...`` for a healthcheck run."""
     if not test or test[0] in ("NONE", ""):
@@ -144,9 +113,7 @@ def is_use(event: EngineEvent, healthcheck_cmd: str | None) -> bool:
 def is_idle(agent: Agent, now: datetime) -> bool:
     """True when an agent that costs money has been unused for longer than its timeout,
     with no open session and no keep-alive running."""
-    if agent.idle_timeout_s is None or agent.status not in ACTIVE_STATUSES:
-        return False
-    if agent.kind is Kind.SERVICE and agent.replicas == 0:
+    if agent.idle_timeout_s is None or not costs(agent):
         return False
     if agent.sessions > 0 or (agent.keep_until is not None and agent.keep_until > now):
         return False
@@ -170,9 +137,7 @@ def at_rest(agent: Agent | None, now: datetime) -> bool:
     """True when an agent costs nothing, or is idle: what every member of a group must be
     before the group's members get their idle actions (a stopped, paused or scaled-to-0
     member is at rest; a running one must be idle)."""
-    if agent is None or agent.status not in ACTIVE_STATUSES:
-        return True
-    if agent.kind is Kind.SERVICE and agent.replicas == 0:
+    if agent is None or not costs(agent):
         return True
     return is_idle(agent, now)
 
@@ -192,7 +157,7 @@ def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
         since = cutoffs.get(timeout)
         if since is None:
             since = cutoffs[timeout] = cutoff(now, timeout)
-        if a.last_activity > since or (a.kind is Kind.SERVICE and a.replicas == 0):
+        if a.last_activity > since or not costs(a):
             continue
         if a.sessions > 0 or (a.keep_until is not None and a.keep_until > now):
             continue  # in use: an open session, or a keep-alive

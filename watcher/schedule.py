@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from .durations import DurationError
-from .models import ACTIVE_STATUSES, Agent, Change, Kind, Status
+from .models import Agent, Change, Status
 from .policy import stop_after_s as stop_after_label_s
 from .ports import Clock
+from .rules import costs
 
 #: how long a paused agent may stay paused (None: for ever), from its labels and settings
 StopAfter = Callable[[Agent], float | None]
@@ -55,9 +56,7 @@ def due_at(agent: Agent, stop_after_s: StopAfter) -> datetime | None:
             if agent.paused_at is None or limit is None:
                 return None
             due = agent.paused_at + timedelta(seconds=limit)
-        elif agent.status in ACTIVE_STATUSES and not (
-            agent.kind is Kind.SERVICE and agent.replicas == 0
-        ):
+        elif costs(agent):
             due = agent.last_activity + timedelta(seconds=agent.idle_timeout_s)
         else:
             return None
@@ -73,7 +72,7 @@ class SweepSchedule:
 
     def __init__(
         self,
-        agents: Callable[[], Iterable[Agent]],
+        agents: Mapping[str, Agent],
         clock: Clock,
         stop_after_s: StopAfter,
         *,
@@ -115,7 +114,7 @@ class SweepSchedule:
         latest = since + timedelta(seconds=self.interval_s)
         earliest = since + timedelta(seconds=self.min_interval_s)
         first = latest
-        for agent in self._agents():
+        for agent in self._agents.values():
             due = due_at(agent, self._stop_after_s)
             if due is not None and due < first and (last is None or due > last):
                 first = due

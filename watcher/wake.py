@@ -9,12 +9,14 @@ Policy (read this first):
   use is coalesced: noted at most once a second per agent, so a flood of requests makes
   at most one change (one row, one feed message) a second per agent, and no engine call.
 - What sleeps is started (a stopped container; a paused one is unpaused; a service at 0
-  goes to its remembered count) through the same start as the API's (label re-check, the
-  cap on awake agents): never more than start and touch. What runs but is not ready yet
+  goes to its remembered count) through the same operations as the API's (label re-check,
+  the cap on awake agents): never more than start and touch. A wake of a sleeping agent is
+  one touch, one activity report and one wait: the wait for ready (below) is the one that
+  answers, not the start's confirmation of "running". What runs but is not ready yet
   (health starting, tasks still starting) is waited for, never started again. Concurrent
   wakes of a sleeping agent share one start (single flight); a start that failed is the
   answer for a few seconds rather than retried by every request.
-- The wait for "running" is event-driven (the change signal), bounded by ``timeout``;
+- The wait for ready is event-driven (the change signal), bounded by ``timeout``;
   past it the answer is "not ready" with each agent's status. A start still under way
   then goes on: the Waker owns it and cancels it at close.
 - Ready means answers: running with every desired task, healthy when it has a
@@ -28,16 +30,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Protocol
 
+from .bus import AgentWaits
 from .errors import AgentNotFound, InvalidOperation
 from .groups import LabelIndex, host_name
-from .models import Agent, Kind, Status
+from .models import Agent
+from .operations import Operations
 from .ports import Clock
 from .ready_port import ReadyPorts
+from .rules import is_asleep, is_gone, is_ready
 from .tasks import cancel_and_wait
 from .tracker import Tracker
 
@@ -45,35 +50,21 @@ logger = logging.getLogger(__name__)
 
 #: a wake's use of an agent is noted at most this often (the hot path writes nothing more)
 NOTE_EVERY_S = 1.0
-#: a container in one of these sleeps: a wake starts (or unpauses) it
-_ASLEEP = frozenset({Status.EXITED, Status.CREATED, Status.DEAD, Status.PAUSED})
-_GONE = frozenset({Status.REMOVED, Status.ERROR})
 #: a start that failed is not tried again for this long: its error is the answer
 FAILED_START_HOLD_S = 5.0
 
 
-def is_asleep(agent: Agent) -> bool:
-    """What a wake starts: a stopped or paused container, a service at 0. Anything else
-    is on its way up, or up and not healthy yet: a wake waits for it, never restarts it."""
-    if agent.kind is Kind.SERVICE:
-        return agent.replicas == 0
-    return agent.status in _ASLEEP
+class UseReport(Protocol):
+    """Where a wake's use is reported for the other replicas (replicas.py)."""
+
+    def report_use(self, agent: Agent, event: str) -> None:
+        """Queue a report of use seen here (no wait)."""
+        ...
 
 
 def _settled(agent: Agent | None) -> bool:
-    """Nothing more to wait for: ready, or gone (removed, dead-lettered)."""
-    return agent is None or agent.status in _GONE or is_ready(agent)
-
-
-def is_ready(agent: Agent | None) -> bool:
-    """Running with every desired task (a container: running), and healthy when it has a
-    healthcheck (its app answers, not only its process runs)."""
-    return (
-        agent is not None
-        and agent.status is Status.RUNNING
-        and agent.running >= max(agent.replicas, 1)
-        and agent.health in (None, "healthy")
-    )
+    """Nothing more to wait for from the engine: ready, or gone (removed, dead-lettered)."""
+    return is_gone(agent) or is_ready(agent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +99,19 @@ class Waker:
         clock: Clock,
         config: WakeConfig,
         *,
-        start: Callable[[str], Coroutine[Any, Any, Agent]],
-        wait_for: Callable[[str, Callable[[Agent | None], bool], float], Awaitable[object]],
-        share: Callable[[Agent], None] = lambda agent: None,
-        ports: ReadyPorts | None = None,
+        operations: Operations,
+        waits: AgentWaits,
+        share: UseReport,
+        ports: ReadyPorts,
     ) -> None:
         self._tracker = tracker
+        self._operations = operations
+        self._waits = waits
+        self._share = share
         self._ports = ports
         self._index = index
         self._clock = clock
         self.config = config
-        self._start = start
-        self._wait_for = wait_for
-        self._share = share  # use reported through the store (other replicas)
         self._noted: dict[str, tuple[float, datetime]] = {}  # name -> (monotonic, keep_until)
         self._starting: dict[str, asyncio.Task[Agent]] = {}
         self._failed: dict[str, tuple[float, BaseException]] = {}  # name -> (monotonic, error)
@@ -166,7 +157,7 @@ class Waker:
 
     @staticmethod
     def _wakeable(agent: Agent | None) -> bool:
-        return agent is not None and agent.status not in _GONE
+        return not is_gone(agent)
 
     # -------------------------------------------------------------- waking
     async def wake(
@@ -180,11 +171,7 @@ class Waker:
         """Note use, start what sleeps, wait (at most ``timeout_s``) until all run."""
         self.requests += 1
         keep_for = self.config.keep_for_s if keep_for_s is None else keep_for_s
-        if keep_for > self.config.max_keep_for_s:
-            raise InvalidOperation(
-                f"keep_for {keep_for:g}s is above max_keep_for ({self.config.max_keep_for_s:g}s)",
-                agent=None,
-            )
+        self._operations.check_keep_for(keep_for)
         names = [a.name for a in agents]
         for name in names:
             self._note(name, keep_for)
@@ -195,7 +182,7 @@ class Waker:
         pending = []
         for name in names:
             agent = self._tracker.get(name)
-            if agent is None or agent.status in _GONE or self._answers(agent):
+            if is_gone(agent) or self._answers(agent):
                 continue
             assert agent is not None
             if is_asleep(agent) or name in self._starting:
@@ -214,16 +201,13 @@ class Waker:
         task = self._starting.get(name)
         if task is not None:
             await asyncio.shield(task)  # its failure is every waiter's (capacity, engine)
-        await self._wait_for(name, _settled, timeout_s)
-        agent = self._tracker.get(name)
-        if self._ports is not None and agent is not None and is_ready(agent):
+        agent = await self._waits.wait_for(name, _settled, timeout_s)
+        if agent is not None and is_ready(agent):
             await self._ports.wait_answers(agent)  # its app listens, not only its process
 
     def _answers(self, agent: Agent | None) -> bool:
         """Ready, its ready-port included (no I/O: a port not confirmed yet is not)."""
-        return is_ready(agent) and (
-            self._ports is None or agent is None or self._ports.answers(agent)
-        )
+        return agent is not None and is_ready(agent) and self._ports.answers(agent)
 
     def _raise_recent_failure(self, name: str) -> None:
         """A start of ``name`` that failed a moment ago is the answer (not a retry per
@@ -237,7 +221,9 @@ class Waker:
         if name in self._starting:
             return
         self.starts += 1
-        task = asyncio.create_task(self._start(name), name=f"idlewatch-wake-{name}")
+        # the wake noted its use already: one touch, one report, and the wait is its own
+        start = self._operations.start(name, actor="wake", confirm=False, note_use=False)
+        task = asyncio.create_task(start, name=f"idlewatch-wake-{name}")
         self._starting[name] = task
         task.add_done_callback(lambda t: self._started(name, t))
 
@@ -267,7 +253,7 @@ class Waker:
         self._noted[name] = (now_m, keep_until)
         if len(self._noted) > 4 * max(len(self._tracker.agents), 256):
             self._noted.clear()  # names that went away must not grow it for ever
-        self._share(agent)
+        self._share.report_use(agent, "wake")
 
     def _result(self, names: list[str], looked_up: str, started: tuple[str, ...]) -> WakeResult:
         agents = tuple(a for n in names if (a := self._tracker.get(n)) is not None)
@@ -283,4 +269,4 @@ class Waker:
         self._starting.clear()
 
 
-__all__ = ["WakeConfig", "WakeResult", "Waker", "is_ready"]
+__all__ = ["WakeConfig", "WakeResult", "Waker"]

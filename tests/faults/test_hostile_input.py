@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idlewatch import SettingsError, load_settings
-from idlewatch.docker import DockerStream
+from idlewatch.engine import DockerStream
 from idlewatch.normalize import BadEvent, normalize, parse_line
 
 json_values = st.recursive(
@@ -185,7 +185,7 @@ def test_any_in_use_label_is_read_or_refused_with_a_plain_error(
 @given(json_values | st.sampled_from(["-5m", "1e400", "99999d", "25h", -1, 1e308, "1h30m"]))
 def test_any_keep_for_is_kept_or_refused_with_a_4xx_naming_it(keep_for: Any) -> None:
     from idlewatch.api.errors import ApiError
-    from idlewatch.api.schemas import ActivityBody
+    from idlewatch.api.requests import ActivityBody
     from pydantic import ValidationError
 
     try:

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from idlewatch import Settings, SettingsError, load_settings
 from idlewatch.api import limits
-from idlewatch.api.schemas import read_body
+from idlewatch.api.requests import read_body
 
 from tests.integration.serveproc import ServeProcess
 from tests.private_engine import PrivateEngine, ensure_installed

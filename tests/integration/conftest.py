@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from idlewatch import AuditEntry, Settings, Watcher
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 from idlewatch.models import EngineEvent
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed

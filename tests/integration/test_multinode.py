@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from idlewatch import Settings, Watcher
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 from idlewatch.models import ActivityReport
 from idlewatch.node import NodeReporter
 from idlewatch.store import SqlStore

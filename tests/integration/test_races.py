@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from idlewatch import AgentNotFound, Settings, Status, Watcher
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 
 from tests.private_engine import PrivateEngine
 

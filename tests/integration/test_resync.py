@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from idlewatch import Settings, Status, Watcher
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 from idlewatch.events import StreamSupervisor
 from idlewatch.models import ActivityReport
 from idlewatch.node import NodeReporter

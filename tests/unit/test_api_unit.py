@@ -127,7 +127,7 @@ async def test_registration_refuses_reserved_labels_and_container_replicas() -> 
 
 def test_container_names_follow_the_engine_and_service_names_may_be_one_character() -> None:
     from idlewatch.api.errors import ApiError
-    from idlewatch.api.schemas import RegisterBody
+    from idlewatch.api.requests import RegisterBody
 
     with pytest.raises(ApiError) as err:
         RegisterBody(name="a", image="img").to_spec()
@@ -154,7 +154,7 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     """The listing's memo (issue 15): a new version of an agent is rendered anew, idle_for
     is computed per call, the labels dict shared by answers cannot be changed, and a
     complete listing drops the names the fleet no longer has."""
-    from idlewatch.api.schemas import AgentJson
+    from idlewatch.api.render import AgentJson
     from idlewatch.models import Agent, Kind, Status
 
     t0 = datetime(2026, 8, 1, tzinfo=UTC)

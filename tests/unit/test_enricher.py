@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from idlewatch.events import Enricher
+from idlewatch.enricher import Enricher
 from idlewatch.models import (
     Agent,
     ContainerExecs,

@@ -232,7 +232,7 @@ def test_help_imports_only_what_help_needs() -> None:
 def test_a_huge_idle_timeout_means_never_and_reads_back_from_its_label() -> None:
     """Found by the widened fuzz: 1e+23 was labelled "1e+23s", which the tracker could not
     read back, and a timeout past datetime's range ended every sweep in an OverflowError."""
-    from idlewatch.api.schemas import RegisterBody
+    from idlewatch.api.requests import RegisterBody
     from idlewatch.models import Agent, Kind, Status
     from idlewatch.policy import idle_agents, idle_timeout_s
 
@@ -321,7 +321,7 @@ async def test_a_late_confirming_event_answers_with_the_engines_state() -> None:
 
 async def test_running_is_not_a_name_an_agent_can_be_registered_under() -> None:
     from idlewatch.api.errors import ApiError
-    from idlewatch.api.schemas import RegisterBody
+    from idlewatch.api.requests import RegisterBody
 
     with pytest.raises(ApiError) as err:
         RegisterBody(name="running", image="img").to_spec()
@@ -365,7 +365,7 @@ async def test_a_burst_of_changes_reaches_every_client_whole_and_in_order(compre
 async def test_every_frame_length_form_reaches_a_real_client_as_sent() -> None:
     """The feed's own frames (api.ws.text_frame) at each boundary of RFC 6455's length
     forms, read back by aiohttp's websocket reader, in order and byte for byte."""
-    from idlewatch.api.keys import FEED
+    from idlewatch.api.ws import FEED
 
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 from idlewatch import EngineUnavailable, ManualClock, Settings, Watcher
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
 from idlewatch.models import ContainerInfo
 
 from tests.builders import MANAGED, T0

@@ -16,8 +16,8 @@ from idlewatch.policy import (
     is_idle,
     is_managed,
     is_use,
-    service_status,
 )
+from idlewatch.rules import service_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

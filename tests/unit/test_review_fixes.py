@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from idlewatch import ManualClock, Settings, Status, Watcher
 from idlewatch.clock import to_ns
-from idlewatch.docker import AioDockerGateway
+from idlewatch.engine import AioDockerGateway
+from idlewatch.engine.client import EngineClient
 from idlewatch.errors import EngineError
 from idlewatch.leader import Leadership
 from idlewatch.models import (
@@ -363,23 +364,36 @@ async def test_a_containers_events_are_applied_in_order_while_one_waits_for_a_lo
         await rep.close()
 
 
-class CannedGateway(AioDockerGateway):
-    """The gateway's own logic on canned engine answers (the HTTP layer replaced)."""
+class CannedClient(EngineClient):
+    """The engine's HTTP layer replaced by canned answers."""
 
     def __init__(self, answers: dict[str, list[Any]]) -> None:
-        super().__init__("unix:///canned.sock", label="idlewatch.enable")
+        super().__init__("unix:///canned.sock")
         self.answers = answers
         self.asked: list[str] = []
 
-    async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
+    async def json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
         self.asked.append(path)
         answer = self.answers[path].pop(0) if len(self.answers[path]) > 1 else self.answers[path][0]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    async def _look_json(self, what: str, path: str) -> Any:
-        return await self._json(what, path)
+    async def look_json(self, what: str, path: str) -> Any:
+        return await self.json(what, path)
+
+
+class CannedGateway(AioDockerGateway):
+    """The gateway's own logic on canned engine answers (the HTTP layer replaced)."""
+
+    def __init__(self, answers: dict[str, list[Any]]) -> None:
+        self.canned = CannedClient(answers)
+        super().__init__("unix:///canned.sock", label="idlewatch.enable", client=self.canned)
+        self.answers = answers
+
+    @property
+    def asked(self) -> list[str]:
+        return self.canned.asked
 
 
 MANAGER = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"}}

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from idlewatch import ManualClock, Settings, Status, Watcher
-from idlewatch.models import Change, ContainerInfo, Kind
+from idlewatch.models import Agent, Change, ContainerInfo, Kind
 from idlewatch.schedule import SweepSchedule, due_at, stop_after_or
 
 from tests.builders import MANAGED, T0, agent
 from tests.fakes import FakeDocker, FakeStore, until
 
 NO_STOP_AFTER = stop_after_or(None)
+
+
+class _Table(dict[str, Agent]):
+    """A table whose agents are the test's list, as it changes."""
+
+    def __init__(self, agents: list[Agent]) -> None:
+        super().__init__()
+        self._list = agents
+
+    def values(self) -> Any:
+        return list(self._list)
 
 
 def _at(seconds: float) -> object:
@@ -39,9 +51,9 @@ def test_an_agents_deadline() -> None:
     assert due_at(agent(timeout_s=1e300), NO_STOP_AFTER) is None, "past datetime's range"
 
 
-def _schedule(clock: ManualClock, agents: list[object], interval_s: float = 60) -> SweepSchedule:
+def _schedule(clock: ManualClock, agents: list[Agent], interval_s: float = 60) -> SweepSchedule:
     return SweepSchedule(
-        lambda: agents,  # type: ignore[arg-type,return-value]
+        _Table(agents),
         clock,
         NO_STOP_AFTER,
         interval_s=interval_s,

@@ -128,7 +128,7 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
 
 
 def test_readme_settings_table_matches_the_model() -> None:
-    from idlewatch.settings import settings_table
+    from idlewatch.settings_load import settings_table
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 #: the repository's folders and the import names they are installed under
 PACKAGES = {"watcher": "idlewatch", "api": "idlewatch.api"}
@@ -36,48 +34,52 @@ def test_one_import_name_and_nothing_generic(tmp_path: Path) -> None:
 
 
 def _module_imports(path: Path, package: str) -> set[str]:
-    """The modules a file imports, wherever the import stands (in a function too: deferring
-    an import hides a circle, it does not remove it); ``if TYPE_CHECKING:`` blocks aside."""
+    """The modules a file imports, wherever the import stands: in a function too, and under
+    ``if TYPE_CHECKING:`` too (deferring an import, or typing one only, hides a circle: it
+    does not remove it)."""
     found: set[str] = set()
-
-    class Imports(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-                return  # costs nothing at run time
-            self.generic_visit(node)
-
-        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from the file's own package, one level up per dot
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - (node.level - 1)])
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            found.add(target)
+            # `from . import wake` imports the module wake, not (anew) its package
+            found.add(f"{target}.*" if node.module is None else target)
             found.update(f"{target}.{a.name}" for a in node.names)
-
-        def visit_Import(self, node: ast.Import) -> None:
+        elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
-
-    Imports().visit(ast.parse(path.read_text()))
     return found
 
 
-def _graph(folder: str) -> dict[str, set[str]]:
-    package = PACKAGES[folder]
-    files = {
-        (package if p.name == "__init__.py" else f"{package}.{p.stem}"): p
-        for p in (ROOT / folder).glob("*.py")
-    }
-    return {
-        mod: {t for t in _module_imports(path, package) if t in files and t != mod}
-        for mod, path in files.items()
-    }
+def modules() -> dict[str, Path]:
+    """Every module of the package, sub-packages included, by import name."""
+    found: dict[str, Path] = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [package, *rel.parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
 
 
-@pytest.mark.parametrize("folder", ["watcher", "api"])
-def test_no_import_circles(folder: str) -> None:
-    graph = _graph(folder)
+def _graph() -> dict[str, set[str]]:
+    files = modules()
+    graph = {}
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        graph[mod] = {t for t in _module_imports(path, package) if t in files and t != mod}
+    return graph
+
+
+def test_no_import_circles_anywhere_in_the_package() -> None:
+    """Issue 23: the whole package as one graph (the core, the API, their sub-packages),
+    with the imports made in functions and under TYPE_CHECKING counted."""
+    graph = _graph()
     state: dict[str, int] = {}
 
     def visit(mod: str, path: list[str]) -> None:
@@ -91,6 +93,38 @@ def test_no_import_circles(folder: str) -> None:
     for mod in sorted(graph):
         if mod not in state:
             visit(mod, [])
+
+
+def test_modules_stay_small_and_the_core_only_wires() -> None:
+    """Issue 23: no module over 500 lines; the facade (core.py) at most 260."""
+    sizes = {mod: len(path.read_text().splitlines()) for mod, path in modules().items()}
+    assert sizes["idlewatch.core"] <= 260, sizes["idlewatch.core"]
+    big = {mod: n for mod, n in sizes.items() if n > 500}
+    assert not big, big
+
+
+def test_one_module_imports_aiodocker_and_one_package_the_database_layer() -> None:
+    importers: dict[str, set[str]] = {"aiodocker": set(), "databases": set(), "sqlalchemy": set()}
+    for mod, path in modules().items():
+        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for target in _module_imports(path, package):
+            top = target.split(".")[0]
+            if top in importers:
+                importers[top].add(mod)
+    assert importers["aiodocker"] == {"idlewatch.engine.client"}, importers["aiodocker"]
+    for layer in ("databases", "sqlalchemy"):
+        assert all(m.startswith("idlewatch.store.") for m in importers[layer]), importers[layer]
+
+
+def test_the_module_map_names_every_module() -> None:
+    """docs/architecture.md names every module of watcher/ and api/, with its job."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in modules().values()
+        if f"`{path.relative_to(ROOT)}`" not in text
+    ]
+    assert not missing, f"not in docs/architecture.md's module map: {missing}"
 
 
 def test_the_api_uses_the_watchers_public_view_only() -> None:

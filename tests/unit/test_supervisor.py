@@ -61,11 +61,11 @@ async def test_never_means_no_listing_after_the_first() -> None:
 
 
 def test_serve_and_node_mode_keep_their_streams_with_the_same_supervisor() -> None:
-    from idlewatch import core
+    from idlewatch import assemble
 
     reporter = NodeReporter(FakeDocker(), FakeStore(), node_id="n1")
     assert type(reporter.stream) is StreamSupervisor
-    assert core.StreamSupervisor is StreamSupervisor  # what Watcher wires, not a copy
+    assert assemble.StreamSupervisor is StreamSupervisor  # what Watcher wires, not a copy
 
 
 async def test_nothing_is_stopped_while_a_periodic_listing_parks_the_events() -> None:
@@ -110,7 +110,7 @@ async def test_a_returning_engine_is_tracked_on_its_first_ping_not_after_the_bac
     """Issue 22, item 8: while the engine is down, a cheap ping every ping_interval decides
     when to resubscribe; the backoff (here 1,000 s) is not waited out."""
     from idlewatch.bus import ChangeBus
-    from idlewatch.events import Enricher
+    from idlewatch.enricher import Enricher
     from idlewatch.tracker import Tracker
 
     docker = FakeDocker()

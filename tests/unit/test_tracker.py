@@ -231,25 +231,25 @@ def test_task_events_count_across_a_look_asked_again() -> None:
 
 
 def test_tasks_of_untracked_services_are_remembered_within_bounds() -> None:
-    from idlewatch.tracker import UNTRACKED_SERVICES_MAX, UNTRACKED_TASKS_MAX
+    from idlewatch.swarm import UNTRACKED_SERVICES_MAX, UNTRACKED_TASKS_MAX
 
     tr, _, _ = make()
     tr.apply(cev("start", cid="t0", managed=False, **{"com.docker.swarm.service.id": "quiet"}))
-    assert tr._untracked_tasks == {}, "no look at that service on its way: nothing kept"
+    assert tr._swarm.untracked_pending() == {}, "no look at that service on its way: nothing kept"
     for i in range(UNTRACKED_SERVICES_MAX + 10):  # looks asked for that never came
         assert tr.apply(sev("update", sid=f"other{i}")) is Need.SERVICE
     assert tr.apply(sev("create", sid="busy")) is Need.SERVICE
     for i in range(UNTRACKED_TASKS_MAX + 10):
         attrs = {"com.docker.swarm.service.id": "busy"}
         tr.apply(cev("die", cid=f"b{i}", name=f"b.{i}", managed=False, **attrs))
-    kept = tr._untracked_tasks
+    kept = tr._swarm.untracked_pending()
     assert len(kept) <= UNTRACKED_SERVICES_MAX and "busy" in kept and "other0" not in kept
     newest = f"b{UNTRACKED_TASKS_MAX + 9}"
     assert len(kept["busy"]) == UNTRACKED_TASKS_MAX and newest in kept["busy"]
     tr.apply_service(None, "busy")  # gone: nothing kept for it
     assert "busy" not in kept
     tr.reconcile(Snapshot((), (), swarm_active=True))
-    assert tr._untracked_tasks == {}, "a listing is the truth: nothing older is kept"
+    assert tr._swarm.untracked_pending() == {}, "a listing is the truth: nothing older is kept"
 
 
 def test_unmanaged_service_is_not_tracked() -> None:

@@ -1,17 +1,18 @@
-"""Request bodies (strict pydantic models) and the one agent JSON shape."""
+"""What a request brings: its body (read within the limits, parsed into strict pydantic
+models) and its query parameters, each refused with a 400 naming the field. The one
+place every route reads its input from."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from collections.abc import Collection
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from idlewatch.core import Health
 from idlewatch.durations import DurationError, parse_duration_s, parse_timeout_s
-from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, freeze
+from idlewatch.models import AgentSpec, Kind, freeze
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ApiError
+from .keys import SETTINGS
 
 # the engine wants at least two characters ("Invalid container name (0)" otherwise)
 # These patterns are published in the OpenAPI document (ECMA-262 regexes there) and the
@@ -206,8 +208,6 @@ class RegisterBody(_Strict):
 async def read_body(request: web.Request) -> bytes:
     """The whole body, refusing more than ``max_body_bytes`` (also when mounted as a sub-app)
     and a body that does not arrive within ``request_timeout`` (a slow client)."""
-    from .keys import SETTINGS
-
     settings = request.config_dict[SETTINGS]
     limit = settings.max_body_bytes
     too_large = ApiError(
@@ -274,143 +274,84 @@ async def no_body(request: web.Request) -> None:
         raise ApiError(400, "unexpected_body", "this route takes no body")
 
 
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
+# ------------------------------------------------------------------ query parameters
+#: the longest a request may ask to be held (``timeout``)
+MAX_WAIT_S = 300.0
 
 
-class ReadOnlyDict(dict[str, str]):
-    """A dict nobody can change (JSON encoders see a dict): the labels one agent version's
-    answers share."""
-
-    def _refuse(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("an agent's labels in its JSON are read-only")
-
-    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[dict[str, str]]]:
-        return (dict, (dict(self),))  # a copy or a pickle is an ordinary dict
-
-    __setitem__ = __delitem__ = _refuse
-    clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+def only(request: web.Request, allowed: Collection[str]) -> None:
+    """Refuse a query parameter the route does not take (never silently ignored)."""
+    for key in request.query:
+        if key not in allowed:
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter {key!r}", key)
 
 
-class _Kept(NamedTuple):
-    """One agent version's JSON but for ``idle_for``, as a dict and as bytes."""
-
-    agent: Agent
-    fixed: dict[str, Any]
-    head: bytes  # the fixed part serialized, without its closing brace
-    last_activity_s: float
-
-
-class AgentJson:
-    """The one agent shape used by every route and the websocket, for one app (``app``'s
-    ``AGENT_JSON``), with each agent's fixed part built once.
-
-    An agent is immutable, so its JSON changes only with the object, except ``idle_for``
-    (the last key): the rest is kept per name with the agent it was built from (compared
-    by identity; the kept agent cannot be collected, so its identity cannot be reused),
-    as a dict and serialized. The listing is the API's biggest answer (bench/load_figures.py:
-    500 agents, 100 listings a wave): :meth:`listing_bytes` joins the kept bytes with each
-    ``idle_for``, 0.6 us an agent where building and serializing a dict cost 3.5 us.
-    Memory: about 1.5 KB per agent. A complete listing drops the names it no longer has;
-    past twice the last complete listing (or 1,024) the memo starts over.
-    """
-
-    def __init__(self) -> None:
-        self._kept: dict[str, _Kept] = {}
-        self._fleet = 0  # agents in the last complete listing
-
-    def _get(self, agent: Agent) -> _Kept:
-        kept = self._kept.get(agent.name)
-        if kept is not None and kept.agent is agent:
-            return kept
-        fixed = _fixed_json(agent)
-        kept = _Kept(agent, fixed, orjson.dumps(fixed)[:-1], agent.last_activity.timestamp())
-        if len(self._kept) >= max(1024, 2 * self._fleet):
-            self._kept.clear()
-        self._kept[agent.name] = kept
-        return kept
-
-    def __call__(self, agent: Agent, now: datetime) -> dict[str, Any]:
-        """One agent's JSON at ``now``."""
-        kept = self._get(agent)
-        out = kept.fixed.copy()
-        out["idle_for"] = round(max(0.0, now.timestamp() - kept.last_activity_s), 3)
-        return out
-
-    def listing(
-        self, agents: list[Agent], now: datetime, *, complete: bool
-    ) -> list[dict[str, Any]]:
-        """Every agent's JSON; ``complete``: ``agents`` is the whole fleet, so names not
-        in it are dropped from the memo."""
-        out = [self(a, now) for a in agents]
-        self._listed(agents, complete)
-        return out
-
-    def listing_bytes(self, agents: list[Agent], now: datetime, *, complete: bool) -> bytes:
-        """:meth:`listing` serialized as a JSON array (``idle_for`` with 3 decimals)."""
-        now_s = now.timestamp()
-        get = self._get
-        parts = []
-        for a in agents:
-            kept = get(a)
-            idle = now_s - kept.last_activity_s
-            parts.append(b'%s,"idle_for":%.3f}' % (kept.head, idle if idle > 0 else 0.0))
-        self._listed(agents, complete)
-        return b"[" + b",".join(parts) + b"]"
-
-    def _listed(self, agents: list[Agent], complete: bool) -> None:
-        if complete:
-            self._fleet = len(agents)
-            if len(self._kept) > len(agents):
-                names = {a.name for a in agents}
-                self._kept = {n: v for n, v in self._kept.items() if n in names}
+def names(request: web.Request) -> list[str]:
+    """``names`` repeated, or comma-separated, or both; empty parts are ignored (none
+    left: as if no names were given)."""
+    out: list[str] = []
+    for value in request.query.getall("names", []):
+        out.extend(p for part in value.split(",") if (p := part.strip()))
+    return list(dict.fromkeys(out))
 
 
-def _fixed_json(agent: Agent) -> dict[str, Any]:
-    return {
-        "name": agent.name,
-        "kind": agent.kind.value,
-        "id": agent.id,
-        "image": agent.image,
-        "status": agent.status.value,
-        "replicas": agent.replicas,
-        "running": agent.running,
-        "last_activity": _iso(agent.last_activity),
-        "idle_timeout": agent.idle_timeout_s,
-        "labels": ReadOnlyDict(agent.labels),  # shared by every answer: frozen
-        "error": agent.error,
-        "updated_at": _iso(agent.updated_at),
-        "sessions": agent.sessions,
-        "keep_until": _iso(agent.keep_until) if agent.keep_until is not None else None,
-        "health": agent.health,
-        "attached_since": _iso(since) if (since := agent.attached_since) is not None else None,
-    }
+def group(request: web.Request) -> str | None:
+    """``group``, given once and not empty."""
+    groups = request.query.getall("group", [])
+    if len(groups) > 1:
+        raise ApiError(400, "invalid_parameter", "group can be given once", "group")
+    if groups and not groups[0].strip():
+        raise ApiError(400, "invalid_parameter", "group is empty", "group")
+    return groups[0].strip() if groups else None
 
 
-def health_json(health: Health) -> dict[str, Any]:
-    """Readiness as the websocket feed and the dashboard see it (``/readyz`` adds a DB ping)."""
-    return {
-        "ready": health.ready,
-        "reasons": list(health.reasons),
-        "checks": {
-            "events_stream": health.events_stream,
-            "database": health.database,
-            "engine_reachable": health.engine_reachable,
-        },
-    }
+def duration(
+    request: web.Request,
+    key: str,
+    *,
+    maximum: float | None = None,
+    default: float | None = None,
+    allow_zero: bool = False,
+) -> float | None:
+    """A duration parameter (``90``, ``30s``, ``5m``, ``1h30m``): a 400 naming it when bad,
+    zero (unless ``allow_zero``), or above ``maximum`` (a bound of the API's own: limits
+    the settings set are the core's to check)."""
+    values = request.query.getall(key, [])
+    if not values:
+        return default
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"{key} can be given once", key)
+    text = values[0]
+    try:
+        if not DURATION.fullmatch(text):
+            raise DurationError(text)
+        seconds = parse_duration_s(text)
+    except DurationError:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{key} must be a duration like 90, '30s', '5m' or '1h30m', got {text!r}",
+            key,
+        ) from None
+    too_low = seconds < 0 if allow_zero else seconds <= 0
+    if too_low or (maximum is not None and seconds > maximum):
+        low = "at least 0" if allow_zero else "more than 0"
+        high = f" and at most {maximum:g}s" if maximum is not None else ""
+        raise ApiError(400, "invalid_parameter", f"{key} must be {low}{high}, got {text!r}", key)
+    return seconds
 
 
-def audit_json(entry: AuditEntry) -> dict[str, Any]:
-    """One audit entry."""
-    return {
-        "at": _iso(entry.at),
-        "agent": entry.agent,
-        "action": entry.action,
-        "reason": entry.reason,
-        "actor": entry.actor,
-        "ok": entry.ok,
-        "dry_run": entry.dry_run,
-        "detail": entry.detail,
-        "replica": entry.replica,
-        "finished_at": _iso(entry.finished_at) if entry.finished_at is not None else None,
-    }
+def wait_seconds(text: str) -> float:
+    """``timeout`` of a start with ``wait``: seconds in (0, MAX_WAIT_S]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_WAIT_S:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"timeout must be seconds in (0, {MAX_WAIT_S:g}], got {text!r}",
+            "timeout",
+        )
+    return value

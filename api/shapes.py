@@ -1,0 +1,203 @@
+"""The JSON shapes of the API's answers, as pydantic models: the OpenAPI document's
+component schemas are generated from them (openapi_schemas.py). The answers themselves
+are built by render.py and the routes, for speed; a test validates real answers against
+these shapes, and Schemathesis checks every answer against the document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from idlewatch.models import Kind, Status
+from pydantic import BaseModel, ConfigDict, Field
+
+#: the actors an audit entry names
+Actor = Literal["sweep", "api", "library", "reconcile", "capacity", "wake"]
+
+
+class _Closed(BaseModel):
+    """A shape with no other keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Agent(_Closed):
+    """One managed container or Swarm service."""
+
+    name: str
+    kind: Kind
+    id: str
+    image: str
+    status: Status
+    replicas: int = Field(ge=0, description="desired")
+    running: int = Field(ge=0)
+    last_activity: datetime
+    idle_timeout: float | None = Field(description="seconds; null: never")
+    idle_for: float = Field(ge=0)
+    labels: dict[str, str]
+    error: str | None
+    updated_at: datetime
+    sessions: int = Field(ge=0, description="open exec or attach sessions that hold it in use now")
+    keep_until: datetime | None = Field(
+        description="kept awake until then (a touch with keep_for); null: none"
+    )
+    health: Literal["starting", "healthy", "unhealthy"] | None = Field(
+        description="a container's healthcheck verdict; null: no healthcheck (or not known "
+        "yet). A wake waits for healthy."
+    )
+    attached_since: datetime | None = Field(
+        description="attached (docker attach, run -it) since then, which holds it until "
+        "its process ends or attach_max_hold after the last attach or resize; null: not "
+        "attached"
+    )
+
+
+class ErrorBody(_Closed):
+    """What went wrong: a stable code, a message, and the field at fault."""
+
+    code: str
+    message: str
+    field: str | None
+
+
+class Error(BaseModel):
+    """Every error answer."""
+
+    error: ErrorBody
+
+
+class TimeoutError_(Error):
+    """A start with ``wait`` that timed out: the agent as it stands."""
+
+    agent: Agent | None = Field(default=None, description="the agent as it stands")
+
+
+class WakeAgent(_Closed):
+    """One agent of a wake's answer."""
+
+    name: str
+    kind: Kind
+    status: Status
+    replicas: int = Field(ge=0)
+    running: int = Field(ge=0)
+    ready: bool
+
+
+class WakeReady(_Closed):
+    """Every agent of the wake is ready."""
+
+    status: Literal["ready"]
+    looked_up: str = Field(description="names a,b / group g / host h")
+    agents: list[WakeAgent]
+
+
+class WakeNotReady(Error):
+    """Not every agent was ready in time."""
+
+    status: Literal["not-ready"]
+    looked_up: str
+    agents: list[WakeAgent]
+
+
+class SablierInstance(BaseModel):
+    """One instance of a Sablier session."""
+
+    name: str
+    currentReplicas: int = Field(ge=0)
+    desiredReplicas: int = Field(ge=0)
+    status: Literal["ready", "not-ready", "unrecoverable"]
+
+
+class SablierInstanceState(BaseModel):
+    """An instance and its error."""
+
+    instance: SablierInstance
+    error: str | None
+
+
+class SablierSessionBody(BaseModel):
+    """Sablier's session: its instances and whether all are ready."""
+
+    instances: list[SablierInstanceState]
+    status: Literal["ready", "not-ready"]
+
+
+class SablierSession(BaseModel):
+    """Sablier's blocking answer."""
+
+    session: SablierSessionBody
+    error: dict[str, Any] = Field(default_factory=dict, description="on 504: code timeout")
+
+
+class Group(_Closed):
+    """A group and its members."""
+
+    name: str
+    awake: int = Field(ge=0, description="members running, starting or paused")
+    ready: bool = Field(description="every member runs")
+    members: list[Agent]
+
+
+class Leader(_Closed):
+    """Which replica leads (runs the idle sweep and reconciles) among the replicas sharing
+    this database. Every replica serves the API and the feed."""
+
+    replica: str = Field(description="This replica's replica_id.")
+    leader: bool = Field(description="Whether this replica leads now.")
+    holder: str | None = Field(
+        description="The replica holding the lease, as last read (null: none yet)."
+    )
+
+
+class Ready(BaseModel):
+    """Ready."""
+
+    ready: Literal[True]
+    checks: dict[str, Any] = Field(default_factory=dict)
+    leader: Leader
+
+
+class NotReady(Error):
+    """Not ready, with the reasons."""
+
+    ready: Literal[False] = False
+    reasons: list[str] = Field(default_factory=list)
+    checks: dict[str, Any] = Field(default_factory=dict)
+    leader: Leader
+
+
+class AuditEntry(_Closed):
+    """One action idlewatch took (or, in dry run, would have taken)."""
+
+    at: datetime = Field(description="When the action was decided (just before its engine call).")
+    agent: str
+    action: str
+    reason: str
+    actor: Actor
+    ok: bool
+    dry_run: bool
+    detail: str
+    replica: str = Field(description="The replica_id of the idlewatch replica that acted.")
+    finished_at: datetime | None = Field(
+        description="When its engine call ended (a stop: up to stop_timeout later); null for "
+        "an action without an engine call."
+    )
+
+
+#: the shapes the document names, by component name
+SHAPES: dict[str, type[BaseModel]] = {
+    "Agent": Agent,
+    "Error": Error,
+    "TimeoutError": TimeoutError_,
+    "WakeAgent": WakeAgent,
+    "WakeReady": WakeReady,
+    "WakeNotReady": WakeNotReady,
+    "SablierSession": SablierSession,
+    "Group": Group,
+    "Leader": Leader,
+    "Ready": Ready,
+    "NotReady": NotReady,
+    "AuditEntry": AuditEntry,
+}
+
+__all__ = ["SHAPES"]
