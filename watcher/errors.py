@@ -71,7 +71,7 @@ class EngineError(WatcherError):
 
 
 class StoreError(WatcherError):
-    """The database could not be reached or refused a write."""
+    """The database could not be reached, or refused a read or a write."""
 
     code = "store_error"
 

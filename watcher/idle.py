@@ -17,6 +17,7 @@ Policy (read this first):
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,40 @@ _DONE = {
     "pause": "paused container %s",
     "scale_to_zero": "scaled service %s to 0",
 }
+
+
+class OutcomeKind(enum.StrEnum):
+    """What an idle action on one agent came to."""
+
+    ACTED = "acted"
+    DRY_RUN = "dry-run"
+    SKIPPED = "skipped"  # with why: no longer idle, busy, held back, gone...
+    FAILED = "failed"  # with why: the engine failed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an idle action came to, and why (``str()``: ``skipped: busy:exec``)."""
+
+    kind: OutcomeKind
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.reason}" if self.reason else str(self.kind)
+
+
+ACTED = Outcome(OutcomeKind.ACTED)
+DRY_RUN = Outcome(OutcomeKind.DRY_RUN)
+
+
+def skipped(reason: str) -> Outcome:
+    """Not acted on, and why."""
+    return Outcome(OutcomeKind.SKIPPED, reason)
+
+
+def failed(reason: str) -> Outcome:
+    """The action failed, and why."""
+    return Outcome(OutcomeKind.FAILED, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,51 +136,51 @@ class IdleActions:
             self._warn_once(agent.name, f"bad {STOP_AFTER_LABEL} label ({exc}); using the default")
             return self._cfg.pause_stop_after_s
 
-    async def act(self, name: str, now: datetime, *, dry_run: bool) -> str:
+    async def act(self, name: str, now: datetime, *, dry_run: bool) -> Outcome:
         """Apply the idle action to one agent if it is still idle once its lock is held and
         nobody uses it; says what happened."""
         async with self._lifecycle.lock(name):
             agent = self._tracker.get(name)
             if agent is None or not is_idle(agent, now):
-                return "skipped: no longer idle"
+                return skipped("no longer idle")
             idle_s = agent.idle_for_s(now)
             reason = f"idle for {idle_s:.0f}s (timeout {agent.idle_timeout_s:.0f}s)"
             if dry_run:
                 action = self.action_for(agent, agent.labels)
                 self._lifecycle.record(name, action, reason, "sweep", dry_run=True)
                 logger.info("dry-run: would %s %s %s (%s)", action, agent.kind, name, reason)
-                return "dry-run"
+                return DRY_RUN
             try:
                 return await self._act_locked(agent, now, reason)
             except AgentNotFound as exc:
                 logger.warning("idle action on %s skipped: %s", name, exc.message)
-                return "skipped: " + exc.message
+                return skipped(exc.message)
 
-    async def _act_locked(self, agent: Agent, now: datetime, reason: str) -> str:
+    async def _act_locked(self, agent: Agent, now: datetime, reason: str) -> Outcome:
         name = agent.name
         if (why := self._held_back()) is not None:
-            return "skipped: " + why
+            return skipped(why)
         labels = await self._lifecycle.checked_labels(agent)
         if self._refresh is not None:
             await self._refresh()  # use reported elsewhere since the sweep began
         fresh = self._tracker.get(name)
         if fresh is None or not is_idle(fresh, now):
-            return "skipped: no longer idle"
+            return skipped("no longer idle")
         try:
             busy = await self._busy.check(fresh, labels)
         except WatcherError as exc:
             logger.warning("idle action on %s held back: the busy check failed: %s", name, exc)
-            return f"skipped: busy check failed: {exc.message}"
+            return skipped(f"busy check failed: {exc.message}")
         if busy is not None:
             self._busy_now(name, busy)
-            return "skipped: " + busy.reason
+            return skipped(busy.reason)
         # the lease may have run out, or a resync begun, during the looks; a session may
         # have opened, or a keep-alive been asked, while the checks ran
         if (why := self._held_back()) is not None:
-            return "skipped: " + why
+            return skipped(why)
         fresh = self._tracker.get(name)
         if fresh is None or not is_idle(fresh, now):
-            return "skipped: no longer idle"
+            return skipped("no longer idle")
         action = self.action_for(fresh, labels)
         decided = self._clock.now()
         logger.info("idle %s of %s %s: %s", action, agent.kind, name, reason)
@@ -158,7 +193,7 @@ class IdleActions:
         )
         took_s = (self._clock.now() - decided).total_seconds()
         logger.info(_DONE[action] + " (%s; took %.1fs)", name, reason, took_s)
-        return "acted"
+        return ACTED
 
     async def first_busy(self, names: list[str]) -> str | None:
         """The first of ``names`` (a group's members) the live check finds busy, as
@@ -187,31 +222,31 @@ class IdleActions:
         self._lifecycle.record(name, "idle_skipped", busy.reason, "sweep", detail=busy.detail)
         logger.info("idle action on %s skipped: %s (%s)", name, busy.reason, busy.detail)
 
-    async def stop_paused(self, name: str, now: datetime, *, dry_run: bool) -> str:
+    async def stop_paused(self, name: str, now: datetime, *, dry_run: bool) -> Outcome:
         """Stop an agent paused longer than its stop-after; says what happened."""
         async with self._lifecycle.lock(name):
             agent = self._tracker.get(name)
             due = agent is not None and self.paused_too_long(agent, now)
             if agent is None or not due or agent.paused_at is None:
-                return "skipped: no longer paused"
+                return skipped("no longer paused")
             paused_s = (now - agent.paused_at).total_seconds()
             reason = f"paused for {paused_s:.0f}s (stop-after {self.stop_after_s(agent):.0f}s)"
             if dry_run:
                 self._lifecycle.record(name, "stop", reason, "sweep", dry_run=True)
-                return "dry-run"
+                return DRY_RUN
             if (why := self._held_back()) is not None:
-                return "skipped: " + why
+                return skipped(why)
             try:
                 await self._lifecycle.checked_labels(agent)
                 if (why := self._held_back()) is not None:
-                    return "skipped: " + why
+                    return skipped(why)
                 decided = self._clock.now()
                 await self._lifecycle.stop_locked(agent)
             except AgentNotFound as exc:
-                return "skipped: " + exc.message
+                return skipped(exc.message)
             self._lifecycle.record(name, "stop", reason, "sweep", started=decided)
             logger.info("stopped paused container %s (%s)", name, reason)
-            return "acted"
+            return ACTED
 
     def paused_too_long(self, agent: Agent, now: datetime) -> bool:
         """Whether a paused agent is due to be stopped: paused longer than its stop-after,

@@ -53,6 +53,8 @@ from .models import (
 )
 from .policy import SERVICE_ID_LABEL, SESSIONS_REREPORT_S
 from .ports import ActivityStore, Clock, DockerGateway
+from .rules import is_task_use, task_runs_after
+from .sessions import count_sessions
 from .tasks import cancel_and_wait
 from .usage import NO_HOLD_LIMITS, ContainerUse, HoldLimits
 
@@ -61,8 +63,6 @@ logger = logging.getLogger(__name__)
 #: the event name of a report caused by a relisting (a reconnect) rather than by one event
 RESYNC_EVENT = "resync"
 FLUSH_RETRY_MAX_S = 30.0
-_TASK_UP = frozenset({"start", "restart", "unpause"})
-_TASK_DOWN = frozenset({"die", "destroy", "stop"})
 
 
 @dataclass
@@ -144,7 +144,7 @@ class NodeActivity:
         state = self.services.setdefault(sid, ServiceActivity())
         changed = self._apply_task_state(state, ev)
         # a task start is no use (a crash-looping task must not keep its service awake)
-        if self.use.observe(ev) and ev.action != "start":
+        if is_task_use(ev, self.use.observe(ev)):
             when = from_ns(ev.time_ns)
             if state.last_activity is None or when > state.last_activity:
                 state.last_activity = when
@@ -162,7 +162,7 @@ class NodeActivity:
 
     def _count_sessions(self, state: ServiceActivity) -> bool:
         """Recount the open sessions of a service's tasks here; True when it changed."""
-        sessions = sum(self.use.count(t) for t in state.tasks)
+        sessions = count_sessions(self.use, state.tasks)
         if sessions == state.sessions:
             return False
         state.sessions = sessions
@@ -217,9 +217,10 @@ class NodeActivity:
     @staticmethod
     def _apply_task_state(state: ServiceActivity, ev: EngineEvent) -> bool:
         before = len(state.tasks)
-        if ev.action in _TASK_UP:
+        runs = task_runs_after(ev.action)
+        if runs is True:
             state.tasks.add(ev.actor_id)
-        elif ev.action in _TASK_DOWN:
+        elif runs is False:
             state.tasks.discard(ev.actor_id)
         return len(state.tasks) != before
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .errors import WatcherError
-from .idle import IdleActions
+from .idle import DRY_RUN, IdleActions, Outcome, failed, skipped
 from .policy import at_rest, cutoff, idle_agents
 from .ports import Clock
 from .schedule import SweepSchedule
@@ -33,9 +33,13 @@ class SweepReport:
 
     at: datetime
     candidates: list[str] = field(default_factory=list)
-    outcomes: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
     skipped: str | None = None
     pruned: int = 0
+
+    def summary(self) -> dict[str, str]:
+        """Each candidate's outcome in words (``acted``, ``skipped: busy:exec``)."""
+        return {name: str(outcome) for name, outcome in self.outcomes.items()}
 
 
 class Sweeper:
@@ -94,14 +98,14 @@ class Sweeper:
             try:
                 why = await self._group_holds(agent.name, now, held_by_group)
                 if why is not None:
-                    outcome = "skipped: " + why
+                    outcome = skipped(why)
                 else:
                     outcome = await self._idle.act(agent.name, now, dry_run=self._dry_run)
             except WatcherError as exc:
-                outcome = f"failed: {exc}"
+                outcome = failed(str(exc))
                 logger.warning("idle action on %s failed: %s", agent.name, exc)
             report.outcomes[agent.name] = outcome
-            if outcome == "dry-run":
+            if outcome is DRY_RUN:
                 self._dry_reported[agent.name] = agent.last_activity
         self.sweeps += 1
         self.last = report
@@ -154,10 +158,10 @@ class Sweeper:
             try:
                 outcome = await self._idle.stop_paused(agent.name, now, dry_run=self._dry_run)
             except WatcherError as exc:
-                outcome = f"failed: {exc}"
+                outcome = failed(str(exc))
                 logger.warning("stopping paused %s failed: %s", agent.name, exc)
             report.outcomes[agent.name] = outcome
-            if outcome == "dry-run" and agent.paused_at is not None:
+            if outcome is DRY_RUN and agent.paused_at is not None:
                 self._dry_reported[agent.name] = agent.paused_at
 
     def start(self) -> None:

@@ -166,6 +166,10 @@ async def test_a_stopped_server_loses_no_change_and_readiness_says_why(
         body = await resp.json()
         assert resp.status == 503 and body["checks"]["database"] is False, body
         assert w.status().rows_pending > 0, "the changes are kept while the server is down"
+        # a read fails as a write does (issue 23): 503 JSON, never a 500 traceback
+        resp = await client.get("/api/audit")
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "store_error", body
 
         await asyncio.to_thread(pg.start)
         await w.flush(30)

@@ -35,7 +35,7 @@ async def test_idle_agents_are_stopped_and_audited(
         await w.touch("busy-c")
         report = await w.sweep_once()
         assert sorted(report.candidates) == ["idle-c", "idle-svc"]
-        assert report.outcomes == {"idle-c": "acted", "idle-svc": "acted"}
+        assert report.summary() == {"idle-c": "acted", "idle-svc": "acted"}
         await w.wait_for("idle-svc", has(Status.STOPPED, replicas=0), 20)
         await w.wait_for("idle-c", has(Status.EXITED), 20)
         assert inspect(engine, "idle-svc")["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
@@ -62,7 +62,7 @@ async def test_dry_run_records_without_acting(
         await w.wait_synced(30)
         clock.advance(30)
         report = await w.sweep_once()
-        assert report.outcomes == {"dry": "dry-run"}
+        assert report.summary() == {"dry": "dry-run"}
         assert (await w.sweep_once()).candidates == [], "reported once per idle period"
         assert inspect(engine, "dry")["State"]["Running"] is True
         audit = await w.audit("dry")

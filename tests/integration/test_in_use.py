@@ -137,7 +137,7 @@ async def test_busy_cpu_keeps_a_burning_agent_and_lets_an_idle_one_go(
             await w.wait_for(name, has(Status.RUNNING), 15)
         clock.advance(60)
         report = await w.sweep_once()
-        assert report.outcomes == {"burner": "skipped: busy:cpu", "quiet": "acted"}
+        assert report.summary() == {"burner": "skipped: busy:cpu", "quiet": "acted"}
         assert _state(engine, "burner") == "running" and _state(engine, "quiet") == "exited"
         (skip,) = [e for e in await w.audit("burner") if e.action == "idle_skipped"]
         assert skip.reason == "busy:cpu" and "% of a core" in skip.detail
@@ -154,14 +154,14 @@ async def test_busy_command_keeps_an_agent_while_its_file_exists(
         await w.wait_for("flagged", has(Status.RUNNING), 15)
         engine.cli("exec", "flagged", "touch", "/busy")
         clock.advance(60)
-        assert (await w.sweep_once()).outcomes == {"flagged": "skipped: busy:command"}
+        assert (await w.sweep_once()).summary() == {"flagged": "skipped: busy:command"}
         await w.settled(10)
         agent = w.get("flagged")
         assert agent is not None and agent.sessions == 0, "the check's own exec is no session"
         assert agent.last_activity == clock.now(), "the check counted as use at that moment"
         engine.cli("exec", "flagged", "rm", "/busy")
         clock.advance(60)
-        assert (await w.sweep_once()).outcomes == {"flagged": "acted"}
+        assert (await w.sweep_once()).summary() == {"flagged": "acted"}
         assert _state(engine, "flagged") == "exited"
         actions = [(e.action, e.reason) for e in reversed(await w.audit("flagged"))]
         assert actions[0] == ("idle_skipped", "busy:command") and actions[-1][0] == "stop"
@@ -177,9 +177,9 @@ async def test_keep_for_holds_past_the_timeout_and_lets_go_after(
         agent = await w.touch("kept", keep_for_s=30)
         assert agent.keep_until is not None
         clock.advance(25)
-        assert (await w.sweep_once()).outcomes == {}
+        assert (await w.sweep_once()).summary() == {}
         clock.advance(10)
-        assert (await w.sweep_once()).outcomes == {"kept": "acted"}
+        assert (await w.sweep_once()).summary() == {"kept": "acted"}
         assert _state(engine, "kept") == "exited"
 
 
@@ -196,7 +196,7 @@ async def test_pause_then_start_then_stop_after(
     async with Watcher(settings_for(), clock=clock) as w:
         await w.wait_for("napper", has(Status.RUNNING), 15)
         clock.advance(10)
-        assert (await w.sweep_once()).outcomes == {"napper": "acted"}
+        assert (await w.sweep_once()).summary() == {"napper": "acted"}
         await w.wait_for("napper", has(Status.PAUSED), 10)
         assert _state(engine, "napper") == "paused"
         started = await w.start("napper")  # a start unpauses it
@@ -205,7 +205,7 @@ async def test_pause_then_start_then_stop_after(
         await w.sweep_once()
         await w.wait_for("napper", has(Status.PAUSED), 10)
         clock.advance(6)  # paused longer than its stop-after
-        assert (await w.sweep_once()).outcomes == {"napper": "acted"}
+        assert (await w.sweep_once()).summary() == {"napper": "acted"}
         await _until_exited(w, "napper", 15)
         actions = [e.action for e in reversed(await w.audit("napper"))]
         assert actions == ["pause", "start", "pause", "stop"]

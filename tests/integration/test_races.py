@@ -125,7 +125,7 @@ async def test_start_during_an_idle_stop_ends_running(
     report = await sweep
     started = await start
 
-    assert report.outcomes == {"race-idle": "acted"}
+    assert report.summary() == {"race-idle": "acted"}
     assert started.status is Status.RUNNING
     assert _state(engine, "race-idle") == "running"  # the start was the last call
     assert await _actions(w, "race-idle") == ["stop", "start"]
@@ -149,7 +149,7 @@ async def test_an_idle_stop_queued_behind_a_start_is_skipped(
     started = await start
     report = await sweep
     assert started.status is Status.RUNNING
-    assert report.outcomes == {"race-start": "skipped: no longer idle"}  # re-checked
+    assert report.summary() == {"race-start": "skipped: no longer idle"}  # re-checked
     assert _state(engine, "race-start") == "running"
     assert "stop" not in await _actions(w, "race-start")
 

@@ -187,7 +187,7 @@ async def test_a_group_with_one_member_in_use_is_not_stopped(
             await w.wait_for("pair-b", lambda a: a is not None and a.sessions == 1, 10)
             clock.advance(60)
             report = await w.sweep_once()
-            assert report.outcomes == {"pair-a": "skipped: group pair: pair-b is not idle"}
+            assert report.summary() == {"pair-a": "skipped: group pair: pair-b is not idle"}
             assert _state(engine, "pair-a") == "running" == _state(engine, "pair-b")
         finally:
             proc.kill()
@@ -197,5 +197,5 @@ async def test_a_group_with_one_member_in_use_is_not_stopped(
         clock.advance(120)
         await w.settled(10)
         report = await w.sweep_once()
-        assert report.outcomes == {"pair-a": "acted", "pair-b": "acted"}
+        assert report.summary() == {"pair-a": "acted", "pair-b": "acted"}
         await eventually(lambda: _state(engine, "pair-b") == "exited", 15, "pair-b stopped")

@@ -190,7 +190,7 @@ async def test_an_idle_stop_is_audited_when_decided_and_when_finished() -> None:
         clock.advance(7)  # the container takes its stop_timeout to end
         docker.gate.set()
         report = await sweep
-        assert report.outcomes == {"box": "acted"}
+        assert report.summary() == {"box": "acted"}
         await w.flush(5)
     [entry] = [e for e in store.audits if e.action == "stop"]
     assert entry.at == decided and entry.finished_at == decided.replace(second=7)

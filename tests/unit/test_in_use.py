@@ -80,13 +80,13 @@ async def test_an_open_exec_holds_its_agent_and_its_end_starts_the_idle_clock(
     held = await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     assert held is not None
     clock.advance(600)  # long past the timeout: the session holds it
-    assert (await w.sweep_once()).outcomes.get("a") is None
+    assert (await w.sweep_once()).summary().get("a") is None
     docker.streams[-1].queue.put_nowait(event("exec_die", "c1", "a", 590, execID="e1"))
     ended = await w.wait_for("a", lambda a: a is not None and a.sessions == 0, 5)
     assert ended is not None and (ended.last_activity - T0).total_seconds() == pytest.approx(590)
-    assert (await w.sweep_once()).outcomes.get("a") is None  # 10 s after the end: not idle
+    assert (await w.sweep_once()).summary().get("a") is None  # 10 s after the end: not idle
     clock.advance(60)
-    assert (await w.sweep_once()).outcomes["a"] == "acted"
+    assert (await w.sweep_once()).summary()["a"] == "acted"
 
 
 async def test_a_forgotten_session_stops_holding_after_the_max_hold(
@@ -98,7 +98,7 @@ async def test_a_forgotten_session_stops_holding_after_the_max_hold(
     caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
     clock.advance(11 * 60)  # attach_max_hold is 10m
     report = await w.sweep_once()
-    assert report.outcomes["a"] == "acted"
+    assert report.summary()["a"] == "acted"
     warned = [r.getMessage() for r in caplog.records if "attach_max_hold" in r.getMessage()]
     assert len(warned) == 1 and "agent a" in warned[0] and "attach" in warned[0]
     await w.sweep_once()
@@ -112,7 +112,7 @@ async def test_a_busy_agent_is_not_stopped_and_the_check_counts_as_use(
     docker.execs["c1"] = [ExecProcess("x1", "make test", running=True)]  # missed by the stream
     clock.advance(120)
     report = await w.sweep_once()
-    assert report.outcomes["a"] == "skipped: busy:exec"
+    assert report.summary()["a"] == "skipped: busy:exec"
     agent = w.get("a")
     assert agent is not None and agent.last_activity == clock.now() and agent.sessions == 1
     audit = await w.audit("a")
@@ -129,14 +129,14 @@ async def test_busy_command_and_cpu_labels(
     docker.containers["c1"] = box("c1", "a", **labels)
     docker.check_codes["c1"] = 0
     clock.advance(120)
-    assert (await w.sweep_once()).outcomes["a"] == "skipped: busy:command"
+    assert (await w.sweep_once()).summary()["a"] == "skipped: busy:command"
     docker.check_codes["c1"] = 1
     docker.cpu["c1"] = 7.5
     clock.advance(120)
-    assert (await w.sweep_once()).outcomes["a"] == "skipped: busy:cpu"
+    assert (await w.sweep_once()).summary()["a"] == "skipped: busy:cpu"
     docker.cpu["c1"] = 0.5
     clock.advance(120)
-    assert (await w.sweep_once()).outcomes["a"] == "acted"
+    assert (await w.sweep_once()).summary()["a"] == "acted"
     reasons = [(e.action, e.reason) for e in reversed(await w.audit("a"))]
     assert reasons == [
         ("idle_skipped", "busy:command"),
@@ -152,9 +152,9 @@ async def test_keep_for_holds_then_lets_go(
     kept = await w.touch("a", keep_for_s=300)
     assert kept.keep_until is not None and (kept.keep_until - T0).total_seconds() == 300
     clock.advance(200)
-    assert (await w.sweep_once()).outcomes.get("a") is None
+    assert (await w.sweep_once()).summary().get("a") is None
     clock.advance(101)
-    assert (await w.sweep_once()).outcomes["a"] == "acted"
+    assert (await w.sweep_once()).summary()["a"] == "acted"
 
 
 async def test_pause_then_start_then_stop_after(
@@ -163,7 +163,7 @@ async def test_pause_then_start_then_stop_after(
     docker, w, clock = watcher
     clock.advance(120)
     report = await w.sweep_once()
-    assert report.outcomes["b"] == "acted" and docker.calls["pause_container"] == 1
+    assert report.summary()["b"] == "acted" and docker.calls["pause_container"] == 1
     assert (await w.audit("b"))[0].action == "pause"
     docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 120))
     paused = await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
@@ -178,7 +178,7 @@ async def test_pause_then_start_then_stop_after(
     await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
     clock.advance(320)  # stop-after is 5m, from the pause at 250 s (now 560 s)
     report = await w.sweep_once()
-    assert report.outcomes["b"] == "acted" and docker.calls["stop_container"] >= 1
+    assert report.summary()["b"] == "acted" and docker.calls["stop_container"] >= 1
     assert (await w.audit("b"))[0].reason.startswith("paused for")
 
 
@@ -237,9 +237,9 @@ async def test_an_exec_past_the_max_hold_no_longer_makes_the_busy_check_busy(
     await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     docker.execs["c1"] = [ExecProcess("e1", "bash", running=True)]
     clock.advance(5 * 60)
-    assert (await w.sweep_once()).outcomes.get("a") is None  # held by its session
+    assert (await w.sweep_once()).summary().get("a") is None  # held by its session
     clock.advance(6 * 60)  # 11 min: past the 10 min max hold
-    assert (await w.sweep_once()).outcomes["a"] == "acted"
+    assert (await w.sweep_once()).summary()["a"] == "acted"
 
 
 async def test_the_cap_holds_when_start_events_are_late(
@@ -265,12 +265,12 @@ async def test_a_paused_agent_in_use_or_never_idle_is_not_stopped_after_stop_aft
 ) -> None:
     docker, w, clock = watcher
     clock.advance(120)
-    assert (await w.sweep_once()).outcomes["b"] == "acted"  # paused
+    assert (await w.sweep_once()).summary()["b"] == "acted"  # paused
     docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 120))
     await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
     await w.touch("b", keep_for_s=3600)  # a keep-alive asked while it sleeps
     clock.advance(600)  # past the 5m stop-after
-    assert (await w.sweep_once()).outcomes.get("b") is None
+    assert (await w.sweep_once()).summary().get("b") is None
     assert ("stop_container", "c2") not in docker.acted
 
 

@@ -131,11 +131,11 @@ async def test_the_leader_counts_activity_reported_by_a_node() -> None:
         )
         clock.advance(30)  # 80 s after the start, but only 30 s after the use on the worker
         report = await w.sweep_once()
-        assert report.outcomes == {}
+        assert report.summary() == {}
         svc = w.get("svc")
         assert svc is not None and svc.last_activity == used and svc.status is Status.RUNNING
         clock.advance(31)
-        assert (await w.sweep_once()).outcomes == {"svc": "acted"}
+        assert (await w.sweep_once()).summary() == {"svc": "acted"}
         audit = await w.audit("svc")
         assert audit[0].action == "scale_to_zero" and audit[0].replica == w.settings.replica_id
     finally:
@@ -192,7 +192,7 @@ async def test_a_touch_on_the_leader_survives_a_change_of_leader() -> None:
         await _until(lambda: bool(b.leader_info()["leader"]), "b takes the lease")
         clock.advance(20)  # 70 s after the start, 20 s after the touch
         report = await b.sweep_once()
-        assert report.outcomes == {} and docker_b.calls["stop_container"] == 0
+        assert report.summary() == {} and docker_b.calls["stop_container"] == 0
         await b.flush(5)
         assert store.rows["box"].last_activity == T0 + timedelta(seconds=50)
     finally:
@@ -214,7 +214,7 @@ async def test_a_touch_on_a_follower_during_the_leaders_idle_stop_wins() -> None
         await b.touch("box", actor="api")  # answered: it must not be undone
         docker_a.hold.set()
         report = await sweep
-        assert report.outcomes == {"box": "skipped: no longer idle"}
+        assert report.summary() == {"box": "skipped: no longer idle"}
         assert docker_a.calls["stop_container"] == 0
     finally:
         await a.close()

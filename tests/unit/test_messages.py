@@ -45,7 +45,7 @@ async def test_an_idle_stop_and_a_held_back_sweep_say_what_they_did_once(
         docker.reachable = True
         await w.wait_synced(5)
         clock.advance(120)
-        assert (await w.sweep_once()).outcomes == {"box": "acted"}
+        assert (await w.sweep_once()).summary() == {"box": "acted"}
     said = [r.getMessage() for r in caplog.records]
     held = [m for m in said if m.startswith("idle sweeps held back")]
     assert len(held) == 1, said

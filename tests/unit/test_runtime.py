@@ -153,7 +153,7 @@ async def test_sweep_stops_idle_ones_after_a_live_check() -> None:
     try:
         clock.advance(61)
         report = await w.sweep_once()
-        assert report.outcomes == {"idle": "acted", "svc": "acted"}
+        assert report.summary() == {"idle": "acted", "svc": "acted"}
         assert docker.calls["stop_container"] == 1 and docker.calls["scale_service"] == 1
         assert docker.services["s1"].replicas == 0
         svc = w.get("svc")

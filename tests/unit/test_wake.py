@@ -327,11 +327,11 @@ async def test_a_group_goes_to_sleep_together_or_not_at_all(
     await w.touch("web")  # web used 30 s later than db
     clock.advance(40)  # db idle 70 s, web idle 40 s: the group is not idle
     report = await w.sweep_once()
-    assert report.outcomes["db"].startswith("skipped: group team: web is not idle")
+    assert report.summary()["db"].startswith("skipped: group team: web is not idle")
     clock.advance(30)  # both idle now, but db has someone working in it
     docker.execs["c2"] = [ExecProcess("e1", "make test", running=True)]
     report = await w.sweep_once()
-    assert report.outcomes == {
+    assert report.summary() == {
         "db": "skipped: group team: db busy:exec",
         "web": "skipped: group team: db busy:exec",
     }
@@ -341,7 +341,7 @@ async def test_a_group_goes_to_sleep_together_or_not_at_all(
     await w.wait_for("db", lambda a: a is not None and a.sessions == 0, 5)
     clock.advance(120)
     report = await w.sweep_once()
-    assert report.outcomes == {"db": "acted", "web": "acted"}
+    assert report.summary() == {"db": "acted", "web": "acted"}
 
 
 async def test_a_wake_waits_for_what_runs_and_never_starts_it_again(

@@ -227,15 +227,22 @@ class SqlStore:
         except Exception as exc:
             raise StoreError(f"database {self._redacted()} does not answer: {exc}") from exc
 
+    async def _read(self, what: str, query: Any) -> list[Any]:
+        """The rows of a read; any driver error is a StoreError, as a failed write is (an
+        API reading the audit answers 503 then, never 500)."""
+        try:
+            return [row._mapping for row in await self._db.fetch_all(query)]
+        except Exception as exc:  # the drivers raise many unrelated types
+            raise StoreError(f"cannot read {what} from {self._redacted()}: {exc}") from exc
+
     async def load_agents(self) -> list[Agent]:
         """Every agent row as a model."""
-        rows = await self._db.fetch_all(agents_table.select())
-        return [agent_from_row(row._mapping) for row in rows]
+        return [agent_from_row(row) for row in await self._read("agents", agents_table.select())]
 
     async def load_specs(self) -> list[AgentSpec]:
         """Every registered agent spec."""
-        rows = await self._db.fetch_all(specs_table.select())
-        return [spec_from_json(row._mapping["spec"]) for row in rows]
+        rows = await self._read("registered agents", specs_table.select())
+        return [spec_from_json(row["spec"]) for row in rows]
 
     async def write(
         self,
@@ -344,8 +351,7 @@ class SqlStore:
         query = audit_table.select().order_by(audit_table.c.seq.desc()).limit(limit)
         if agent is not None:
             query = query.where(audit_table.c.agent == agent)
-        rows = await self._db.fetch_all(query)
-        return [audit_from_row(row._mapping) for row in rows]
+        return [audit_from_row(row) for row in await self._read("the audit trail", query)]
 
     def _build_upsert_sql(self) -> str:
         cols = [c.name for c in agents_table.columns]
