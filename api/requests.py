@@ -5,13 +5,15 @@ place every route reads its input from."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
 from idlewatch.durations import DurationError, parse_duration_s, parse_timeout_s
+from idlewatch.errors import InvalidValue
 from idlewatch.models import AgentSpec, Kind, freeze
 from pydantic import (
     BaseModel,
@@ -277,6 +279,16 @@ async def no_body(request: web.Request) -> None:
 # ------------------------------------------------------------------ query parameters
 #: the longest a request may ask to be held (``timeout``)
 MAX_WAIT_S = 300.0
+
+
+@contextlib.contextmanager
+def refused_as(code: str, field: str) -> Iterator[None]:
+    """A value the core refuses (:class:`InvalidValue`) as this route's input error: ``code``
+    (``invalid_body`` or ``invalid_parameter``, as for a malformed one) naming ``field``."""
+    try:
+        yield
+    except InvalidValue as exc:
+        raise ApiError(400, code, exc.message.replace(exc.field, field, 1), field) from None
 
 
 def only(request: web.Request, allowed: Collection[str]) -> None:

@@ -21,6 +21,7 @@ from .requests import (
     no_body,
     only,
     read_json,
+    refused_as,
     wait_seconds,
     whole_number,
 )
@@ -163,7 +164,8 @@ async def activity(request: web.Request) -> web.Response:
     """Touch: last activity = now; ``{"keep_for": "30m"}`` keeps it awake that long."""
     only(request, set())
     body: ActivityBody = await read_json(request, ActivityBody, required=False)
-    agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=body.keep_for_s())
+    with refused_as("invalid_body", "keep_for"):
+        agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=body.keep_for_s())
     return _agent(request, agent)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from idlewatch import Agent, AgentNotFound, InvalidValue, Watcher
+from idlewatch import Agent, AgentNotFound, Watcher
 from idlewatch.rules import ON_ITS_WAY, is_awake, is_gone, is_ready, runs
 from idlewatch.wake import WakeResult
 
@@ -57,10 +57,8 @@ def _keep_for(request: web.Request, key: str) -> float | None:
     checked here, its bound (``max_keep_for``) in the core, named as this route names it."""
     keep_for_s = requests.duration(request, key, allow_zero=True)
     if keep_for_s is not None:
-        try:
+        with requests.refused_as("invalid_parameter", key):
             _w(request).operations.check_keep_for(keep_for_s)
-        except InvalidValue as exc:
-            raise ApiError(400, exc.code, exc.message.replace("keep_for", key), key) from None
     return keep_for_s
 
 

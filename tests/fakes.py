@@ -439,12 +439,3 @@ class FakeLeadership:
     def __init__(self, is_leader: bool = True, replica_id: str = "test-replica") -> None:
         self.is_leader = is_leader
         self.replica_id = replica_id
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition of the code's own tasks, with a deadline (the fakes answer at
-    once: this only lets the loop run until it holds)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)

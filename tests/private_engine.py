@@ -1,6 +1,6 @@
 """The test suite's private Docker engine: the demo's engine, and what only tests need.
 
-Recipe: shared/TESTING.md. Everything lives under one temporary directory; only the pid
+Everything lives under one temporary directory; only the pid
 this harness started is ever signalled. Runnable by hand::
 
     python -m tests.private_engine up     # prints DOCKER_HOST=... and stays up until Ctrl-C

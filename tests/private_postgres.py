@@ -1,4 +1,4 @@
-"""A private, throw-away PostgreSQL server for the test suite (recipe: shared/TESTING.md).
+"""A private, throw-away PostgreSQL server for the test suite (docs/architecture.md, "Tests").
 
 Debian's server binaries (``/usr/lib/postgresql/<ver>/bin``) run a cluster whose data
 directory and unix socket live under one temporary directory; it listens on no TCP

@@ -152,6 +152,8 @@ class Lifecycle:
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()
+            if replicas is not None:
+                self._check_replicas(name, replicas, minimum=1)
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
@@ -223,6 +225,7 @@ class Lifecycle:
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set the desired count: 0..max_replicas for services, 0 or 1 for containers."""
         agent = self._agent(name)
+        self._check_replicas(name, replicas, minimum=0)  # the setting's bound, then the kind's
         if agent.kind is Kind.CONTAINER:
             if replicas not in (0, 1):
                 raise InvalidOperation(
@@ -231,7 +234,6 @@ class Lifecycle:
             if replicas == 1:
                 return await self.start(name, actor=actor)
             return await self.stop(name, actor=actor, reason="scaled to 0")
-        self._check_replicas(name, replicas, minimum=0)
         async with self.lock(name):
             agent = self._agent(name)
             started = self._clock.now()

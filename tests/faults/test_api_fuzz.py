@@ -29,8 +29,9 @@ from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks as _openapi_checks  # registers them all
 
 from tests.integration import conftest as integration
-from tests.integration.serveproc import ServeProcess, wait_until
+from tests.integration.serveproc import ServeProcess
 from tests.private_engine import TEST_IMAGE, PrivateEngine
+from tests.waiting import until_sync
 
 # the private engine's fixtures, shared with the integration suite; clean_engine is autouse,
 # so whatever the fuzz deployed, stopped or deleted is wiped before the next test
@@ -142,7 +143,7 @@ def served(
             running = {a["name"] for a in agents if a["status"] == "running"}
             return set(KNOWN) <= running
 
-        wait_until(all_running, 30)
+        until_sync(all_running, 30)
         yield proc
     finally:
         assert proc.stop() == 0, "".join(proc.lines)

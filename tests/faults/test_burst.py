@@ -23,6 +23,7 @@ import pytest
 from tests.integration.conftest import SLEEPER
 from tests.integration.serveproc import ServeProcess
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from tests.waiting import until
 
 TOKEN = "burst-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -126,15 +127,6 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-async def _until(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.2)
-    return result
-
-
 @pytest.mark.timeout(420)
 async def test_a_burst_of_10k_events(burst_engine: PrivateEngine, tmp_path: Path) -> None:
     serve = ServeProcess(
@@ -163,7 +155,7 @@ async def test_a_burst_of_10k_events(burst_engine: PrivateEngine, tmp_path: Path
             workers += [asyncio.create_task(_api_load(http, serve.url, stop, answers))]
             started = time.monotonic()
             try:
-                await _until(_reached(seen), 300, f"{TARGET_EVENTS} engine events (seen {seen})")
+                await until(_reached(seen), 300, f"{TARGET_EVENTS} engine events (seen {seen})")
             finally:
                 stop.set()
                 await asyncio.gather(*workers)
@@ -172,7 +164,7 @@ async def test_a_burst_of_10k_events(burst_engine: PrivateEngine, tmp_path: Path
             for cid in long_ids[1::2]:
                 await eng.call("POST", f"/containers/{cid}/kill")
             truth = await _engine_states(eng)
-            api = await _until(lambda: _matches(http, serve.url, truth), 60, "idlewatch to match")
+            api = await until(lambda: _matches(http, serve.url, truth), 60, "idlewatch to match")
             rss = _rss_mb(serve.proc.pid)
             counter.cancel()
             await asyncio.gather(counter, return_exceptions=True)

@@ -23,15 +23,16 @@ from idlewatch.models import (
     ContainerInfo,
     EngineEvent,
     EventType,
-    Kind,
     Status,
     freeze,
 )
 from idlewatch.store import SqlStore
 from idlewatch.writer import StoreWriter
 
+from tests.builders import agent
 from tests.fakes import FakeDocker, FakeLeadership
 from tests.private_postgres import PrivatePostgres, ensure_installed
+from tests.waiting import until
 
 LABELS = {"idlewatch.enable": "true"}
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -62,15 +63,6 @@ def pg_url(pg: PrivatePostgres, request: pytest.FixtureRequest) -> Iterator[str]
     pg.drop_database(name)
 
 
-async def until(check: object, what: str, timeout_s: float = 30.0) -> None:
-    """Wait for ``check()`` with a deadline."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def container_event(action: str, cid: str, name: str) -> EngineEvent:
     """A managed container's event, stamped now."""
     return EngineEvent(
@@ -84,11 +76,9 @@ def container_event(action: str, cid: str, name: str) -> EngineEvent:
     )
 
 
-def agent(i: int, **changes: Any) -> Agent:
+def row(i: int, **changes: Any) -> Agent:
     """A row for the store-level tests."""
-    return Agent(
-        f"a{i}", Kind.CONTAINER, f"id{i}", "img", Status.RUNNING, 1, 1, T0, 60.0, T0, freeze(LABELS)
-    )._replace(**changes)
+    return agent(f"a{i}", id=f"id{i}", now=T0, **changes)
 
 
 class CountingStore(SqlStore):
@@ -173,7 +163,7 @@ async def test_a_stopped_server_loses_no_change_and_readiness_says_why(
 
         await asyncio.to_thread(pg.start)
         await w.flush(30)
-        await until(lambda: w.health().ready, "readiness after the server came back")
+        await until(lambda: w.health().ready, 30, "readiness after the server came back")
         assert (await client.get("/readyz")).status == 200
     finally:
         await client.close()
@@ -204,15 +194,15 @@ async def test_the_writer_replaces_its_dead_connection(pg: PrivatePostgres, pg_u
     writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.2)
     writer.start()
     try:
-        writer.put_agent(agent(1))
+        writer.put_agent(row(1))
         await writer.flush(10)
         await asyncio.to_thread(pg.stop)
-        writer.put_agent(agent(1, status=Status.EXITED, running=0))
-        writer.put_agent(agent(2))
-        await until(lambda: writer.last_error is not None, "the failed write")
+        writer.put_agent(row(1, status=Status.EXITED, running=0))
+        writer.put_agent(row(2))
+        await until(lambda: writer.last_error is not None, 30, "the failed write")
         tried = store.sessions
         # the writer keeps trying new sessions while the server is down (its task lives on)
-        await until(lambda: store.sessions >= tried + 3, "three more session attempts")
+        await until(lambda: store.sessions >= tried + 3, 30, "three more session attempts")
         await asyncio.to_thread(pg.start)
         await writer.flush(30)
         assert writer.last_error is None
@@ -220,8 +210,8 @@ async def test_the_writer_replaces_its_dead_connection(pg: PrivatePostgres, pg_u
         await writer.close()
     try:
         assert {a.name: a for a in await store.load_agents()} == {
-            "a1": agent(1, status=Status.EXITED, running=0),
-            "a2": agent(2),
+            "a1": row(1, status=Status.EXITED, running=0),
+            "a2": row(2),
         }
     finally:
         await store.close()
@@ -235,16 +225,16 @@ async def test_a_store_write_after_a_restart_in_the_same_task(
     await store.connect()
     try:
         async with store.session():
-            await store.write([agent(1)], [])
+            await store.write([row(1)], [])
             await asyncio.to_thread(pg.stop)
             with pytest.raises(StoreError):
-                await store.write([agent(2)], [])
+                await store.write([row(2)], [])
         with pytest.raises(StoreError):
             async with store.session():
                 pass
         await asyncio.to_thread(pg.start)
         async with store.session():
-            await store.write([agent(3)], [])
+            await store.write([row(3)], [])
         assert sorted(a.name for a in await store.load_agents()) == ["a1", "a3"]
     finally:
         await store.close()
@@ -266,12 +256,12 @@ async def test_the_leader_lapses_while_the_server_is_down_and_leads_again(
         await w.wait_synced(10)
         assert w.leader_info()["leader"]
         await asyncio.to_thread(pg.stop)
-        await until(lambda: not w.leader_info()["leader"], "the lease to lapse", 10)
+        await until(lambda: not w.leader_info()["leader"], 10, "the lease to lapse")
         assert (await w.sweep_once()).skipped is not None  # no idle stop without the lease
         docker.streams[-1].queue.put_nowait(container_event("die", "c1", "box"))
         await w.wait_for("box", lambda a: a is not None and a.status is Status.EXITED, 10)
         await asyncio.to_thread(pg.start)
-        await until(lambda: bool(w.leader_info()["leader"]), "leadership after the outage", 30)
+        await until(lambda: bool(w.leader_info()["leader"]), 30, "leadership after the outage")
         await w.flush(30)
         stored = {a.name: a.status for a in await _rows(w)}
         assert stored == {"box": Status.EXITED}

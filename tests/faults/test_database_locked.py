@@ -8,10 +8,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from idlewatch.models import Agent, Kind, Status, freeze
 from idlewatch.store import SqlStore
 from idlewatch.writer import StoreWriter
 
+from tests.builders import agent
 from tests.fakes import FakeLeadership
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -23,22 +23,6 @@ print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 c.execute("COMMIT")
 """
-
-
-def _agent(i: int) -> Agent:
-    return Agent(
-        f"a{i}",
-        Kind.CONTAINER,
-        f"id{i}",
-        "img",
-        Status.RUNNING,
-        1,
-        1,
-        T0,
-        60.0,
-        T0,
-        freeze({"idlewatch.enable": "true"}),
-    )
 
 
 async def test_writes_survive_a_locked_database(tmp_path: Path) -> None:
@@ -54,7 +38,7 @@ async def test_writes_survive_a_locked_database(tmp_path: Path) -> None:
         assert locker.stdout is not None
         assert (await locker.stdout.readline()).strip() == b"locked"
         for i in range(100):
-            writer.put_agent(_agent(i))
+            writer.put_agent(agent(f"a{i}", id=f"id{i}", now=T0))
         # sqlite's own busy timeout (5 s) runs out first: the writer must keep the rows
         deadline = asyncio.get_running_loop().time() + 20
         while writer.last_error is None:

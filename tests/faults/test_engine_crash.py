@@ -22,6 +22,7 @@ from idlewatch.api.demo_engine import DemoEngine
 from tests.integration.conftest import SLEEPER
 from tests.integration.serveproc import ServeProcess
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+from tests.waiting import until
 
 TOKEN = "crash-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,18 +61,6 @@ def _engine_states(engine: PrivateEngine) -> dict[str, str]:
         return {}
     data: list[dict[str, Any]] = json.loads(engine.cli("inspect", *ids))
     return {c["Name"].lstrip("/"): c["State"]["Status"] for c in data}
-
-
-async def _until(check: Any, timeout_s: float, what: str) -> Any:
-    """Await ``check()`` until it returns something truthy, with a deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _ready_status(http: aiohttp.ClientSession, url: str) -> int:
@@ -162,18 +151,18 @@ async def test_engine_sigkill_under_api_load(crash_engine: PrivateEngine, tmp_pa
     serve = ServeProcess(engine, tmp_path, api_token=TOKEN, reconnect_backoff_max="0.5").start()
     try:
         async with aiohttp.ClientSession() as http:
-            await _until(
+            await until(
                 lambda: _all_running(http, serve.url, always + plain), 20, "all agents running"
             )
             load = Load(http, serve.url, always + plain)
             load.start()
             try:
-                await _until(lambda: _answered(load, 200), 20, "the load to get going")
+                await until(lambda: _answered(load, 200), 20, "the load to get going")
                 truth, api_now = await _crash_and_recover(
                     engine, http, serve.url, load, always, plain
                 )
                 engine.cli("stop", "-t", "1", always[0])  # the stream is live again
-                await _until(
+                await until(
                     lambda: _status_is(http, serve.url, always[0], "exited"), 15, "a later stop"
                 )
             finally:
@@ -207,15 +196,15 @@ async def _crash_and_recover(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Kill the engine, keep the load on while it is down, restart it; (engine, idlewatch)."""
     engine.kill()
-    await _until(lambda: _is(http, url, 503), 20, "/readyz 503 after the crash")
+    await until(lambda: _is(http, url, 503), 20, "/readyz 503 after the crash")
     during = await _api_statuses(http, url)  # still served from memory
     assert set(during) == set(always + plain)
     before = sum(load.answers.values())
-    await _until(lambda: _answered(load, before + 200), 30, "answers while it is down")
+    await until(lambda: _answered(load, before + 200), 30, "answers while it is down")
     engine.start()
-    await _until(lambda: _is(http, url, 200), 30, "/readyz 200 after the restart")
+    await until(lambda: _is(http, url, 200), 30, "/readyz 200 after the restart")
     # the engine restarts the 'always' containers and leaves the others exited
-    truth: dict[str, str] = await _until(lambda: _settled(engine, always, plain), 30, "settling")
+    truth: dict[str, str] = await until(lambda: _settled(engine, always, plain), 30, "settling")
     # idlewatch's view, once it matches or when the deadline passes (then counted below)
     deadline = asyncio.get_running_loop().time() + 15
     while True:
@@ -272,8 +261,8 @@ async def test_serve_waits_for_an_engine_that_is_not_there_yet(
             assert str(engine.socket_path) in body["error"]["message"]
             _prepare(engine)
             _run(engine, "late-agent")
-            await _until(lambda: _is(http, serve.url, 200), 30, "/readyz 200 once the engine is up")
-            await _until(
+            await until(lambda: _is(http, serve.url, 200), 30, "/readyz 200 once the engine is up")
+            await until(
                 lambda: _status_is(http, serve.url, "late-agent", "running"), 15, "the agent"
             )
     finally:

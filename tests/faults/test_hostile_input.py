@@ -212,11 +212,11 @@ def test_any_wake_duration_is_taken_or_refused_with_a_400_naming_it(key: str, te
 
     from aiohttp.test_utils import make_mocked_request
     from idlewatch.api.errors import ApiError
-    from idlewatch.api.wake import _duration
+    from idlewatch.api.requests import duration
 
     request = make_mocked_request("GET", "/api/wake?" + urlencode({key: text}))
     try:
-        seconds = _duration(request, key, maximum=300.0, allow_zero=key == "keep_for")
+        seconds = duration(request, key, maximum=300.0, allow_zero=key == "keep_for")
     except ApiError as exc:
         assert exc.status == 400 and exc.field == key and repr(text)[:10] in exc.message
         return

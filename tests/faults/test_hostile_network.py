@@ -12,7 +12,7 @@ import contextlib
 import json
 import resource
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,6 +27,7 @@ from idlewatch.api.requests import read_body
 
 from tests.integration.serveproc import ServeProcess
 from tests.private_engine import PrivateEngine, ensure_installed
+from tests.waiting import until
 
 MAX_BODY = 256 * 1024
 REQUEST_TIMEOUT_S = 3.0
@@ -78,14 +79,6 @@ def _raise_open_files(wanted: int) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard - 200)
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _read_response(
@@ -269,7 +262,7 @@ async def test_slow_loris_clients_are_cut_while_others_are_served(server: ServeP
         async def all_cut() -> bool:
             return all(a.closed for a in attackers)
 
-        await _until(all_cut, REQUEST_TIMEOUT_S + 20, "every slow client to be disconnected")
+        await until(all_cut, REQUEST_TIMEOUT_S + 20, "every slow client to be disconnected")
     finally:
         for t in tasks:
             t.cancel()
@@ -388,7 +381,7 @@ async def test_thousands_of_websocket_connects_are_capped(server: ServeProcess) 
                 await ws.close()
                 return True
 
-            await _until(a_client_fits, 15, "a websocket client to be accepted again")
+            await until(a_client_fits, 15, "a websocket client to be accepted again")
     print(
         f"\nserve RSS: {baseline_mb:.0f} MB before, peak {rss.peak_mb:.0f} MB during "
         f"{n} websocket connects ({WS_MAX_CLIENTS} held); bound {RSS_BOUND_MB} MB"
@@ -422,7 +415,7 @@ async def test_connections_beyond_max_connections_get_503(small_server: ServePro
             except ConnectionError:
                 return False
 
-        await _until(served, 15, "a connection to be accepted again")
+        await until(served, 15, "a connection to be accepted again")
     finally:
         for _r, w in idle:
             w.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,10 +10,12 @@ from typing import Any
 import pytest
 from idlewatch import AuditEntry, Settings, Watcher
 from idlewatch.engine import AioDockerGateway
-from idlewatch.models import EngineEvent
+from idlewatch.models import ActivityReport, EngineEvent
+from idlewatch.store import SqlStore
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
 from tests.private_postgres import BACKENDS
+from tests.waiting import until
 
 #: exits at once on SIGTERM, so stops and scale-to-0 never wait for the grace period
 SLEEPER = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
@@ -167,23 +168,41 @@ def running_tasks(engine: PrivateEngine, service: str) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("Running"))
 
 
-async def eventually(check: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
-    """Wait until ``check()`` holds, polling with a deadline (for engine-side conditions)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
 async def audited(w: Watcher, agent: str, action: str, timeout_s: float = 10.0) -> list[AuditEntry]:
     """The agent's audit entries for an action, waiting until there is one: the engine's
     event of an action can reach the watcher before the action is recorded."""
-    deadline = time.monotonic() + timeout_s
-    while not (found := [e for e in await w.audit(agent) if e.action == action]):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {action} of {agent} audited within {timeout_s}s")
-        await asyncio.sleep(0.05)
+
+    async def found() -> list[AuditEntry]:
+        return [e for e in await w.audit(agent) if e.action == action]
+
+    entries: list[AuditEntry] = await until(found, timeout_s, f"a {action} of {agent} audited")
+    return entries
+
+
+async def report_from(store: SqlStore, agent: str, source: str) -> ActivityReport | None:
+    """What ``source`` reported of ``agent`` in the shared store."""
+    for report in await store.activity.load_activity():
+        if report.agent == agent and report.source == source:
+            return report
+    return None
+
+
+async def until_report(
+    store: SqlStore,
+    agent: str,
+    source: str,
+    check: Callable[[ActivityReport], bool],
+    timeout_s: float = 20,
+) -> ActivityReport:
+    """Wait until ``source``'s report of ``agent`` in the shared store satisfies ``check``."""
+
+    async def matching() -> ActivityReport | None:
+        report = await report_from(store, agent, source)
+        return report if report is not None and check(report) else None
+
+    found: ActivityReport = await until(
+        matching, timeout_s, f"a matching report of {agent} by {source}", every_s=0.1
+    )
     return found
 
 

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import aiodocker
 from aiohttp import web
 
 from tests.private_engine import PrivateEngine, free_port
+from tests.waiting import until_sync
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 NGINX_CONF = CONFIG / "nginx-wake.conf"
@@ -27,15 +27,13 @@ TOKEN_PLACEHOLDER = "CHANGE-ME-wake-token"
 
 
 def wait_listening(port: int, timeout_s: float, what: str) -> None:
-    """Poll a loopback port until it accepts, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    """Until a loopback port accepts, with a deadline."""
+
+    def accepts() -> bool:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} in {timeout_s}s")
-        time.sleep(0.05)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    until_sync(accepts, timeout_s, f"{what} to listen on 127.0.0.1:{port}")
 
 
 @dataclass

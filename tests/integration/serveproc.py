@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,12 +121,3 @@ def terminate(proc: subprocess.Popen[str] | None, timeout_s: float = 15) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(5)
-
-
-def wait_until(check: object, timeout_s: float = 15) -> None:
-    """Poll a callable until true, with a deadline (for synchronous tests)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)

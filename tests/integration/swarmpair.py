@@ -1,6 +1,6 @@
 """A real two-node Swarm on one machine: two private engines, the second joined as a worker.
 
-Recipe: shared/TESTING.md, "A multi-node Swarm on one machine". Both engines are our own
+Both engines are our own
 (never the session engine, which other tests share): each has its own socket, data-root,
 exec-root and pidfile under its temporary directory, and the test image is built on both,
 since no registry is reachable. Teardown runs whatever failed before it.
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from tests.private_engine import PrivateEngine, ensure_installed
+from tests.waiting import until_sync
 
 from .conftest import create_service
 from .serveproc import terminate
@@ -38,7 +39,7 @@ def two_node_swarm() -> Iterator[tuple[PrivateEngine, PrivateEngine]]:
             eng.build_test_image()
         manager.swarm_init()
         worker.swarm_join(manager)
-        wait_sync(lambda: _ready_nodes(manager) == 2, 60, "both nodes Ready in the Swarm")
+        until_sync(lambda: _ready_nodes(manager) == 2, 60, "both nodes Ready in the Swarm")
         yield manager, worker
     finally:
         _best_effort("remove the services", lambda: wipe(manager, worker))
@@ -102,15 +103,6 @@ def desired_replicas(manager: PrivateEngine, service: str) -> int:
     """The service's desired replica count, as the manager has it."""
     spec = json.loads(manager.cli("service", "inspect", service))[0]["Spec"]
     return int(spec["Mode"]["Replicated"]["Replicas"])
-
-
-def wait_sync(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll a condition with a deadline (for setup code that is not async)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class NodeProcess:

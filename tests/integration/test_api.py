@@ -17,9 +17,10 @@ from idlewatch import Settings, Status, Watcher
 from idlewatch.api import SOCKETS, WATCHER, create_app, watcher_ctx
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
 from .apiclient import Api
-from .conftest import create_service, eventually, inspect, run_container
+from .conftest import create_service, inspect, run_container
 from .test_tracking import has
 
 TOKEN = "s3cret-token"
@@ -354,7 +355,7 @@ async def test_a_client_that_never_reads_does_not_slow_others(
             await asyncio.sleep(0)
         await asyncio.wait_for(task, 30)
         assert received == total, "the reading client got every change"
-        await eventually(lambda: sockets.dropped > 0, 10, "the stuck client dropped")
+        await until(lambda: sockets.dropped > 0, 10, "the stuck client dropped")
         assert sockets.dropped == 1, "the client that never reads was dropped"
         await reader.close()
     finally:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.private_engine import PrivateEngine, free_port
+from tests.waiting import until_sync
 
 from .conftest import create_service, inspect, run_container, running_tasks
-from .serveproc import ServeProcess, wait_until
+from .serveproc import ServeProcess
 
 TOKEN = "cli-token"
 
@@ -20,7 +21,7 @@ TOKEN = "cli-token"
 def server(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
     run_container(engine, "cli-c")
     create_service(engine, "cli-s")
-    wait_until(lambda: running_tasks(engine, "cli-s") == 1, 30)
+    until_sync(lambda: running_tasks(engine, "cli-s") == 1, 30)
     proc = ServeProcess(engine, tmp_path, api_token=TOKEN).start()
     try:
         yield proc

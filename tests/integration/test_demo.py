@@ -15,9 +15,9 @@ from pathlib import Path
 from idlewatch.api.netns import namespace_of
 
 from tests.private_engine import free_port
+from tests.waiting import until_sync
 
 from .bridges import bridge_state, stand_in_bridges
-from .serveproc import wait_until
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -62,7 +62,7 @@ def _demo_smoke(tmp_path: Path) -> None:
     )
     reader.start()
     try:
-        wait_until(lambda: any("idlewatch demo: open" in line for line in out), 90)
+        until_sync(lambda: any("idlewatch demo: open" in line for line in out), 90)
         base = f"http://127.0.0.1:{port}"
         status, page = _get(base + "/")
         assert status == 200 and b"idlewatch" in page
@@ -75,7 +75,7 @@ def _demo_smoke(tmp_path: Path) -> None:
         root = next(line.split("engine: ", 1)[1].strip() for line in out if "engine: " in line)
         dockerd = (Path(root) / "docker.pid").read_text().strip()
         assert namespace_of(dockerd) != namespace_of("self"), "the demo engine's own network"
-        wait_until(idle_stopped, 60)
+        until_sync(idle_stopped, 60)
         _, body = _get(base + "/api/audit?agent=demo-service")
         assert json.loads(body)[0]["action"] == "scale_to_zero"
         _, body = _get(base + "/api/agents")

@@ -10,8 +10,9 @@ import pytest
 from idlewatch import ManualClock, Settings, Status, Watcher
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import create_service, eventually, inspect, run_container, running_tasks
+from .conftest import create_service, inspect, run_container, running_tasks
 from .test_tracking import has
 
 
@@ -24,7 +25,7 @@ async def test_idle_agents_are_stopped_and_audited(
     run_container(engine, "busy-c", labels=short)
     run_container(engine, "forever-c", labels={"idlewatch.idle-timeout": "0"})
     run_container(engine, "plain", managed=False)
-    await eventually(lambda: running_tasks(engine, "idle-svc") == 2, 30, "two tasks")
+    await until(lambda: running_tasks(engine, "idle-svc") == 2, 30, "two tasks")
     clock = ManualClock(datetime.now(UTC))
     async with Watcher(settings_for(), clock=clock) as w:
         await w.wait_synced(30)
@@ -97,7 +98,7 @@ async def test_reconnects_after_daemon_restart(engine: PrivateEngine, watcher: W
     await watcher.wait_for("casualty", has(Status.RUNNING), 10)
     connects = watcher.status().reconnects
     engine.restart()
-    await eventually(
+    await until(
         lambda: watcher.status().reconnects > connects and watcher.health().ready,
         60,
         "reconnect and resync",
@@ -120,7 +121,7 @@ async def test_engine_absent_at_start_then_appears(
         settings = settings_for(docker_url=late.url)
         caplog.set_level(logging.INFO, logger="idlewatch")
         async with Watcher(settings) as w:
-            await eventually(
+            await until(
                 lambda: any("unreachable" in r for r in w.health().reasons), 10, "first failure"
             )
             assert not w.health().ready

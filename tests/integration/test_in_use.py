@@ -21,8 +21,9 @@ import pytest
 from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import audited, eventually, inspect, run_container
+from .conftest import audited, inspect, run_container
 from .serveproc import ServeProcess
 from .test_tracking import has
 
@@ -222,7 +223,7 @@ async def test_max_awake_frees_the_least_recently_used_or_refuses(
         await w.touch("cap-b")  # cap-a is now the least recently used
         started = await w.start("cap-c")
         assert started.status is Status.RUNNING
-        await eventually(lambda: _state(engine, "cap-a") == "exited", 15, "cap-a evicted")
+        await until(lambda: _state(engine, "cap-a") == "exited", 15, "cap-a evicted")
         assert (await w.audit("cap-a"))[0].reason == "evicted for cap-c"
         # both awake agents in use: nothing can be freed
         busy = [await _exec(engine, n, "sleep", "30") for n in ("cap-b", "cap-c")]
@@ -290,7 +291,7 @@ async def test_an_attach_survives_a_restart_of_serve_and_holds_until_attach_max_
         env=engine.env(), stdin=terminal, stdout=terminal, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await eventually(lambda: _json(serve, "/api/agents/term")["sessions"] == 1, 15, "attach")
+        await until(lambda: _json(serve, "/api/agents/term")["sessions"] == 1, 15, "attach")
         attached_at = time.monotonic()
         assert serve.stop() == 0
         serve = ServeProcess(engine, tmp_path, **settings).start()
@@ -301,13 +302,13 @@ async def test_an_attach_survives_a_restart_of_serve_and_holds_until_attach_max_
         def swept_after_the_timeout() -> bool:
             return time.monotonic() > idle_passed and _sweeps(serve) >= 3
 
-        await eventually(swept_after_the_timeout, 20, "sweeps past the idle timeout")
+        await until(swept_after_the_timeout, 20, "sweeps past the idle timeout")
         sweeps = _sweeps(serve)
-        await eventually(lambda: _sweeps(serve) >= sweeps + 2, 10, "two sweeps more")
+        await until(lambda: _sweeps(serve) >= sweeps + 2, 10, "two sweeps more")
         assert _state(engine, "term") == "running", "stopped under the attached terminal"
         # the terminal detaches (the engine says nothing): attach_max_hold ends the hold
         attach.terminate()
-        await eventually(lambda: _state(engine, "term") == "exited", 40, "the idle stop")
+        await until(lambda: _state(engine, "term") == "exited", 40, "the idle stop")
         assert time.monotonic() - attached_at >= 20
         stops = [e for e in _json(serve, "/api/audit?agent=term") if e["action"] == "stop"]
         assert stops and stops[0]["actor"] == "sweep"

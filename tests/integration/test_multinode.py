@@ -28,8 +28,10 @@ from idlewatch.node import NodeReporter
 from idlewatch.store import SqlStore
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import LABEL, audited, eventually
+from .conftest import LABEL, audited, report_from
+from .conftest import until_report as until_source_report
 from .swarmpair import (
     NodeProcess,
     create_worker_service,
@@ -72,32 +74,23 @@ def leader_settings(manager: PrivateEngine, database_url: str, **kw: Any) -> Set
 
 async def report_of(store: SqlStore, agent: str) -> ActivityReport | None:
     """The worker's report of ``agent`` in the shared store."""
-    for report in await store.activity.load_activity():
-        if report.agent == agent and report.source == SOURCE:
-            return report
-    return None
+    return await report_from(store, agent, SOURCE)
 
 
 async def until_report(
     store: SqlStore, agent: str, check: Callable[[ActivityReport], bool], timeout_s: float = 20
 ) -> ActivityReport:
-    """Poll the shared store until the worker's report of ``agent`` satisfies ``check``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = await report_of(store, agent)
-        if report is not None and check(report):
-            return report
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no matching report of {agent} in {timeout_s}s: {report}")
-        await asyncio.sleep(0.1)
+    """Wait until the worker's report of ``agent`` satisfies ``check``."""
+    return await until_source_report(store, agent, SOURCE, check, timeout_s)
 
 
 async def until_managed(store: SqlStore, service_id: str) -> None:
     """Wait until the leader has recorded the service (what managed_services() reads)."""
-    deadline = time.monotonic() + 20
-    while service_id not in await store.activity.managed_services():
-        assert time.monotonic() < deadline, "the leader never recorded the service"
-        await asyncio.sleep(0.1)
+
+    async def recorded() -> bool:
+        return service_id in await store.activity.managed_services()
+
+    await until(recorded, 20, "the leader to record the service", every_s=0.1)
 
 
 def health_runs(engine: PrivateEngine, container: str) -> int:
@@ -138,14 +131,14 @@ async def test_worker_exec_and_task_death_reach_the_shared_store(
         reporter.start()
         try:
             await until_managed(store, sid)
-            await eventually(lambda: task_container(worker, "mn-exec") is not None, 30, "task")
+            await until(lambda: task_container(worker, "mn-exec") is not None, 30, "task")
             cid = task_container(worker, "mn-exec")
             assert cid is not None
             assert task_container(manager, "mn-exec") is None  # only the worker has it
             await until_report(store, "mn-exec", lambda r: r.running == 1)
 
             # the engine's healthcheck execs on the worker are not use
-            await eventually(lambda: health_runs(worker, cid) >= 3, 30, "three healthchecks")
+            await until(lambda: health_runs(worker, cid) >= 3, 30, "three healthchecks")
             await reporter.stream.settled()
             report = await report_of(store, "mn-exec")
             assert report is not None and report.last_activity is None, report
@@ -185,14 +178,14 @@ async def test_exec_on_the_worker_keeps_the_service_alive_until_idle(
         node.start()
         try:
             create_worker_service(manager, "mn-keep")
-            await eventually(lambda: task_container(worker, "mn-keep") is not None, 30, "task")
+            await until(lambda: task_container(worker, "mn-keep") is not None, 30, "task")
             cid = task_container(worker, "mn-keep")
             assert cid is not None
             # someone works inside the task on the worker for three idle timeouts; the
             # manager's own engine sees none of it
-            until = time.monotonic() + 3 * idle_s
+            busy_until = time.monotonic() + 3 * idle_s
             last_exec = datetime.now(UTC)
-            while time.monotonic() < until:
+            while time.monotonic() < busy_until:
                 last_exec = datetime.now(UTC)
                 await asyncio.to_thread(worker.cli, "exec", cid, "true")
                 await asyncio.sleep(1)  # the user's pace, not a wait for a condition
@@ -201,9 +194,7 @@ async def test_exec_on_the_worker_keeps_the_service_alive_until_idle(
             assert task_container(worker, "mn-keep") == cid  # the same task, never restarted
 
             # then stops: the leader scales it to 0 once it has been idle for the timeout
-            await eventually(
-                lambda: desired_replicas(manager, "mn-keep") == 0, 4 * idle_s, "scale to 0"
-            )
+            await until(lambda: desired_replicas(manager, "mn-keep") == 0, 4 * idle_s, "scale to 0")
             # (the engine can show the scale before the sweep, awaiting its answer, records it)
             stops = await audited(leader, "mn-keep", "scale_to_zero")
             assert len(stops) == 1 and stops[0].actor == "sweep" and stops[0].ok, stops
@@ -275,7 +266,7 @@ async def test_an_open_exec_on_the_worker_holds_the_service_past_its_timeout(
         node.start()
         try:
             create_worker_service(manager, "mn-sess")
-            await eventually(lambda: task_container(worker, "mn-sess") is not None, 30, "task")
+            await until(lambda: task_container(worker, "mn-sess") is not None, 30, "task")
             cid = task_container(worker, "mn-sess")
             assert cid is not None
             hold_s = 3 * idle_s
@@ -290,9 +281,7 @@ async def test_an_open_exec_on_the_worker_holds_the_service_past_its_timeout(
             assert not [e for e in await leader.audit("mn-sess") if e.actor == "sweep"]
             assert task_container(worker, "mn-sess") == cid
 
-            await eventually(
-                lambda: desired_replicas(manager, "mn-sess") == 0, 4 * idle_s, "scale to 0"
-            )
+            await until(lambda: desired_replicas(manager, "mn-sess") == 0, 4 * idle_s, "scale to 0")
             stops = await audited(leader, "mn-sess", "scale_to_zero")
             assert len(stops) == 1 and stops[0].actor == "sweep", stops
             assert (stops[0].at - ended).total_seconds() >= idle_s - 1, (stops[0], ended)

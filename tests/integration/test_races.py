@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 from idlewatch import AgentNotFound, Settings, Status, Watcher
 from idlewatch.engine import AioDockerGateway
+from idlewatch.engine.client import EngineClient
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import create_service, eventually, inspect, run_container
+from .conftest import create_service, inspect, run_container
 from .test_tracking import has
 
 
@@ -44,11 +46,24 @@ class Gate:
         await self.release.wait()
 
 
+class GatedClient(EngineClient):
+    """The real engine client, with a gate between a scale's inspect and its versioned update."""
+
+    def __init__(self, url: str, gate: Gate) -> None:
+        super().__init__(url)
+        self.gate = gate
+
+    async def json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
+        if what == "scale service":
+            await self.gate.pass_through("scale_update")
+        return await super().json(what, path, method, **kw)
+
+
 class GatedGateway(AioDockerGateway):
     """The real gateway, with a gate before start, stop and scale calls."""
 
     def __init__(self, url: str, *, label: str, gate: Gate) -> None:
-        super().__init__(url, label=label)
+        super().__init__(url, label=label, client=GatedClient(url, gate))
         self.gate = gate
 
     async def start_container(self, ref: str) -> None:
@@ -58,11 +73,6 @@ class GatedGateway(AioDockerGateway):
     async def stop_container(self, ref: str, timeout_s: float) -> None:
         await self.gate.pass_through("stop_container")
         await super().stop_container(ref, timeout_s)
-
-    async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
-        if what == "scale service":  # between the inspect and the versioned update
-            await self.gate.pass_through("scale_update")
-        return await super()._json(what, path, method, **kw)
 
 
 @pytest.fixture
@@ -91,7 +101,7 @@ async def _actions(w: Watcher, name: str) -> list[str]:
 
 async def _idle(w: Watcher, name: str) -> None:
     """Wait until the agent has been idle longer than its 1 s timeout."""
-    await eventually(
+    await until(
         lambda: (a := w.get(name)) is not None and a.idle_for_s(w.clock.now()) > 1.5,
         10,
         f"{name} to be idle",
@@ -100,7 +110,7 @@ async def _idle(w: Watcher, name: str) -> None:
 
 async def _queued(w: Watcher, name: str) -> None:
     """Wait until a second call waits its turn behind the one under way."""
-    await eventually(lambda: w.busy(name) >= 2, 10, f"a call queued on {name}")
+    await until(lambda: w.busy(name) >= 2, 10, f"a call queued on {name}")
 
 
 def _state(engine: PrivateEngine, name: str) -> str:

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed, free_port
+from tests.waiting import until
 
-from .conftest import eventually
 from .proxies import APP_HOST, start_caddy, start_nginx
 from .serveproc import ServeProcess
 
@@ -77,7 +77,7 @@ async def test_every_first_request_is_answered_by_the_app(
         async with aiohttp.ClientSession() as session:
             for _ in range(TRIES):
                 loopback_engine.cli("stop", "-t", "1", "app")
-                await eventually(lambda: _status(serve) == "exited", 15, "the app stopped")
+                await until(lambda: _status(serve) == "exited", 15, "the app stopped")
                 headers = {"Host": proxy.host_header()}
                 async with session.get(proxy.url + "/", headers=headers) as resp:
                     answers.append((resp.status, (await resp.text()).strip()))

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import fresh_database
 from tests.private_engine import PrivateEngine
 from tests.private_postgres import PrivatePostgres
+from tests.waiting import until
 
 from .conftest import inspect, run_container
 from .serveproc import ServeProcess
@@ -77,15 +78,6 @@ async def _leaders(http: aiohttp.ClientSession, procs: list[ServeProcess]) -> li
     return found
 
 
-async def _until(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
-
-
 async def test_two_replicas_one_leader_both_serve(
     engine: PrivateEngine, replicas: list[ServeProcess]
 ) -> None:
@@ -93,7 +85,7 @@ async def test_two_replicas_one_leader_both_serve(
     run_container(engine, "rep-busy")
     run_container(engine, "rep-idle", labels={"idlewatch.idle-timeout": "2s"})
     async with aiohttp.ClientSession() as http:
-        leaders = await _until(lambda: _leaders(http, replicas), 10, "a leader")
+        leaders = await until(lambda: _leaders(http, replicas), 10, "a leader")
         assert len(leaders) == 1
         leader, follower = (a, b) if leaders[0] == "replica-a" else (b, a)
         _, fbody = await _get(http, follower.url + "/readyz")
@@ -104,10 +96,10 @@ async def test_two_replicas_one_leader_both_serve(
             names = [{x["name"] for x in body} for _, body in views]
             return names[0] == names[1] == {"rep-busy", "rep-idle"}
 
-        await _until(same_agents, 15, "both replicas to list both agents")
+        await until(same_agents, 15, "both replicas to list both agents")
 
         # the idle one is stopped once, by the leader
-        await _until(lambda: _status(http, follower.url, "rep-idle", "exited"), 20, "the idle stop")
+        await until(lambda: _status(http, follower.url, "rep-idle", "exited"), 20, "the idle stop")
         sweeps = await _sweep_rows(http, follower.url, leader.url, "rep-idle")
         assert sweeps == [("stop", leaders[0])]
 
@@ -132,20 +124,20 @@ async def test_the_leader_killed_hands_over_within_the_lease(
 ) -> None:
     run_container(engine, "rep-late", labels={"idlewatch.idle-timeout": "8s"})
     async with aiohttp.ClientSession() as http:
-        (first,) = await _until(lambda: _leaders(http, replicas), 10, "a leader")
+        (first,) = await until(lambda: _leaders(http, replicas), 10, "a leader")
         leader = next(p for p in replicas if first in p.env["IDLEWATCH_REPLICA_ID"])
         follower = next(p for p in replicas if p is not leader)
         assert leader.proc is not None
         leader.proc.kill()  # SIGKILL: no clean hand-over
         leader.proc.wait(10)
         killed_at = time.monotonic()
-        (second,) = await _until(
+        (second,) = await until(
             lambda: _leaders(http, [follower]), LEASE_S + TAKEOVER_SLACK_S, "the takeover"
         )
         took_s = time.monotonic() - killed_at
         assert second != first
         # the new leader sweeps: the agent is stopped exactly once, by it
-        await _until(lambda: _status(http, follower.url, "rep-late", "exited"), 20, "the idle stop")
+        await until(lambda: _status(http, follower.url, "rep-late", "exited"), 20, "the idle stop")
         sweeps = await _sweep_rows(http, follower.url, follower.url, "rep-late")
     print(f"\nleader {first} SIGKILLed; {second} led {took_s:.1f}s later (lease {LEASE_S}s)")
     assert sweeps == [("stop", second)]
@@ -161,9 +153,9 @@ async def _sweep_rows(
         _, audit = await _get(http, f"{url}/api/audit?agent={agent}")
         return [(e["action"], e["replica"]) for e in audit if e["actor"] == "sweep"]
 
-    await _until(rows, 15, f"the sweep's audit row for {agent}")
+    await until(rows, 15, f"the sweep's audit row for {agent}")
     done = await _sweeps(http, leader_url)
-    await _until(lambda: _swept_since(http, leader_url, done + 2), 15, "two more sweeps")
+    await until(lambda: _swept_since(http, leader_url, done + 2), 15, "two more sweeps")
     return await rows()
 
 

@@ -8,8 +8,9 @@ from idlewatch import Agent, Kind, Settings, Status, Watcher
 from idlewatch.store import SqlStore
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import create_service, eventually, run_container, running_tasks, wait_for_service
+from .conftest import create_service, run_container, running_tasks, wait_for_service
 
 
 def has(status: Status, **fields: int) -> Callable[[Agent | None], bool]:
@@ -48,7 +49,7 @@ async def test_discovery_tracks_only_labelled(
     run_container(engine, "labelled-c")
     run_container(engine, "plain-c", managed=False)
     create_service(engine, "labelled-s")
-    await eventually(lambda: running_tasks(engine, "labelled-s") == 1, what="service task")
+    await until(lambda: running_tasks(engine, "labelled-s") == 1, what="service task")
     async with Watcher(settings_for()) as w:
         await w.wait_synced(30)
         assert {a.name for a in w.agents()} == {"labelled-c", "labelled-s"}
@@ -123,7 +124,7 @@ async def test_exec_is_activity_but_healthchecks_are_not(
     assert started is not None
     # let at least three healthcheck runs go by (each is exec_create/start/die on the stream)
     base = watcher.status().events_received
-    await eventually(lambda: watcher.status().events_received >= base + 9, 20, "healthcheck execs")
+    await until(lambda: watcher.status().events_received >= base + 9, 20, "healthcheck execs")
     await watcher.settled(10)
     after_health = watcher.get("hc")
     assert after_health is not None

@@ -19,8 +19,9 @@ from idlewatch import ManualClock, Settings, Status, Watcher
 from idlewatch.api import create_app
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine
+from tests.waiting import until
 
-from .conftest import create_service, eventually, inspect, run_container
+from .conftest import create_service, inspect, run_container
 from .test_tracking import has
 
 GO_HEADERS = {"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"}
@@ -198,4 +199,4 @@ async def test_a_group_with_one_member_in_use_is_not_stopped(
         await w.settled(10)
         report = await w.sweep_once()
         assert report.summary() == {"pair-a": "acted", "pair-b": "acted"}
-        await eventually(lambda: _state(engine, "pair-b") == "exited", 15, "pair-b stopped")
+        await until(lambda: _state(engine, "pair-b") == "exited", 15, "pair-b stopped")

@@ -18,8 +18,9 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from tests.private_engine import PrivateEngine
+from tests.waiting import until
 
-from .conftest import TEST_IMAGE, eventually, inspect, run_container
+from .conftest import TEST_IMAGE, inspect, run_container
 from .proxies import APP_HOST, Proxy, Upstream, start_caddy, start_nginx
 from .serveproc import ServeProcess
 
@@ -72,7 +73,7 @@ async def proxied(
         labels={"idlewatch.hosts": APP_HOST, "idlewatch.idle-timeout": f"{IDLE_S}s"},
     )
     engine.cli("stop", "-t", "1", "site")
-    await eventually(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
+    await until(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
     upstream = await Upstream(engine, "site").start()
     start = start_nginx if request.param == "nginx" else start_caddy
     proxy = start(idlewatch_port=serve.port, upstream_port=upstream.port, token=WAKE_TOKEN)
@@ -148,8 +149,8 @@ async def test_requests_keep_it_awake_and_silence_lets_it_sleep(
     proxy, _ = proxied
     async with aiohttp.ClientSession() as session:
         await _until_upstream(session, proxy, 30)
-        until = time.monotonic() + 3 * IDLE_S
-        while time.monotonic() < until:  # a user browsing, past three idle timeouts
+        browsing_until = time.monotonic() + 3 * IDLE_S
+        while time.monotonic() < browsing_until:  # a user browsing, past three idle timeouts
             status, _, _ = await _get(session, proxy)
             assert status == 200
             await asyncio.sleep(0.5)  # the user's pace, not a wait for a condition
@@ -157,7 +158,7 @@ async def test_requests_keep_it_awake_and_silence_lets_it_sleep(
     assert _state(engine, "site") == "running"
     assert not [e for e in _audit(serve, "site") if e["action"] == "stop"]
     # no more requests: asleep once keep_for and the idle timeout have passed
-    await eventually(lambda: _state(engine, "site") == "exited", 20, "site stopped")
+    await until(lambda: _state(engine, "site") == "exited", 20, "site stopped")
     slept_after = time.monotonic() - last
     (stop,) = [e for e in _audit(serve, "site") if e["action"] == "stop"]
     assert stop["actor"] == "sweep" and slept_after >= KEEP_FOR_S - 0.5, slept_after
@@ -219,7 +220,7 @@ async def test_caddy_wait_page_then_the_upstream_once_healthy(
         slow,
     )
     engine.cli("stop", "-t", "1", "site")
-    await eventually(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
+    await until(lambda: _agent(serve, "site")["status"] == "exited", 15, "site exited")
     upstream = await Upstream(engine, "site").start()
     proxy = start_caddy(idlewatch_port=serve.port, upstream_port=upstream.port, token=WAKE_TOKEN)
     try:

@@ -19,7 +19,7 @@ from idlewatch.models import (
     freeze,
 )
 
-from tests.fakes import until
+from tests.waiting import until
 
 MANAGED = freeze({"idlewatch.enable": "true"})
 

@@ -7,43 +7,20 @@ import gc
 import logging
 import warnings
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
 from idlewatch.api import create_app
-from idlewatch.clock import to_ns
 from idlewatch.models import (
     ContainerExecs,
-    ContainerInfo,
-    EngineEvent,
-    EventType,
     ExecProcess,
-    freeze,
 )
 
+from tests.builders import T0, box, container_event
 from tests.fakes import FakeDocker, FakeStore
 
-T0 = datetime(2026, 8, 1, tzinfo=UTC)
 MANAGED = {"idlewatch.enable": "true"}
-
-
-def box(cid: str, name: str, state: str = "running", **labels: str) -> ContainerInfo:
-    return ContainerInfo(cid, name, "img", state, freeze({**MANAGED, **labels}))
-
-
-def event(action: str, cid: str, name: str, t_s: float, **attrs: str) -> EngineEvent:
-    return EngineEvent(
-        EventType.CONTAINER,
-        action,
-        cid,
-        to_ns(T0) + int(t_s * 1e9),
-        name,
-        "img",
-        attrs.pop("detail", ""),
-        freeze({**MANAGED, **attrs}),
-    )
 
 
 @pytest.fixture
@@ -75,13 +52,13 @@ async def test_an_open_exec_holds_its_agent_and_its_end_starts_the_idle_clock(
 ) -> None:
     docker, w, clock = watcher
     docker.streams[-1].queue.put_nowait(
-        event("exec_start", "c1", "a", 5, detail="make", execID="e1")
+        container_event("exec_start", "c1", "a", 5, detail="make", execID="e1")
     )
     held = await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     assert held is not None
     clock.advance(600)  # long past the timeout: the session holds it
     assert (await w.sweep_once()).summary().get("a") is None
-    docker.streams[-1].queue.put_nowait(event("exec_die", "c1", "a", 590, execID="e1"))
+    docker.streams[-1].queue.put_nowait(container_event("exec_die", "c1", "a", 590, execID="e1"))
     ended = await w.wait_for("a", lambda a: a is not None and a.sessions == 0, 5)
     assert ended is not None and (ended.last_activity - T0).total_seconds() == pytest.approx(590)
     assert (await w.sweep_once()).summary().get("a") is None  # 10 s after the end: not idle
@@ -93,7 +70,7 @@ async def test_a_forgotten_session_stops_holding_after_the_max_hold(
     watcher: tuple[FakeDocker, Watcher, ManualClock], caplog: pytest.LogCaptureFixture
 ) -> None:
     docker, w, clock = watcher
-    docker.streams[-1].queue.put_nowait(event("attach", "c1", "a", 1))
+    docker.streams[-1].queue.put_nowait(container_event("attach", "c1", "a", 1))
     await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
     clock.advance(11 * 60)  # attach_max_hold is 10m
@@ -165,16 +142,16 @@ async def test_pause_then_start_then_stop_after(
     report = await w.sweep_once()
     assert report.summary()["b"] == "acted" and docker.calls["pause_container"] == 1
     assert (await w.audit("b"))[0].action == "pause"
-    docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 120))
+    docker.streams[-1].queue.put_nowait(container_event("pause", "c2", "b", 120))
     paused = await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
     assert paused is not None and paused.paused_at is not None
     await w.start("b")  # a start of a paused agent unpauses it
     assert docker.calls["unpause_container"] == 1 and docker.calls["start_container"] == 0
-    docker.streams[-1].queue.put_nowait(event("unpause", "c2", "b", 121))
+    docker.streams[-1].queue.put_nowait(container_event("unpause", "c2", "b", 121))
     await w.wait_for("b", lambda a: a is not None and a.status is Status.RUNNING, 5)
     clock.advance(120)
     await w.sweep_once()
-    docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 250))
+    docker.streams[-1].queue.put_nowait(container_event("pause", "c2", "b", 250))
     await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
     clock.advance(320)  # stop-after is 5m, from the pause at 250 s (now 560 s)
     report = await w.sweep_once()
@@ -186,16 +163,20 @@ async def test_the_cap_evicts_the_least_recently_used_or_refuses(
     watcher: tuple[FakeDocker, Watcher, ManualClock],
 ) -> None:
     docker, w, _clock = watcher
-    docker.streams[-1].queue.put_nowait(event("exec_die", "c1", "a", 1))  # (not a session)
+    docker.streams[-1].queue.put_nowait(
+        container_event("exec_die", "c1", "a", 1)
+    )  # (not a session)
     await w.touch("b")  # b was used last: a is the least recently used awake agent
     await w.start("c")
     assert ("stop_container", "c1") in docker.acted
     assert (await w.audit("a"))[0].reason == "evicted for c"
     assert w.status().evictions == 1
     # now b and c are awake (c by the reservation until its event comes); both in use
-    docker.streams[-1].queue.put_nowait(event("start", "c3", "c", 5))
-    docker.streams[-1].queue.put_nowait(event("die", "c1", "a", 6))
-    docker.streams[-1].queue.put_nowait(event("exec_start", "c3", "c", 7, detail="sh", execID="s"))
+    docker.streams[-1].queue.put_nowait(container_event("start", "c3", "c", 5))
+    docker.streams[-1].queue.put_nowait(container_event("die", "c1", "a", 6))
+    docker.streams[-1].queue.put_nowait(
+        container_event("exec_start", "c3", "c", 7, detail="sh", execID="s")
+    )
     await w.wait_for("c", lambda a: a is not None and a.sessions == 1, 5)
     await w.touch("b", keep_for_s=600)
     with pytest.raises(CapacityExceeded) as refused:
@@ -213,6 +194,11 @@ async def test_keep_for_over_the_maximum_is_a_400_naming_it(
         resp = await client.post("/api/agents/a/activity", json={"keep_for": "25h"})
         body = await resp.json()
         assert resp.status == 400 and body["error"]["field"] == "keep_for"
+        assert body["error"]["code"] == "invalid_body"  # as for a malformed keep_for
+        resp = await client.get("/api/wake?names=a&keep_for=25h")
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["field"] == "keep_for"
+        assert body["error"]["code"] == "invalid_parameter"  # as for a malformed query
         resp = await client.post("/api/agents/a/activity", json={"keep_for": "30m"})
         body = await resp.json()
         assert resp.status == 200 and body["keep_until"] is not None and body["sessions"] == 0
@@ -232,7 +218,7 @@ async def test_an_exec_past_the_max_hold_no_longer_makes_the_busy_check_busy(
     the live check must not count it either (else the agent never sleeps)."""
     docker, w, clock = watcher
     docker.streams[-1].queue.put_nowait(
-        event("exec_start", "c1", "a", 1, detail="bash", execID="e1")
+        container_event("exec_start", "c1", "a", 1, detail="bash", execID="e1")
     )
     await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
     docker.execs["c1"] = [ExecProcess("e1", "bash", running=True)]
@@ -249,7 +235,7 @@ async def test_the_cap_holds_when_start_events_are_late(
     the table) and must still count, and be the last to be evicted."""
     docker, w, _clock = watcher
     docker.containers["c4"] = box("c4", "d", "exited")
-    docker.streams[-1].queue.put_nowait(event("create", "c4", "d", 1))
+    docker.streams[-1].queue.put_nowait(container_event("create", "c4", "d", 1))
     await w.wait_for("d", lambda a: a is not None, 5)
     for name in ("c", "d", "a"):
         await w.start(name)
@@ -266,7 +252,7 @@ async def test_a_paused_agent_in_use_or_never_idle_is_not_stopped_after_stop_aft
     docker, w, clock = watcher
     clock.advance(120)
     assert (await w.sweep_once()).summary()["b"] == "acted"  # paused
-    docker.streams[-1].queue.put_nowait(event("pause", "c2", "b", 120))
+    docker.streams[-1].queue.put_nowait(container_event("pause", "c2", "b", 120))
     await w.wait_for("b", lambda a: a is not None and a.status is Status.PAUSED, 5)
     await w.touch("b", keep_for_s=3600)  # a keep-alive asked while it sleeps
     clock.advance(600)  # past the 5m stop-after
@@ -304,8 +290,6 @@ async def test_a_shutdown_mid_recovery_leaves_no_look_unawaited() -> None:
 def test_an_unpause_inside_a_stop_is_no_use() -> None:
     """kill, unpause, die: the engine thawing a paused container to stop it."""
     from idlewatch.usage import ContainerUse
-
-    from tests.builders import container_event
 
     use = ContainerUse()
     assert use.observe(container_event("unpause")), "somebody's unpause is use"

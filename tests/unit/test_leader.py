@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from idlewatch import ManualClock, Settings, Status, Watcher
@@ -15,6 +13,7 @@ from idlewatch.leader import Leadership
 from idlewatch.models import ActivityReport, ContainerInfo, ServiceInfo, freeze
 
 from tests.fakes import FakeDocker, FakeLeadership, FakeStore
+from tests.waiting import until
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 LABEL = "idlewatch.enable"
@@ -189,7 +188,7 @@ async def test_a_touch_on_the_leader_survives_a_change_of_leader() -> None:
         clock.advance(50)
         await a.touch("box", actor="api")  # on the leader
         await a.close()  # hands the lease over
-        await _until(lambda: bool(b.leader_info()["leader"]), "b takes the lease")
+        await until(lambda: bool(b.leader_info()["leader"]), 10, "b takes the lease")
         clock.advance(20)  # 70 s after the start, 20 s after the touch
         report = await b.sweep_once()
         assert report.summary() == {} and docker_b.calls["stop_container"] == 0
@@ -305,11 +304,3 @@ async def test_activity_reports_go_through_the_one_writer_and_survive_a_failure(
         assert len(store.report_calls) == 3  # two failures, then written
     finally:
         await w.close()
-
-
-async def _until(check: Any, what: str, timeout_s: float = 10) -> None:
-    """Wait for a condition of the replicas' own tasks, with a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)

@@ -10,7 +10,8 @@ from idlewatch.engine import AioDockerGateway
 from idlewatch.models import ContainerInfo
 
 from tests.builders import MANAGED, T0
-from tests.fakes import FakeDocker, FakeStore, until
+from tests.fakes import FakeDocker, FakeStore
+from tests.waiting import until
 
 
 async def test_an_unreachable_engine_is_named_with_its_address(tmp_path: object) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
-from idlewatch.clock import ManualClock, from_ns, to_ns
+from idlewatch.clock import ManualClock, from_ns
 from idlewatch.errors import StoreError
 from idlewatch.models import (
     ActivityReport,
     Agent,
-    ContainerInfo,
     EngineEvent,
     EventType,
     Kind,
@@ -21,13 +20,12 @@ from idlewatch.models import (
     freeze,
 )
 from idlewatch.node import RESYNC_EVENT, NodeActivity, NodeReporter
-from idlewatch.policy import SERVICE_ID_LABEL
 from idlewatch.usage import HoldLimits
 
-from tests.fakes import FakeDocker, FakeStore, until
+from tests.builders import NS0, T0, task, task_event
+from tests.fakes import FakeDocker, FakeStore
+from tests.waiting import until
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-NS0 = to_ns(T0)
 HEALTHCHECK = "/bin/sh -c true"
 SOURCE = "node:n1"
 #: every engine action a node could take; node mode must call none of them
@@ -40,34 +38,6 @@ ACTIONS = (
     "create_agent",
     "remove_agent",
 )
-
-
-def tev(
-    action: str,
-    cid: str = "c1",
-    sid: str = "s1",
-    t: float = 1,
-    detail: str = "",
-    exec_id: str = "",
-) -> EngineEvent:
-    """A container event of a task of service ``sid``, ``t`` seconds after T0."""
-    attrs = {SERVICE_ID_LABEL: sid, "com.docker.swarm.service.name": f"svc-{sid}"}
-    if exec_id:
-        attrs["execID"] = exec_id
-    return EngineEvent(
-        EventType.CONTAINER,
-        action,
-        cid,
-        NS0 + int(t * 10**9),
-        name=f"svc-{sid}.1.{cid}",
-        detail=detail,
-        attributes=freeze(attrs),
-    )
-
-
-def task(cid: str, sid: str = "s1", state: str = "running", hc: str | None = None) -> ContainerInfo:
-    labels = {SERVICE_ID_LABEL: sid, "com.docker.swarm.service.name": f"svc-{sid}"}
-    return ContainerInfo(cid, f"svc-{sid}.1.{cid}", "img", state, freeze(labels), hc)
 
 
 def service_agent(name: str, sid: str, status: Status = Status.RUNNING) -> Agent:
@@ -102,14 +72,14 @@ class Node:
 def test_task_start_and_die_change_the_running_count_but_are_not_use() -> None:
     node = Node()
     act = node.act
-    assert node.apply(tev("create")) is None  # no state change, nothing to report
-    assert node.apply(tev("start", t=1)) == "s1"
+    assert node.apply(task_event("create")) is None  # no state change, nothing to report
+    assert node.apply(task_event("start", t_s=1)) == "s1"
     rep = act.report("s1", "web", SOURCE)
     assert (rep.running, rep.event, rep.event_at, rep.last_activity) == (1, "start", at(1), None)
-    assert node.apply(tev("start", cid="c2", t=2)) == "s1"
+    assert node.apply(task_event("start", cid="c2", t_s=2)) == "s1"
     assert act.report("s1", "web", SOURCE).running == 2
-    assert node.apply(tev("die", t=3)) == "s1"
-    assert node.apply(tev("stop", t=3.1)) is None  # already counted down: keeps "die"
+    assert node.apply(task_event("die", t_s=3)) == "s1"
+    assert node.apply(task_event("stop", t_s=3.1)) is None  # already counted down: keeps "die"
     rep = act.report("s1", "web", SOURCE)
     assert (rep.running, rep.event, rep.last_activity) == (1, "die", None)
 
@@ -117,22 +87,24 @@ def test_task_start_and_die_change_the_running_count_but_are_not_use() -> None:
 def test_user_exec_attach_are_use_healthcheck_execs_are_not() -> None:
     node = Node()
     act = node.act
-    node.apply(tev("start", t=1))
+    node.apply(task_event("start", t_s=1))
     act.dirty.clear()
     act.use.learn("c1", HEALTHCHECK)
-    assert node.apply(tev("exec_create", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
-    assert node.apply(tev("exec_start", t=2, detail=HEALTHCHECK, exec_id="h1")) is None
-    assert node.apply(tev("exec_die", t=3, exec_id="h1")) is None
+    assert node.apply(task_event("exec_create", t_s=2, detail=HEALTHCHECK, exec_id="h1")) is None
+    assert node.apply(task_event("exec_start", t_s=2, detail=HEALTHCHECK, exec_id="h1")) is None
+    assert node.apply(task_event("exec_die", t_s=3, exec_id="h1")) is None
     assert not act.dirty and act.report("s1", "web", SOURCE).last_activity is None
-    assert node.apply(tev("exec_start", t=4, detail="sh", exec_id="u1")) == "s1"
+    assert node.apply(task_event("exec_start", t_s=4, detail="sh", exec_id="u1")) == "s1"
     assert act.report("s1", "web", SOURCE).last_activity == at(4)
-    assert node.apply(tev("exec_die", t=9, exec_id="u1")) == "s1"  # the session's end is use
+    assert (
+        node.apply(task_event("exec_die", t_s=9, exec_id="u1")) == "s1"
+    )  # the session's end is use
     rep = act.report("s1", "web", SOURCE)
     assert (rep.last_activity, rep.event, rep.running) == (at(9), "exec_die", 1)
-    assert node.apply(tev("attach", t=10)) == "s1"
+    assert node.apply(task_event("attach", t_s=10)) == "s1"
     assert act.report("s1", "web", SOURCE).last_activity == at(10)
     # an older exec is no newer use, but a session opened: news of its own
-    assert node.apply(tev("exec_start", t=5, detail="sh", exec_id="u2")) == "s1"
+    assert node.apply(task_event("exec_start", t_s=5, detail="sh", exec_id="u2")) == "s1"
     rep = act.report("s1", "web", SOURCE)
     assert rep.last_activity == at(10) and rep.sessions == 2  # the attach and u2
 
@@ -221,12 +193,12 @@ async def test_healthcheck_execs_are_ignored_user_execs_reported(
 ) -> None:
     await until(lambda: row(store) is not None)
     for i in range(3):  # the engine's healthcheck, every interval
-        push(docker, tev("exec_start", t=2 + i, detail=HEALTHCHECK, exec_id=f"h{i}"))
-        push(docker, tev("exec_die", t=2.5 + i, exec_id=f"h{i}"))
+        push(docker, task_event("exec_start", t_s=2 + i, detail=HEALTHCHECK, exec_id=f"h{i}"))
+        push(docker, task_event("exec_die", t_s=2.5 + i, exec_id=f"h{i}"))
     await settle(reporter, docker)
     # looked at once, then known (the sessions read after the listing is that look)
     assert docker.calls["inspect_container"] + docker.calls["open_execs"] == 1
-    push(docker, tev("exec_start", t=10, detail="sh -c ls", exec_id="u1"))
+    push(docker, task_event("exec_start", t_s=10, detail="sh -c ls", exec_id="u1"))
     await until(lambda: (r := row(store)) is not None and r.last_activity is not None)
     rep = row(store)
     assert rep is not None and (rep.last_activity, rep.event, rep.running) == (
@@ -250,7 +222,7 @@ async def test_a_burst_is_coalesced_into_few_writes(docker: FakeDocker, store: F
         # 200 user execs in 20 bursts, each applied before the next (a few ms in all, far
         # less than one report interval): a write per burst would be 20 writes
         for burst in range(20):
-            push(docker, *(tev("exec_start", t=2 + burst + i / 100) for i in range(10)))
+            push(docker, *(task_event("exec_start", t_s=2 + burst + i / 100) for i in range(10)))
             await settle(rep, docker)
         await until(lambda: (r := row(store)) is not None and r.last_activity == at(21.09))
         assert len(store.report_calls) - writes <= 2
@@ -264,9 +236,11 @@ async def test_store_failures_are_retried_and_the_newest_state_wins(
 ) -> None:
     await until(lambda: row(store) is not None)
     store.fail_reports = 3
-    push(docker, tev("exec_start", t=5, detail="sh", exec_id="u1"))
+    push(docker, task_event("exec_start", t_s=5, detail="sh", exec_id="u1"))
     await until(lambda: store.fail_reports == 1)
-    push(docker, tev("exec_start", t=6, detail="sh", exec_id="u2"))  # newer, during the outage
+    push(
+        docker, task_event("exec_start", t_s=6, detail="sh", exec_id="u2")
+    )  # newer, during the outage
     await until(lambda: (r := row(store)) is not None and r.last_activity == at(6))
     assert reporter.failed_writes >= 3 and not reporter.activity.dirty
 
@@ -277,13 +251,13 @@ async def test_flush_once_keeps_a_failed_report_pending(
     # not started: driven step by step
     rep = NodeReporter(docker, store, node_id="n1", clock=ManualClock(T0))
     await rep.refresh_once()
-    rep.activity.apply(tev("start", t=1))
-    rep.activity.apply(tev("attach", t=2))
+    rep.activity.apply(task_event("start", t_s=1))
+    rep.activity.apply(task_event("attach", t_s=2))
     store.fail_reports = 1
     with pytest.raises(StoreError):
         await rep.flush_once()
     assert rep.activity.dirty == {"s1"}
-    rep.activity.apply(tev("attach", t=3))
+    rep.activity.apply(task_event("attach", t_s=3))
     assert await rep.flush_once() == 1
     assert not rep.activity.dirty
     found = row(store)
@@ -299,12 +273,18 @@ async def test_only_managed_services_are_reported_and_new_ones_picked_up(
     reporter: NodeReporter, docker: FakeDocker, store: FakeStore
 ) -> None:
     await until(lambda: row(store) is not None)
-    push(docker, tev("start", cid="x1", sid="s2", t=2), tev("attach", cid="x1", sid="s2", t=3))
+    push(
+        docker,
+        task_event("start", cid="x1", sid="s2", t_s=2),
+        task_event("attach", cid="x1", sid="s2", t_s=3),
+    )
     await settle(reporter, docker)
     assert row(store, "other") is None
     assert all(r.agent == "web" for call in store.report_calls for r in call)
     store.rows["other"] = service_agent("other", "s2")  # the leader learned of the service
-    push(docker, tev("attach", cid="x1", sid="s2", t=4))  # an unknown service asks for a refresh
+    push(
+        docker, task_event("attach", cid="x1", sid="s2", t_s=4)
+    )  # an unknown service asks for a refresh
     await until(lambda: row(store, "other") is not None)
     found = row(store, "other")
     assert found is not None and (found.running, found.last_activity) == (1, at(4))
@@ -317,7 +297,7 @@ async def test_removed_service_is_no_longer_reported(
     store.rows["web"] = service_agent("web", "s1", Status.REMOVED)
     assert await reporter.refresh_once() == {}
     calls = len(store.report_calls)
-    push(docker, tev("attach", t=5))
+    push(docker, task_event("attach", t_s=5))
     await settle(reporter, docker)
     assert await reporter.flush_once() == 0 and len(store.report_calls) == calls
 
@@ -326,7 +306,7 @@ async def test_reconnect_resumes_relists_and_drops_replays(
     reporter: NodeReporter, docker: FakeDocker, store: FakeStore
 ) -> None:
     await until(lambda: row(store) is not None)
-    push(docker, tev("attach", t=5))
+    push(docker, task_event("attach", t_s=5))
     await until(lambda: (r := row(store)) is not None and r.last_activity == at(5))
     # the task dies while the stream is down; the engine comes back with a new stream
     docker.containers["c1"] = task("c1", state="exited", hc=HEALTHCHECK)
@@ -336,7 +316,7 @@ async def test_reconnect_resumes_relists_and_drops_replays(
     docker.reachable = True
     await until(lambda: len(docker.streams) >= 2 and reporter.stream.synced.is_set())
     assert docker.since[-1] == NS0 + 5 * 10**9 - 10**9  # last event minus the margin
-    push(docker, tev("attach", t=5))  # a replay of what was already applied
+    push(docker, task_event("attach", t_s=5))  # a replay of what was already applied
     await until(lambda: (r := row(store)) is not None and r.running == 0)
     await settle(reporter, docker)
     found = row(store)
@@ -349,12 +329,12 @@ async def test_a_failing_inspect_counts_the_exec_and_asks_again(
     await until(lambda: row(store) is not None)
     await settle(reporter, docker)  # (c1 was looked at with the listing: a new task, c2)
     docker.containers["c2"] = task("c2", hc=HEALTHCHECK)
-    push(docker, tev("start", cid="c2", t=6))
+    push(docker, task_event("start", cid="c2", t_s=6))
     docker.reachable = False  # the inspect fails; the stream (already open) keeps going
-    push(docker, tev("exec_start", cid="c2", t=7, detail=HEALTHCHECK, exec_id="h1"))
+    push(docker, task_event("exec_start", cid="c2", t_s=7, detail=HEALTHCHECK, exec_id="h1"))
     await until(lambda: (r := row(store)) is not None and r.last_activity == at(7))
     docker.reachable = True
-    push(docker, tev("exec_start", cid="c2", t=8, detail=HEALTHCHECK, exec_id="h2"))
+    push(docker, task_event("exec_start", cid="c2", t_s=8, detail=HEALTHCHECK, exec_id="h2"))
     await settle(reporter, docker)
     assert docker.calls["inspect_container"] == 2  # not cached after the failure
     found = row(store)
@@ -366,7 +346,7 @@ async def test_close_writes_what_is_pending(docker: FakeDocker, store: FakeStore
     rep.start()
     await asyncio.wait_for(rep.stream.synced.wait(), 5)
     await until(lambda: row(store) is not None)  # the first write goes at once
-    push(docker, tev("attach", t=9))  # the next waits out the interval...
+    push(docker, task_event("attach", t_s=9))  # the next waits out the interval...
     await settle(rep, docker)
     assert (r := row(store)) is not None and r.last_activity is None
     await rep.close()  # ...but is written at close
@@ -383,8 +363,8 @@ async def test_open_sessions_are_re_reported_and_expire_past_the_max_hold(
     clock = ManualClock(T0)
     rep = NodeReporter(docker, store, node_id="n1", clock=clock, hold_limits=HoldLimits(None, 600))
     await rep.refresh_once()
-    rep.activity.apply(tev("start", t=1))
-    rep.activity.apply(tev("attach", t=2))
+    rep.activity.apply(task_event("start", t_s=1))
+    rep.activity.apply(task_event("attach", t_s=2))
     assert await rep.flush_once() == 1
     rep.keep_sessions_reported(force=True)  # a re-report although nothing changed
     assert await rep.flush_once() == 1

@@ -10,25 +10,20 @@ from idlewatch import ManualClock, Settings, Status, SubscriberLagged, Watcher
 from idlewatch.clock import to_ns
 from idlewatch.hub import Hub
 from idlewatch.models import (
-    Agent,
     Change,
     ContainerInfo,
     EngineEvent,
     EventType,
-    Kind,
     ServiceInfo,
     freeze,
 )
 from idlewatch.writer import StoreWriter
 
+from tests.builders import agent
 from tests.fakes import FakeDocker, FakeLeadership, FakeStore
 
 LABEL = "idlewatch.enable"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def agent(name: str, status: Status = Status.RUNNING) -> Agent:
-    return Agent(name, Kind.CONTAINER, name, "img", status, 1, 1, T0, 60, T0, freeze({}))
 
 
 async def test_writer_retries_and_loses_nothing() -> None:
@@ -36,9 +31,9 @@ async def test_writer_retries_and_loses_nothing() -> None:
     store.fail_writes = 3
     writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.01)
     writer.start()
-    writer.put_agent(agent("a"))
-    writer.put_agent(agent("a", Status.EXITED))  # coalesced: only the newest is written
-    writer.put_agent(agent("b"))
+    writer.put_agent(agent("a", now=T0))
+    writer.put_agent(agent("a", Status.EXITED, now=T0))  # coalesced: only the newest is written
+    writer.put_agent(agent("b", now=T0))
     await writer.flush(5)
     assert store.writes == 4
     assert store.rows["a"].status is Status.EXITED and "b" in store.rows
@@ -51,9 +46,9 @@ async def test_writer_keeps_newer_rows_queued_during_a_failure() -> None:
     writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.01)
     store.fail_writes = 1
     writer.start()
-    writer.put_agent(agent("a"))
+    writer.put_agent(agent("a", now=T0))
     await asyncio.sleep(0)  # let the first (failing) batch be taken
-    writer.put_agent(agent("a", Status.EXITED))
+    writer.put_agent(agent("a", Status.EXITED, now=T0))
     await writer.flush(5)
     assert store.rows["a"].status is Status.EXITED
     await writer.close()
@@ -73,7 +68,7 @@ async def test_hub_drops_a_lagging_subscriber_only() -> None:
 
     task = asyncio.create_task(consume())
     for i in range(10):
-        hub.publish(Change(agent(f"a{i}"), None, "test"))
+        hub.publish(Change(agent(f"a{i}", now=T0), None, "test"))
         await asyncio.sleep(0)
     await asyncio.wait_for(task, 5)
     assert got == [f"a{i}" for i in range(10)]
@@ -90,12 +85,12 @@ async def test_batches_take_what_queued_in_order_and_a_lagging_one_is_told() -> 
     hub = Hub(queue_size=5)
     sub = hub.subscribe()
     for i in range(4):
-        hub.publish(Change(agent(f"a{i}"), None, "test"))
+        hub.publish(Change(agent(f"a{i}", now=T0), None, "test"))
     batches = sub.batches(max_batch=3)
     assert [c.agent.name for c in await anext(batches)] == ["a0", "a1", "a2"]
     assert [c.agent.name for c in await anext(batches)] == ["a3"]
     for i in range(4, 10):  # past its queue of 5: dropped
-        hub.publish(Change(agent(f"a{i}"), None, "test"))
+        hub.publish(Change(agent(f"a{i}", now=T0), None, "test"))
     assert hub.dropped_subscribers == 1  # (its oldest queued change made room for the end)
     assert [c.agent.name for c in await anext(batches)] == ["a5", "a6", "a7"]
     assert [c.agent.name for c in await anext(batches)] == ["a8"]

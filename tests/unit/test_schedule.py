@@ -11,7 +11,8 @@ from idlewatch.models import Agent, Change, ContainerInfo, Kind
 from idlewatch.schedule import SweepSchedule, due_at, stop_after_or
 
 from tests.builders import MANAGED, T0, agent
-from tests.fakes import FakeDocker, FakeStore, until
+from tests.fakes import FakeDocker, FakeStore
+from tests.waiting import until
 
 NO_STOP_AFTER = stop_after_or(None)
 

@@ -127,14 +127,14 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     assert "refusing to serve the API on 0.0.0.0 without a token" in res.stderr
 
 
-def test_readme_settings_table_matches_the_model() -> None:
+def test_the_settings_reference_matches_the_model() -> None:
     from idlewatch.settings_load import settings_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text()
     start = readme.index("-->\n", readme.index("<!-- settings-table")) + len("-->\n")
     end = readme.index("<!-- /settings-table -->")
     assert readme[start:end] == settings_table(), (
-        "README settings table is stale: regenerate it with "
+        "docs/settings.md's table is stale: regenerate it with "
         ".venv/bin/python scripts/settings_table.py"
     )
 

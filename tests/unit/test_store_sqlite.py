@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from idlewatch.models import Agent, AuditEntry, Kind, Status
+from idlewatch.models import AuditEntry
 from idlewatch.store import SqlStore
 from idlewatch.store import sql as sql_module
 from idlewatch.store import sqlite as sqlite_module
 from idlewatch.store.sqlite import run_in_sqlite_thread
 
+from tests.builders import agent
+
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def _agent(name: str) -> Agent:
-    return Agent(name, Kind.CONTAINER, f"id-{name}", "img", Status.RUNNING, 1, 1, T0, 60.0, T0)
 
 
 async def _write_and_read(url: str) -> tuple[list[str], list[str]]:
@@ -26,7 +24,9 @@ async def _write_and_read(url: str) -> tuple[list[str], list[str]]:
     await store.connect()
     try:
         async with store.session():
-            await store.write([_agent("a"), _agent("b")], [AuditEntry(T0, "a", "stop", "x", "api")])
+            await store.write(
+                [agent("a", now=T0), agent("b", now=T0)], [AuditEntry(T0, "a", "stop", "x", "api")]
+            )
         agents = sorted(a.name for a in await store.load_agents())
         audits = [e.action for e in await store.audit()]
     finally:
@@ -127,7 +127,7 @@ def test_the_row_tuple_is_the_row_in_the_tables_column_order() -> None:
     from idlewatch.store.rows import agent_from_row, agent_row, agent_tuple
     from idlewatch.store.schema import agents_table
 
-    a = _agent("a")._replace(
+    a = agent("a", now=T0)._replace(
         labels=freeze({"z": "1", "idlewatch.enable": "true", "owner": "Zoë"}),
         keep_until=T0,
         error="boom",
@@ -166,16 +166,16 @@ async def test_small_batches_commit_on_the_loops_thread_others_go_through_aiosql
     try:
         async with store.session():
             for name in ("a", "b", "c"):
-                await store.write([_agent(name)], [])
+                await store.write([agent(name, now=T0)], [])
             assert hops == []  # three small batches, on the loop's thread
-            await store.write([_agent("d")], [])  # the fourth: aiosqlite's turn
+            await store.write([agent("d", now=T0)], [])  # the fourth: aiosqlite's turn
             assert hops == [True]
-            await store.write([_agent(n) for n in ("e", "f", "g", "h")], [])  # too big
+            await store.write([agent(n, now=T0) for n in ("e", "f", "g", "h")], [])  # too big
             assert hops == [True, True]
             other = sqlite3.connect(path, isolation_level=None)
             other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
             hopping.clear()
-            write = asyncio.create_task(store.write([_agent("i")], []))
+            write = asyncio.create_task(store.write([agent("i", now=T0)], []))
             await asyncio.wait_for(hopping.wait(), 5)  # refused on the loop: to the thread
             other.execute("COMMIT")
             other.close()
@@ -194,7 +194,7 @@ async def test_the_loops_connection_opens_the_file_aiosqlite_opens(tmp_path: Pat
     await store.connect()
     try:
         async with store.session():
-            await store.write([_agent("a")], [])
+            await store.write([agent("a", now=T0)], [])
         assert [a.name for a in await store.load_agents()] == ["a"]
     finally:
         await store.close()
@@ -248,7 +248,7 @@ async def test_the_writer_writes_again_after_its_connection_failed_to_close(
     writer = StoreWriter(store, FakeLeadership(), retry_max_s=0.1)
     writer.start()
     try:
-        writer.put_agent(_agent("a"))
+        writer.put_agent(agent("a", now=T0))
         await writer.flush(10)
     finally:
         await writer.close()
@@ -272,7 +272,7 @@ async def test_an_error_inside_a_session_comes_out_as_itself(tmp_path: Path) -> 
             async with store.session():
                 raise KeyError("a bug")
         async with store.session():  # its connection was released: the task goes on
-            await store.write([_agent("a")], [])
+            await store.write([agent("a", now=T0)], [])
         assert [a.name for a in await store.load_agents()] == ["a"]
     finally:
         await store.close()

@@ -14,7 +14,8 @@ from idlewatch.events import StreamSupervisor
 from idlewatch.models import ContainerInfo, freeze
 from idlewatch.node import NodeReporter
 
-from tests.fakes import FakeDocker, FakeStore, until
+from tests.fakes import FakeDocker, FakeStore
+from tests.waiting import until
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 MANAGED = freeze({"idlewatch.enable": "true"})

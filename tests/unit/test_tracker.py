@@ -6,13 +6,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from idlewatch.clock import ManualClock, to_ns
+from idlewatch.clock import ManualClock
 from idlewatch.models import (
     Agent,
-    Change,
     ContainerInfo,
-    EngineEvent,
-    EventType,
     Kind,
     Need,
     ServiceInfo,
@@ -24,63 +21,31 @@ from idlewatch.policy import STALE_SESSIONS_S
 from idlewatch.tracker import Tracker
 from idlewatch.usage import NO_HOLD_LIMITS
 
+from tests.builders import NS0, T0, container_event, service_event, tracker
 from tests.fakes import ChangeLog
 
 LABEL = "idlewatch.enable"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-NS0 = to_ns(T0)
 
 
-def make() -> tuple[Tracker, list[Change], ManualClock]:
-    changes = ChangeLog()
-    clock = ManualClock(T0)
-    tracker = Tracker(label=LABEL, default_idle_timeout_s=900, clock=clock, bus=changes)
-    return tracker, changes, clock
-
-
-def cev(
-    action: str,
-    cid: str = "c1",
-    name: str = "box",
-    t: int = 1,
-    detail: str = "",
-    managed: bool = True,
-    **attrs: str,
-) -> EngineEvent:
-    labels = {LABEL: "true"} if managed else {}
-    return EngineEvent(
-        EventType.CONTAINER,
-        action,
-        cid,
-        NS0 + t * 10**9,
-        name=name,
-        image="img",
-        detail=detail,
-        attributes=freeze({"name": name, **labels, **attrs}),
-    )
-
-
-def sev(action: str, sid: str = "s1", t: int = 1, **attrs: str) -> EngineEvent:
-    return EngineEvent(
-        EventType.SERVICE, action, sid, NS0 + t * 10**9, attributes=freeze({"name": "svc", **attrs})
-    )
+def make() -> tuple[Tracker, ChangeLog, ManualClock]:
+    return tracker()
 
 
 def test_container_lifecycle_from_events() -> None:
     tr, changes, _ = make()
-    assert tr.apply(cev("create", t=1)) is Need.NOTHING
+    assert tr.apply(container_event("create", t_s=1)) is Need.NOTHING
     assert tr.agents["box"].status is Status.CREATED
-    tr.apply(cev("start", t=2))
+    tr.apply(container_event("start", t_s=2))
     box = tr.agents["box"]
     assert (box.status, box.running, box.replicas) == (Status.RUNNING, 1, 1)
     assert box.last_activity == datetime.fromtimestamp((NS0 + 2 * 10**9) / 1e9, UTC)
-    tr.apply(cev("kill", t=3))
+    tr.apply(container_event("kill", t_s=3))
     assert tr.agents["box"].status is Status.RUNNING, "kill is a signal, not an end"
-    tr.apply(cev("die", t=4))
-    tr.apply(cev("stop", t=5))
+    tr.apply(container_event("die", t_s=4))
+    tr.apply(container_event("stop", t_s=5))
     assert tr.agents["box"].status is Status.EXITED
     assert tr.agents["box"].last_activity == box.last_activity, "die is not use"
-    tr.apply(cev("destroy", t=6))
+    tr.apply(container_event("destroy", t_s=6))
     assert tr.agents["box"].status is Status.REMOVED
     assert [c.agent.status for c in changes] == [
         Status.CREATED,
@@ -92,57 +57,63 @@ def test_container_lifecycle_from_events() -> None:
 
 def test_unlabelled_containers_are_ignored() -> None:
     tr, changes, _ = make()
-    tr.apply(cev("start", managed=False))
+    tr.apply(container_event("start", managed=False))
     assert tr.agents == {} and changes == []
 
 
 def test_events_of_an_old_container_with_the_same_name_are_ignored() -> None:
     tr, _, _ = make()
-    tr.apply(cev("start", cid="old", t=1))
-    tr.apply(cev("destroy", cid="old", t=2))
-    tr.apply(cev("create", cid="new", t=3))
-    tr.apply(cev("start", cid="new", t=4))
-    tr.apply(cev("destroy", cid="old", t=2))  # replayed after a reconnect
+    tr.apply(container_event("start", cid="old", t_s=1))
+    tr.apply(container_event("destroy", cid="old", t_s=2))
+    tr.apply(container_event("create", cid="new", t_s=3))
+    tr.apply(container_event("start", cid="new", t_s=4))
+    tr.apply(container_event("destroy", cid="old", t_s=2))  # replayed after a reconnect
     assert tr.agents["box"].status is Status.RUNNING and tr.agents["box"].id == "new"
 
 
 def test_out_of_order_status_events_do_not_win() -> None:
     tr, _, _ = make()
-    tr.apply(cev("start", t=1))
-    tr.apply(cev("start", t=5))
-    tr.apply(cev("die", t=4))  # arrived late
+    tr.apply(container_event("start", t_s=1))
+    tr.apply(container_event("start", t_s=5))
+    tr.apply(container_event("die", t_s=4))  # arrived late
     assert tr.agents["box"].status is Status.RUNNING
 
 
 def test_healthcheck_execs_are_not_use_but_sessions_are() -> None:
     tr, _, _ = make()
-    tr.apply(cev("start", t=1))
+    tr.apply(container_event("start", t_s=1))
     started = tr.agents["box"].last_activity
-    assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.CONTAINER
+    assert (
+        tr.apply(container_event("exec_start", t_s=2, detail="/bin/sh -c true", execID="h1"))
+        is Need.CONTAINER
+    )
     tr.use.learn("c1", "/bin/sh -c true")
-    assert tr.apply(cev("exec_start", t=2, detail="/bin/sh -c true", execID="h1")) is Need.NOTHING
-    tr.apply(cev("exec_die", t=3, execID="h1"))
+    assert (
+        tr.apply(container_event("exec_start", t_s=2, detail="/bin/sh -c true", execID="h1"))
+        is Need.NOTHING
+    )
+    tr.apply(container_event("exec_die", t_s=3, execID="h1"))
     assert tr.agents["box"].last_activity == started
-    tr.apply(cev("exec_start", t=10, detail="bash", execID="u1"))
+    tr.apply(container_event("exec_start", t_s=10, detail="bash", execID="u1"))
     assert tr.agents["box"].last_activity > started
-    tr.apply(cev("exec_die", t=50, execID="u1"))
+    tr.apply(container_event("exec_die", t_s=50, execID="u1"))
     assert tr.agents["box"].last_activity == datetime.fromtimestamp(NS0 / 1e9 + 50, UTC)
 
 
 def test_service_events_and_task_counts() -> None:
     tr, _, _ = make()
-    assert tr.apply(sev("create")) is Need.SERVICE
+    assert tr.apply(service_event("create")) is Need.SERVICE
     tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
     assert tr.agents["svc"].status is Status.STARTING
     task = {"com.docker.swarm.service.id": "s1"}
-    tr.apply(cev("start", cid="t1", name="svc.1.x", managed=False, **task))
-    tr.apply(cev("start", cid="t2", name="svc.2.x", managed=False, **task))
+    tr.apply(container_event("start", cid="t1", name="svc.1.x", managed=False, **task))
+    tr.apply(container_event("start", cid="t2", name="svc.2.x", managed=False, **task))
     svc = tr.agents["svc"]
     assert (svc.status, svc.running, svc.replicas) == (Status.RUNNING, 2, 2)
     assert "svc.1.x" not in tr.agents, "task containers are never agents of their own"
-    tr.apply(sev("update", t=9, **{"replicas.old": "2", "replicas.new": "0"}))
-    tr.apply(cev("die", cid="t1", managed=False, **task))
-    tr.apply(cev("die", cid="t2", managed=False, **task))
+    tr.apply(service_event("update", t_s=9, **{"replicas.old": "2", "replicas.new": "0"}))
+    tr.apply(container_event("die", cid="t1", managed=False, **task))
+    tr.apply(container_event("die", cid="t2", managed=False, **task))
     svc = tr.agents["svc"]
     assert (svc.status, svc.replicas, svc.running, svc.restore_replicas) == (
         Status.STOPPED,
@@ -150,7 +121,7 @@ def test_service_events_and_task_counts() -> None:
         0,
         2,
     )
-    assert tr.apply(sev("update", t=10)) is Need.SERVICE, "a spec change needs a look"
+    assert tr.apply(service_event("update", t_s=10)) is Need.SERVICE, "a spec change needs a look"
     tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 0, 0), "s1")
     assert "svc" not in tr.agents, "label removed: no longer managed"
 
@@ -161,8 +132,11 @@ def test_a_service_first_seen_with_its_task_running_here_counts_down_when_it_end
     (as if on another node) until a resync, twice in the wake benchmark."""
     tr, _, _ = make()
     task = {"com.docker.swarm.service.id": "s1"}
-    assert tr.apply(cev("start", cid="t1", name="svc.1.x", managed=False, **task)) is Need.NOTHING
-    assert tr.apply(sev("create")) is Need.SERVICE
+    assert (
+        tr.apply(container_event("start", cid="t1", name="svc.1.x", managed=False, **task))
+        is Need.NOTHING
+    )
+    assert tr.apply(service_event("create")) is Need.SERVICE
     info = ServiceInfo(
         "s1",
         "svc",
@@ -175,8 +149,8 @@ def test_a_service_first_seen_with_its_task_running_here_counts_down_when_it_end
     )
     tr.apply_service(info, "s1")
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (1, Status.RUNNING)
-    tr.apply(sev("update", t=9, **{"replicas.old": "1", "replicas.new": "0"}))
-    tr.apply(cev("die", cid="t1", managed=False, **task))
+    tr.apply(service_event("update", t_s=9, **{"replicas.old": "1", "replicas.new": "0"}))
+    tr.apply(container_event("die", cid="t1", managed=False, **task))
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STOPPED)
 
 
@@ -200,8 +174,8 @@ def test_a_task_that_ends_while_its_service_is_looked_at_is_not_counted() -> Non
     until a resync."""
     tr, _, _ = make()
     task = {"com.docker.swarm.service.id": "s1"}
-    assert tr.apply(sev("create")) is Need.SERVICE  # the look goes out
-    tr.apply(cev("die", cid="t1", name="svc.1.x", managed=False, **task))
+    assert tr.apply(service_event("create")) is Need.SERVICE  # the look goes out
+    tr.apply(container_event("die", cid="t1", name="svc.1.x", managed=False, **task))
     tr.apply_service(_first_look("t1"), "s1")  # what the engine said before the die
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STARTING)
 
@@ -209,11 +183,11 @@ def test_a_task_that_ends_while_its_service_is_looked_at_is_not_counted() -> Non
 def test_a_task_that_starts_while_its_service_is_looked_at_is_counted() -> None:
     tr, _, _ = make()
     task = {"com.docker.swarm.service.id": "s1"}
-    assert tr.apply(sev("create")) is Need.SERVICE
-    tr.apply(cev("start", cid="t2", name="svc.1.y", managed=False, **task))
+    assert tr.apply(service_event("create")) is Need.SERVICE
+    tr.apply(container_event("start", cid="t2", name="svc.1.y", managed=False, **task))
     tr.apply_service(_first_look(), "s1")  # sent before the start
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (1, Status.RUNNING)
-    tr.apply(cev("die", cid="t2", name="svc.1.y", managed=False, **task))
+    tr.apply(container_event("die", cid="t2", name="svc.1.y", managed=False, **task))
     assert tr.agents["svc"].running == 0, "and its end counts it down"
 
 
@@ -222,10 +196,10 @@ def test_task_events_count_across_a_look_asked_again() -> None:
     for another meanwhile: the task events until that second look's answer still count."""
     tr, _, _ = make()
     task = {"com.docker.swarm.service.id": "s1"}
-    assert tr.apply(sev("create")) is Need.SERVICE
-    assert tr.apply(sev("update", t=2)) is Need.SERVICE  # asked again, during the first
+    assert tr.apply(service_event("create")) is Need.SERVICE
+    assert tr.apply(service_event("update", t_s=2)) is Need.SERVICE  # asked again, during the first
     tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 1, 1), "s1")  # unmanaged
-    tr.apply(cev("die", cid="t1", name="svc.1.x", managed=False, **task))
+    tr.apply(container_event("die", cid="t1", name="svc.1.x", managed=False, **task))
     tr.apply_service(_first_look("t1"), "s1")  # the second look, sent before the die
     assert (tr.agents["svc"].running, tr.agents["svc"].status) == (0, Status.STARTING)
 
@@ -234,14 +208,18 @@ def test_tasks_of_untracked_services_are_remembered_within_bounds() -> None:
     from idlewatch.swarm import UNTRACKED_SERVICES_MAX, UNTRACKED_TASKS_MAX
 
     tr, _, _ = make()
-    tr.apply(cev("start", cid="t0", managed=False, **{"com.docker.swarm.service.id": "quiet"}))
+    tr.apply(
+        container_event(
+            "start", cid="t0", managed=False, **{"com.docker.swarm.service.id": "quiet"}
+        )
+    )
     assert tr._swarm.untracked_pending() == {}, "no look at that service on its way: nothing kept"
     for i in range(UNTRACKED_SERVICES_MAX + 10):  # looks asked for that never came
-        assert tr.apply(sev("update", sid=f"other{i}")) is Need.SERVICE
-    assert tr.apply(sev("create", sid="busy")) is Need.SERVICE
+        assert tr.apply(service_event("update", sid=f"other{i}")) is Need.SERVICE
+    assert tr.apply(service_event("create", sid="busy")) is Need.SERVICE
     for i in range(UNTRACKED_TASKS_MAX + 10):
         attrs = {"com.docker.swarm.service.id": "busy"}
-        tr.apply(cev("die", cid=f"b{i}", name=f"b.{i}", managed=False, **attrs))
+        tr.apply(container_event("die", cid=f"b{i}", name=f"b.{i}", managed=False, **attrs))
     kept = tr._swarm.untracked_pending()
     assert len(kept) <= UNTRACKED_SERVICES_MAX and "busy" in kept and "other0" not in kept
     newest = f"b{UNTRACKED_TASKS_MAX + 9}"
@@ -254,7 +232,7 @@ def test_tasks_of_untracked_services_are_remembered_within_bounds() -> None:
 
 def test_unmanaged_service_is_not_tracked() -> None:
     tr, _, _ = make()
-    tr.apply(sev("create"))
+    tr.apply(service_event("create"))
     tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({}), 1, 1), "s1")
     assert tr.agents == {}
 
@@ -306,10 +284,10 @@ def test_bad_timeout_label_falls_back_to_default() -> None:
 
 def test_touch_and_rename() -> None:
     tr, _, clock = make()
-    tr.apply(cev("start", t=1))
+    tr.apply(container_event("start", t_s=1))
     clock.advance(3600)
     assert tr.touch("box").last_activity == clock.now()
-    tr.apply(cev("rename", t=2, name="crate", oldName="/box"))
+    tr.apply(container_event("rename", t_s=2, name="crate", oldName="/box"))
     assert "box" not in tr.agents and tr.agents["crate"].id == "c1"
 
 
@@ -334,14 +312,14 @@ def test_node_sessions_not_re_reported_stop_holding_with_a_warning(caplog: Any) 
 
 def test_health_follows_the_engine_and_a_start_checks_again() -> None:
     tr, _changes, _clock = make()
-    tr.apply(cev("start", t=1))
+    tr.apply(container_event("start", t_s=1))
     assert tr.agents["box"].health is None  # no healthcheck known
     tr.use.learn("c1", "/bin/sh -c true")
-    tr.apply(cev("health_status", t=2, detail="healthy"))
+    tr.apply(container_event("health_status", t_s=2, detail="healthy"))
     assert tr.agents["box"].health == "healthy"
-    tr.apply(cev("die", t=3))
+    tr.apply(container_event("die", t_s=3))
     assert tr.agents["box"].health is None  # no verdict while it does not run
-    tr.apply(cev("start", t=4))
+    tr.apply(container_event("start", t_s=4))
     assert tr.agents["box"].health == "starting"  # checked again from scratch
 
 
@@ -364,15 +342,19 @@ def test_the_counts_by_status_and_sessions_follow_every_change_of_the_table() ->
         cid, name, t = f"c{i}", names[i], step + 2
         roll = rng.random()
         if roll < 0.5:
-            tr.apply(cev(rng.choice(actions), cid=cid, name=name, t=t))
+            tr.apply(container_event(rng.choice(actions), cid=cid, name=name, t=t))
         elif roll < 0.8:
             tr.use.learn(cid, "/bin/sh -c true")
             exec_id = f"e{rng.randrange(4)}"
             action = rng.choice(["exec_start", "exec_die"])
-            tr.apply(cev(action, cid=cid, name=name, t=t, detail="python x", execID=exec_id))
+            tr.apply(
+                container_event(
+                    action, cid=cid, name=name, t_s=t, detail="python x", execID=exec_id
+                )
+            )
         elif roll < 0.85:
             new = f"renamed{rng.randrange(12)}"
-            tr.apply(cev("rename", cid=cid, name=new, t=t, oldName=name))
+            tr.apply(container_event("rename", cid=cid, name=new, t_s=t, oldName=name))
         elif roll < 0.9:
             tr.recover_sessions(cid, ContainerExecs(None, (ExecProcess("r1", "sh", True),)))
         elif roll < 0.93:

@@ -15,6 +15,7 @@ from idlewatch.api import create_app
 from idlewatch.groups import LabelIndex, host_name, split_names
 from idlewatch.models import Change, ContainerInfo, ExecProcess, freeze
 
+from tests.builders import box
 from tests.fakes import FakeDocker, FakeStore
 from tests.unit.test_tracker import make
 
@@ -22,10 +23,6 @@ T0 = datetime(2026, 8, 1, tzinfo=UTC)
 MANAGED = {"idlewatch.enable": "true"}
 WAKE = "wake-only"
 API = "api-secret"
-
-
-def box(cid: str, name: str, state: str = "running", **labels: str) -> ContainerInfo:
-    return ContainerInfo(cid, name, "img", state, freeze({**MANAGED, **labels}))
 
 
 # ------------------------------------------------------------------ the index (pure)

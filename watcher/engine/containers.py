@@ -91,21 +91,18 @@ class Containers:
 
     async def stop_container(self, ref: str, timeout_s: float) -> None:
         """Stop a container, giving it ``timeout_s`` before SIGKILL."""
-        t = max(0, int(timeout_s))
-        await self._client.json(
-            "stop container",
-            f"containers/{ref}/stop",
-            "POST",
-            params={"t": t},
-            timeout_s=t + CALL_TIMEOUT_S,
-        )
+        await self._graceful("stop", ref, timeout_s)
 
     async def restart_container(self, ref: str, timeout_s: float) -> None:
-        """Restart a container."""
+        """Restart a container, giving it ``timeout_s`` to stop before SIGKILL."""
+        await self._graceful("restart", ref, timeout_s)
+
+    async def _graceful(self, verb: str, ref: str, timeout_s: float) -> None:
+        """The engine waits up to ``t`` seconds for the process: the call may take that long."""
         t = max(0, int(timeout_s))
         await self._client.json(
-            "restart container",
-            f"containers/{ref}/restart",
+            f"{verb} container",
+            f"containers/{ref}/{verb}",
             "POST",
             params={"t": t},
             timeout_s=t + CALL_TIMEOUT_S,

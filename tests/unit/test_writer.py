@@ -1,182 +1,41 @@
-"""Regression tests for defects found in review (each fails on the code before its fix)."""
+"""The store writer: rows coalesced and batched, paced, flushed, retried; a bug in a
+write, a report or an observer loses nothing and stops nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from idlewatch import AgentNotFound, ManualClock, Settings, Status, Watcher
+from idlewatch import ManualClock, Settings, Status, Watcher
 from idlewatch.clock import to_ns
-from idlewatch.errors import Conflict, StoreError
+from idlewatch.errors import StoreError
 from idlewatch.models import (
-    AgentSpec,
-    Change,
+    ActivityReport,
+    Agent,
     ContainerInfo,
     EngineEvent,
     EventType,
-    ServiceInfo,
     Snapshot,
     freeze,
 )
-from idlewatch.tracker import Tracker
 from idlewatch.writer import StoreWriter
 
-from tests.fakes import ChangeLog, FakeDocker, FakeLeadership, FakeStore
-
-from .test_runtime import agent
+from tests.builders import agent, tracker
+from tests.fakes import FakeDocker, FakeLeadership, FakeStore
+from tests.waiting import until
 
 LABEL = "idlewatch.enable"
+
+
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def _settings(**kw: object) -> Settings:
-    return Settings(docker_url="unix:///fake.sock", database_url="sqlite:///unused.db", **kw)  # type: ignore[arg-type]
-
-
-async def _watcher(docker: FakeDocker, store: FakeStore | None = None, **kw: object) -> Watcher:
-    w = Watcher(
-        _settings(**kw),
-        docker=docker,
-        store=store or FakeStore(),
-        clock=ManualClock(T0),
-        backoff=lambda n: 0.0,
-    )
-    await w.open()
-    await w.wait_synced(5)
-    return w
-
-
-async def test_redeploy_never_removes_a_managed_container_it_did_not_deploy() -> None:
-    docker = FakeDocker()
-    store = FakeStore()
-    w = await _watcher(docker, store, allowed_images=["img*"])
-    try:
-        docker.containers["web"] = ContainerInfo(
-            "u1", "web", "postgres", "running", freeze({LABEL: "true"})
-        )
-        store.specs["web"] = AgentSpec("web", "img")  # registered (through another replica)
-
-        async def conflict(spec: AgentSpec, *, network: str | None) -> str:
-            raise Conflict("name taken")
-
-        docker.create_agent = conflict  # type: ignore[method-assign]
-        with pytest.raises(Conflict, match="not deployed by idlewatch"):
-            await w.deploy("web")
-        assert docker.calls["remove_agent"] == 0
-    finally:
-        await w.close()
-
-
-async def test_the_stream_survives_a_bug_in_a_resync() -> None:
-    docker = FakeDocker()
-    real = docker.snapshot
-    failures = [KeyError("Spec")]
-
-    async def flaky(*, recheck_swarm: bool = True) -> Snapshot:
-        if failures:
-            raise failures.pop()
-        return await real()
-
-    docker.snapshot = flaky  # type: ignore[method-assign]
-    w = Watcher(
-        _settings(), docker=docker, store=FakeStore(), clock=ManualClock(T0), backoff=lambda n: 0.0
-    )
-    await w.open()
-    try:
-        await w.wait_synced(5)
-        assert docker.calls["subscribe"] == 2 and w.health().ready
-    finally:
-        await w.close()
-
-
-async def test_no_idle_stop_while_the_stream_is_down() -> None:
-    docker = FakeDocker()
-    docker.containers["c1"] = ContainerInfo("c1", "idle", "img", "running", freeze({LABEL: "true"}))
-    clock = ManualClock(T0)
-    w = Watcher(
-        _settings(idle_timeout="1m"),
-        docker=docker,
-        store=FakeStore(),
-        clock=clock,
-        backoff=lambda n: 0.01,
-    )
-    await w.open()
-    try:
-        await w.wait_synced(5)
-        docker.reachable = False
-        docker.streams[-1].end()
-        await asyncio.wait_for(docker.wait_calls("subscribe", 3), 5)
-        clock.advance(600)
-        report = await w.sweep_once()
-        assert report.skipped and report.candidates == []
-        assert docker.calls["stop_container"] == 0
-    finally:
-        await w.close()
-
-
-def _tracker() -> tuple[Tracker, list[Change]]:
-    changes = ChangeLog()
-    return Tracker(
-        label=LABEL, default_idle_timeout_s=900, clock=ManualClock(T0), bus=changes
-    ), changes
-
-
-def _sev(action: str, sid: str, t: int, **attrs: str) -> EngineEvent:
-    return EngineEvent(
-        EventType.SERVICE, action, sid, to_ns(T0) + t, attributes=freeze({"name": "svc", **attrs})
-    )
-
-
-def _task(action: str, cid: str, sid: str) -> EngineEvent:
-    return EngineEvent(
-        EventType.CONTAINER,
-        action,
-        cid,
-        to_ns(T0),
-        name="svc.1.x",
-        attributes=freeze({"com.docker.swarm.service.id": sid}),
-    )
-
-
-def test_a_recreated_service_does_not_inherit_old_task_counts() -> None:
-    tr, _ = _tracker()
-    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
-    tr.apply(_task("start", "t1", "s1"))
-    tr.apply(_task("start", "t2", "s1"))
-    tr.apply(_sev("remove", "s1", 1))
-    tr.apply_service(ServiceInfo("s2", "svc", "img", freeze({LABEL: "true"}), 1, 0), "s2")
-    svc = tr.agents["svc"]
-    assert (svc.running, svc.status) == (0, Status.STARTING)
-
-
-def test_a_first_inspect_seeds_the_running_count() -> None:
-    tr, _ = _tracker()
-    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 3, 3), "s1")
-    assert tr.agents["svc"].running == 3 and tr.agents["svc"].status is Status.RUNNING
-
-
-def test_an_inspect_older_than_an_event_does_not_undo_it() -> None:
-    tr, _ = _tracker()
-    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 0, 0), "s1")
-    seq = tr.seq  # the inspect is sent now...
-    tr.apply(_sev("update", "s1", 5, **{"replicas.old": "0", "replicas.new": "3"}))
-    stale = ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 0, 0)
-    tr.apply_service(stale, "s1", seq)  # ...and answers with what it saw before the update
-    assert tr.agents["svc"].replicas == 3
-
-
-def test_replicas_old_zero_is_read_as_zero() -> None:
-    tr, changes = _tracker()
-    tr.apply_service(ServiceInfo("s1", "svc", "img", freeze({LABEL: "true"}), 2, 0), "s1")
-    tr.apply(_sev("update", "s1", 5, **{"replicas.old": "0", "replicas.new": "3"}))
-    assert changes[-1].reason == "event:scale 0->3"
-
-
 def test_rename_writes_the_new_row() -> None:
-    tr, changes = _tracker()
+    tr, changes, _ = tracker(ManualClock(T0))
     tr.reconcile(
         Snapshot((ContainerInfo("c1", "box", "img", "running", freeze({LABEL: "true"})),), (), True)
     )
@@ -246,22 +105,6 @@ async def test_flush_returns_under_a_steady_stream_of_changes() -> None:
         await writer.close()
 
 
-async def test_removed_agents_are_not_acted_on_and_can_be_forgotten() -> None:
-    docker = FakeDocker()
-    docker.containers["c1"] = ContainerInfo("c1", "gone", "img", "exited", freeze({LABEL: "true"}))
-    w = await _watcher(docker, allowed_images=["img*"])
-    try:
-        docker.containers.clear()
-        docker.streams[-1].end()  # resync: the container is gone -> removed
-        await w.wait_for("gone", lambda a: a is not None and a.status is Status.REMOVED, 5)
-        with pytest.raises(AgentNotFound, match="removed"):
-            await w.start("gone")
-        await w.delete("gone")
-        assert w.get("gone") is None and docker.calls["remove_agent"] == 0
-    finally:
-        await w.close()
-
-
 async def test_the_writer_coalesces_a_burst_and_a_flush_cuts_the_pace_short() -> None:
     """A lone change is written at once; the changes right after it wait for the pace and
     go in one transaction; somebody waiting in flush() does not wait for the pace."""
@@ -283,7 +126,6 @@ async def test_the_writer_coalesces_a_burst_and_a_flush_cuts_the_pace_short() ->
 
 
 async def test_the_watcher_paces_its_writer_with_write_pace() -> None:
-    from idlewatch import Settings, Watcher
     from idlewatch.models import EngineEvent, EventType, freeze
 
     docker = FakeDocker()
@@ -368,5 +210,75 @@ async def test_a_flush_returns_when_the_rows_it_waits_for_were_dropped_with_the_
         gate.set()
         await writer.flush(5)
         assert "b" not in store.rows
+    finally:
+        await writer.close()
+
+
+T0 = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+async def test_a_bug_in_a_write_keeps_the_rows_and_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real store's session wrapped any error of its body as a StoreError: a bug read
+    as a database outage, logged without its traceback. Now it comes out as itself, and
+    the writer keeps the batch, logs the traceback, says so in last_error and retries."""
+    caplog.set_level(logging.ERROR, logger="idlewatch.writer")
+    store = FakeStore()
+    store.bug_writes = 3
+    writer = StoreWriter(store, FakeLeadership())
+    writer.start()
+    try:
+        writer.put_agent(agent("box", id="c1", now=T0))
+        await until(lambda: writer.last_error is not None)
+        assert writer.last_error is not None
+        assert writer.last_error.startswith("internal error in the writer: RuntimeError")
+        await writer.flush(5)
+        assert [r.exc_info is not None for r in caplog.records] == [True], "once, traced"
+        assert "box" in store.rows, "the batch that met the bug was lost"
+        assert writer.last_error is None
+    finally:
+        await writer.close()
+
+
+async def test_a_bug_in_an_activity_report_keeps_the_report() -> None:
+    """The report is kept for the next try; the agent rows committed before it count as
+    committed (the observer heard of them only after a later successful write, if ever)."""
+    store = FakeStore()
+    store.bug_reports = 1
+    told: list[str] = []
+    writer = StoreWriter(
+        store, FakeLeadership(), on_commit=lambda agents, ns: told.extend(a.name for a in agents)
+    )
+    writer.start()
+    try:
+        writer.put_agent(agent("box", id="c1", now=T0))
+        writer.put_activity(ActivityReport("box", "replica:a", T0, "touch", T0))
+        await writer.flush(5)
+        assert len(store.report_calls) == 2, "the report that met the bug was dropped"
+        assert ("box", "replica:a") in store.activity_rows
+        assert told == ["box"] and writer.rows_written == 1
+    finally:
+        await writer.close()
+
+
+async def test_a_failing_commit_observer_stops_neither_the_writer_nor_a_flush(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="idlewatch.writer")
+
+    def observer(agents: list[Agent], ns: int) -> None:
+        raise ValueError("an observer's bug")
+
+    store = FakeStore()
+    writer = StoreWriter(store, FakeLeadership(), on_commit=observer)
+    writer.start()
+    try:
+        for status in (Status.RUNNING, Status.STOPPED):
+            writer.put_agent(agent("box", id="c1", now=T0)._replace(status=status))
+            await writer.flush(5)
+            assert store.rows["box"].status is status
+        assert writer.last_error is None
+        assert [r.getMessage() for r in caplog.records] == ["a commit observer failed"], "once"
     finally:
         await writer.close()
