@@ -169,10 +169,6 @@ class RegisterBody(_Strict):
                     "idle_timeout field for the idle timeout)",
                     "labels",
                 )
-        if kind is Kind.CONTAINER and self.replicas != 1:
-            raise ApiError(
-                400, "invalid_replicas", "a container runs exactly 1 replica", "replicas"
-            )
         return AgentSpec(
             name=self.name,
             image=self.image,

@@ -94,6 +94,8 @@ async def _start(request: web.Request) -> web.Response:
     timeout_s = wait_seconds(request.query.get("timeout", "30"))
     body: ReplicasBody = await read_json(request, ReplicasBody, required=False)
     w = _w(request)
+    if body.replicas is not None:  # a bad body is a 400 before an unknown name is a 404
+        w.operations.check_replicas(request.match_info["name"], body.replicas, minimum=1)
     name = _name(request)
     agent = await w.start(name, body.replicas, actor=_ACTOR)
     if wait is None:
@@ -156,7 +158,9 @@ async def scale(request: web.Request) -> web.Response:
     """Set a service's replicas (409 for a container and N > 1)."""
     only(request, set())
     body: ScaleBody = await read_json(request, ScaleBody, required=True)
-    return _agent(request, await _w(request).scale(_name(request), body.replicas, actor=_ACTOR))
+    w = _w(request)
+    w.operations.check_replicas(request.match_info["name"], body.replicas, minimum=0)
+    return _agent(request, await w.scale(_name(request), body.replicas, actor=_ACTOR))
 
 
 @routes.post("/api/agents/{name}/activity", name="activity")
@@ -164,8 +168,11 @@ async def activity(request: web.Request) -> web.Response:
     """Touch: last activity = now; ``{"keep_for": "30m"}`` keeps it awake that long."""
     only(request, set())
     body: ActivityBody = await read_json(request, ActivityBody, required=False)
-    with refused_as("invalid_body", "keep_for"):
-        agent = await _w(request).touch(_name(request), actor=_ACTOR, keep_for_s=body.keep_for_s())
+    w, keep_for_s = _w(request), body.keep_for_s()
+    if keep_for_s is not None:  # a bad body is a 400 before an unknown name is a 404
+        with refused_as("invalid_body", "keep_for"):
+            w.operations.check_keep_for(keep_for_s)
+    agent = await w.touch(_name(request), actor=_ACTOR, keep_for_s=keep_for_s)
     return _agent(request, agent)
 
 

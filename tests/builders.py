@@ -80,6 +80,7 @@ def container_event(
     **attrs: str,
 ) -> EngineEvent:
     """A container event as the engine adapter hands it over, ``t_s`` after T0."""
+    assert "t" not in attrs, "the time is t_s (t would become an attribute)"
     labels = {LABEL: "true"} if managed else {}
     return EngineEvent(
         EventType.CONTAINER,

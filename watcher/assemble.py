@@ -99,9 +99,13 @@ class Parts:
             await self.store.close()
             raise StoreError(f"cannot read agents from the database: {exc}") from exc
         self.writer.start()
-        await self.replicas.open()
-        self.stream.start()
-        self.sweeper.start()
+        try:
+            await self.replicas.open()
+            self.stream.start()
+            self.sweeper.start()
+        except BaseException:  # cancelled, or the store failed: nothing is left running
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending: the last rows while

@@ -84,7 +84,14 @@ class Registry:
         self.specs = {s.name: s for s in specs}
 
     def check(self, spec: AgentSpec) -> None:
-        """Raise unless ``spec`` may be deployed under the settings."""
+        """Raise unless ``spec`` may be deployed under the settings: its replicas first (a
+        400 comes before a 403), then whether registration is on and its image allowed."""
+        if spec.kind is Kind.SERVICE:
+            self._lifecycle.check_replicas(spec.name, spec.replicas, minimum=1)
+        elif spec.replicas != 1:
+            raise InvalidValue(
+                "a container runs exactly 1 replica", field="replicas", code="invalid_replicas"
+            )
         if not self._cfg.allowed_images:
             raise Forbidden(
                 "registering agents is disabled: set allowed_images (IDLEWATCH_ALLOWED_IMAGES, "
@@ -97,18 +104,10 @@ class Registry:
                 f"{list(self._cfg.allowed_images)}",
                 code="image_not_allowed",
             )
-        low = 1
-        high = self._cfg.max_replicas if spec.kind is Kind.SERVICE else 1
-        if not low <= spec.replicas <= high:
-            raise InvalidValue(
-                f"replicas must be between {low} and {high} for a {spec.kind} (max_replicas), "
-                f"got {spec.replicas}",
-                field="replicas",
-                code="invalid_replicas",
-            )
 
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""
+        self.check(spec)  # before anything happens: no room is made for a refused agent
         await self._refresh()
         async with self._capacity.room_for(spec.name):
             engine_id = await self._register(spec, actor=actor)
@@ -150,8 +149,7 @@ class Registry:
         return agent
 
     async def _register(self, spec: AgentSpec, *, actor: str) -> str:
-        """Record ``spec`` and deploy it; returns the engine id."""
-        self.check(spec)
+        """Record ``spec`` (checked) and deploy it; returns the engine id."""
         existing = self._tracker.get(spec.name)
         live = not is_gone(existing)
         if spec.name in self.specs or live:

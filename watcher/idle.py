@@ -52,15 +52,27 @@ class OutcomeKind(enum.StrEnum):
     FAILED = "failed"  # with why: the engine failed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Outcome:
-    """What an idle action came to, and why (``str()``: ``skipped: busy:exec``)."""
+    """What an idle action came to, and why (``str()``: ``skipped: busy:exec``). It equals
+    its text too: ``SweepReport.outcomes`` held those strings before it held outcomes, and
+    code comparing them (``outcomes["a"] == "acted"``) keeps working."""
 
     kind: OutcomeKind
     reason: str = ""
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.reason}" if self.reason else str(self.kind)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Outcome):
+            return (self.kind, self.reason) == (other.kind, other.reason)
+        if isinstance(other, str):
+            return str(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
 
 
 ACTED = Outcome(OutcomeKind.ACTED)

@@ -153,7 +153,7 @@ class Lifecycle:
             agent = self._agent(name)
             started = self._clock.now()
             if replicas is not None:
-                self._check_replicas(name, replicas, minimum=1)
+                self.check_replicas(name, replicas, minimum=1)
             if agent.kind is Kind.CONTAINER:
                 if replicas not in (None, 1):
                     raise InvalidOperation(f"container {name!r} can only run 1 replica", agent=name)
@@ -169,7 +169,7 @@ class Lifecycle:
                 n = 1
             else:
                 n = replicas if replicas is not None else max(agent.restore_replicas, 1)
-                self._check_replicas(name, n, minimum=1)
+                self.check_replicas(name, n, minimum=1)
                 await self.checked_labels(agent)
                 with _gone_means_not_found(agent):
                     await self._docker.scale_service(agent.id, n)
@@ -225,7 +225,7 @@ class Lifecycle:
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set the desired count: 0..max_replicas for services, 0 or 1 for containers."""
         agent = self._agent(name)
-        self._check_replicas(name, replicas, minimum=0)  # the setting's bound, then the kind's
+        self.check_replicas(name, replicas, minimum=0)  # the setting's bound, then the kind's
         if agent.kind is Kind.CONTAINER:
             if replicas not in (0, 1):
                 raise InvalidOperation(
@@ -292,7 +292,8 @@ class Lifecycle:
             running=sinfo.running,
         )
 
-    def _check_replicas(self, name: str, n: int, *, minimum: int) -> None:
+    def check_replicas(self, name: str, n: int, *, minimum: int) -> None:
+        """InvalidValue naming ``replicas`` unless ``minimum`` <= ``n`` <= ``max_replicas``."""
         if not minimum <= n <= self._cfg.max_replicas:
             raise InvalidValue(
                 f"replicas must be between {minimum} and {self._cfg.max_replicas} "

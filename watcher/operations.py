@@ -83,6 +83,8 @@ class Operations:
     ) -> Agent:
         """Start a container, or a service at ``replicas`` (default: its remembered count).
         ``note_use=False``: the caller noted the use already (a wake)."""
+        if replicas is not None:
+            self.check_replicas(name, replicas, minimum=1)
         async with self._capacity.room_for(name):
             agent = await self._lifecycle.start(name, replicas, actor=actor, note_use=note_use)
         if note_use:
@@ -114,6 +116,7 @@ class Operations:
 
     async def scale(self, name: str, replicas: int, *, actor: str = "library") -> Agent:
         """Set a service's replicas (a container: 0 or 1)."""
+        self.check_replicas(name, replicas, minimum=0)
         if replicas > 0:
             async with self._capacity.room_for(name):
                 agent = await self._lifecycle.scale(name, replicas, actor=actor)
@@ -137,13 +140,24 @@ class Operations:
 
     def check_keep_for(self, keep_for_s: float) -> None:
         """InvalidValue naming ``keep_for`` unless 0 <= it <= ``max_keep_for``."""
-        if not 0 <= keep_for_s <= self._max_keep_for_s:
+        if keep_for_s < 0:
             raise InvalidValue(
-                f"keep_for must be between 0 and {self._max_keep_for_s:g}s (max_keep_for), "
+                f"keep_for must be at least 0, got {keep_for_s:g}s",
+                field="keep_for",
+                code="invalid_keep_for",
+            )
+        if keep_for_s > self._max_keep_for_s:
+            raise InvalidValue(
+                f"keep_for must be at most {self._max_keep_for_s:g}s (max_keep_for), "
                 f"got {keep_for_s:g}s",
                 field="keep_for",
                 code="invalid_keep_for",
             )
+
+    def check_replicas(self, name: str, replicas: int, *, minimum: int) -> None:
+        """InvalidValue naming ``replicas`` unless ``minimum`` <= it <= ``max_replicas``:
+        checked before anything happens (before room is made for the agent, too)."""
+        self._lifecycle.check_replicas(name, replicas, minimum=minimum)
 
     async def _confirm(self, name: str, done: Callable[[Agent], bool]) -> Agent:
         """The agent once its event confirmed ``done``; when the event is late (the stream

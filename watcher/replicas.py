@@ -185,12 +185,18 @@ class Replicas:
         """API use is reported through the store, by the leader too: whoever leads next
         must count it (each replica merges every report, so all of them agree)."""
         self.report_use(agent, event)
+        await self.published(agent.name)
+
+    async def published(self, name: str) -> None:
+        """On a follower, once the reports queued so far are in the database, where the
+        leader reads them (at most the store's call timeout); on the leader at once: its own
+        tracker has them already, under the agent's lock."""
         if self.is_leader:
-            return  # the leader's own tracker has it already, under the agent's lock
-        try:  # a follower answers once the leader can read it
+            return
+        try:
             await self._writer.flush(STORE_CALL_TIMEOUT_S)
         except TimeoutError:
-            logger.warning("%s's activity is not in the database yet (it is queued)", agent.name)
+            logger.warning("%s's activity is not in the database yet (it is queued)", name)
 
     def record_dead_letters(self, agents: list[Agent]) -> None:
         """Audit the agents a resync found gone while recorded running (the leader does)."""

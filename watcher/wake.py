@@ -61,6 +61,10 @@ class UseReport(Protocol):
         """Queue a report of use seen here (no wait)."""
         ...
 
+    async def published(self, name: str) -> None:
+        """Return once the reports queued so far can be read by the leader."""
+        ...
+
 
 def _settled(agent: Agent | None) -> bool:
     """Nothing more to wait for from the engine: ready, or gone (removed, dead-lettered)."""
@@ -113,7 +117,7 @@ class Waker:
         self._clock = clock
         self.config = config
         self._noted: dict[str, tuple[float, datetime]] = {}  # name -> (monotonic, keep_until)
-        self._starting: dict[str, asyncio.Task[Agent]] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, tuple[float, BaseException]] = {}  # name -> (monotonic, error)
         self.requests = 0
         self.starts = 0
@@ -221,13 +225,26 @@ class Waker:
         if name in self._starting:
             return
         self.starts += 1
-        # the wake noted its use already: one touch, one report, and the wait is its own
-        start = self._operations.start(name, actor="wake", confirm=False, note_use=False)
-        task = asyncio.create_task(start, name=f"idlewatch-wake-{name}")
+        task = asyncio.create_task(self._start(name), name=f"idlewatch-wake-{name}")
         self._starting[name] = task
         task.add_done_callback(lambda t: self._started(name, t))
 
-    def _started(self, name: str, task: asyncio.Task[Agent]) -> None:
+    async def _start(self, name: str) -> None:
+        """The wake noted its use already: one touch, one report, and the wait for ready is
+        the requests' own. On a follower the start waits until the leader can read that use
+        (as every start there does), so the leader never finds the agent it just saw start
+        idle. The flight lasts until the table shows the agent awake (at most the confirm
+        timeout): a wake arriving before the engine's event joins it, never starts again."""
+        await self._share.published(name)
+        await self._operations.start(name, actor="wake", confirm=False, note_use=False)
+        with contextlib.suppress(TimeoutError):  # the stream is down or slow
+            await self._waits.wait_for(
+                name,
+                lambda a: a is None or is_gone(a) or not is_asleep(a),
+                self._operations.confirm_timeout_s,
+            )
+
+    def _started(self, name: str, task: asyncio.Task[None]) -> None:
         if self._starting.get(name) is task:
             del self._starting[name]
         if not task.cancelled() and (exc := task.exception()) is not None:

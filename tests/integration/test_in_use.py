@@ -104,7 +104,7 @@ async def test_an_attach_holds_until_the_max_hold_as_its_end_leaves_no_trace(
     """The engine says nothing when an attach ends (no event, no count in inspect): the
     attach holds its agent until the process ends or attach_max_hold passes."""
     cid = run_container(engine, "att", labels={"idlewatch.idle-timeout": "1s"})
-    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    caplog.set_level(logging.WARNING, logger="idlewatch")
     async with Watcher(settings_for(sweep_interval=1, attach_max_hold="6s")) as w:
         await w.wait_for("att", has(Status.RUNNING), 15)
         attached = datetime.now(UTC)

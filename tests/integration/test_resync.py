@@ -110,7 +110,7 @@ async def test_the_periodic_resync_corrects_a_task_count_no_event_announced(
     create_service(engine, "sv-drift")
     settings = settings_for(resync_interval=1)
     gateway = MutableGateway(settings.docker_url, label=settings.label)
-    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    caplog.set_level(logging.WARNING, logger="idlewatch")
     async with Watcher(settings, docker=gateway) as w:
         await w.wait_for("sv-drift", has(Status.RUNNING, replicas=1, running=1), 30)
         gateway.muted = True  # events of the scale never reach the watcher

@@ -72,7 +72,7 @@ async def test_a_forgotten_session_stops_holding_after_the_max_hold(
     docker, w, clock = watcher
     docker.streams[-1].queue.put_nowait(container_event("attach", "c1", "a", 1))
     await w.wait_for("a", lambda a: a is not None and a.sessions == 1, 5)
-    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    caplog.set_level(logging.WARNING, logger="idlewatch")
     clock.advance(11 * 60)  # attach_max_hold is 10m
     report = await w.sweep_once()
     assert report.summary()["a"] == "acted"

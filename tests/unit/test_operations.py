@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from idlewatch import ManualClock, Settings, Watcher
+from idlewatch.idle import OutcomeKind
 from idlewatch.models import ContainerInfo, EngineEvent, EventType
 
 from tests.builders import MANAGED
@@ -75,6 +76,9 @@ async def test_an_idle_stop_is_audited_when_decided_and_when_finished() -> None:
         docker.gate.set()
         report = await sweep
         assert report.summary() == {"box": "acted"}
+        # typed, and equal to the words it was before it was typed
+        assert report.outcomes["box"].kind is OutcomeKind.ACTED
+        assert report.outcomes == {"box": "acted"}
         await w.flush(5)
     [entry] = [e for e in store.audits if e.action == "stop"]
     assert entry.at == decided and entry.finished_at == decided.replace(second=7)
@@ -124,3 +128,62 @@ async def test_a_late_confirming_event_answers_with_the_engines_state() -> None:
         await w.wait_synced(5)
         started = await w.start("box")  # the fake engine starts it and emits nothing
         assert started.status.value == "running" and started.running == 1
+
+
+async def test_a_value_out_of_bounds_is_refused_before_anything_happens() -> None:
+    """With max_awake reached, a start or scale with replicas out of bounds is a 400
+    before room is made: nothing is stopped for an operation that is then refused."""
+    docker = FakeDocker()
+    docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
+    docker.containers["c2"] = ContainerInfo("c2", "napper", "img", "exited", MANAGED)
+    settings = Settings(
+        docker_url="unix:///f.sock", database_url="sqlite:///u.db", max_awake=1, api_token="tok"
+    )
+    from aiohttp.test_utils import TestClient, TestServer
+    from idlewatch.api import create_app
+    from idlewatch.errors import InvalidValue
+
+    async with Watcher(settings, docker=docker, store=FakeStore(), clock=ManualClock(T0)) as w:
+        await w.wait_synced(5)
+        async with TestClient(TestServer(create_app(w))) as client:
+            for path, body in (
+                ("/api/agents/napper/start", {"replicas": 0}),
+                ("/api/agents/napper/start", {"replicas": 50}),
+                ("/api/agents/napper/scale", {"replicas": 50}),
+            ):
+                resp = await client.post(path, json=body, headers=AUTH)
+                error = (await resp.json())["error"]
+                assert resp.status == 400 and error["code"] == "invalid_replicas", error
+                assert error["field"] == "replicas"
+        with pytest.raises(InvalidValue):
+            await w.start("napper", 0)
+        with pytest.raises(InvalidValue):
+            await w.scale("napper", 50)
+        assert docker.calls["stop_container"] == 0 and docker.calls["start_container"] == 0
+
+
+async def test_a_bad_body_is_a_400_before_an_unknown_name_or_a_closed_door(
+    served: Served,
+) -> None:
+    """Which error wins: the request's own fault first (400), then what it asks for (404,
+    or 403 for a registration while registering is off)."""
+    _, _, client = served
+    for path, body, code in (
+        ("/api/agents/nope/activity", {"keep_for": "25h"}, "invalid_body"),
+        ("/api/agents/nope/activity", {"keep_for": "bad"}, "invalid_body"),
+        ("/api/agents/nope/start", {"replicas": 0}, "invalid_replicas"),
+        ("/api/agents/nope/scale", {"replicas": 50}, "invalid_replicas"),
+        (
+            "/api/agents",
+            {"name": "svc", "image": "img", "kind": "service", "replicas": 50},
+            "invalid_replicas",
+        ),
+        ("/api/agents", {"name": "box2", "image": "img", "replicas": 2}, "invalid_replicas"),
+    ):
+        resp = await client.post(path, json=body, headers=AUTH)
+        error = (await resp.json())["error"]
+        assert resp.status == 400 and error["code"] == code, (path, body, error)
+    resp = await client.post("/api/agents/nope/activity", json={"keep_for": "5m"}, headers=AUTH)
+    assert resp.status == 404
+    resp = await client.post("/api/agents", json={"name": "box2", "image": "img"}, headers=AUTH)
+    assert resp.status == 403

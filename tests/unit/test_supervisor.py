@@ -35,7 +35,7 @@ async def test_a_drift_no_event_announced_is_corrected_and_logged(
 ) -> None:
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
-    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    caplog.set_level(logging.WARNING, logger="idlewatch")
     async with _watcher(docker, 0.05) as w:
         await w.wait_synced(5)
         # the container stops, and its events never reach us (filtered, lost, a bug)

@@ -303,7 +303,7 @@ def test_node_sessions_not_re_reported_stop_holding_with_a_warning(caplog: Any) 
     tr.expire_sessions(clock.now(), NO_HOLD_LIMITS)
     assert tr.agents["svc"].sessions == 2
     clock.advance(2)
-    caplog.set_level(logging.WARNING, logger="idlewatch.tracker")
+    caplog.set_level(logging.WARNING, logger="idlewatch")
     tr.expire_sessions(clock.now(), NO_HOLD_LIMITS)
     assert tr.agents["svc"].sessions == 0
     (warned,) = [r.getMessage() for r in caplog.records if "node:w1" in r.getMessage()]
@@ -342,7 +342,7 @@ def test_the_counts_by_status_and_sessions_follow_every_change_of_the_table() ->
         cid, name, t = f"c{i}", names[i], step + 2
         roll = rng.random()
         if roll < 0.5:
-            tr.apply(container_event(rng.choice(actions), cid=cid, name=name, t=t))
+            tr.apply(container_event(rng.choice(actions), cid=cid, name=name, t_s=t))
         elif roll < 0.8:
             tr.use.learn(cid, "/bin/sh -c true")
             exec_id = f"e{rng.randrange(4)}"

@@ -18,6 +18,7 @@ from idlewatch.models import Change, ContainerInfo, ExecProcess, freeze
 from tests.builders import box
 from tests.fakes import FakeDocker, FakeStore
 from tests.unit.test_tracker import make
+from tests.waiting import until
 
 T0 = datetime(2026, 8, 1, tzinfo=UTC)
 MANAGED = {"idlewatch.enable": "true"}
@@ -371,3 +372,71 @@ async def test_a_start_that_failed_is_the_answer_for_a_moment(
         assert resp.status == 404, await resp.text()  # the live label check refuses it
     assert docker.calls["start_container"] == 0 and w.status().wake_starts == 1
     assert not docker.violations
+
+
+async def test_a_wake_of_a_sleeping_agent_notes_its_use_once(
+    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One touch, one activity report, one start (its own use not noted a second time)."""
+    docker, w, _clock, client = served
+    parts = w._parts  # the collaborators the wake was built with
+    touches: list[str] = []
+    reports: list[tuple[str, str]] = []
+    real_touch, real_report = parts.tracker.touch, parts.replicas.report_use
+
+    def touch(name: str, **kw: Any) -> Any:
+        touches.append(name)
+        return real_touch(name, **kw)
+
+    def report_use(agent: Any, event: str) -> None:
+        reports.append((agent.name, event))
+        real_report(agent, event)
+
+    monkeypatch.setattr(parts.tracker, "touch", touch)
+    monkeypatch.setattr(parts.replicas, "report_use", report_use)
+    resp = await client.get("/api/wake?names=napper", headers=bearer(WAKE))
+    assert resp.status == 200
+    assert touches == ["napper"] and reports == [("napper", "wake")]
+    assert docker.calls["start_container"] == 1
+
+
+async def test_a_wake_before_the_start_event_joins_the_start_under_way(
+    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+) -> None:
+    """The engine accepted the start; its event is late. A wake in between joins the start
+    (it was a second start_container and a second audit row)."""
+    docker, w, _clock, client = served
+    w.confirm_timeout_s = 5.0
+    docker.lively = False  # the start event comes when the test sends it
+    first = asyncio.ensure_future(client.get("/api/wake?names=napper", headers=bearer(WAKE)))
+    await docker.wait_calls("start_container", 1)
+    await until(lambda: docker.containers["c3"].state == "running", 5, "the engine's start")
+    resp = await client.get("/api/wake?names=napper&timeout=50ms", headers=bearer(WAKE))
+    assert resp.status == 504  # not running yet, as far as anyone knows
+    docker.emit("c3", "start")
+    assert (await first).status == 200
+    assert docker.calls["start_container"] == 1 and w.status().wake_starts == 1
+
+
+async def test_on_a_follower_a_wake_starts_once_its_use_is_published(
+    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader must be able to read the wake's use (and keep-alive) before the agent
+    starts, or it could find the agent it sees start idle."""
+    docker, w, _clock, client = served
+    published = asyncio.Event()
+    asked: list[str] = []
+
+    async def slow_publish(name: str) -> None:
+        asked.append(name)
+        await published.wait()
+
+    monkeypatch.setattr(w._parts.replicas, "published", slow_publish)
+    wake = asyncio.ensure_future(client.get("/api/wake?names=napper", headers=bearer(WAKE)))
+    await until(lambda: asked == ["napper"], 5, "the start to wait for its report")
+    assert docker.calls["start_container"] == 0
+    published.set()
+    assert (await wake).status == 200
+    assert docker.calls["start_container"] == 1
