@@ -142,3 +142,14 @@ def test_the_product_ships_no_test_harness() -> None:
         p.stem for p in (ROOT / "watcher").rglob("*.py")
     }
     assert not {"private_engine", "private_postgres"} & shipped
+
+
+async def test_the_core_is_a_facade_on_the_wake_and_exec_paths() -> None:
+    """bench/paths.py's figure: on a wake of a stopped container the core only passes the
+    call on (no round trip back into it), and the use is noted once."""
+    from bench.paths import measure
+
+    wake, exec_start = await measure()
+    assert {f for p, f in wake if p == "core.py"} <= {"wake", "settled", "change_batches"}
+    assert {f for p, f in exec_start if p == "core.py"} <= {"settled", "change_batches"}
+    assert wake[("tracker.py", "touch")] == 1 and wake[("replicas.py", "report_use")] == 1
