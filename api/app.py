@@ -15,6 +15,7 @@ from .metrics import METRICS, Metrics
 from .openapi import routes as openapi_routes
 from .render import AGENT_JSON, AgentJson
 from .routes import routes as rest_routes
+from .view import routes as view_routes
 from .wake import routes as wake_routes
 from .ws import FEED, SOCKETS, Feed, Sockets, close_all, feed_ctx
 from .ws import routes as ws_routes
@@ -56,6 +57,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[FEED] = Feed(settings.ws_max_buffer_bytes, app[AGENT_JSON])
     app.cleanup_ctx.append(feed_ctx)
     app.add_routes(rest_routes)
+    app.add_routes(view_routes)
     app.add_routes(wake_routes)
     app.add_routes(ws_routes)
     app.add_routes(openapi_routes)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from idlewatch import WatcherStatus
+from idlewatch.wake_phases import BUCKETS
 
 from .errors import Handler
 
@@ -49,6 +50,22 @@ def _esc(value: str) -> str:
 
 def _family(name: str, kind: str, help_text: str, lines: Iterable[str]) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
+
+
+def _histogram_lines(
+    name: str, series: Mapping[tuple[str, str], tuple[tuple[int, ...], float, int]]
+) -> list[str]:
+    lines = []
+    for (phase, from_), (counts, total, n) in sorted(series.items()):
+        labels = {"phase": phase, "from": from_}
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(_line(f"{name}_bucket", cumulative, {**labels, "le": le}))
+        lines.append(_line(f"{name}_sum", round(total, 6), labels))
+        lines.append(_line(f"{name}_count", n, labels))
+    return lines
 
 
 def render(status: WatcherStatus, metrics: Metrics) -> str:
@@ -150,6 +167,13 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         "counter",
         "Wake requests (/api/wake, Sablier's strategies, Watcher.wake) naming tracked agents.",
         [_line("idlewatch_wake_requests_total", status.wake_requests)],
+    )
+    out += _family(
+        "idlewatch_wake_seconds",
+        "histogram",
+        "What wakes cost, by phase: engine (start sent to running), health (running to "
+        "ready), total (request to answer); by the state the agent was woken from.",
+        _histogram_lines("idlewatch_wake_seconds", status.wake_seconds),
     )
     out += _family(
         "idlewatch_wake_starts_total",

@@ -185,6 +185,49 @@ def document(
                 tag="audit",
             )
         },
+        "/api/agents/{name}/timeline": {
+            "get": _op(
+                "The agent's timeline, newest first: uses, idle actions, skips, wakes with "
+                "their phases, evictions, status changes, lifecycle actions",
+                {"200": _json(_ref("Timeline"), "A page of entries"), **_AGENT_ERRORS},
+                params=[
+                    _NAME,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                ],
+                tag="operator",
+            )
+        },
+        "/api/stats": {
+            "get": _op(
+                "Counts now, agent-hours awake and saved, wakes by cost, idle actions and "
+                "skips, awake and paused agents over the window",
+                {"200": _json(_ref("Stats"), "The window's stats"), **_COMMON_ERRORS},
+                params=[
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["1h", "24h", "7d", "30d"],
+                            "default": "24h",
+                        },
+                    }
+                ],
+                tag="operator",
+            )
+        },
         "/api/ws": {
             "get": _op(
                 "Websocket feed: {type: snapshot, agents: [Agent]} then one "

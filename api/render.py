@@ -3,13 +3,18 @@ agent version, serialized once), the health, and an audit entry."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
+from idlewatch.holds import Explanation
 from idlewatch.models import Agent, AuditEntry
 from idlewatch.status import Health
+
+#: how an agent's holds and next action are found (``Watcher.explain``)
+Explain = Callable[[Agent, datetime], Explanation]
 
 
 def iso(when: datetime) -> str:
@@ -69,23 +74,26 @@ class AgentJson:
         self._kept[agent.name] = kept
         return kept
 
-    def __call__(self, agent: Agent, now: datetime) -> dict[str, Any]:
-        """One agent's JSON at ``now``."""
+    def __call__(self, agent: Agent, now: datetime, explain: Explain) -> dict[str, Any]:
+        """One agent's JSON at ``now``, with its holds and next action."""
         kept = self._get(agent)
         out = kept.fixed.copy()
+        out.update(explanation_json(explain(agent, now)))
         out["idle_for"] = round(max(0.0, now.timestamp() - kept.last_activity_s), 3)
         return out
 
     def listing(
-        self, agents: list[Agent], now: datetime, *, complete: bool
+        self, agents: list[Agent], now: datetime, explain: Explain, *, complete: bool
     ) -> list[dict[str, Any]]:
         """Every agent's JSON; ``complete``: ``agents`` is the whole fleet, so names not
         in it are dropped from the memo."""
-        out = [self(a, now) for a in agents]
+        out = [self(a, now, explain) for a in agents]
         self._listed(agents, complete)
         return out
 
-    def listing_bytes(self, agents: list[Agent], now: datetime, *, complete: bool) -> bytes:
+    def listing_bytes(
+        self, agents: list[Agent], now: datetime, explain: Explain, *, complete: bool
+    ) -> bytes:
         """:meth:`listing` serialized as a JSON array (``idle_for`` with 3 decimals)."""
         now_s = now.timestamp()
         get = self._get
@@ -93,7 +101,8 @@ class AgentJson:
         for a in agents:
             kept = get(a)
             idle = now_s - kept.last_activity_s
-            parts.append(b'%s,"idle_for":%.3f}' % (kept.head, idle if idle > 0 else 0.0))
+            why = explanation_bytes(explain(a, now))
+            parts.append(b'%s,%s,"idle_for":%.3f}' % (kept.head, why, idle if idle > 0 else 0.0))
         self._listed(agents, complete)
         return b"[" + b",".join(parts) + b"]"
 
@@ -124,6 +133,47 @@ def _fixed_json(agent: Agent) -> dict[str, Any]:
         "health": agent.health,
         "attached_since": iso(since) if (since := agent.attached_since) is not None else None,
     }
+
+
+def explanation_json(why: Explanation) -> dict[str, Any]:
+    """An agent's ``holds`` and ``next_action`` keys."""
+    holds = []
+    for h in why.holds:
+        hold: dict[str, Any] = {
+            "kind": h.kind,
+            "detail": h.detail,
+            "until": iso(h.until) if h.until is not None else None,
+        }
+        if h.count is not None:
+            hold["count"] = h.count
+        if h.at is not None:
+            hold["at"] = iso(h.at)
+        holds.append(hold)
+    nxt = why.next_action
+    return {
+        "holds": holds,
+        "next_action": {
+            "action": nxt.action,
+            "at": iso(nxt.at) if nxt.at is not None else None,
+            "reason": nxt.reason,
+        },
+    }
+
+
+#: the most common explanations (a sleeping agent's) serialized once
+_EXPLAINED: dict[Explanation, bytes] = {}
+
+
+def explanation_bytes(why: Explanation) -> bytes:
+    """:func:`explanation_json` serialized, without braces (to splice into an agent's)."""
+    if not why.holds and why.next_action.at is None:
+        kept = _EXPLAINED.get(why)
+        if kept is None:
+            if len(_EXPLAINED) > 64:
+                _EXPLAINED.clear()
+            kept = _EXPLAINED[why] = orjson.dumps(explanation_json(why))[1:-1]
+        return kept
+    return orjson.dumps(explanation_json(why))[1:-1]
 
 
 def health_json(health: Health) -> dict[str, Any]:

@@ -36,7 +36,8 @@ def _w(request: web.Request) -> Watcher:
 
 
 def _agent(request: web.Request, agent: Agent) -> web.Response:
-    return web.json_response(request.config_dict[AGENT_JSON](agent, _w(request).clock.now()))
+    w = _w(request)
+    return web.json_response(request.config_dict[AGENT_JSON](agent, w.clock.now(), w.view.explain))
 
 
 def _name(request: web.Request) -> str:
@@ -58,7 +59,11 @@ async def list_agents(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_parameter", f"unknown status {wanted!r}", "status")
         agents = [a for a in agents if a.status.value == wanted]
     now = _w(request).clock.now()
-    return _json_body(request.config_dict[AGENT_JSON].listing_bytes(agents, now, complete=complete))
+    return _json_body(
+        request.config_dict[AGENT_JSON].listing_bytes(
+            agents, now, _w(request).view.explain, complete=complete
+        )
+    )
 
 
 @routes.get("/api/agents/running", name="agents_running")
@@ -67,7 +72,11 @@ async def list_running(request: web.Request) -> web.Response:
     only(request, set())
     now = _w(request).clock.now()
     running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
-    return _json_body(request.config_dict[AGENT_JSON].listing_bytes(running, now, complete=False))
+    return _json_body(
+        request.config_dict[AGENT_JSON].listing_bytes(
+            running, now, _w(request).view.explain, complete=False
+        )
+    )
 
 
 @routes.route("*", "/api/agents/running", name="agents_running_other")
@@ -109,7 +118,9 @@ async def _start(request: web.Request) -> web.Response:
             "timeout",
             f"{name!r} did not run within {timeout_s:g}s",
             None,
-            agent=request.config_dict[AGENT_JSON](current, w.clock.now()) if current else None,
+            agent=request.config_dict[AGENT_JSON](current, w.clock.now(), w.view.explain)
+            if current
+            else None,
         )
     assert done is not None
     return _agent(request, done)

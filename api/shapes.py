@@ -21,6 +21,27 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Hold(_Closed):
+    """One thing that keeps an agent awake now."""
+
+    kind: Literal["session", "keep_alive", "busy", "group", "never", "starting"]
+    detail: str
+    until: datetime | None = Field(description="when it lets go by itself; null: not known")
+    count: int | None = Field(default=None, ge=1, description="session: how many are open")
+    at: datetime | None = Field(default=None, description="busy: when the check was taken")
+
+
+class NextAction(_Closed):
+    """What the sweep would do next if nothing happens, and when."""
+
+    action: Literal["stop", "pause", "none"]
+    at: datetime | None = Field(
+        description="the earliest time the sweep acts (on its next pass after it); null "
+        "while held or asleep"
+    )
+    reason: str
+
+
 class Agent(_Closed):
     """One managed container or Swarm service."""
 
@@ -50,6 +71,8 @@ class Agent(_Closed):
         "its process ends or attach_max_hold after the last attach or resize; null: not "
         "attached"
     )
+    holds: list[Hold] = Field(description="what keeps it awake right now")
+    next_action: NextAction
 
 
 class ErrorBody(_Closed):
@@ -184,9 +207,77 @@ class AuditEntry(_Closed):
     )
 
 
+class TimelineEntry(BaseModel):
+    """One entry of an agent's timeline; each kind adds its own keys: ``use`` (source,
+    first, last, count), ``wake`` (from, ready, phases in ms), ``status`` (status, state,
+    until), ``idle_action``/``skip``/``eviction``/``lifecycle`` (action, ok, detail)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    at: datetime
+    kind: Literal["use", "idle_action", "skip", "wake", "eviction", "status", "lifecycle"]
+    actor: str
+    reason: str
+
+
+class Timeline(_Closed):
+    """A page of an agent's timeline, newest first."""
+
+    agent: str
+    entries: list[TimelineEntry]
+    next_before: datetime | None = Field(
+        description="pass as ?before= for the next page; null: this page is the last"
+    )
+
+
+class Percentiles(_Closed):
+    """p50 and p95 in ms (null: no wake in the window)."""
+
+    p50: float | None
+    p95: float | None
+
+
+class WakeStats(_Closed):
+    """Wakes in the window that were not answered at once, and what they cost."""
+
+    count: int = Field(ge=0)
+    total_ms: Percentiles = Field(description="request to answer")
+    engine_ms: Percentiles = Field(description="start sent to the engine's start event")
+
+
+class SeriesPoint(_Closed):
+    """Agents awake and paused at time t (the end of a bucket)."""
+
+    t: datetime
+    awake: int = Field(ge=0)
+    paused: int = Field(ge=0)
+
+
+class Stats(_Closed):
+    """What idlewatch did and saved over a window (docs/operators-view.md)."""
+
+    window: Literal["1h", "24h", "7d", "30d"]
+    since: datetime
+    until: datetime
+    agents: dict[str, int] = Field(description="tracked agents by status, now")
+    awake_now: int = Field(ge=0)
+    max_awake: int | None
+    awake_agent_hours: float = Field(ge=0)
+    paused_agent_hours: float = Field(ge=0)
+    saved_agent_hours: float = Field(
+        ge=0, description="hours stopped, paused or scaled to 0 by idlewatch's idle actions"
+    )
+    wakes: WakeStats
+    idle_actions: dict[str, int]
+    skips: dict[str, int]
+    series: list[SeriesPoint]
+
+
 #: the shapes the document names, by component name
 SHAPES: dict[str, type[BaseModel]] = {
     "Agent": Agent,
+    "Hold": Hold,
+    "NextAction": NextAction,
     "Error": Error,
     "TimeoutError": TimeoutError_,
     "WakeAgent": WakeAgent,
@@ -198,6 +289,12 @@ SHAPES: dict[str, type[BaseModel]] = {
     "Ready": Ready,
     "NotReady": NotReady,
     "AuditEntry": AuditEntry,
+    "TimelineEntry": TimelineEntry,
+    "Timeline": Timeline,
+    "Percentiles": Percentiles,
+    "WakeStats": WakeStats,
+    "SeriesPoint": SeriesPoint,
+    "Stats": Stats,
 }
 
 __all__ = ["SHAPES"]

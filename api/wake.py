@@ -324,7 +324,9 @@ def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[s
         "name": name,
         "awake": awake,
         "ready": all(is_ready(a) for a in members),
-        "members": request.config_dict[AGENT_JSON].listing(members, now, complete=False),
+        "members": request.config_dict[AGENT_JSON].listing(
+            members, now, _w(request).view.explain, complete=False
+        ),
     }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, web
 from idlewatch import SubscriberLagged, Watcher
-from idlewatch.models import Agent, Change
+from idlewatch.models import Change
 from idlewatch.tasks import cancel_and_wait
 
 from .errors import ApiError
@@ -100,9 +100,9 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
 
-    def render_all(self, agents: list[Agent], now: datetime) -> list[dict[str, Any]]:
+    def render_all(self, watcher: Watcher, now: datetime) -> list[dict[str, Any]]:
         """The whole fleet's JSON (a snapshot)."""
-        return self._render.listing(agents, now, complete=True)
+        return self._render.listing(watcher.agents(), now, watcher.view.explain, complete=True)
 
     def ensure_started(self, watcher: Watcher) -> None:
         """Start the fan-out tasks on the first client (the watcher may come from a parent app)."""
@@ -131,7 +131,8 @@ class Feed:
             try:
                 async for batch in watcher.change_batches(FEED_QUEUE, FEED_BATCH):
                     now = watcher.clock.now()
-                    self._fan_out([self._change_msg(change, now) for change in batch])
+                    msgs = [self._change_msg(change, now, watcher) for change in batch]
+                    self._fan_out(msgs)
             except SubscriberLagged:
                 # the feed itself fell behind: every client may have missed changes, so
                 # ask them to reconnect (and get a fresh snapshot) rather than lie
@@ -139,11 +140,11 @@ class Feed:
                 for client in list(self.clients):
                     await _close(client.ws, WSCloseCode.TRY_AGAIN_LATER, b"feed overflow")
 
-    def _change_msg(self, change: Change, now: datetime) -> bytes:
+    def _change_msg(self, change: Change, now: datetime, watcher: Watcher) -> bytes:
         return orjson.dumps(
             {
                 "type": "change",
-                "agent": self._render(change.agent, now),
+                "agent": self._render(change.agent, now, watcher.view.explain),
                 "previous_status": change.previous_status.value if change.previous_status else None,
                 "reason": change.reason,
             }
@@ -227,7 +228,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     now = w.clock.now()
     snapshot = {
         "type": "snapshot",
-        "agents": fan.render_all(w.agents(), now),
+        "agents": fan.render_all(w, now),
         "health": health_json(w.health()),
     }
     try:

@@ -3,12 +3,13 @@ test does not care about filled in. Times count from :data:`T0` (``t_s`` seconds
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idlewatch import Settings
 from idlewatch.clock import ManualClock, to_ns
+from idlewatch.holds import Explanation, Policy, explain
 from idlewatch.models import Agent, ContainerInfo, EngineEvent, EventType, Kind, Status, freeze
 from idlewatch.tracker import Tracker
 
@@ -142,3 +143,8 @@ def tracker(
     clock = clock or ManualClock(T0)
     made = Tracker(label=LABEL, default_idle_timeout_s=timeout_s, clock=clock, bus=changes)
     return made, changes, clock
+
+
+def explainer(policy: Policy) -> Callable[[Agent, datetime], Explanation]:
+    """An agent's holds and next action under one policy, no groups, no busy check."""
+    return lambda a, now: explain(a, now, policy)

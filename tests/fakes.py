@@ -27,7 +27,12 @@ from idlewatch.models import (
     Kind,
     ServiceInfo,
     Snapshot,
+    SpellMark,
     Status,
+    TimelineEntry,
+    UseBurst,
+    WakeRecord,
+    WindowFigures,
     freeze,
 )
 
@@ -241,6 +246,31 @@ class FakeDocker:
         pass
 
 
+class FakeHistory:
+    """The record's reads over what was written: wakes and bursts in the timeline, the
+    figures empty but for the wake count (the SQL is tested on a real SQLite)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+
+    async def timeline(
+        self, agent: str, *, limit: int, before: datetime | None = None
+    ) -> list[TimelineEntry]:
+        out = [
+            TimelineEntry(r.at, "wake", r.via, "woken", {"phases": r.phases()})
+            for r in self._store.history_rows
+            if isinstance(r, WakeRecord) and r.agent == agent
+        ]
+        out = [e for e in out if before is None or e.at < before]
+        return sorted(out, key=lambda e: e.at, reverse=True)[:limit]
+
+    async def figures(self, since: datetime, until: datetime, buckets: int) -> WindowFigures:
+        wakes = [r for r in self._store.history_rows if isinstance(r, WakeRecord)]
+        return WindowFigures(
+            since, until, 0.0, 0.0, 0.0, len(wakes), (None, None), (None, None), {}, {}, ()
+        )
+
+
 class FakeStore:
     """An in-memory store that can be told to fail its next writes."""
 
@@ -249,6 +279,9 @@ class FakeStore:
         self.audits: list[AuditEntry] = []
         self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
+        self.history_rows: list[SpellMark | UseBurst | WakeRecord] = []
+        #: the record's reads (the figures: SqlHistory on a real SQLite, test_stats.py)
+        self.history = FakeHistory(self)
         self.bug_writes = 0  # write() raises a RuntimeError (a bug, not the database)
         self.writes = 0
         self.lease_rows: dict[str, tuple[str, float]] = {}
@@ -342,6 +375,7 @@ class FakeStore:
         audits: Sequence[AuditEntry],
         forgets: Sequence[str] = (),
         specs: Mapping[str, AgentSpec | None] | None = None,
+        history: Sequence[SpellMark | UseBurst | WakeRecord] = (),
     ) -> None:
         self.writes += 1
         await self._hang()
@@ -351,6 +385,7 @@ class FakeStore:
         if self.bug_writes > 0:
             self.bug_writes -= 1
             raise RuntimeError("a bug in a write (fake)")
+        self.history_rows.extend(history)
         for name in forgets:
             self.rows.pop(name, None)
         for name, spec in (specs or {}).items():

@@ -14,6 +14,7 @@ How the parts talk (each arrow a collaborator passed in here)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,12 +28,15 @@ from .enricher import Enricher
 from .errors import StoreError
 from .events import StreamSupervisor, exponential_backoff
 from .groups import LabelIndex
+from .history import HistoryRecorder
+from .holds import Explainer
 from .hub import Hub
 from .idle import IdleActions, IdleConfig
 from .leader import Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
 from .node import NodeReporter
 from .operations import Operations
+from .operator_view import OperatorView
 from .ports import Clock, DockerGateway, Store
 from .ready_port import ReadyPorts
 from .replicas import ActivityMerger, Replicas
@@ -44,7 +48,10 @@ from .sweeper import Sweeper
 from .tracker import Tracker
 from .usage import HoldLimits
 from .wake import WakeConfig, Waker
+from .wake_phases import WakePhases
 from .writer import CommitObserver, StoreWriter
+
+logger = logging.getLogger("idlewatch.core")  # the start-up line users know, under its name
 
 
 def gateway(settings: Settings) -> DockerGateway:
@@ -80,6 +87,10 @@ class Parts:
     waker: Waker
     waits: AgentWaits
     readiness: Readiness
+    history: HistoryRecorder
+    phases: WakePhases
+    view: OperatorView
+    settings: Settings
 
     async def open(self) -> None:
         """Open the store, load what it knows, check it is this engine's, then start the
@@ -90,6 +101,7 @@ class Parts:
             self.store.claim()  # one actor per database
             self.tracker.load(await self.store.load_agents())
             self.index.load(self.tracker.agents.values())
+            self.history.load(self.tracker.agents.values())
             self.registry.load(await self.store.load_specs())
             await self.binding.check_at_start()  # one database, one engine
         except (StoreError, DatabaseShared):
@@ -106,6 +118,13 @@ class Parts:
         except BaseException:  # cancelled, or the store failed: nothing is left running
             await self.close()
             raise
+        s = self.settings
+        logger.info(
+            "idlewatch started: %d agents known, label %s=true, idle timeout %s",
+            len(self.tracker.agents),
+            s.label,
+            f"{s.idle_timeout:.0f}s" if s.idle_timeout else "never",
+        )
 
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending: the last rows while
@@ -114,6 +133,7 @@ class Parts:
         await self.ports.close()
         await self.sweeper.close()
         await self.stream.close()
+        self.history.close()
         await self.writer.close()
         await self.replicas.close()
         self.hub.close()
@@ -145,6 +165,9 @@ class Parts:
             evictions=self.capacity.evictions,
             wake_requests=self.waker.requests,
             wake_starts=self.waker.starts,
+            wake_seconds={
+                key: (tuple(h.counts), h.total, h.n) for key, h in self.phases.histograms.items()
+            },
         )
 
 
@@ -165,7 +188,8 @@ def watcher_parts(
     writer = StoreWriter(db, lead, pace_s=s.write_pace, on_state=health.poke, on_commit=on_commit)
     hub, signal, ports = Hub(s.subscriber_queue_size), ChangeSignal(), ReadyPorts(docker)
     index = LabelIndex(s.group_label, s.hosts_label)
-    bus = ChangeBus([index, writer, hub, signal, ports])
+    history = HistoryRecorder(writer.put_history, clock)
+    bus = ChangeBus([index, writer, hub, signal, ports, history])
     tracker = Tracker(label=s.label, default_idle_timeout_s=s.idle_timeout, clock=clock, bus=bus)
     schedule = SweepSchedule(
         tracker.agents,
@@ -194,6 +218,7 @@ def watcher_parts(
         # session: the replica loops hold one each; a PostgreSQL pool lends one at once
         session=db.session if isinstance(db, SqlStore) and db.sqlite else None,
         binding=binding,
+        on_lead=lambda: history.resync(tracker.agents.values()),
     )
     stream = StreamSupervisor(
         docker,
@@ -221,7 +246,9 @@ def watcher_parts(
         IdleConfig(s.idle_action, s.pause_stop_after),
         held_back=gate.held_back,
         refresh=replicas.merge_once,
+        marks=history,
     )
+    phases = WakePhases(writer.put_wake, clock.now)
     capacity = Capacity(lifecycle, tracker, busy, clock, s.max_awake, dry_run=s.dry_run)
     operations = Operations(
         lifecycle, capacity, replicas, waits, tracker, index, clock, max_keep_for_s=s.max_keep_for
@@ -274,9 +301,24 @@ def watcher_parts(
             waits=waits,
             share=replicas,
             ports=ports,
+            phases=phases,
         ),
         waits=waits,
         readiness=Readiness(stream, writer, db, binding, health),
+        history=history,
+        phases=phases,
+        settings=s,
+        view=OperatorView(
+            lambda: tracker.agents.values(),
+            Explainer(
+                tracker.get, index.groups_of, index.members, idle.policy, idle.last_busy, clock.now
+            ),
+            db.history,
+            phases,
+            clock,
+            max_awake=s.max_awake,
+            flush=lambda: writer.flush(timeout_s=2.0),
+        ),
     )
 
 

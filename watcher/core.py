@@ -12,6 +12,7 @@ from .clock import SystemClock
 from .errors import WatcherError
 from .models import Agent, AgentSpec, AuditEntry, Change
 from .operations import Operations
+from .operator_view import OperatorView
 from .ports import Clock, DockerGateway, Store
 from .settings import Settings
 from .settings_load import load_settings
@@ -28,8 +29,7 @@ class Watcher:
 
     ``async with Watcher(settings) as w:`` starts tracking; the gateway, store and clock
     can be injected. No signal handlers, no event loop of its own. ``on_commit`` is told
-    after each database commit with the agent rows written and the commit's wall time in
-    nanoseconds (observability: event-to-durable latency, bench/engine_figures.py).
+    after each commit with the agent rows written and its wall time in ns.
     """
 
     def __init__(
@@ -67,13 +67,6 @@ class Watcher:
         if not self._started:
             await self._parts.open()
             self._started = True
-            s = self.settings
-            logger.info(
-                "idlewatch started: %d agents known, label %s=true, idle timeout %s",
-                len(self._parts.tracker.agents),
-                s.label,
-                f"{s.idle_timeout:.0f}s" if s.idle_timeout else "never",
-            )
 
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending (safe to call twice)."""
@@ -89,6 +82,11 @@ class Watcher:
     def get(self, name: str) -> Agent | None:
         """One agent by name, or None."""
         return self._parts.tracker.get(name)
+
+    @property
+    def view(self) -> OperatorView:
+        """Why each agent is awake, timelines, wake costs, stats (operator_view.py)."""
+        return self._parts.view
 
     async def changes(self, queue_size: int | None = None) -> AsyncIterator[Change]:
         """Every change from now on; raises SubscriberLagged if the consumer falls far behind."""
@@ -219,13 +217,13 @@ class Watcher:
         *,
         keep_for_s: float | None = None,
         timeout_s: float | None = None,
+        via: str = "wake",
     ) -> WakeResult:
-        """Wake on request (wake.py): note use with a keep-alive (default ``wake_keep_for``),
-        start what sleeps (once, however many ask), and wait until all are ready, at most
-        ``timeout_s`` (default ``wake_timeout``); never stops anything."""
+        """Wake on request (wake.py): use with a keep-alive, start what sleeps (once), wait
+        until all are ready (``timeout_s``); ``via`` names the caller in its record."""
         agents, looked_up = self._parts.waker.resolve(names, group, host)
         return await self._parts.waker.wake(
-            agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s
+            agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via
         )
 
     # ------------------------------------------------------ registered agents

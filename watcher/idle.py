@@ -22,10 +22,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from .busy import Busy, BusyCheck
 from .durations import DurationError
 from .errors import AgentNotFound, WatcherError
+from .holds import BusyNote, Policy
 from .lifecycle import Lifecycle
 from .models import Agent, Kind, Status
 from .policy import IDLE_ACTION_LABEL, STOP_AFTER_LABEL, idle_action, is_idle, stop_after_s
@@ -89,6 +91,29 @@ def failed(reason: str) -> Outcome:
     return Outcome(OutcomeKind.FAILED, reason)
 
 
+class IdleMarks(Protocol):
+    """Who is told of an idle action before its engine call (history.py)."""
+
+    def idle_acting(self, name: str) -> None:
+        """The sweep is about to put ``name`` to sleep."""
+        ...
+
+    def idle_failed(self, name: str) -> None:
+        """It did not."""
+        ...
+
+
+class _NoMarks:
+    def idle_acting(self, name: str) -> None:
+        pass
+
+    def idle_failed(self, name: str) -> None:
+        pass
+
+
+_NO_MARKS = _NoMarks()
+
+
 @dataclass(frozen=True, slots=True)
 class IdleConfig:
     """Plain values the idle actions need from the settings."""
@@ -110,7 +135,10 @@ class IdleActions:
         *,
         held_back: Callable[[], str | None] = lambda: None,
         refresh: Callable[[], Awaitable[object]] | None = None,
+        marks: IdleMarks | None = None,
     ) -> None:
+        #: told before an idle action's engine call (the record of spells: history.py)
+        self._marks = marks or _NO_MARKS
         self._lifecycle = lifecycle
         self._tracker = tracker
         self._busy = busy
@@ -124,6 +152,8 @@ class IdleActions:
         self._warned: set[tuple[str, str]] = set()
         #: idle actions skipped because the agent was busy, by reason (for /metrics)
         self.skipped: dict[str, int] = {}
+        #: the last busy check that found each agent in use (its ``busy`` hold)
+        self._last_busy: dict[str, BusyNote] = {}
 
     def action_for(self, agent: Agent, labels: Mapping[str, str]) -> str:
         """``scale_to_zero`` for a service; ``pause`` or ``stop`` for a container."""
@@ -139,6 +169,14 @@ class IdleActions:
                 )
             return "scale_to_zero"
         return wanted
+
+    def last_busy(self, name: str) -> BusyNote | None:
+        """The last busy check that found ``name`` in use (None: none since start)."""
+        return self._last_busy.get(name)
+
+    def policy(self, agent: Agent) -> Policy:
+        """The agent's idle action and stop-after, as the actions read them."""
+        return Policy(self.action_for(agent, agent.labels), self.stop_after_s(agent))
 
     def stop_after_s(self, agent: Agent) -> float | None:
         """How long the agent may stay paused (None: for ever)."""
@@ -196,10 +234,15 @@ class IdleActions:
         action = self.action_for(fresh, labels)
         decided = self._clock.now()
         logger.info("idle %s of %s %s: %s", action, agent.kind, name, reason)
-        if action == "pause":
-            await self._lifecycle.pause_locked(fresh)
-        else:
-            await self._lifecycle.stop_locked(fresh)
+        self._marks.idle_acting(name)
+        try:
+            if action == "pause":
+                await self._lifecycle.pause_locked(fresh)
+            else:
+                await self._lifecycle.stop_locked(fresh)
+        except BaseException:
+            self._marks.idle_failed(name)
+            raise
         self._lifecycle.record(
             name, action, reason, "sweep", started=decided, detail=f"replicas was {fresh.replicas}"
         )
@@ -230,7 +273,10 @@ class IdleActions:
     def _busy_now(self, name: str, busy: Busy) -> None:
         """A busy agent: its use counts now, on the feed and in the audit trail."""
         self.skipped[busy.reason] = self.skipped.get(busy.reason, 0) + 1
-        self._tracker.touch(name, reason=busy.reason)
+        if len(self._last_busy) > 65536:
+            self._last_busy.clear()  # names that went away must not grow it for ever
+        touched = self._tracker.touch(name, reason=busy.reason)
+        self._last_busy[name] = BusyNote(busy.reason, busy.detail, touched.last_activity)
         self._lifecycle.record(name, "idle_skipped", busy.reason, "sweep", detail=busy.detail)
         logger.info("idle action on %s skipped: %s (%s)", name, busy.reason, busy.detail)
 
@@ -253,9 +299,14 @@ class IdleActions:
                 if (why := self._held_back()) is not None:
                     return skipped(why)
                 decided = self._clock.now()
+                self._marks.idle_acting(name)
                 await self._lifecycle.stop_locked(agent)
             except AgentNotFound as exc:
+                self._marks.idle_failed(name)
                 return skipped(exc.message)
+            except BaseException:
+                self._marks.idle_failed(name)
+                raise
             self._lifecycle.record(name, "stop", reason, "sweep", started=decided)
             logger.info("stopped paused container %s (%s)", name, reason)
             return ACTED

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import NamedTuple, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 V = TypeVar("V")
 
@@ -286,3 +286,101 @@ class EngineRecord:
         if (self.engine_id, self.engine_name, self.root_dir) == engine.identity:
             return True
         return self.cluster_id is not None and self.cluster_id == engine.cluster_id
+
+
+# ------------------------------------------------------------------- history
+#: an agent's state for the record of spells: what it costs
+SpellState = Literal["awake", "paused", "asleep", "gone"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpellMark:
+    """An agent entered a status (``gone``: it is no longer tracked): the spell it was in
+    ends at ``at``, and (but for ``gone``) a new one begins, unless it was in that status
+    already. ``cause`` is ``idle`` when idlewatch's idle action put it there."""
+
+    agent: str
+    state: SpellState
+    status: str
+    cause: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UseBurst:
+    """Uses of one agent from one source, each within a minute of the one before."""
+
+    agent: str
+    source: str  # request, exec, attach, touch, wake, busy, remote
+    first_at: datetime
+    last_at: datetime
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WakeRecord:
+    """One wake of one agent, its phases as offsets in ms from ``at`` (the request's
+    arrival); None: the phase did not happen (it was running already, or timed out)."""
+
+    agent: str
+    at: datetime
+    from_state: str  # stopped, paused, scaled_to_zero, running
+    start_sent_ms: float | None
+    running_ms: float | None
+    ready_ms: float | None
+    answered_ms: float
+    ready: bool
+    via: str  # what asked: wake, sablier, start
+
+    @property
+    def engine_ms(self) -> float | None:
+        """Start sent to the engine's start or unpause event."""
+        if self.start_sent_ms is None or self.running_ms is None:
+            return None
+        return max(0.0, self.running_ms - self.start_sent_ms)
+
+    @property
+    def health_ms(self) -> float | None:
+        """The engine's event to ready."""
+        if self.running_ms is None or self.ready_ms is None:
+            return None
+        return max(0.0, self.ready_ms - self.running_ms)
+
+    def phases(self) -> dict[str, float]:
+        """The phases that happened, by name (``requested`` is 0)."""
+        out = {
+            "start_sent": self.start_sent_ms,
+            "running": self.running_ms,
+            "ready": self.ready_ms,
+            "answered": self.answered_ms,
+        }
+        return {k: round(v, 1) for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One entry of an agent's timeline (newest first in a listing)."""
+
+    at: datetime
+    kind: str  # use, idle_action, skip, wake, eviction, status, lifecycle
+    actor: str
+    reason: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFigures:
+    """What the record of spells, wakes and the audit trail say about a window."""
+
+    since: datetime
+    until: datetime
+    awake_s: float  # agent-seconds awake (running, starting, restarting; services up)
+    paused_s: float  # agent-seconds paused
+    saved_s: float  # agent-seconds asleep or paused because of idlewatch's idle actions
+    wakes: int
+    wake_total_ms: tuple[float | None, float | None]  # p50, p95
+    wake_engine_ms: tuple[float | None, float | None]
+    idle_actions: Mapping[str, int]
+    skips: Mapping[str, int]
+    #: (bucket time, awake, paused) at each bucket's end, oldest first
+    series: tuple[tuple[datetime, int, int], ...]

@@ -20,6 +20,11 @@ from .models import (
     Kind,
     ServiceInfo,
     Snapshot,
+    SpellMark,
+    TimelineEntry,
+    UseBurst,
+    WakeRecord,
+    WindowFigures,
 )
 
 
@@ -182,6 +187,20 @@ class EngineRecords(Protocol):
         ...
 
 
+class HistoryReads(Protocol):
+    """The record of spells, bursts of use and wakes, as the operator's view reads it."""
+
+    async def timeline(
+        self, agent: str, *, limit: int, before: datetime | None = None
+    ) -> list[TimelineEntry]:
+        """The agent's newest ``limit`` entries before ``before``, newest first."""
+        ...
+
+    async def figures(self, since: datetime, until: datetime, buckets: int) -> WindowFigures:
+        """Agent-hours, wakes, idle actions and the series over a window."""
+        ...
+
+
 class Store(Protocol):
     """Persistence of agents, the audit trail and specs (the writer task is its only
     writer), with the lease and the activity reports on the same database."""
@@ -194,6 +213,11 @@ class Store(Protocol):
     @property
     def activity(self) -> ActivityStore:
         """Activity reports of nodes and replicas."""
+        ...
+
+    @property
+    def history(self) -> HistoryReads:
+        """The record of spells, bursts of use and wakes on the same database."""
         ...
 
     @property
@@ -236,8 +260,10 @@ class Store(Protocol):
         audits: Sequence[AuditEntry],
         forgets: Sequence[str] = (),
         specs: Mapping[str, AgentSpec | None] | None = None,
+        history: Sequence[SpellMark | UseBurst | WakeRecord] = (),
     ) -> None:
-        """Upsert agents, append audits, delete forgotten agents, save specs (None: delete)."""
+        """Upsert agents, append audits, delete forgotten agents, save specs (None: delete),
+        record spells, bursts of use and wakes: one transaction."""
         ...
 
     async def audit(self, agent: str | None = None, limit: int = 100) -> list[AuditEntry]:

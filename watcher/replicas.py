@@ -113,8 +113,11 @@ class Replicas:
         session: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         merge_interval_s: float = MERGE_INTERVAL_S,
         binding: EngineBinding | None = None,
+        on_lead: Callable[[], None] = lambda: None,
     ) -> None:
         self.leadership = leadership
+        #: told when this replica begins to lead (the record of spells is the leader's)
+        self._on_lead = on_lead
         self._binding = binding  # one database, one engine: checked at each lease round
         #: the store's session (:meth:`~idlewatch.ports.Store.session`) where a connection
         #: per call is dear: each loop holds one. On SQLite a read every second opened a
@@ -240,6 +243,7 @@ class Replicas:
             logger.info("replica %s is now the leader", lead.replica_id)
         for agent in self._tracker.agents.values():  # the record becomes this view, whole
             self._writer.put_agent(agent)
+        self._on_lead()
 
     async def _lease_loop(self) -> None:
         await self._rounds(lambda: self.leadership.renew_every_s, self._lease_round)

@@ -4,7 +4,7 @@ Pure: no I/O. Every other module asks these; none spells a rule out again."""
 
 from __future__ import annotations
 
-from .models import Agent, EngineEvent, Kind, Status
+from .models import Agent, EngineEvent, Kind, SpellState, Status
 
 #: statuses in which an agent costs money, and so can be idle-stopped
 ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.STARTING, Status.RESTARTING})
@@ -105,6 +105,16 @@ def costs(agent: Agent) -> bool:
     return not (agent.kind is Kind.SERVICE and agent.replicas == 0)
 
 
+def spell_state(agent: Agent) -> SpellState:
+    """What an agent's time counts as in the record: ``awake`` while it costs, ``paused``,
+    ``asleep`` (stopped, a service at 0), or ``gone`` (no longer on the engine)."""
+    if agent.status in GONE:
+        return "gone"
+    if agent.status is Status.PAUSED:
+        return "paused"
+    return "awake" if costs(agent) else "asleep"
+
+
 def runs_nothing(agent: Agent) -> bool:
     """Nothing runs in it: stopped, paused, or a service with no task running."""
     if agent.kind is Kind.SERVICE:
@@ -145,6 +155,7 @@ __all__ = [
     "runs_fully",
     "runs_nothing",
     "service_status",
+    "spell_state",
     "status_after",
     "task_runs_after",
 ]

@@ -69,6 +69,11 @@ class WatcherStatus:
     #: however many requests asked at once)
     wake_requests: int = 0
     wake_starts: int = 0
+    #: wakes timed by phase: (phase, from) -> (counts per bucket of wake_phases.BUCKETS
+    #: and one past the last, their sum in seconds, their count)
+    wake_seconds: Mapping[tuple[str, str], tuple[tuple[int, ...], float, int]] = field(
+        default_factory=dict
+    )
 
     @property
     def ready(self) -> bool:

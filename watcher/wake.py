@@ -45,6 +45,7 @@ from .ready_port import ReadyPorts
 from .rules import is_asleep, is_gone, is_ready
 from .tasks import cancel_and_wait
 from .tracker import Tracker
+from .wake_phases import Flight, WakePhases, WakeTimer
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class Waker:
         waits: AgentWaits,
         share: UseReport,
         ports: ReadyPorts,
+        phases: WakePhases,
     ) -> None:
+        self._phases = phases
         self._tracker = tracker
         self._operations = operations
         self._waits = waits
@@ -171,8 +174,11 @@ class Waker:
         *,
         keep_for_s: float | None = None,
         timeout_s: float | None = None,
+        via: str = "wake",
     ) -> WakeResult:
-        """Note use, start what sleeps, wait (at most ``timeout_s``) until all run."""
+        """Note use, start what sleeps, wait (at most ``timeout_s``) until all run; each
+        agent's wake timed by phase (wake_phases.py), ``via`` says what asked."""
+        requested_m = time.monotonic()
         self.requests += 1
         keep_for = self.config.keep_for_s if keep_for_s is None else keep_for_s
         self._operations.check_keep_for(keep_for)
@@ -180,10 +186,12 @@ class Waker:
         for name in names:
             self._note(name, keep_for)
         if all(self._answers(self._tracker.get(n)) for n in names):
+            for _ in names:
+                self._phases.answered_at_once("running", requested_m)
             return self._result(names, looked_up, ())  # the hot path: nothing else
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         started: list[str] = []  # begun here, or joined: a start of it was under way
-        pending = []
+        timers: dict[str, WakeTimer] = {}
         for name in names:
             agent = self._tracker.get(name)
             if is_gone(agent) or self._answers(agent):
@@ -193,21 +201,38 @@ class Waker:
                 self._raise_recent_failure(name)
                 self._begin_start(name)
                 started.append(name)
-            pending.append(name)
-        # every start is under way already: waiting for each in turn takes the longest one
+            timers[name] = self._phases.timer(agent, requested_m, via)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                for name in pending:
-                    await self._until_ready(name, timeout)
-        return self._result(names, looked_up, tuple(started))
+                await self._all_ready(list(timers.values()), timeout)
+        result = self._result(names, looked_up, tuple(started))
+        for name, timer in timers.items():
+            ready = name in result.answering
+            self._phases.answered(timer, ready=ready, started=name in started)
+        return result
 
-    async def _until_ready(self, name: str, timeout_s: float) -> None:
+    async def _all_ready(self, timers: list[WakeTimer], timeout_s: float) -> None:
+        """Wait for every agent at once (each timed on its own); the first failure (of a
+        start: capacity, the engine) is the answer, and the other waits end with it."""
+        if len(timers) == 1:
+            await self._until_ready(timers[0], timeout_s)
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                for timer in timers:
+                    group.create_task(self._until_ready(timer, timeout_s))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+
+    async def _until_ready(self, timer: WakeTimer, timeout_s: float) -> None:
+        name = timer.agent
         task = self._starting.get(name)
         if task is not None:
             await asyncio.shield(task)  # its failure is every waiter's (capacity, engine)
         agent = await self._waits.wait_for(name, _settled, timeout_s)
         if agent is not None and is_ready(agent):
             await self._ports.wait_answers(agent)  # its app listens, not only its process
+            timer.ready()
 
     def _answers(self, agent: Agent | None) -> bool:
         """Ready, its ready-port included (no I/O: a port not confirmed yet is not)."""
@@ -225,24 +250,28 @@ class Waker:
         if name in self._starting:
             return
         self.starts += 1
-        task = asyncio.create_task(self._start(name), name=f"idlewatch-wake-{name}")
+        flight = self._phases.flight(name)
+        task = asyncio.create_task(self._start(name, flight), name=f"idlewatch-wake-{name}")
         self._starting[name] = task
         task.add_done_callback(lambda t: self._started(name, t))
 
-    async def _start(self, name: str) -> None:
+    async def _start(self, name: str, flight: Flight) -> None:
         """The wake noted its use already: one touch, one report, and the wait for ready is
         the requests' own. On a follower the start waits until the leader can read that use
         (as every start there does), so the leader never finds the agent it just saw start
         idle. The flight lasts until the table shows the agent awake (at most the confirm
         timeout): a wake arriving before the engine's event joins it, never starts again."""
         await self._share.published(name)
+        flight.start_sent_m = time.monotonic()
         await self._operations.start(name, actor="wake", confirm=False, note_use=False)
         with contextlib.suppress(TimeoutError):  # the stream is down or slow
-            await self._waits.wait_for(
+            agent = await self._waits.wait_for(
                 name,
                 lambda a: a is None or is_gone(a) or not is_asleep(a),
                 self._operations.confirm_timeout_s,
             )
+            if agent is not None and not is_gone(agent):
+                flight.running_m = time.monotonic()
 
     def _started(self, name: str, task: asyncio.Task[None]) -> None:
         if self._starting.get(name) is task:

@@ -19,7 +19,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import StoreError
-from .models import ActivityReport, Agent, AgentSpec, AuditEntry, Change
+from .models import (
+    ActivityReport,
+    Agent,
+    AgentSpec,
+    AuditEntry,
+    Change,
+    SpellMark,
+    UseBurst,
+    WakeRecord,
+)
 from .ports import Store
 from .tasks import cancel_and_wait, cancelling, in_own_task
 
@@ -76,6 +85,10 @@ class StoreWriter:
         self._pace_s = pace_s
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []
+        #: spells and bursts of use, in order (the leader's to write, like agent rows)
+        self._history: list[SpellMark | UseBurst] = []
+        #: wakes, written by whichever replica served them (like audit rows)
+        self._wakes: list[WakeRecord] = []
         self._forgets: set[str] = set()
         self._activity: dict[tuple[str, str], ActivityReport] = {}  # newest per (agent, source)
         self._specs: dict[str, AgentSpec | None] = {}
@@ -126,10 +139,24 @@ class StoreWriter:
         replica stopped leading, and the record is the new leader's to write."""
         self._agents.clear()
         self._forgets.clear()
+        self._history.clear()
 
     def put_activity(self, report: ActivityReport) -> None:
         """Queue an activity report (the newest per agent and source is written)."""
         self._activity[(report.agent, report.source)] = report
+        self._enqueued += 1
+        self._wake.set()
+
+    def put_history(self, row: SpellMark | UseBurst) -> None:
+        """Queue a spell's change or a burst of use (dropped unless this replica leads)."""
+        if self._leadership.is_leader:
+            self._history.append(row)
+            self._enqueued += 1
+            self._wake.set()
+
+    def put_wake(self, record: WakeRecord) -> None:
+        """Queue a wake's record."""
+        self._wakes.append(record)
         self._enqueued += 1
         self._wake.set()
 
@@ -154,6 +181,8 @@ class StoreWriter:
             + len(self._forgets)
             + len(self._specs)
             + len(self._activity)
+            + len(self._history)
+            + len(self._wakes)
         )
 
     def start(self) -> None:
@@ -255,13 +284,17 @@ class StoreWriter:
         forgets, self._forgets = self._forgets, set()
         specs, self._specs = self._specs, {}
         activity, self._activity = self._activity, {}
-        if not (agents or audits or forgets or specs or activity):
+        history: list[SpellMark | UseBurst | WakeRecord] = [*self._history, *self._wakes]
+        self._history, self._wakes = [], []
+        if not (agents or audits or forgets or specs or activity or history):
             await self._committed_up_to(target)  # only dropped rows were waited for
             return True
         try:
-            await self._store.write(agents, audits, sorted(forgets), specs)
+            await self._store.write(agents, audits, sorted(forgets), specs, history)
         except Exception as exc:  # kept for the next try, whatever failed
             self._put_back(agents, audits)
+            self._history[:0] = [r for r in history if not isinstance(r, WakeRecord)]
+            self._wakes[:0] = [r for r in history if isinstance(r, WakeRecord)]
             self._forgets |= {n for n in forgets if n not in self._agents}
             self._specs = {**specs, **self._specs}
             self._activity = {**activity, **self._activity}

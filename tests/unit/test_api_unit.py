@@ -155,34 +155,38 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
     is computed per call, the labels dict shared by answers cannot be changed, and a
     complete listing drops the names the fleet no longer has."""
     from idlewatch.api.render import AgentJson
+    from idlewatch.holds import Policy
     from idlewatch.models import Agent, Kind, Status
+
+    from tests.builders import explainer
 
     t0 = datetime(2026, 8, 1, tzinfo=UTC)
     a = Agent(
         "a", Kind.CONTAINER, "c1", "img", Status.RUNNING, 1, 1, t0, 60.0, t0, freeze({"team": "x"})
     )
     render = AgentJson()
-    first = render(a, t0)
+    why = explainer(Policy("stop", None))
+    first = render(a, t0, why)
     with pytest.raises(TypeError):  # shared by every answer of this version: frozen
         first["labels"]["team"] = "changed by a caller"
     assert orjson.loads(orjson.dumps(first))["labels"] == {"team": "x"}
     assert copy.deepcopy(first)["labels"] == {"team": "x"}  # a copy is an ordinary dict
     assert json.loads(json.dumps(first))["labels"] == {"team": "x"}
-    again = render(a, t0.replace(second=30))
+    again = render(a, t0.replace(second=30), why)
     assert again["labels"] == {"team": "x"} and again["idle_for"] == 30.0
     assert list(again) == list(first)  # the same key order, idle_for in its place
     b = a._replace(status=Status.EXITED, running=0, replicas=0)
-    assert render(b, t0)["status"] == "exited"
+    assert render(b, t0, why)["status"] == "exited"
     gone = a._replace(name="gone")
-    render.listing([b, gone], t0, complete=True)
-    render.listing([b], t0, complete=True)
-    assert [x["name"] for x in render.listing([b], t0, complete=False)] == ["a"]
+    render.listing([b, gone], t0, why, complete=True)
+    render.listing([b], t0, why, complete=True)
+    assert [x["name"] for x in render.listing([b], t0, why, complete=False)] == ["a"]
     assert set(render._kept) == {"a"}
     # the serialized listing says what the dicts say (idle_for with 3 decimals)
     later = t0.replace(second=7, microsecond=123456)
     c = a._replace(name="c", last_activity=t0.replace(second=9))  # active after `later`
-    as_bytes = orjson.loads(render.listing_bytes([b, c], later, complete=False))
-    as_dicts = render.listing([b, c], later, complete=False)
+    as_bytes = orjson.loads(render.listing_bytes([b, c], later, why, complete=False))
+    as_dicts = render.listing([b, c], later, why, complete=False)
     assert as_bytes == as_dicts and [list(x) for x in as_bytes] == [list(x) for x in as_dicts]
     assert [x["idle_for"] for x in as_bytes] == [7.123, 0.0]
 

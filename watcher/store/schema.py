@@ -135,6 +135,56 @@ replicas_table = sa.Table(
 )
 
 
+#: each agent's spells: one row per stretch of time in one status (its state: awake,
+#: paused or asleep), open while ended_at is null; cause 'idle' when idlewatch's idle
+#: action began it. Times are epoch seconds, so overlaps are sums (stats.py)
+spells_table = sa.Table(
+    "spells",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("cause", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Index("spells_agent_open", "agent", "ended_at"),
+    sa.Index("spells_started", "started_at"),
+    sa.Index("spells_ended", "ended_at"),
+)
+
+#: bursts of use per agent and source (the timeline's ``use`` entries)
+uses_table = sa.Table(
+    "uses",
+    metadata,
+    sa.Column("agent", sa.String(255), primary_key=True),
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("first_at", sa.Float, primary_key=True),
+    sa.Column("last_at", sa.Float, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+#: every wake of an agent that was not ready at once, its phases in ms from its request
+wakes_table = sa.Table(
+    "wakes",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent", sa.String(255), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("from_state", sa.String(16), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),
+    sa.Column("ready", sa.Boolean, nullable=False),
+    sa.Column("start_sent_ms", sa.Float, nullable=True),
+    sa.Column("running_ms", sa.Float, nullable=True),
+    sa.Column("ready_ms", sa.Float, nullable=True),
+    sa.Column("answered_ms", sa.Float, nullable=False),
+    sa.Column("engine_ms", sa.Float, nullable=True),
+    sa.Index("wakes_agent_at", "agent", "at"),
+    sa.Index("wakes_at", "at"),
+)
+_audit_at = sa.Index("audit_at", audit_table.c.at)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied once, in order, in the transaction that records it.
@@ -213,6 +263,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "which engine each replica watches (one database, one engine or one Swarm)",
         (sa.schema.CreateTable(replicas_table),),
+    ),
+    Migration(
+        9,
+        "the operator's view: spells, bursts of use, wakes by phase; the audit by time",
+        (
+            sa.schema.CreateTable(spells_table),
+            *(sa.schema.CreateIndex(i) for i in spells_table.indexes),
+            sa.schema.CreateTable(uses_table),
+            sa.schema.CreateTable(wakes_table),
+            *(sa.schema.CreateIndex(i) for i in wakes_table.indexes),
+            sa.schema.CreateIndex(_audit_at),
+        ),
     ),
 )
 #: the schema version this code writes; a database with a higher one is refused

@@ -24,6 +24,7 @@ from ..models import Agent, AgentSpec, AuditEntry
 from ..tasks import cancel_and_wait
 from .activity import SqlActivity
 from .engines import SqlEngines
+from .history import HistoryRow, SqlHistory, statements
 from .lease import SqlLeases
 from .lock import ProcessLock
 from .rows import agent_from_row, agent_tuple, audit_from_row, audit_row, spec_from_json, spec_json
@@ -90,6 +91,8 @@ class SqlStore:
         self.activity = SqlActivity(self._db, NOW_SQL[self._dialect], sqlite=self._sqlite)
         #: which engine each replica watches, on this store's database
         self.engines = SqlEngines(self._db, NOW_SQL[self._dialect])
+        #: the record of spells, bursts of use and wakes (written with the agent rows)
+        self.history = SqlHistory(self._read)
 
     @property
     def sqlite(self) -> bool:
@@ -250,26 +253,30 @@ class SqlStore:
         audits: Sequence[AuditEntry],
         forgets: Sequence[str] = (),
         specs: Mapping[str, AgentSpec | None] | None = None,
+        history: Sequence[HistoryRow] = (),
     ) -> None:
-        """Upsert agents, append audits, delete forgotten agents, save specs: one transaction."""
+        """Upsert agents, append audits, delete forgotten agents, save specs, record the
+        history (spells, bursts of use, wakes): one transaction."""
         specs = specs or {}
 
         def batch(db: sqlite3.Connection) -> None:
-            self._write_sqlite(db, agents, audits, forgets, specs)
+            self._write_sqlite(db, agents, audits, forgets, specs, history)
 
         try:
-            rows = len(agents) + len(audits) + len(forgets) + len(specs)
+            rows = len(agents) + len(audits) + len(forgets) + len(specs) + len(history)
             if self._sqlite and self._loop_conn.run(rows, batch):
                 return
             # the writer's session holds this connection already; any other caller gets one
             async with self._db.connection() as conn:
                 raw = conn.raw_connection
                 if not self._sqlite:
-                    await self._write_postgres(raw, agents, audits, forgets, specs)
+                    await self._write_postgres(raw, agents, audits, forgets, specs, history)
                     return
                 if not await run_in_sqlite_thread(raw, batch):
                     async with self._db.transaction():
                         await self._write_generic(agents, audits, forgets, specs)
+                        for sql, params in statements(history, postgres=False):
+                            await raw.execute(sql, params)
         except Exception as exc:
             raise StoreError(f"write to {self._redacted()} failed: {exc}") from exc
 
@@ -280,6 +287,7 @@ class SqlStore:
         audits: Sequence[AuditEntry],
         forgets: Sequence[str],
         specs: Mapping[str, AgentSpec | None],
+        history: Sequence[HistoryRow] = (),
     ) -> None:
         """One transaction on the sqlite3 connection (runs in aiosqlite's thread)."""
         with immediate_transaction(conn):
@@ -295,6 +303,8 @@ class SqlStore:
                 conn.executemany(self._upsert_sql, [agent_tuple(a) for a in agents])
             if audits:
                 conn.executemany(_AUDIT_SQL, [tuple(audit_row(e).values()) for e in audits])
+            for sql, params in statements(history, postgres=False):
+                conn.execute(sql, params)
 
     async def _write_postgres(
         self,
@@ -303,6 +313,7 @@ class SqlStore:
         audits: Sequence[AuditEntry],
         forgets: Sequence[str],
         specs: Mapping[str, AgentSpec | None],
+        history: Sequence[HistoryRow] = (),
     ) -> None:
         """One asyncpg transaction on the raw connection.
 
@@ -323,6 +334,8 @@ class SqlStore:
                 await raw.executemany(self._upsert_sql, [agent_tuple(a) for a in agents])
             if audits:
                 await raw.executemany(_AUDIT_SQL_PG, [tuple(audit_row(e).values()) for e in audits])
+            for sql, params in statements(history, postgres=True):
+                await raw.execute(sql, *params)
 
     async def _write_generic(
         self,

@@ -1,0 +1,171 @@
+"""saved_agent_hours and the series, pinned on scripted histories: the record (history.py)
+driven by a ManualClock, written to a real SQLite file, figures computed by its SQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from idlewatch.clock import ManualClock
+from idlewatch.history import HistoryRecorder
+from idlewatch.models import Agent, Change, SpellMark, Status, UseBurst, WindowFigures
+from idlewatch.store import SqlStore
+
+from tests.builders import T0, agent
+
+H = 3600.0
+
+
+class Script:
+    """An agent's life, told to the recorder as the tracker would, written in batches."""
+
+    def __init__(self, store: SqlStore, clock: ManualClock) -> None:
+        self.store = store
+        self.clock = clock
+        self.rows: list[SpellMark | UseBurst] = []
+        self.recorder = HistoryRecorder(self.rows.append, clock)
+        self.agents: dict[str, Agent] = {}
+
+    def appear(self, name: str, status: Status = Status.RUNNING) -> None:
+        a = agent(name, status, now=self.clock.now())
+        self.agents[name] = a
+        self.recorder.changed(Change(a, None, "event:create"))
+
+    def become(self, name: str, status: Status, *, idle: bool = False) -> None:
+        if idle:
+            self.recorder.idle_acting(name)
+        old = self.agents[name]
+        new = old._replace(status=status, updated_at=self.clock.now())
+        self.agents[name] = new
+        self.recorder.changed(Change(new, old.status, f"event:{status}"))
+
+    def restart_idlewatch(self) -> None:
+        """A new recorder, as after a restart: loads the table, then leads."""
+        self.recorder = HistoryRecorder(self.rows.append, self.clock)
+        self.recorder.load(self.agents.values())
+        self.recorder.resync(self.agents.values())
+
+    async def write(self) -> None:
+        rows, self.rows[:] = list(self.rows), []
+        await self.store.write([], [], history=rows)
+
+    async def figures(self, window_s: float, buckets: int = 4) -> WindowFigures:
+        await self.write()
+        now = self.clock.now()
+        return await self.store.history.figures(now - timedelta(seconds=window_s), now, buckets)
+
+    def hours(self, h: float) -> None:
+        self.clock.advance(h * H)
+
+
+@pytest.fixture
+async def script(tmp_path: Path) -> AsyncIterator[Script]:
+    store = SqlStore(f"sqlite:///{tmp_path / 'history.db'}")
+    await store.connect()
+    try:
+        yield Script(store, ManualClock(T0))
+    finally:
+        await store.close()
+
+
+async def test_an_idle_stop_saves_the_hours_it_stays_stopped(script: Script) -> None:
+    script.appear("a")
+    script.hours(1)
+    script.become("a", Status.EXITED, idle=True)
+    script.hours(4)
+    f = await script.figures(24 * H)
+    assert f.awake_s == pytest.approx(1 * H)
+    assert f.saved_s == pytest.approx(4 * H)
+
+
+async def test_pause_then_stop_saves_both_spells(script: Script) -> None:
+    script.appear("a")
+    script.hours(1)
+    script.become("a", Status.PAUSED, idle=True)
+    script.hours(1)
+    script.become("a", Status.EXITED, idle=True)  # stop-after
+    script.hours(3)
+    f = await script.figures(24 * H)
+    assert (f.awake_s, f.paused_s, f.saved_s) == pytest.approx((1 * H, 1 * H, 4 * H))
+
+
+async def test_a_keep_alive_delays_the_stop_and_so_saves_less(script: Script) -> None:
+    # kept alive until 3 h: the idle stop comes then, and saves what is left of 5 h
+    script.appear("a")
+    script.hours(3)
+    script.become("a", Status.EXITED, idle=True)
+    script.hours(2)
+    f = await script.figures(24 * H)
+    assert (f.awake_s, f.saved_s) == pytest.approx((3 * H, 2 * H))
+
+
+async def test_a_stop_that_was_not_idlewatchs_saves_nothing(script: Script) -> None:
+    script.appear("a")
+    script.hours(1)
+    script.become("a", Status.EXITED)  # the API, a crash, docker stop
+    script.hours(2)
+    f = await script.figures(24 * H)
+    assert (f.awake_s, f.saved_s) == pytest.approx((1 * H, 0.0))
+
+
+async def test_a_restart_of_idlewatch_mid_spell_keeps_counting(script: Script) -> None:
+    script.appear("a")
+    script.hours(1)
+    script.become("a", Status.EXITED, idle=True)
+    script.hours(2)
+    await script.write()
+    script.restart_idlewatch()  # the same status: its spell goes on, its cause kept
+    script.hours(2)
+    f = await script.figures(24 * H)
+    assert f.saved_s == pytest.approx(4 * H)
+    # woken after the restart: the spell ends then, and a new one is awake
+    script.become("a", Status.RUNNING)
+    script.hours(1)
+    f = await script.figures(24 * H)
+    assert (f.awake_s, f.saved_s) == pytest.approx((2 * H, 4 * H))
+
+
+async def test_a_window_that_starts_mid_spell_counts_only_its_part(script: Script) -> None:
+    script.appear("a")
+    script.appear("b")
+    script.hours(1)
+    script.become("a", Status.EXITED, idle=True)
+    script.hours(5)
+    f = await script.figures(1 * H)
+    assert (f.awake_s, f.saved_s) == pytest.approx((1 * H, 1 * H))  # b awake, a saved
+    f = await script.figures(3 * H)
+    assert (f.awake_s, f.saved_s) == pytest.approx((3 * H, 3 * H))
+
+
+async def test_the_series_counts_awake_and_paused_at_each_buckets_end(script: Script) -> None:
+    script.appear("a")
+    script.appear("b")
+    script.hours(1)  # bucket 1 of 4 ends at 1 h: 2 awake
+    script.become("a", Status.PAUSED, idle=True)
+    script.hours(1)  # at 2 h: 1 awake, 1 paused
+    script.become("b", Status.EXITED, idle=True)
+    script.hours(1)  # at 3 h: 0 awake, 1 paused
+    script.become("a", Status.RUNNING)
+    script.hours(1)  # at 4 h: 1 awake
+    f = await script.figures(4 * H, buckets=4)
+    assert [(a, p) for _, a, p in f.series] == [(2, 0), (1, 1), (0, 1), (1, 0)]
+    assert f.series[-1][0] == script.clock.now()
+
+
+def test_a_burst_of_use_is_one_entry_per_source_and_minute_gap() -> None:
+    clock = ManualClock(T0)
+    rows: list[SpellMark | UseBurst] = []
+    recorder = HistoryRecorder(rows.append, clock)
+    a = agent("a", now=T0)
+    recorder.load([a])
+    for t in (1, 2, 30):  # three execs within a minute of each other: one burst
+        a = a._replace(last_activity=T0 + timedelta(seconds=t))
+        recorder.changed(Change(a, Status.RUNNING, "event:exec_start"))
+    a = a._replace(last_activity=T0 + timedelta(seconds=200))  # a request later
+    recorder.changed(Change(a, Status.RUNNING, "wake"))
+    recorder.close()
+    bursts = [r for r in rows if isinstance(r, UseBurst)]
+    last: dict[tuple[str, datetime], UseBurst] = {(b.source, b.first_at): b for b in bursts}
+    assert [(b.source, b.count) for b in last.values()] == [("exec", 3), ("request", 1)]

@@ -1,0 +1,131 @@
+"""The operator's view: why each agent is awake, its timeline, what wakes cost, what was
+saved. Reads only: the live table and holds (holds.py), the record in the store
+(store/history.py), the wake timings (wake_phases.py).
+
+Stats over a window (``1h``, ``24h``, ``7d``, ``30d``) ending now:
+- ``awake_agent_hours``: the hours managed agents spent awake (running, starting or
+  restarting; a service with replicas > 0) inside the window;
+- ``saved_agent_hours``: the hours managed agents spent stopped, paused or scaled to 0
+  inside the window in spells that idlewatch's idle action began (the sweep stopped,
+  paused or scaled them; a pause later stopped by the sweep counts on), i.e. the hours
+  an always-on policy would have kept them awake. A spell begun any other way (a stop
+  through the API, an agent that exited by itself) saves nothing. A spell still open
+  counts up to now; a restart of idlewatch does not end it.
+- ``series``: the agents awake and paused at the end of each bucket of the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .errors import InvalidValue
+from .holds import Explainer, Explanation
+from .models import Agent, Status, TimelineEntry, WindowFigures
+from .ports import Clock, HistoryReads
+from .rules import is_awake
+from .wake_phases import WakePhases
+
+#: the windows the stats know, and how many buckets each series has
+WINDOWS: dict[str, tuple[timedelta, int]] = {
+    "1h": (timedelta(hours=1), 60),
+    "24h": (timedelta(hours=24), 96),
+    "7d": (timedelta(days=7), 168),
+    "30d": (timedelta(days=30), 120),
+}
+#: the most entries one timeline page holds
+TIMELINE_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The stats of one window (module docstring)."""
+
+    window: str
+    agents: dict[str, int]  # by status, now
+    awake_now: int
+    max_awake: int | None
+    figures: WindowFigures
+
+    @property
+    def awake_agent_hours(self) -> float:
+        return self.figures.awake_s / 3600.0
+
+    @property
+    def saved_agent_hours(self) -> float:
+        return self.figures.saved_s / 3600.0
+
+
+class OperatorView:
+    """What the REST API, the feed, the dashboard and the CLI show an operator."""
+
+    def __init__(
+        self,
+        agents: Callable[[], Iterable[Agent]],
+        explainer: Explainer,
+        history: HistoryReads,
+        phases: WakePhases,
+        clock: Clock,
+        *,
+        max_awake: int | None,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._agents = agents
+        self._explainer = explainer
+        self._history = history
+        self.phases = phases
+        self._clock = clock
+        self._max_awake = max_awake
+        self._flush = flush
+
+    def explain(self, agent: Agent, now: datetime | None = None) -> Explanation:
+        """``agent``'s holds and next action."""
+        return self._explainer(agent, now)
+
+    async def timeline(
+        self, name: str, *, limit: int = 50, before: datetime | None = None
+    ) -> list[TimelineEntry]:
+        """``name``'s newest entries before ``before`` (newest first, at most ``limit``)."""
+        if not 1 <= limit <= TIMELINE_MAX:
+            raise InvalidValue(
+                f"limit must be between 1 and {TIMELINE_MAX}, got {limit}",
+                field="limit",
+                agent=name,
+                code="invalid_parameter",
+            )
+        await self._flushed()
+        return await self._history.timeline(name, limit=limit, before=before)
+
+    async def stats(self, window: str = "24h") -> Stats:
+        """The stats of ``window``; InvalidValue naming it when unknown."""
+        if window not in WINDOWS:
+            raise InvalidValue(
+                f"window must be one of {', '.join(WINDOWS)}, got {window!r}",
+                field="window",
+                code="invalid_parameter",
+            )
+        span, buckets = WINDOWS[window]
+        await self._flushed()
+        now = self._clock.now()
+        figures = await self._history.figures(now - span, now, buckets)
+        agents = list(self._agents())
+        by_status = Counter(a.status.value for a in agents)
+        return Stats(
+            window,
+            {s.value: by_status.get(s.value, 0) for s in Status},
+            sum(1 for a in agents if is_awake(a)),
+            self._max_awake,
+            figures,
+        )
+
+    async def _flushed(self) -> None:
+        """What was queued so far is in the store (bounded: a slow database answers late)."""
+        if self._flush is not None:
+            with contextlib.suppress(TimeoutError):
+                await self._flush()
+
+
+__all__ = ["TIMELINE_MAX", "WINDOWS", "OperatorView", "Stats"]

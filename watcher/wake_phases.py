@@ -1,0 +1,152 @@
+"""What each wake cost, phase by phase: measured from the events idlewatch already reads.
+
+Policy (read this first):
+- A wake of an agent is timed from its request's arrival (``requested``) to its answer
+  (``answered``), with the moments between: ``start_sent`` (the start handed to the engine
+  path: label re-check, room made under ``max_awake``, the call), ``running`` (the table
+  shows it awake: the engine's start or unpause event, or a service's task running) and
+  ``ready`` (healthy where it has a healthcheck, its ready-port answering where it has one,
+  else running). Monotonic clock; stored as offsets in ms from ``requested``.
+- Concurrent requests that share one start share its ``start_sent`` and ``running`` (the
+  flight's, clamped at 0 for a request that came later) and each has its own ``ready``,
+  ``answered`` and total.
+- ``from`` is the agent's state when the request came: ``stopped``, ``paused``,
+  ``scaled_to_zero`` or ``running`` (it ran but was not ready yet, or was ready: the hot
+  path, which is counted in the histogram but writes no record).
+- Every timed wake feeds the histogram ``idlewatch_wake_seconds`` (phases ``engine``:
+  start sent to running; ``health``: running to ready; ``total``: requested to answered),
+  and every wake that was not answered at once is recorded (the timeline, the stats).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .models import Agent, Kind, Status, WakeRecord
+
+#: the histogram's bucket bounds in seconds (Prometheus ``le``)
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PHASES = ("engine", "health", "total")
+FROM_STATES = ("stopped", "paused", "scaled_to_zero", "running")
+
+
+def from_state(agent: Agent) -> str:
+    """What a wake found the agent as: ``stopped``, ``paused``, ``scaled_to_zero``,
+    ``running`` (running, or on its way up)."""
+    if agent.kind is Kind.SERVICE:
+        return "scaled_to_zero" if agent.replicas == 0 else "running"
+    if agent.status is Status.PAUSED:
+        return "paused"
+    if agent.status in (Status.RUNNING, Status.RESTARTING, Status.STARTING):
+        return "running"
+    return "stopped"
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts per bucket (not cumulative), their sum and count."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.n += 1
+
+
+@dataclass(slots=True)
+class Flight:
+    """One start shared by the requests that wake an agent meanwhile (monotonic times)."""
+
+    start_sent_m: float | None = None
+    running_m: float | None = None
+
+
+class WakeTimer:
+    """One request's wake of one agent."""
+
+    __slots__ = ("agent", "at", "from_state", "ready_m", "requested_m", "via")
+
+    def __init__(self, agent: Agent, at: datetime, requested_m: float, via: str) -> None:
+        self.agent = agent.name
+        self.from_state = from_state(agent)
+        self.at = at
+        self.requested_m = requested_m
+        self.ready_m: float | None = None
+        self.via = via
+
+    def ready(self) -> None:
+        """The agent is ready now."""
+        self.ready_m = time.monotonic()
+
+
+class WakePhases:
+    """Times wakes and keeps the histogram; ``record`` gets each finished slow wake."""
+
+    def __init__(self, record: Callable[[WakeRecord], None], now: Callable[[], datetime]):
+        self._record = record
+        self._now = now
+        self._flights: dict[str, Flight] = {}
+        #: (phase, from) -> histogram
+        self.histograms: dict[tuple[str, str], Histogram] = {
+            (p, f): Histogram() for p in PHASES for f in FROM_STATES
+        }
+
+    # ----------------------------------------------------------- the hot path
+    def answered_at_once(self, from_: str, requested_m: float) -> None:
+        """A wake answered without waiting (each agent ready): its total only."""
+        self.histograms[("total", from_)].observe(max(0.0, time.monotonic() - requested_m))
+
+    # -------------------------------------------------------------- flights
+    def flight(self, name: str) -> Flight:
+        """A new start of ``name`` (the flight every request meanwhile shares)."""
+        if len(self._flights) > 4096:
+            self._flights.clear()
+        flight = self._flights[name] = Flight()
+        return flight
+
+    def timer(self, agent: Agent, requested_m: float, via: str) -> WakeTimer:
+        """A timer for one request's wake of ``agent`` (as found when the request came)."""
+        return WakeTimer(agent, self._now(), requested_m, via)
+
+    def answered(self, timer: WakeTimer, *, ready: bool, started: bool) -> WakeRecord:
+        """The request is answered: record its wake and feed the histogram. ``started``:
+        a start of the agent was under way or begun for it (its flight's times count)."""
+        answered_m = time.monotonic()
+        t0 = timer.requested_m
+        flight = self._flights.get(timer.agent) if started else None
+
+        def ms(m: float | None) -> float | None:
+            return None if m is None else max(0.0, (m - t0) * 1000.0)
+
+        running_m = flight.running_m if flight is not None else None
+        if flight is None and timer.from_state == "running":
+            running_m = t0  # it ran already when asked
+        record = WakeRecord(
+            agent=timer.agent,
+            at=timer.at,
+            from_state=timer.from_state,
+            start_sent_ms=ms(flight.start_sent_m) if flight is not None else None,
+            running_ms=ms(running_m),
+            ready_ms=ms(timer.ready_m) if ready else None,
+            answered_ms=(answered_m - t0) * 1000.0,
+            ready=ready,
+            via=timer.via,
+        )
+        f = timer.from_state
+        if (engine := record.engine_ms) is not None:
+            self.histograms[("engine", f)].observe(engine / 1000.0)
+        if (health := record.health_ms) is not None:
+            self.histograms[("health", f)].observe(health / 1000.0)
+        self.histograms[("total", f)].observe(record.answered_ms / 1000.0)
+        self._record(record)
+        return record
+
+
+__all__ = ["BUCKETS", "FROM_STATES", "PHASES", "Flight", "Histogram", "WakePhases", "from_state"]
