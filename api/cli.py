@@ -16,6 +16,7 @@ import click
 
 from .cli_agents import COMMANDS
 from .cli_base import CONFIG_OPTION, fail, settings_of, setup_logging
+from .cli_view import COMMANDS as VIEW_COMMANDS
 
 # Only what `--help` needs is imported here (cli_base.py says why; tests check it).
 logger = logging.getLogger("idlewatch")
@@ -155,7 +156,7 @@ def demo(port: int | None, idle: str, sweep_interval: str) -> None:
         fail(exc.message)
 
 
-for command in COMMANDS:
+for command in (*COMMANDS, *VIEW_COMMANDS):
     main.add_command(command)
 
 

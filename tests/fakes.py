@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from idlewatch.errors import EngineUnavailable, StoreError
 from idlewatch.models import (
@@ -252,6 +252,7 @@ class FakeHistory:
 
     def __init__(self, store: FakeStore) -> None:
         self._store = store
+        self.rolled_hours: list[int] = []
 
     async def timeline(
         self, agent: str, *, limit: int, before: datetime | None = None
@@ -264,11 +265,21 @@ class FakeHistory:
         out = [e for e in out if before is None or e.at < before]
         return sorted(out, key=lambda e: e.at, reverse=True)[:limit]
 
-    async def figures(self, since: datetime, until: datetime, buckets: int) -> WindowFigures:
+    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
         wakes = [r for r in self._store.history_rows if isinstance(r, WakeRecord)]
+        since = now - timedelta(seconds=window_s)
         return WindowFigures(
-            since, until, 0.0, 0.0, 0.0, len(wakes), (None, None), (None, None), {}, {}, ()
+            since, now, 0.0, 0.0, 0.0, len(wakes), (None, None), (None, None), {}, {}, ()
         )
+
+    async def first_spell(self) -> float | None:
+        return None
+
+    async def rolled(self, first: int, last: int) -> set[int]:
+        return set(self.rolled_hours)
+
+    async def roll(self, hour: int, now: datetime) -> None:
+        self.rolled_hours.append(hour)
 
 
 class FakeStore:

@@ -40,6 +40,7 @@ from .operator_view import OperatorView
 from .ports import Clock, DockerGateway, Store
 from .ready_port import ReadyPorts
 from .replicas import ActivityMerger, Replicas
+from .rollup import HistoryRoller
 from .schedule import SweepSchedule, stop_after_or
 from .settings import Settings
 from .status import HealthSignal, Readiness, WatcherStatus
@@ -90,6 +91,7 @@ class Parts:
     history: HistoryRecorder
     phases: WakePhases
     view: OperatorView
+    roller: HistoryRoller
     settings: Settings
 
     async def open(self) -> None:
@@ -115,6 +117,7 @@ class Parts:
             await self.replicas.open()
             self.stream.start()
             self.sweeper.start()
+            self.roller.start()
         except BaseException:  # cancelled, or the store failed: nothing is left running
             await self.close()
             raise
@@ -129,6 +132,7 @@ class Parts:
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending: the last rows while
         still leading, then the lease handed over."""
+        await self.roller.close()
         await self.waker.close()
         await self.ports.close()
         await self.sweeper.close()
@@ -308,6 +312,13 @@ def watcher_parts(
         history=history,
         phases=phases,
         settings=s,
+        roller=HistoryRoller(
+            db.history,
+            clock,
+            is_leader=lambda: replicas.is_leader,
+            flush=lambda: writer.flush(timeout_s=5.0),
+            first_spell=db.history.first_spell,
+        ),
         view=OperatorView(
             lambda: tracker.agents.values(),
             Explainer(

@@ -17,6 +17,7 @@ Stats over a window (``1h``, ``24h``, ``7d``, ``30d``) ending now:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -29,13 +30,16 @@ from .ports import Clock, HistoryReads
 from .rules import is_awake
 from .wake_phases import WakePhases
 
-#: the windows the stats know, and how many buckets each series has
-WINDOWS: dict[str, tuple[timedelta, int]] = {
-    "1h": (timedelta(hours=1), 60),
-    "24h": (timedelta(hours=24), 96),
-    "7d": (timedelta(days=7), 168),
-    "30d": (timedelta(days=30), 120),
+#: the windows the stats know: their length, and whether they count whole hours (from the
+#: start of the hour that long ago, read from the hourly roll-ups) or exactly (the last hour)
+WINDOWS: dict[str, tuple[timedelta, bool]] = {
+    "1h": (timedelta(hours=1), False),
+    "24h": (timedelta(hours=24), True),
+    "7d": (timedelta(days=7), True),
+    "30d": (timedelta(days=30), True),
 }
+#: a 30-day series has a point every this many hours (the others: every hour)
+THIN_30D = 6
 #: the most entries one timeline page holds
 TIMELINE_MAX = 500
 
@@ -107,10 +111,16 @@ class OperatorView:
                 field="window",
                 code="invalid_parameter",
             )
-        span, buckets = WINDOWS[window]
+        span, hourly = WINDOWS[window]
         await self._flushed()
         now = self._clock.now()
-        figures = await self._history.figures(now - span, now, buckets)
+        figures = await self._history.figures(span.total_seconds(), now, hourly=hourly)
+        if window == "30d":  # 720 hourly points: one in six (and the last, now)
+            points = figures.series
+            kept = points[THIN_30D - 1 :: THIN_30D]
+            if points and (not kept or kept[-1] is not points[-1]):
+                kept = (*kept, points[-1])
+            figures = dataclasses.replace(figures, series=tuple(kept))
         agents = list(self._agents())
         by_status = Counter(a.status.value for a in agents)
         return Stats(

@@ -196,8 +196,21 @@ class HistoryReads(Protocol):
         """The agent's newest ``limit`` entries before ``before``, newest first."""
         ...
 
-    async def figures(self, since: datetime, until: datetime, buckets: int) -> WindowFigures:
-        """Agent-hours, wakes, idle actions and the series over a window."""
+    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
+        """Agent-hours, wakes, idle actions and the series over the window ending ``now``
+        (``hourly``: from the start of the hour ``window_s`` ago, in hourly buckets)."""
+        ...
+
+    async def first_spell(self) -> float | None:
+        """When the oldest spell recorded began (epoch seconds; None: none yet)."""
+        ...
+
+    async def rolled(self, first: int, last: int) -> set[int]:
+        """The hours (epoch seconds // 3600) among ``first..last`` already rolled up."""
+        ...
+
+    async def roll(self, hour: int, now: datetime) -> None:
+        """Roll ``hour`` up (again)."""
         ...
 
 

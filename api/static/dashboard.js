@@ -125,7 +125,13 @@
       if (members && !members.has(a.name)) continue;
       const tr = document.createElement("tr");
       tr.dataset.name = a.name;
-      tr.appendChild(cell(a.name, "name"));
+      const nameCell = cell("", "name");
+      const open = document.createElement("a");
+      open.className = "open";
+      open.href = "#agent=" + encodeURIComponent(a.name);
+      open.textContent = a.name;
+      nameCell.appendChild(open);
+      tr.appendChild(nameCell);
       tr.appendChild(cell(a.kind));
       const st = document.createElement("td");
       const badge = document.createElement("span");
@@ -153,24 +159,30 @@
       rows.push(tr);
     }
     tbody.replaceChildren(...rows);
+    renderDetail();
     // "no agents" only once a snapshot said so (never behind the token prompt)
     $("#empty").hidden = !loaded || agents.size !== 0;
   }
 
-  async function act(name, action) {
+  async function act(name, action, body) {
     say(action + " " + name + "…");
     try {
-      const r = await fetch(base + "api/agents/" + encodeURIComponent(name) + "/" + action,
-                            { method: "POST", headers: headers() });
-      const body = await r.json().catch(() => null);
+      const init = { method: "POST", headers: headers() };
+      if (body) {
+        init.headers = Object.assign({ "Content-Type": "application/json" }, headers());
+        init.body = JSON.stringify(body);
+      }
+      const r = await fetch(base + "api/agents/" + encodeURIComponent(name) + "/" + action, init);
+      const answer = await r.json().catch(() => null);
       if (!r.ok) {
-        say((body && body.error ? body.error.message : "HTTP " + r.status) + " (" + action + " " + name + ")");
+        say((answer && answer.error ? answer.error.message : "HTTP " + r.status) + " (" + action + " " + name + ")");
         if (r.status === 401) askToken(true);
         return;
       }
-      agents.set(body.name, body);
+      agents.set(answer.name, answer);
       render();
       say("");
+      refreshSoon();
     } catch (e) {
       say("could not reach idlewatch: " + e);
     }
@@ -213,9 +225,11 @@
         health = msg.health || null;
         showHealth();
         loadGroups();
+        loadStats();
       } else if (msg.type === "change") {
         if (!agents.has(msg.agent.name)) loadGroups();
         agents.set(msg.agent.name, msg.agent);
+        refreshSoon();
       } else if (msg.type === "health") {
         health = msg;
         showHealth();
@@ -256,6 +270,165 @@
     $("#token").value = "";
     connect();
   });
+  // ------------------------------------------------------------ the summary and chart
+  let stats = null;
+  let statsTimer = null;
+  let timelineFor = null; // the agent whose timeline is shown
+  let timeline = [];
+  let shown = {}; // what the detail view was last built from
+  function refreshSoon() {
+    // a change: the figures and the open timeline follow within two seconds (one fetch)
+    clearTimeout(statsTimer);
+    statsTimer = setTimeout(() => { loadStats(); if (detailName()) loadTimeline(detailName()); }, 2000);
+  }
+  async function loadStats() {
+    try {
+      const r = await fetch(base + "api/stats?window=" + $("#window").value, { headers: headers() });
+      if (!r.ok) return;
+      stats = await r.json();
+    } catch (e) {
+      return;
+    }
+    renderSummary();
+  }
+  function renderSummary() {
+    if (!stats) return;
+    const counts = Object.entries(stats.agents).filter(([, n]) => n > 0)
+      .map(([st, n]) => n + " " + st).join(", ");
+    $("#sum-counts").textContent = counts || "none";
+    $("#sum-awake").textContent = stats.awake_now + (stats.max_awake !== null ? " / " + stats.max_awake : "");
+    $("#sum-saved").textContent = stats.saved_agent_hours.toFixed(1);
+    $("#sum-wakes").textContent = String(stats.wakes.count);
+    const p95 = stats.wakes.total_ms.p95;
+    $("#sum-p95").textContent = p95 === null ? "-" : Math.round(p95) + " ms";
+    drawChart(stats.series);
+  }
+  function drawChart(series) {
+    const svg = $("#chart");
+    const W = 600, H = 120, top = 14, bottom = 16;
+    const max = Math.max(1, ...series.map((p) => Math.max(p.awake, p.paused)));
+    const x = (i) => (series.length < 2 ? W : (i / (series.length - 1)) * W);
+    const y = (v) => top + (1 - v / max) * (H - top - bottom);
+    const line = (key) => series.map((p, i) => x(i).toFixed(1) + "," + y(p[key]).toFixed(1)).join(" ");
+    const ns = "http://www.w3.org/2000/svg";
+    const el = (tag, attrs, text) => {
+      const e = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      if (text !== undefined) e.textContent = text;
+      return e;
+    };
+    svg.replaceChildren(
+      el("polyline", { class: "awake", points: line("awake") }),
+      el("polyline", { class: "paused", points: line("paused") }),
+      el("text", { x: 4, y: 11 }, "max " + max + "  — awake  ‑ ‑ paused"),
+      el("text", { x: 4, y: H - 4 }, stats ? stats.window + " ago" : ""),
+      el("text", { x: W - 4, y: H - 4, "text-anchor": "end" }, "now"),
+    );
+  }
+
+  // ------------------------------------------------------------------ the detail view
+  function detailName() {
+    const m = location.hash.match(/^#agent=(.+)$/);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+  async function loadTimeline(name) {
+    try {
+      const r = await fetch(base + "api/agents/" + encodeURIComponent(name) + "/timeline?limit=30",
+                            { headers: headers() });
+      timeline = r.ok ? (await r.json()).entries : [];
+    } catch (e) {
+      timeline = [];
+    }
+    timelineFor = name;
+    renderDetail();
+  }
+  function li(text) {
+    const e = document.createElement("li");
+    e.textContent = text;
+    return e;
+  }
+  function entryText(e) {
+    const when = new Date(e.at).toLocaleString();
+    if (e.kind === "use") return when + " — used via " + e.source + " ×" + e.count;
+    if (e.kind === "wake") {
+      const ph = Object.entries(e.phases || {}).map(([k, v]) => k + " " + v + " ms").join(", ");
+      return when + " — woken from " + e.from + (e.ready ? "" : " (not ready in time)") + ": " + ph;
+    }
+    if (e.kind === "status") return when + " — became " + e.status + (e.actor === "sweep" ? " (idle action)" : "");
+    if (e.kind === "skip") return when + " — idle action skipped: " + e.reason;
+    return when + " — " + e.kind + ": " + (e.action || "") + " by " + e.actor + " (" + e.reason + ")";
+  }
+  function renderDetail() {
+    const name = detailName();
+    const a = name ? agents.get(name) : null;
+    $("#detail").hidden = !a;
+    if (!a) return;
+    if (timelineFor !== name) { timelineFor = name; timeline = []; loadTimeline(name); }
+    const n = a.next_action || { action: "none", at: null, reason: "" };
+    $("#detail-next").textContent = n.action === "none" ? "none — " + n.reason
+      : n.action + " at " + new Date(n.at).toLocaleString() + " (in " +
+        human((Date.parse(n.at) - Date.now()) / 1000) + ") — " + n.reason;
+    // the rest only when the agent or its timeline changed (the controls keep their focus)
+    if (shown.agent === a && shown.timeline === timeline && shown.armed === armedStop.get(a.name)) return;
+    shown = { agent: a, timeline: timeline, armed: armedStop.get(a.name) };
+    $("#detail-name").textContent = a.name;
+    $("#detail-status").textContent = a.status;
+    $("#detail-status").dataset.status = a.status;
+    const holds = (a.holds || []).map((h) => li(h.kind + ": " + h.detail +
+      (h.until ? " (until " + new Date(h.until).toLocaleString() + ")" : "")));
+    $("#detail-holds").replaceChildren(...(holds.length ? holds : [li("nothing")]));
+    const L = a.labels || {};
+    const rows = [
+      ["kind", a.kind], ["image", a.image],
+      ["idle timeout", a.idle_timeout === null ? "never" : human(a.idle_timeout)],
+      ["idle action", L["idlewatch.idle-action"] || "default"],
+      ["stop after", L["idlewatch.stop-after"] || "default"],
+      ["keep-alive", a.keep_until ? "until " + new Date(a.keep_until).toLocaleString() : "none"],
+      ["busy checks", [L["idlewatch.busy-cpu"] && "cpu ≥ " + L["idlewatch.busy-cpu"],
+                       L["idlewatch.busy-command"] && "command " + L["idlewatch.busy-command"]]
+                       .filter(Boolean).join("; ") || "open sessions only"],
+      ["groups", L["idlewatch.group"] || "none"], ["hosts", L["idlewatch.hosts"] || "none"],
+      ["ready port", L["idlewatch.ready-port"] || "none"],
+      ["labels", Object.entries(L).map(([k, v]) => k + "=" + v).join(", ")],
+    ];
+    const dl = [];
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = v;
+      dl.push(dt, dd);
+    }
+    $("#detail-settings").replaceChildren(...dl);
+    $("#detail-timeline").replaceChildren(...(timeline.length ? timeline.map((e) => li(entryText(e)))
+                                                               : [li("nothing recorded yet")]));
+    renderControls(a);
+  }
+  function renderControls(a) {
+    const box = $("#detail-controls");
+    const keep = document.createElement("select");
+    keep.id = "keep-for";
+    keep.setAttribute("aria-label", "keep for");
+    for (const [v, label] of [["", "touch now"], ["15m", "keep 15 min"], ["1h", "keep 1 hour"], ["8h", "keep 8 hours"]]) {
+      keep.appendChild(new Option(label, v));
+    }
+    const previous = $("#keep-for");
+    if (previous) keep.value = previous.value;
+    const touchNow = document.createElement("button");
+    touchNow.type = "button";
+    touchNow.dataset.action = "activity";
+    touchNow.textContent = "Touch";
+    touchNow.disabled = GONE.includes(a.status);
+    touchNow.addEventListener("click", () => act(a.name, "activity", keep.value ? { keep_for: keep.value } : null));
+    const controls = [];
+    if (asleep(a)) controls.push(button(a.name, "start", "Start", true));
+    if (awake(a)) controls.push(stopButton(a));
+    controls.push(keep, touchNow);
+    box.replaceChildren(...controls);
+  }
+  window.addEventListener("hashchange", () => { timelineFor = null; renderDetail(); });
+  $("#detail-close").addEventListener("click", () => { history.replaceState(null, "", location.pathname); renderDetail(); });
+  $("#window").addEventListener("change", loadStats);
+  setInterval(loadStats, 30000);
+
   $("#filter").addEventListener("input", render);
   $("#group").addEventListener("change", render);
   setInterval(render, 1000);

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -160,3 +164,77 @@ def test_controls_follow_the_state_and_a_stop_asks_first(
     expect(start).to_be_enabled()
     expect(stop).to_be_disabled()
     page.close()
+
+
+def _stats(server: ServeProcess, window: str = "1h") -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{server.url}/api/stats?window={window}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(req) as resp:
+        return dict(json.load(resp))
+
+
+def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: Path) -> None:
+    """Issue 24: the summary says what /api/stats says; an agent the sweep stopped shows its
+    idle action in its detail timeline; an open exec is a session hold with no next action,
+    and a next action once it ends; controls fit the state; 390 x 844 scrolls no sideways;
+    no console errors. With IDLEWATCH_SCREENSHOTS=<dir>, the two views are saved there."""
+    run_container(engine, "op-a", labels={"idlewatch.idle-timeout": "2s"})
+    run_container(engine, "op-b", labels={"idlewatch.idle-timeout": "1h"})
+    server = ServeProcess(engine, tmp_path, api_token=TOKEN, sweep_interval="1s").start()
+    errors: list[str] = []
+    try:
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/")
+        page.fill("#token", TOKEN)
+        page.click("#token-submit")
+        page.select_option("#window", "1h")
+        a_badge = page.locator('tr[data-name="op-a"] .badge').first
+        expect(a_badge).to_have_attribute("data-status", "exited", timeout=20_000)
+        # the summary says what the API says (it follows changes within a few seconds)
+        stats = _stats(server)
+        assert stats["agents"]["exited"] == 1 and stats["awake_now"] == 1
+        expect(page.locator("#sum-awake")).to_have_text("1", timeout=10_000)
+        expect(page.locator("#sum-counts")).to_have_text("1 running, 1 exited")
+        assert stats["idle_actions"] == {"stop": 1}
+        expect(page.locator("#chart polyline.awake")).to_have_count(1)
+        assert stats["series"][-1]["awake"] == 1  # the chart's last point: op-b alone
+        # the agent the sweep stopped: its detail timeline names the idle action
+        page.click('tr[data-name="op-a"] a.open')
+        detail = page.locator("#detail")
+        expect(detail).to_be_visible()
+        expect(page.locator("#detail-timeline")).to_contain_text("idle_action: stop by sweep")
+        expect(page.locator("#detail-timeline")).to_contain_text("idle for")
+        expect(detail.locator('button[data-action="start"]')).to_have_count(1)
+        expect(detail.locator('[data-action="stop"]')).to_have_count(0)
+        # an open exec: a session hold and no next action, then one once it ends
+        page.click('tr[data-name="op-b"] a.open')
+        expect(page.locator("#detail-name")).to_have_text("op-b")
+        expect(detail.locator('[data-action="stop"]')).to_have_count(1)
+        expect(detail.locator('button[data-action="start"]')).to_have_count(0)
+        with subprocess.Popen(
+            ["docker", "exec", "op-b", "sleep", "4"], env=engine.env(), stdout=subprocess.DEVNULL
+        ) as exec_proc:
+            expect(page.locator("#detail-holds")).to_contain_text("session: 1 open session")
+            expect(page.locator("#detail-next")).to_contain_text("none — held: session")
+            if shots := os.environ.get("IDLEWATCH_SCREENSHOTS"):
+                page.set_viewport_size({"width": 1100, "height": 900})
+                page.screenshot(path=f"{shots}/dashboard-detail.png", full_page=True)
+        assert exec_proc.returncode == 0
+        expect(page.locator("#detail-next")).to_contain_text("stop at", timeout=10_000)
+        expect(page.locator("#detail-holds")).to_have_text("nothing")
+        # a phone's width: nothing scrolls sideways, the detail included
+        page.set_viewport_size({"width": 390, "height": 844})
+        wide = page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 390, wide
+        if shots := os.environ.get("IDLEWATCH_SCREENSHOTS"):
+            page.goto(server.url + "/")
+            page.set_viewport_size({"width": 1100, "height": 700})
+            expect(page.locator("#sum-awake")).to_have_text("1", timeout=10_000)
+            page.screenshot(path=f"{shots}/dashboard.png")
+        assert not errors, errors
+        page.close()
+    finally:
+        server.stop()

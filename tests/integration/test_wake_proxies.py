@@ -126,6 +126,21 @@ async def test_the_first_request_wakes_the_agent_and_reaches_it(
     assert upstream.seen and all(s["running"] for s in upstream.seen), upstream.seen
     (start,) = _starts(serve)
     assert start["actor"] == "wake" and start["ok"]
+    # issue 24: the wake's phases are in the agent's timeline and in the histogram
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{serve.url}/api/agents/site/timeline?limit=100") as resp:
+            entries = (await resp.json())["entries"]
+        async with session.get(f"{serve.url}/metrics") as resp:
+            metrics = await resp.text()
+    wakes = [e for e in entries if e["kind"] == "wake" and e["from"] == "stopped"]
+    timed = [w["phases"] for w in wakes if {"start_sent", "running"} <= set(w["phases"])]
+    assert timed, entries
+    p = timed[-1]  # the first request's: it sent the start
+    assert p["start_sent"] <= p["running"] <= p.get("ready", p["running"]) <= p["answered"]
+    for phase in ("engine", "total"):
+        line = f'idlewatch_wake_seconds_count{{phase="{phase}",from="stopped"}} '
+        (count,) = [x for x in metrics.splitlines() if x.startswith(line)]
+        assert int(float(count.split()[-1])) >= 1, count
 
 
 async def test_twenty_concurrent_first_requests_start_it_once(

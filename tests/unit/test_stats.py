@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 from idlewatch.clock import ManualClock
 from idlewatch.history import HistoryRecorder
+from idlewatch.rollup import HistoryRoller
 from idlewatch.models import Agent, Change, SpellMark, Status, UseBurst, WindowFigures
 from idlewatch.store import SqlStore
 
 from tests.builders import T0, agent
 
 H = 3600.0
+
+
+async def _nothing() -> None:
+    return None
 
 
 class Script:
@@ -51,10 +56,30 @@ class Script:
         rows, self.rows[:] = list(self.rows), []
         await self.store.write([], [], history=rows)
 
-    async def figures(self, window_s: float, buckets: int = 4) -> WindowFigures:
+    async def figures(self, window_s: float) -> WindowFigures:
+        """The figures of the whole hours of the window, read from the spells; then read
+        again after the hours are rolled up: both readings say the same."""
         await self.write()
         now = self.clock.now()
-        return await self.store.history.figures(now - timedelta(seconds=window_s), now, buckets)
+        raw = await self.store.history.figures(window_s, now, hourly=True)
+        roller = HistoryRoller(
+            self.store.history,
+            self.clock,
+            is_leader=lambda: True,
+            flush=_nothing,
+            first_spell=self.store.history.first_spell,
+        )
+        await roller.roll_due()
+        rolled = await self.store.history.figures(window_s, now, hourly=True)
+        assert rolled.series == raw.series
+        assert (rolled.awake_s, rolled.paused_s, rolled.saved_s) == pytest.approx(
+            (raw.awake_s, raw.paused_s, raw.saved_s)
+        )
+        return rolled
+
+    async def exact(self, window_s: float) -> WindowFigures:
+        await self.write()
+        return await self.store.history.figures(window_s, self.clock.now(), hourly=False)
 
     def hours(self, h: float) -> None:
         self.clock.advance(h * H)
@@ -133,25 +158,34 @@ async def test_a_window_that_starts_mid_spell_counts_only_its_part(script: Scrip
     script.hours(1)
     script.become("a", Status.EXITED, idle=True)
     script.hours(5)
-    f = await script.figures(1 * H)
-    assert (f.awake_s, f.saved_s) == pytest.approx((1 * H, 1 * H))  # b awake, a saved
-    f = await script.figures(3 * H)
-    assert (f.awake_s, f.saved_s) == pytest.approx((3 * H, 3 * H))
+    script.clock.advance(600)  # 10 minutes into the hour
+    f = await script.exact(1 * H)  # the last hour exactly: b awake, a saved
+    assert (f.awake_s, f.saved_s) == pytest.approx((1 * H, 1 * H))
+    # 24 h counts whole hours: from the start of the hour 24 h ago, 6 h 10 min of history
+    f = await script.figures(24 * H)
+    assert f.since == T0 - timedelta(hours=18)
+    assert (f.awake_s, f.saved_s) == pytest.approx((7 * H + 600, 5 * H + 600))
 
 
-async def test_the_series_counts_awake_and_paused_at_each_buckets_end(script: Script) -> None:
+async def test_the_series_counts_awake_and_paused_at_each_hours_end(script: Script) -> None:
     script.appear("a")
     script.appear("b")
-    script.hours(1)  # bucket 1 of 4 ends at 1 h: 2 awake
-    script.become("a", Status.PAUSED, idle=True)
-    script.hours(1)  # at 2 h: 1 awake, 1 paused
-    script.become("b", Status.EXITED, idle=True)
-    script.hours(1)  # at 3 h: 0 awake, 1 paused
-    script.become("a", Status.RUNNING)
-    script.hours(1)  # at 4 h: 1 awake
-    f = await script.figures(4 * H, buckets=4)
-    assert [(a, p) for _, a, p in f.series] == [(2, 0), (1, 1), (0, 1), (1, 0)]
+    # (a change at an hour's end counts there: the state at t is the spell holding t)
+    script.hours(1)
+    script.become("a", Status.PAUSED, idle=True)  # at 1 h: 1 awake, 1 paused
+    script.hours(1)
+    script.become("b", Status.EXITED, idle=True)  # at 2 h: 0 awake, 1 paused
+    script.hours(1)
+    script.become("a", Status.RUNNING)  # at 3 h: 1 awake
+    script.hours(1)
+    f = await script.figures(24 * H)
+    assert [(a, p) for _, a, p in f.series][-5:] == [(2, 0), (1, 1), (0, 1), (1, 0), (1, 0)]
     assert f.series[-1][0] == script.clock.now()
+    # the last hour in one-minute buckets: a woke at its start
+    f = await script.exact(1 * H)
+    assert [(a, p) for _, a, p in f.series][:1] == [(1, 0)] and f.series[-1][1:] == (1, 0)
+    f = await script.exact(2 * H)
+    assert f.series[28][1:] == (0, 1) and f.series[29][1:] == (1, 0)
 
 
 def test_a_burst_of_use_is_one_entry_per_source_and_minute_gap() -> None:

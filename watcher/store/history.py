@@ -1,101 +1,45 @@
-"""The record of spells, bursts of use and wakes: what the operator's view reads.
+"""The stats of a window, computed by the database, and the hourly roll-up they read.
 
-Written in the writer's transaction, beside the agent rows (sql.py calls :func:`statements`);
-read here, each figure computed by the database over the window (an aggregate over the
-spells that overlap it, never a replay of the audit in Python):
-
-- agent-seconds in a state over ``[since, until]`` = the sum over its spells of
-  ``min(ended_at or until, until) - max(started_at, since)`` where that is positive;
-- the series: how many agents were awake and paused at each bucket's end, from the count
-  open now minus the spells that began, plus those that ended, after it (one grouped
-  query per state, however many buckets);
-- wake percentiles: the k-th of the window's wakes ordered by their figure (nearest rank).
+- Agent-seconds in a state over ``[since, until]`` = the sum over the spells that overlap it
+  of ``min(ended_at or until, until) - max(started_at, since)``. Finding those spells is
+  cheap when ``since`` is recent (the spells that ended since, and the open ones, each
+  through its index), dear when it is days back (every spell since). So each complete
+  hour is rolled up once (rollup.py, the leader): its agent-seconds by state and cause,
+  the agents in each state at its end, its wakes by bucket, its idle actions. A window of
+  ``24h``, ``7d`` or ``30d`` counts whole hours, from the start of the hour that long ago:
+  the rolled-up hours from their roll-ups (a few hundred rows), the rest (the current hour,
+  any not rolled up yet) from the spells. ``1h`` is exact, from the spells.
+- The series: the agents awake and paused at each hour's end (the roll-ups' counts), and
+  now; for ``1h``, at the end of each minute, from the count now less what changed after.
+- Wake percentiles: nearest rank over the wakes' buckets (to the ms below 1 s, to 10 ms
+  below 10 s, to 100 ms above), summed over the window.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import SpellMark, TimelineEntry, UseBurst, WakeRecord, WindowFigures
-from .schema import audit_table, spells_table, uses_table, wakes_table
-
-HistoryRow = SpellMark | UseBurst | WakeRecord
-
-# --------------------------------------------------------------------- writing
-#: SQL per dialect: (close the open spell, open a new one, upsert a burst, add a wake)
-_SQLITE = (
-    "UPDATE spells SET ended_at = CASE WHEN started_at > ? THEN started_at ELSE ? END "
-    "WHERE agent = ? AND ended_at IS NULL AND NOT (state = ? AND status = ?)",
-    "INSERT INTO spells (agent, state, status, cause, started_at) SELECT ?, ?, ?, ?, ? "
-    "WHERE NOT EXISTS (SELECT 1 FROM spells WHERE agent = ? AND ended_at IS NULL)",
-    "INSERT INTO uses (agent, source, first_at, last_at, count) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (agent, source, first_at) DO UPDATE SET last_at = excluded.last_at, "
-    "count = excluded.count",
-    "INSERT INTO wakes (agent, at, from_state, via, ready, start_sent_ms, running_ms, "
-    "ready_ms, answered_ms, engine_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+from ..models import TimelineEntry, WindowFigures
+from .record import IDLE_ACTIONS, HistoryRow, merged, timeline_queries
+from .schema import (
+    audit_table,
+    hour_audit_table,
+    hour_spells_table,
+    hour_wakes_table,
+    hours_table,
+    spells_table,
+    wakes_table,
 )
-_POSTGRES = (
-    "UPDATE spells SET ended_at = GREATEST(started_at, $1::double precision) "
-    "WHERE agent = $2 AND ended_at IS NULL AND NOT (state = $3 AND status = $4)",
-    "INSERT INTO spells (agent, state, status, cause, started_at) SELECT $1::varchar, "
-    "$2::varchar, $3::varchar, $4::varchar, $5::double precision "
-    "WHERE NOT EXISTS (SELECT 1 FROM spells WHERE agent = $1::varchar AND ended_at IS NULL)",
-    "INSERT INTO uses (agent, source, first_at, last_at, count) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (agent, source, first_at) DO UPDATE SET last_at = excluded.last_at, "
-    "count = excluded.count",
-    "INSERT INTO wakes (agent, at, from_state, via, ready, start_sent_ms, running_ms, "
-    "ready_ms, answered_ms, engine_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-)
-
-
-def statements(rows: Sequence[HistoryRow], postgres: bool) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """The statements that record ``rows``, in order, with their parameters."""
-    sql = _POSTGRES if postgres else _SQLITE
-    for row in rows:
-        if isinstance(row, SpellMark):
-            at = row.at.timestamp()
-            if postgres:
-                yield sql[0], (at, row.agent, row.state, row.status)
-            else:
-                yield sql[0], (at, at, row.agent, row.state, row.status)
-            if row.state != "gone":
-                values = (row.agent, row.state, row.status, row.cause, at)
-                yield sql[1], values if postgres else (*values, row.agent)
-        elif isinstance(row, UseBurst):
-            yield (
-                sql[2],
-                (
-                    row.agent,
-                    row.source,
-                    row.first_at.timestamp(),
-                    row.last_at.timestamp(),
-                    row.count,
-                ),
-            )
-        else:
-            yield (
-                sql[3],
-                (
-                    row.agent,
-                    row.at.timestamp(),
-                    row.from_state,
-                    row.via,
-                    row.ready,
-                    row.start_sent_ms,
-                    row.running_ms,
-                    row.ready_ms,
-                    row.answered_ms,
-                    row.engine_ms,
-                ),
-            )
-
 
 # --------------------------------------------------------------------- reading
+HOUR = 3600
+
+
 def _epoch(when: datetime) -> float:
     return when.timestamp()
 
@@ -104,39 +48,58 @@ def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def overlap_seconds(since: float, until: float) -> Any:
-    """SQL for the seconds of a spell inside ``[since, until]`` (may be negative: filter)."""
+def _iso(epoch: float) -> str:
+    """An epoch time as the audit's ``at`` column writes it (string order is time order)."""
+    return _at(epoch).isoformat()
+
+
+def _overlapping(since: float, until: float, *, upto: str = "<") -> Any:
+    """The spells that overlap ``[since, until]`` (state, cause, started_at, ended_at): those
+    that ended after ``since`` and those still open, each through its own index (one OR of
+    both scans every spell). Cheap when ``since`` is recent. ``upto`` ``<=``: a spell that
+    begins at ``until`` too (it is what holds ``until``)."""
     s = spells_table.c
-    end = sa.case((s.ended_at.is_(None), until), (s.ended_at > until, until), else_=s.ended_at)
-    start = sa.case((s.started_at < since, since), else_=s.started_at)
+    # (``+ 0``: SQLite, which keeps no statistics here, would pick the index on started_at,
+    # every spell before ``until``, over the one on ended_at, the few that ended lately)
+    start = s.started_at + 0
+    began = start <= until if upto == "<=" else start < until
+    cols = (s.state, s.cause, s.started_at, s.ended_at)
+    return sa.union_all(
+        sa.select(*cols).where(s.ended_at > since).where(began),
+        sa.select(*cols).where(s.ended_at.is_(None)).where(began),
+    ).subquery()
+
+
+def _overlap(spells: Any, since: float, until: float) -> Any:
+    """SQL: the seconds of each of ``spells`` inside ``[since, until]``."""
+    c = spells.c
+    end = sa.case((c.ended_at.is_(None), until), (c.ended_at > until, until), else_=c.ended_at)
+    start = sa.case((c.started_at < since, since), else_=c.started_at)
     return end - start
 
 
 def seconds_query(since: float, until: float) -> Any:
-    """Agent-seconds by (state, cause) over the window."""
-    s = spells_table.c
-    return (
-        sa.select(s.state, s.cause, sa.func.sum(overlap_seconds(since, until)).label("seconds"))
-        .where(s.started_at < until)
-        .where(sa.or_(s.ended_at.is_(None), s.ended_at > since))
-        .group_by(s.state, s.cause)
-    )
+    """Agent-seconds by (state, cause) over ``[since, until]`` from the spells themselves."""
+    spells = _overlapping(since, until)
+    c = spells.c
+    seconds = sa.func.sum(_overlap(spells, since, until)).label("seconds")
+    return sa.select(c.state, c.cause, seconds).group_by(c.state, c.cause)
 
 
-def open_counts_query() -> Any:
-    """How many agents are in each state now (their open spells)."""
-    s = spells_table.c
-    return (
-        sa.select(s.state, sa.func.count().label("n")).where(s.ended_at.is_(None)).group_by(s.state)
-    )
+def open_at_query(when: float) -> Any:
+    """How many agents were in each state at ``when`` (recent: see :func:`_overlapping`)."""
+    spells = _overlapping(when, when, upto="<=")
+    c = spells.c
+    return sa.select(c.state, sa.func.count().label("n")).group_by(c.state)
 
 
 def transitions_query(since: float, until: float, bucket_s: float, column: str, sign: int) -> Any:
-    """Spells that began (``started_at``) or ended (``ended_at``) in the window, counted by
-    state and by the index of the bucket they fall in."""
+    """Spells that began (``started_at``) or ended (``ended_at``) in ``(since, until]``, by
+    state and bucket index (the 1-hour window's series)."""
     s = spells_table.c
     col = s.started_at if column == "started_at" else s.ended_at
-    bucket = sa.cast(sa.func.floor((col - since) / bucket_s), sa.Integer)
+    # the bucket (start, end] a change falls in: one at a bucket's end is counted there
+    bucket = sa.cast(-sa.func.floor(-(col - since) / bucket_s) - 1, sa.Integer)
     return (
         sa.select(s.state, bucket.label("bucket"), (sa.func.count() * sign).label("delta"))
         .where(col > since)
@@ -154,19 +117,17 @@ def series_from(
     deltas: Sequence[Any],
 ) -> tuple[tuple[datetime, int, int], ...]:
     """The (bucket end, awake, paused) counts, oldest first: the count at a bucket's end is
-    the count now minus what changed after it."""
-    after: dict[str, list[int]] = {"awake": [0] * (n + 1), "paused": [0] * (n + 1)}
+    the count now minus what began, plus what ended, after it."""
+    per: dict[str, list[int]] = {"awake": [0] * n, "paused": [0] * n}
     for row in deltas:
-        b = min(max(int(row["bucket"]), 0), n - 1)
-        after[row["state"]][b] += int(row["delta"])
-    # changes in buckets after i: suffix sums over i+1..n-1
+        per[row["state"]][min(max(int(row["bucket"]), 0), n - 1)] += int(row["delta"])
     counts: dict[str, list[int]] = {}
-    for state, per in after.items():
+    for state, changes in per.items():
         running = now_counts.get(state, 0)
         out = [0] * n
         for i in range(n - 1, -1, -1):
             out[i] = running
-            running -= per[i]
+            running -= changes[i]
         counts[state] = out
     return tuple(
         (_at(since + (i + 1) * bucket_s), max(0, counts["awake"][i]), max(0, counts["paused"][i]))
@@ -174,165 +135,107 @@ def series_from(
     )
 
 
-def wake_count_query(since: float, until: float) -> Any:
-    w = wakes_table.c
-    return sa.select(sa.func.count().label("n")).where(w.at > since).where(w.at <= until)
-
-
-def nth_query(since: float, until: float, column: str, k: int) -> Any:
-    """The k-th smallest (0-based) of a wake figure in the window."""
-    w = wakes_table.c
-    col = w.answered_ms if column == "total" else w.engine_ms
-    return (
-        sa.select(col.label("v"))
-        .where(w.at > since)
-        .where(w.at <= until)
-        .where(col.is_not(None))
-        .order_by(col)
-        .limit(1)
-        .offset(k)
+def _bucket(value: Any) -> Any:
+    """SQL: a wake figure's bucket, its upper edge in ms: to the ms below 1 s, to 10 ms
+    below 10 s, to 100 ms above."""
+    whole = sa.func.floor
+    return sa.cast(
+        sa.case(
+            (value < 1000, whole(value) + 1),
+            (value < 10000, 1000 + (whole((value - 1000) / 10) + 1) * 10),
+            else_=10000 + (whole((value - 10000) / 100) + 1) * 100,
+        ),
+        sa.Integer,
     )
 
 
-def figure_count_query(since: float, until: float, column: str) -> Any:
+def wake_buckets_query(since: float, until: float, figure: str) -> Any:
+    """Wakes in ``[since, until)`` by bucket of ``figure`` (total or engine)."""
     w = wakes_table.c
-    col = w.answered_ms if column == "total" else w.engine_ms
+    col = w.answered_ms if figure == "total" else w.engine_ms
+    b = _bucket(col)
     return (
-        sa.select(sa.func.count().label("n"))
-        .where(w.at > since)
-        .where(w.at <= until)
+        sa.select(b.label("bucket"), sa.func.count().label("n"))
+        .where(w.at >= since)
+        .where(w.at < until)
         .where(col.is_not(None))
+        .group_by(b)
     )
 
 
-def nearest_rank(n: int, p: float) -> int:
-    """The 0-based index of the p-th percentile of n sorted values (nearest rank)."""
-    return max(0, min(n - 1, math.ceil(p * n) - 1))
-
-
-def audit_counts_query(since: datetime, until: datetime) -> Any:
-    """Idle actions by action and skips by reason in the window (from the audit)."""
+def audit_counts_query(since: float, until: float) -> Any:
+    """The sweep's idle actions (by action) and busy skips (by reason) in ``[since, until)``."""
     a = audit_table.c
+    reason = sa.case((a.action == "idle_skipped", a.reason), else_="")
     return (
-        sa.select(a.action, a.reason, sa.func.count().label("n"))
-        .where(a.at > since.isoformat())
-        .where(a.at <= until.isoformat())
+        sa.select(a.action, reason.label("reason"), sa.func.count().label("n"))
+        .where(a.at >= _iso(since))
+        .where(a.at < _iso(until))
         .where(a.actor == "sweep")
         .where(a.ok.is_(True))
         .where(a.dry_run.is_(False))
-        .group_by(a.action, a.reason)
+        .where(a.action.in_((*IDLE_ACTIONS, "idle_skipped")))
+        .group_by(a.action, reason)
     )
 
 
-# ------------------------------------------------------------------- timeline
-#: audit actions the sweep takes on an idle agent
-IDLE_ACTIONS = frozenset({"stop", "pause", "scale_to_zero"})
+def nearest_rank(buckets: dict[int, int], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of counts by bucket edge; None when empty."""
+    n = sum(buckets.values())
+    if n == 0:
+        return None
+    k = max(1, math.ceil(p * n))
+    seen = 0
+    for edge in sorted(buckets):
+        seen += buckets[edge]
+        if seen >= k:
+            return float(edge)
+    return float(max(buckets))
 
 
-def timeline_queries(agent: str, before: datetime | None, limit: int) -> dict[str, Any]:
-    """The newest ``limit`` rows of each source before ``before``, for one agent."""
-    a, s, u, w = audit_table.c, spells_table.c, uses_table.c, wakes_table.c
-    audit = sa.select(audit_table).where(a.agent == agent).order_by(a.at.desc()).limit(limit)
-    spells = sa.select(spells_table).where(s.agent == agent).order_by(s.started_at.desc())
-    uses = sa.select(uses_table).where(u.agent == agent).order_by(u.last_at.desc())
-    wakes = sa.select(wakes_table).where(w.agent == agent).order_by(w.at.desc())
-    if before is not None:
-        audit = audit.where(a.at < before.isoformat())
-        spells = spells.where(s.started_at < before.timestamp())
-        uses = uses.where(u.last_at < before.timestamp())
-        wakes = wakes.where(w.at < before.timestamp())
-    return {
-        "audit": audit,
-        "spells": spells.limit(limit),
-        "uses": uses.limit(limit),
-        "wakes": wakes.limit(limit),
-    }
-
-
-def audit_entry(row: Any) -> TimelineEntry:
-    """An audit row as a timeline entry: an idle action, a skip, an eviction, or an action
-    through the API, the CLI or the library."""
-    action, actor = row["action"], row["actor"]
-    if action == "idle_skipped":
-        kind = "skip"
-    elif actor == "sweep" and action in IDLE_ACTIONS:
-        kind = "idle_action"
-    elif actor == "capacity":
-        kind = "eviction"
-    else:
-        kind = "lifecycle"
-    fields: dict[str, object] = {"action": action, "ok": bool(row["ok"])}
-    if row["detail"]:
-        fields["detail"] = row["detail"]
-    if row["dry_run"]:
-        fields["dry_run"] = True
-    return TimelineEntry(datetime.fromisoformat(row["at"]), kind, actor, row["reason"], fields)
-
-
-def spell_entry(row: Any) -> TimelineEntry:
-    """A spell's beginning as a status change."""
-    fields: dict[str, object] = {"status": row["status"], "state": row["state"]}
-    if row["ended_at"] is not None:
-        fields["until"] = _at(row["ended_at"])
-    actor = "sweep" if row["cause"] == "idle" else "engine"
-    reason = "idle action" if row["cause"] == "idle" else f"became {row['status']}"
-    return TimelineEntry(_at(row["started_at"]), "status", actor, reason, fields)
-
-
-def use_entry(row: Any) -> TimelineEntry:
-    """A burst of use: its last use, with its first and the count."""
-    fields: dict[str, object] = {
-        "source": row["source"],
-        "first": _at(row["first_at"]),
-        "last": _at(row["last_at"]),
-        "count": int(row["count"]),
-    }
-    return TimelineEntry(_at(row["last_at"]), "use", row["source"], "used", fields)
-
-
-def wake_entry(row: Any) -> TimelineEntry:
-    """A wake with its phases."""
-    record = wake_from_row(row)
-    fields: dict[str, object] = {
-        "from": record.from_state,
-        "ready": record.ready,
-        "phases": record.phases(),
-    }
-    why = "woken" if record.ready else "not ready in time"
-    return TimelineEntry(record.at, "wake", record.via, why, fields)
-
-
-def wake_from_row(row: Any) -> WakeRecord:
-    return WakeRecord(
-        agent=row["agent"],
-        at=_at(row["at"]),
-        from_state=row["from_state"],
-        start_sent_ms=row["start_sent_ms"],
-        running_ms=row["running_ms"],
-        ready_ms=row["ready_ms"],
-        answered_ms=row["answered_ms"],
-        ready=bool(row["ready"]),
-        via=row["via"],
-    )
-
-
-def merged(sources: dict[str, list[Any]], limit: int) -> list[TimelineEntry]:
-    """Every source's rows as entries, newest first, at most ``limit``."""
-    entries = [
-        *(audit_entry(r) for r in sources["audit"]),
-        *(spell_entry(r) for r in sources["spells"]),
-        *(use_entry(r) for r in sources["uses"]),
-        *(wake_entry(r) for r in sources["wakes"]),
-    ]
-    entries.sort(key=lambda e: e.at, reverse=True)
-    return entries[:limit]
+def roll_statements(hour: int, now: float) -> list[Any]:
+    """SQLAlchemy statements that roll up ``hour`` (replacing what it had): its
+    agent-seconds and agents at its end by state, its wakes by bucket, its idle actions."""
+    b0, b1 = hour * HOUR, (hour + 1) * HOUR
+    # (a spell that begins at the hour's end adds no seconds, and is what it is in then)
+    overlapping = _overlapping(b0, b1, upto="<=")
+    c = overlapping.c
+    at_end = sa.func.sum(sa.case((sa.or_(c.ended_at.is_(None), c.ended_at > b1), 1), else_=0))
+    spells = sa.select(
+        sa.literal(hour), c.state, c.cause, sa.func.sum(_overlap(overlapping, b0, b1)), at_end
+    ).group_by(c.state, c.cause)
+    out: list[Any] = []
+    for table in (hour_spells_table, hour_wakes_table, hour_audit_table):
+        out.append(table.delete().where(table.c.hour == hour))
+    h = hour_spells_table.c
+    columns = [h.hour, h.state, h.cause, h.seconds, h.at_end]
+    out.append(hour_spells_table.insert().from_select(columns, spells))
+    hw = hour_wakes_table.c
+    for figure in ("total", "engine"):
+        q = wake_buckets_query(b0, b1, figure).subquery()
+        rows = sa.select(sa.literal(hour), sa.literal(figure), q.c.bucket, q.c.n)
+        out.append(
+            hour_wakes_table.insert().from_select([hw.hour, hw.figure, hw.bucket, hw.n], rows)
+        )
+    ha = hour_audit_table.c
+    q = audit_counts_query(b0, b1).subquery()
+    rows = sa.select(sa.literal(hour), q.c.action, q.c.reason, q.c.n)
+    out.append(hour_audit_table.insert().from_select([ha.hour, ha.action, ha.reason, ha.n], rows))
+    out.append(hours_table.delete().where(hours_table.c.hour == hour))
+    out.append(hours_table.insert().values(hour=hour, rolled_at=now))
+    return out
 
 
 class SqlHistory:
-    """The reads of the record (the writes go with the writer's batches: sql.py)."""
+    """The record's reads and its hourly roll-up (the other writes go with the writer)."""
 
-    def __init__(self, read: Callable[[str, Any], Awaitable[list[Any]]]) -> None:
+    def __init__(
+        self,
+        read: Callable[[str, Any], Awaitable[list[Any]]],
+        execute: Callable[[list[Any]], Awaitable[None]],
+    ) -> None:
         self._read = read
+        self._execute = execute  # statements in one transaction
 
     async def timeline(
         self, agent: str, *, limit: int, before: datetime | None = None
@@ -342,51 +245,171 @@ class SqlHistory:
         sources = {k: await self._read(f"the timeline of {agent}", q) for k, q in queries.items()}
         return merged(sources, limit)
 
-    async def figures(self, since: datetime, until: datetime, buckets: int) -> WindowFigures:
-        """The window's figures (module docstring), each computed by the database."""
-        t0, t1 = _epoch(since), _epoch(until)
+    async def first_spell(self) -> float | None:
+        """When the oldest spell recorded began (epoch seconds; None: none yet)."""
+        rows = await self._read(
+            "spells", sa.select(sa.func.min(spells_table.c.started_at).label("t"))
+        )
+        return float(rows[0]["t"]) if rows and rows[0]["t"] is not None else None
+
+    async def rolled(self, first: int, last: int) -> set[int]:
+        """The rolled-up hours among ``first..last``."""
+        h = hours_table.c
+        q = sa.select(h.hour).where(h.hour >= first).where(h.hour <= last)
+        return {int(r["hour"]) for r in await self._read("rolled hours", q)}
+
+    async def roll(self, hour: int, now: datetime) -> None:
+        """Roll ``hour`` up (again: it replaces what it had)."""
+        await self._execute(roll_statements(hour, _epoch(now)))
+
+    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
+        """The figures of the window ending ``now``: exactly the last ``window_s`` seconds
+        in one-minute buckets, or (``hourly``) from the start of the hour ``window_s``
+        ago, in hourly buckets, the rolled-up hours read from their roll-ups."""
+        t1 = _epoch(now)
+        if not hourly:
+            t0 = t1 - window_s
+            return await self._exact(t0, t1)
+        first = int((t1 - window_s) // HOUR)
+        current = int(t1 // HOUR)
+        rolled = await self.rolled(first, current - 1)
+        k = first
+        while k < current and k in rolled:
+            k += 1
+        return await self._hourly(first, k, current, t1)
+
+    async def _exact(self, t0: float, t1: float) -> WindowFigures:
         read = self._read
-        awake = paused = saved = 0.0
-        for row in await read("agent hours", seconds_query(t0, t1)):
-            seconds = float(row["seconds"] or 0.0)
-            if row["state"] == "awake":
-                awake += seconds
-            elif row["state"] == "paused":
-                paused += seconds
-            if row["state"] in ("paused", "asleep") and row["cause"] == "idle":
-                saved += seconds
-        now_counts = {r["state"]: int(r["n"]) for r in await read("states", open_counts_query())}
-        bucket_s = (t1 - t0) / buckets
+        awake, paused, saved = _seconds(await read("agent hours", seconds_query(t0, t1)))
+        n = 60
+        bucket_s = (t1 - t0) / n
+        now_counts = {r["state"]: int(r["n"]) for r in await read("states", open_at_query(t1))}
         deltas = [
             *await read("spells begun", transitions_query(t0, t1, bucket_s, "started_at", 1)),
             *await read("spells ended", transitions_query(t0, t1, bucket_s, "ended_at", -1)),
         ]
-        series = series_from(t0, bucket_s, buckets, now_counts, deltas)
-        wakes = int((await read("wakes", wake_count_query(t0, t1)))[0]["n"])
-        total = await self._percentiles(t0, t1, "total")
-        engine = await self._percentiles(t0, t1, "engine")
-        idle: dict[str, int] = {}
-        skips: dict[str, int] = {}
-        for row in await read("the audit trail", audit_counts_query(since, until)):
-            if row["action"] == "idle_skipped":
-                skips[row["reason"]] = skips.get(row["reason"], 0) + int(row["n"])
-            elif row["action"] in IDLE_ACTIONS:
-                idle[row["action"]] = idle.get(row["action"], 0) + int(row["n"])
-        return WindowFigures(
-            since, until, awake, paused, saved, wakes, total, engine, idle, skips, series
+        series = series_from(t0, bucket_s, n, now_counts, deltas)
+        total, engine = await self._wake_buckets(t0, t1 + 1e-6, None, None)
+        idle, skips = _audit(await read("the audit trail", audit_counts_query(t0, t1 + 1e-6)))
+        return _figures(t0, t1, (awake, paused, saved), total, engine, idle, skips, series)
+
+    async def _hourly(self, first: int, k: int, current: int, t1: float) -> WindowFigures:
+        """Rolled hours ``first..k-1`` from their roll-ups, the rest from the spells."""
+        read = self._read
+        hs, ha = hour_spells_table.c, hour_audit_table.c
+        rolled_rows = await read(
+            "hourly agent hours",
+            sa.select(hs.hour, hs.state, hs.cause, hs.seconds, hs.at_end)
+            .where(hs.hour >= first)
+            .where(hs.hour < k),
+        )
+        awake, paused, saved = _seconds(rolled_rows)
+        raw = _seconds(await read("agent hours", seconds_query(k * HOUR, t1)))
+        awake, paused, saved = awake + raw[0], paused + raw[1], saved + raw[2]
+        ends: dict[int, dict[str, int]] = {}
+        for r in rolled_rows:
+            ends.setdefault(int(r["hour"]), {})
+            ends[int(r["hour"])][r["state"]] = ends[int(r["hour"])].get(r["state"], 0) + int(
+                r["at_end"]
+            )
+        points: list[tuple[datetime, int, int]] = []
+        for hour in range(first, current):
+            if hour < k:
+                c = ends.get(hour, {})
+            else:  # not rolled up yet: counted from the spells (recent: cheap)
+                c = {
+                    r["state"]: int(r["n"])
+                    for r in await read("states", open_at_query((hour + 1) * HOUR))
+                }
+            points.append((_at((hour + 1) * HOUR), c.get("awake", 0), c.get("paused", 0)))
+        if t1 > current * HOUR:  # now, unless now is that last hour's end
+            now_counts = {r["state"]: int(r["n"]) for r in await read("states", open_at_query(t1))}
+            points.append((_at(t1), now_counts.get("awake", 0), now_counts.get("paused", 0)))
+        total, engine = await self._wake_buckets(k * HOUR, t1 + 1e-6, first, k)
+        idle, skips = _audit(
+            [
+                *await read(
+                    "hourly idle actions",
+                    sa.select(ha.action, ha.reason, ha.n)
+                    .where(ha.hour >= first)
+                    .where(ha.hour < k),
+                ),
+                *await read("the audit trail", audit_counts_query(k * HOUR, t1 + 1e-6)),
+            ]
+        )
+        return _figures(
+            first * HOUR, t1, (awake, paused, saved), total, engine, idle, skips, tuple(points)
         )
 
-    async def _percentiles(
-        self, t0: float, t1: float, column: str
-    ) -> tuple[float | None, float | None]:
-        n = int((await self._read("wakes", figure_count_query(t0, t1, column)))[0]["n"])
-        if n == 0:
-            return (None, None)
-        out = []
-        for p in (0.50, 0.95):
-            rows = await self._read("wakes", nth_query(t0, t1, column, nearest_rank(n, p)))
-            out.append(float(rows[0]["v"]) if rows else None)
-        return (out[0], out[1])
+    async def _wake_buckets(
+        self, t0: float, t1: float, first: int | None, k: int | None
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        out: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        hw = hour_wakes_table.c
+        for i, figure in enumerate(("total", "engine")):
+            rows = await self._read("wakes", wake_buckets_query(t0, t1, figure))
+            if first is not None and k is not None and k > first:
+                rows += await self._read(
+                    "hourly wakes",
+                    sa.select(hw.bucket, sa.func.sum(hw.n).label("n"))
+                    .where(hw.figure == figure)
+                    .where(hw.hour >= first)
+                    .where(hw.hour < k)
+                    .group_by(hw.bucket),
+                )
+            for r in rows:
+                out[i][int(r["bucket"])] = out[i].get(int(r["bucket"]), 0) + int(r["n"])
+        return out
 
 
-__all__ = ["HistoryRow", "SqlHistory", "statements"]
+def _seconds(rows: Sequence[Any]) -> tuple[float, float, float]:
+    """(awake, paused, saved) agent-seconds from rows of state, cause, seconds."""
+    awake = paused = saved = 0.0
+    for row in rows:
+        seconds = float(row["seconds"] or 0.0)
+        if row["state"] == "awake":
+            awake += seconds
+        elif row["state"] == "paused":
+            paused += seconds
+        if row["state"] in ("paused", "asleep") and row["cause"] == "idle":
+            saved += seconds
+    return awake, paused, saved
+
+
+def _audit(rows: Sequence[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    idle: dict[str, int] = {}
+    skips: dict[str, int] = {}
+    for row in rows:
+        if row["action"] == "idle_skipped":
+            skips[row["reason"]] = skips.get(row["reason"], 0) + int(row["n"])
+        elif row["action"] in IDLE_ACTIONS:
+            idle[row["action"]] = idle.get(row["action"], 0) + int(row["n"])
+    return idle, skips
+
+
+def _figures(
+    t0: float,
+    t1: float,
+    seconds: tuple[float, float, float],
+    total: dict[int, int],
+    engine: dict[int, int],
+    idle: dict[str, int],
+    skips: dict[str, int],
+    series: tuple[tuple[datetime, int, int], ...],
+) -> WindowFigures:
+    return WindowFigures(
+        since=_at(t0),
+        until=_at(t1),
+        awake_s=seconds[0],
+        paused_s=seconds[1],
+        saved_s=seconds[2],
+        wakes=sum(total.values()),
+        wake_total_ms=(nearest_rank(total, 0.50), nearest_rank(total, 0.95)),
+        wake_engine_ms=(nearest_rank(engine, 0.50), nearest_rank(engine, 0.95)),
+        idle_actions=idle,
+        skips=skips,
+        series=series,
+    )
+
+
+__all__ = ["HistoryRow", "SqlHistory"]

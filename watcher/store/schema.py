@@ -184,6 +184,43 @@ wakes_table = sa.Table(
 )
 _audit_at = sa.Index("audit_at", audit_table.c.at)
 
+#: the hours whose figures are rolled up (store/history.py): each rolled hour's rows below
+#: are final, so a window of days reads a few hundred rows, not every spell in it
+hours_table = sa.Table(
+    "hours",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),  # epoch seconds // 3600
+    sa.Column("rolled_at", sa.Float, nullable=False),
+)
+#: agent-seconds by state and cause in each rolled hour, and the agents in it at its end
+hour_spells_table = sa.Table(
+    "hour_spells",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), primary_key=True),
+    sa.Column("cause", sa.String(32), primary_key=True),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("at_end", sa.Integer, nullable=False),
+)
+#: wakes of each rolled hour by figure (total, engine) and bucket (its upper edge in ms)
+hour_wakes_table = sa.Table(
+    "hour_wakes",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("figure", sa.String(16), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+#: the sweep's idle actions and busy skips of each rolled hour
+hour_audit_table = sa.Table(
+    "hour_audit",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("action", sa.String(32), primary_key=True),
+    sa.Column("reason", sa.String(255), primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -274,6 +311,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             sa.schema.CreateTable(wakes_table),
             *(sa.schema.CreateIndex(i) for i in wakes_table.indexes),
             sa.schema.CreateIndex(_audit_at),
+            sa.schema.CreateTable(hours_table),
+            sa.schema.CreateTable(hour_spells_table),
+            sa.schema.CreateTable(hour_wakes_table),
+            sa.schema.CreateTable(hour_audit_table),
         ),
     ),
 )

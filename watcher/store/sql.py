@@ -24,9 +24,10 @@ from ..models import Agent, AgentSpec, AuditEntry
 from ..tasks import cancel_and_wait
 from .activity import SqlActivity
 from .engines import SqlEngines
-from .history import HistoryRow, SqlHistory, statements
+from .history import SqlHistory
 from .lease import SqlLeases
 from .lock import ProcessLock
+from .record import HistoryRow, statements
 from .rows import agent_from_row, agent_tuple, audit_from_row, audit_row, spec_from_json, spec_json
 from .schema import (
     DIALECTS,
@@ -92,7 +93,7 @@ class SqlStore:
         #: which engine each replica watches, on this store's database
         self.engines = SqlEngines(self._db, NOW_SQL[self._dialect])
         #: the record of spells, bursts of use and wakes (written with the agent rows)
-        self.history = SqlHistory(self._read)
+        self.history = SqlHistory(self._read, self._execute)
 
     @property
     def sqlite(self) -> bool:
@@ -237,6 +238,28 @@ class SqlStore:
             return [row._mapping for row in await self._db.fetch_all(query)]
         except Exception as exc:  # the drivers raise many unrelated types
             raise StoreError(f"cannot read {what} from {self._redacted()}: {exc}") from exc
+
+    async def _execute(self, statements: list[Any]) -> None:
+        """Statements of our own (no outside input: their values are inlined) in one
+        transaction; any failure a StoreError."""
+        dialect = DIALECTS[self._dialect]
+        sqls = [
+            str(st.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+            for st in statements
+        ]
+        try:
+            async with self._db.connection() as conn:
+                raw = conn.raw_connection
+                if self._sqlite:
+                    async with self._db.transaction():
+                        for sql in sqls:
+                            await raw.execute(sql)
+                else:
+                    async with raw.transaction():
+                        for sql in sqls:
+                            await raw.execute(sql)
+        except Exception as exc:
+            raise StoreError(f"write to {self._redacted()} failed: {exc}") from exc
 
     async def load_agents(self) -> list[Agent]:
         """Every agent row as a model."""
