@@ -305,25 +305,23 @@
   }
   function drawChart(series) {
     const svg = $("#chart");
-    const W = 600, H = 120, top = 14, bottom = 16;
+    const W = 600, H = 120, top = 6, bottom = 6;
     const max = Math.max(1, ...series.map((p) => Math.max(p.awake, p.paused)));
     const x = (i) => (series.length < 2 ? W : (i / (series.length - 1)) * W);
     const y = (v) => top + (1 - v / max) * (H - top - bottom);
     const line = (key) => series.map((p, i) => x(i).toFixed(1) + "," + y(p[key]).toFixed(1)).join(" ");
     const ns = "http://www.w3.org/2000/svg";
-    const el = (tag, attrs, text) => {
+    const el = (tag, attrs) => {
       const e = document.createElementNS(ns, tag);
       for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-      if (text !== undefined) e.textContent = text;
       return e;
     };
     svg.replaceChildren(
       el("polyline", { class: "awake", points: line("awake") }),
       el("polyline", { class: "paused", points: line("paused") }),
-      el("text", { x: 4, y: 11 }, "max " + max + "  — awake  ‑ ‑ paused"),
-      el("text", { x: 4, y: H - 4 }, stats ? stats.window + " ago" : ""),
-      el("text", { x: W - 4, y: H - 4, "text-anchor": "end" }, "now"),
     );
+    $("#chart-span").textContent = stats ? "since " + new Date(stats.since).toLocaleString() : "";
+    $("#chart-max").textContent = String(max);
   }
 
   // ------------------------------------------------------------------ the detail view

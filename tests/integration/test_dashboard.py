@@ -188,6 +188,8 @@ def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: P
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server.url + "/")
+        expect(page.locator("#auth")).to_be_visible()
+        errors.clear()  # (the browser logs the 401 of the probe that asks for the token)
         page.fill("#token", TOKEN)
         page.click("#token-submit")
         page.select_option("#window", "1h")
