@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from idlewatch.clock import ManualClock
 from idlewatch.history import HistoryRecorder
-from idlewatch.rollup import HistoryRoller
 from idlewatch.models import Agent, Change, SpellMark, Status, UseBurst, WindowFigures
+from idlewatch.rollup import HistoryRoller
 from idlewatch.store import SqlStore
 
 from tests.builders import T0, agent
