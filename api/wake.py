@@ -80,8 +80,10 @@ async def _wake(
     *,
     keep_for_s: float | None,
     timeout_s: float,
+    via: str = "wake",
 ) -> WakeResult:
-    """The core's wake; a refusal names what was looked up (404, with its field)."""
+    """The core's wake; a refusal names what was looked up (404, with its field). ``via``
+    names the caller in the wake's record: ``wake`` (/api/wake) or ``sablier``."""
     host = None if names or group is not None else _host(request)
     if not names and group is None and host is None:
         raise ApiError(
@@ -89,7 +91,7 @@ async def _wake(
         )
     try:
         return await _w(request).wake(
-            names, group, host, keep_for_s=keep_for_s, timeout_s=timeout_s
+            names, group, host, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via
         )
     except AgentNotFound as exc:
         raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
@@ -262,7 +264,9 @@ async def sablier_blocking(request: web.Request) -> web.Response:
         request, "timeout", maximum=MAX_TIMEOUT_S, default=w.settings.wake_timeout
     )
     assert timeout_s is not None
-    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout_s)
+    result = await _wake(
+        request, names, group, keep_for_s=keep_for_s, timeout_s=timeout_s, via="sablier"
+    )
     body: dict[str, Any] = {"session": _sablier_session(result)}
     if result.ready:
         return _json(body, 200, {SABLIER_HEADER: "ready"})
@@ -297,7 +301,9 @@ async def sablier_dynamic(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_parameter", "show_details must be true or false", "show_details"
         )
-    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=0.05)
+    result = await _wake(
+        request, names, group, keep_for_s=keep_for_s, timeout_s=0.05, via="sablier"
+    )
     title = request.query.get("display_name") or (group if group is not None else ", ".join(names))
     page = _page(
         result,

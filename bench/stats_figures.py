@@ -24,7 +24,7 @@ from tests.fakes import FakeDocker
 from .common import percentile, stats
 
 AGENTS = 10_000
-DAYS = 7
+DAYS = 7  # the window; the history is a day longer
 WAKES_PER_DAY = 2  # each agent: woken twice a day for an hour, idle-stopped after
 ROUNDS = 100  # requests of each kind, alternated
 
@@ -40,11 +40,11 @@ def write_history(db: Path, now: float, seed: int = 24) -> dict[str, int]:
     rng = random.Random(seed)
     spells: list[tuple[Any, ...]] = []
     wakes: list[tuple[Any, ...]] = []
-    start = now - DAYS * 86400
+    start = now - (DAYS + 1) * 86400  # (a day before the window: it starts mid-history)
     for i in range(AGENTS):
         name = f"agent-{i}"
         t = start
-        for _ in range(DAYS * WAKES_PER_DAY):
+        for _ in range((DAYS + 1) * WAKES_PER_DAY):
             awake_s = rng.uniform(1800, 5400)
             asleep_s = 86400 / WAKES_PER_DAY - awake_s
             spells.append((name, "awake", "running", "other", t, t + awake_s))

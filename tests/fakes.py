@@ -24,13 +24,12 @@ from idlewatch.models import (
     EngineRecord,
     EventType,
     ExecProcess,
+    HistoryRow,
     Kind,
     ServiceInfo,
     Snapshot,
-    SpellMark,
     Status,
     TimelineEntry,
-    UseBurst,
     WakeRecord,
     WindowFigures,
     freeze,
@@ -290,7 +289,7 @@ class FakeStore:
         self.audits: list[AuditEntry] = []
         self.specs: dict[str, AgentSpec] = {}
         self.fail_writes = 0
-        self.history_rows: list[SpellMark | UseBurst | WakeRecord] = []
+        self.history_rows: list[HistoryRow] = []
         #: the record's reads (the figures: SqlHistory on a real SQLite, test_stats.py)
         self.history = FakeHistory(self)
         self.bug_writes = 0  # write() raises a RuntimeError (a bug, not the database)
@@ -386,7 +385,7 @@ class FakeStore:
         audits: Sequence[AuditEntry],
         forgets: Sequence[str] = (),
         specs: Mapping[str, AgentSpec | None] | None = None,
-        history: Sequence[SpellMark | UseBurst | WakeRecord] = (),
+        history: Sequence[HistoryRow] = (),
     ) -> None:
         self.writes += 1
         await self._hang()

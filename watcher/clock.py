@@ -40,3 +40,10 @@ def from_ns(time_ns: int) -> datetime:
 def to_ns(when: datetime) -> int:
     """Nanoseconds since the epoch of a UTC-aware datetime."""
     return int(when.timestamp() * 1e9)
+
+
+def first_hour(first_spell: float) -> int:
+    """The first hour (epoch seconds // 3600) the record of spells has anything to say
+    about: the one whose end may hold the first spell (a spell that begins at an hour's
+    end counts in that hour's end count)."""
+    return int(first_spell // 3600) - 1

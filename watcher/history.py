@@ -13,8 +13,11 @@ Policy (read this first):
   goes on when the status is the same (a restart of idlewatch in the middle of a stopped
   spell loses nothing), or ends now and a new one begins.
 - A burst is the uses of one agent from one source, each within ``BURST_GAP_S`` of the
-  one before; it is written when it begins, at most every ``BURST_WRITE_S`` while it
-  goes on, and when a new one begins or idlewatch closes.
+  one before; it is written when it begins, then at most every ``BURST_WRITE_S`` while
+  it goes on (the roll-up task's tick writes what a quiet burst has left), and when a new
+  one begins or idlewatch closes.
+- A replica that begins to lead marks every agent it tracks, and ends the open spells of
+  agents it does not (removed while another replica led, its last mark dropped).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from .models import Agent, Change, SpellMark, UseBurst
+from .models import Agent, Change, CloseOrphans, RecordRow, SpellMark, UseBurst
 from .ports import Clock
 from .rules import spell_state
 
@@ -66,12 +69,13 @@ class _Burst:
     last: datetime
     count: int
     written_m: float  # monotonic time of its last write
+    unwritten: bool = False  # uses since then
 
 
 class HistoryRecorder:
     """Turns changes into spells and bursts of use, queued to ``put`` (the writer)."""
 
-    def __init__(self, put: Callable[[SpellMark | UseBurst], None], clock: Clock) -> None:
+    def __init__(self, put: Callable[[RecordRow], None], clock: Clock) -> None:
         self._put = put
         self._clock = clock
         self._status: dict[str, str] = {}
@@ -102,6 +106,7 @@ class HistoryRecorder:
         for agent in agents:
             self._status[agent.name] = agent.status.value
             self._put(SpellMark(agent.name, spell_state(agent), agent.status.value, "other", now))
+        self._put(CloseOrphans(now))  # (after the agent rows of the same batch: writer.py)
 
     def changed(self, change: Change) -> None:
         agent = change.agent
@@ -144,6 +149,7 @@ class HistoryRecorder:
         ):
             burst.last = max(burst.last, when)
             burst.count += 1
+            burst.unwritten = True
             if now_m - burst.written_m >= BURST_WRITE_S:
                 self._write(name, burst, now_m)
             return
@@ -157,8 +163,16 @@ class HistoryRecorder:
         if burst is not None:
             self._write(name, burst, time.monotonic())
 
+    def tick(self) -> None:
+        """Write the bursts with uses not written for ``BURST_WRITE_S`` (a timer's call)."""
+        now_m = time.monotonic()
+        for name, burst in self._bursts.items():
+            if burst.unwritten and now_m - burst.written_m >= BURST_WRITE_S:
+                self._write(name, burst, now_m)
+
     def _write(self, name: str, burst: _Burst, now_m: float) -> None:
         burst.written_m = now_m
+        burst.unwritten = False
         self._put(UseBurst(name, burst.source, burst.first, burst.last, burst.count))
 
 

@@ -127,9 +127,15 @@ def explain(
     *,
     busy: BusyNote | None = None,
     mates: Iterable[tuple[str, Agent]] = (),
+    groups: Iterable[tuple[str, GroupView]] = (),
 ) -> Explanation:
-    """An agent's holds and next action at ``now``; ``mates`` are (group, member) pairs of
-    the other members of its groups."""
+    """An agent's holds and next action at ``now``; its groups' views in ``groups``, or
+    the other members of its groups as (group, member) pairs in ``mates``."""
+    if mates:
+        by_group: dict[str, list[Agent]] = {}
+        for group, mate in mates:
+            by_group.setdefault(group, []).append(mate)
+        groups = [*groups, *((g, group_view(m, now)) for g, m in by_group.items())]
     if is_gone(agent):
         return Explanation((), NextAction("none", None, "not on the engine"))
     if agent.status is Status.PAUSED:
@@ -140,7 +146,7 @@ def explain(
         )
     holds = _own_holds(agent, now, busy)
     due = _deadline(agent)
-    group_hold = _group_hold(agent, now, mates, due)
+    group_hold = _group_hold(agent, groups, due)
     if group_hold is not None:
         holds.append(group_hold)
         if not group_hold.blocking and group_hold.until is not None:
@@ -178,22 +184,48 @@ def _paused(agent: Agent, now: datetime, policy: Policy) -> Explanation:
     )
 
 
-def _group_hold(
-    agent: Agent, now: datetime, mates: Iterable[tuple[str, Agent]], own_due: datetime | None
-) -> Hold | None:
-    """The group hold: a blocked member (the group waits for ever), else the member that
-    times out last, when later than the agent itself."""
-    latest: tuple[datetime, str, str] | None = None
-    for group, mate in mates:
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """What a group's members say about holding each other, at one moment."""
+
+    #: members held by a blocking hold, with its kinds
+    blocked: tuple[tuple[str, tuple[str, ...]], ...]
+    #: the two latest idle deadlines still to come among members that cost, latest first
+    latest: tuple[tuple[datetime, str], ...]
+
+
+def group_view(members: Iterable[Agent], now: datetime) -> GroupView:
+    """A group's view at ``now`` (its members' holds looked at once, however many ask)."""
+    blocked = []
+    due: list[tuple[datetime, str]] = []
+    for mate in members:
         if not costs(mate):
             continue  # at rest: holds nothing
-        blocked = [h.kind for h in _own_holds(mate, now, None) if h.blocking]
-        if blocked:
-            detail = f"group {group}: {mate.name} is held ({', '.join(blocked)})"
-            return Hold("group", detail, blocking=True)
-        due = _deadline(mate)
-        if due is not None and due > now and (latest is None or due > latest[0]):
-            latest = (due, group, mate.name)
+        kinds = tuple(h.kind for h in _own_holds(mate, now, None) if h.blocking)
+        if kinds:
+            blocked.append((mate.name, kinds))
+        elif (when := _deadline(mate)) is not None and when > now:
+            due.append((when, mate.name))
+    due.sort(reverse=True)
+    return GroupView(tuple(blocked), tuple(due[:2]))
+
+
+def _group_hold(
+    agent: Agent, groups: Iterable[tuple[str, GroupView]], own_due: datetime | None
+) -> Hold | None:
+    """The group hold: a member held (the group waits for it), else the member that times
+    out last, when later than the agent itself."""
+    latest: tuple[datetime, str, str] | None = None
+    for group, view in groups:
+        for name, kinds in view.blocked:
+            if name != agent.name:
+                detail = f"group {group}: {name} is held ({', '.join(kinds)})"
+                return Hold("group", detail, blocking=True)
+        for when, name in view.latest:
+            if name != agent.name:
+                if latest is None or when > latest[0]:
+                    latest = (when, group, name)
+                break
     if latest is None or (own_due is not None and latest[0] <= own_due):
         return None
     due, group, name = latest
@@ -201,7 +233,9 @@ def _group_hold(
 
 
 class Explainer:
-    """Explains agents from the live table, the label index and the idle policy."""
+    """Explains agents from the live table, the label index and the idle policy. Each
+    group's view is built once per moment (a listing explains every agent at one ``now``),
+    so a listing costs one look at each member, not one per pair."""
 
     def __init__(
         self,
@@ -218,21 +252,27 @@ class Explainer:
         self._policy_of = policy_of
         self._busy_of = busy_of
         self._now = clock_now
+        self._views: dict[str, GroupView] = {}
+        self._views_at: datetime | None = None
 
     def __call__(self, agent: Agent, now: datetime | None = None) -> Explanation:
         """``agent``'s holds and next action (now, unless given)."""
-        mates = [
-            (group, mate)
-            for group in self._groups_of(agent.name)
-            for name in sorted(self._members(group))
-            if name != agent.name and (mate := self._get(name)) is not None
-        ]
+        now = now or self._now()
+        if now != self._views_at:
+            self._views, self._views_at = {}, now
+        groups = []
+        for group in self._groups_of(agent.name):
+            view = self._views.get(group)
+            if view is None:
+                mates = (a for n in self._members(group) if (a := self._get(n)) is not None)
+                view = self._views[group] = group_view(mates, now)
+            groups.append((group, view))
         return explain(
             agent,
-            now or self._now(),
+            now,
             self._policy_of(agent),
             busy=self._busy_of(agent.name),
-            mates=mates,
+            groups=groups,
         )
 
 

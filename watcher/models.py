@@ -307,6 +307,14 @@ class SpellMark:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseOrphans:
+    """End the open spells of agents without a row in the record of agents (written after
+    that batch's agent rows): a new leader's resync."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class UseBurst:
     """Uses of one agent from one source, each within a minute of the one before."""
 
@@ -384,3 +392,8 @@ class WindowFigures:
     skips: Mapping[str, int]
     #: (bucket time, awake, paused) at each bucket's end, oldest first
     series: tuple[tuple[datetime, int, int], ...]
+
+
+#: what the record's writer takes: its marks and bursts (the leader's), and wakes
+RecordRow = SpellMark | UseBurst | CloseOrphans
+HistoryRow = SpellMark | UseBurst | CloseOrphans | WakeRecord

@@ -17,13 +17,11 @@ from .models import (
     EngineEvent,
     EngineInfo,
     EngineRecord,
+    HistoryRow,
     Kind,
     ServiceInfo,
     Snapshot,
-    SpellMark,
     TimelineEntry,
-    UseBurst,
-    WakeRecord,
     WindowFigures,
 )
 
@@ -273,7 +271,7 @@ class Store(Protocol):
         audits: Sequence[AuditEntry],
         forgets: Sequence[str] = (),
         specs: Mapping[str, AgentSpec | None] | None = None,
-        history: Sequence[SpellMark | UseBurst | WakeRecord] = (),
+        history: Sequence[HistoryRow] = (),
     ) -> None:
         """Upsert agents, append audits, delete forgotten agents, save specs (None: delete),
         record spells, bursts of use and wakes: one transaction."""

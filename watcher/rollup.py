@@ -4,9 +4,11 @@ of a week read a few hundred rows instead of every spell in it (store/history.py
 Policy (read this first):
 - The leader rolls up, shortly (``GRACE_S``) after each hour ends, every complete hour
   of the last 30 days that is not rolled up yet (from the first spell recorded: a new
-  database has nothing to roll), and the last hour again: a change written late (the
-  database was slow) is counted on the second pass. A roll-up replaces what its hour had,
-  so doing one twice (two leaders in a hand-over) is harmless.
+  database has nothing to roll), and the hour before the last again: a change written up
+  to an hour late (the database was slow) is counted on the second pass. A roll-up
+  replaces what its hour had, so doing one twice (two leaders in a hand-over) is harmless.
+- The same task writes, every ``TICK_S``, the bursts of use that went on since they were
+  last written (history.py), so the timeline's newest use is at most that much behind.
 - What is queued to the writer is written first (bounded wait); a failure is logged once
   while it lasts and tried again at the next pass.
 """
@@ -19,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from .clock import first_hour
 from .errors import StoreError
 from .ports import Clock, HistoryReads
 from .tasks import cancel_and_wait
@@ -30,6 +33,12 @@ HOUR_S = 3600
 GRACE_S = 30.0
 #: how far back hours are rolled up (the longest stats window)
 KEEP_HOURS = 30 * 24
+#: the last this many complete hours are rolled up at every pass: a pass at H:00:30 rolls
+#: hour H-1 for the first time and H-2 again, which counts what was written up to an hour
+#: late (a wake is recorded when answered, at most wake_timeout after its request)
+AGAIN = 2
+#: the bursts of use going on are written this often (history.py)
+TICK_S = 10.0
 
 
 class HistoryRoller:
@@ -43,7 +52,9 @@ class HistoryRoller:
         is_leader: Callable[[], bool],
         flush: Callable[[], Awaitable[None]],
         first_spell: Callable[[], Awaitable[float | None]],
+        tick: Callable[[], None] = lambda: None,
     ) -> None:
+        self._tick = tick  # writes the bursts of use going on
         self._history = history
         self._clock = clock
         self._is_leader = is_leader
@@ -68,34 +79,43 @@ class HistoryRoller:
         first_spell = await self._first_spell()
         if first_spell is None:
             return 0
-        first = max(current - KEEP_HOURS, int(first_spell // HOUR_S))
+        first = max(current - KEEP_HOURS, first_hour(first_spell))
         if first >= current:
             return 0
         with contextlib.suppress(TimeoutError):
             await self._flush()
         done = await self._history.rolled(first, current - 1)
-        due = [h for h in range(first, current) if h not in done or h == current - 1]
+        due = [h for h in range(first, current) if h not in done or h >= current - AGAIN]
         for hour in due:
             await self._history.roll(hour, now)
         self.rolled += len(due)
         return len(due)
 
     async def _run(self) -> None:
+        next_pass = 0.0  # at once, then shortly after each hour's end
         while True:
-            if self._is_leader():
-                try:
-                    await self.roll_due()
-                except StoreError as exc:
-                    if not self._failing:
-                        logger.warning("rolling up the record's hours failed: %s", exc)
-                    self._failing = True
-                else:
-                    if self._failing:
-                        logger.info("rolling up the record's hours works again")
-                    self._failing = False
+            self._tick()
             now = self._clock.now().timestamp()
-            next_pass = (now // HOUR_S + 1) * HOUR_S + GRACE_S
-            await asyncio.sleep(max(1.0, min(next_pass - now, HOUR_S)))
+            if now >= next_pass:
+                next_pass = (now // HOUR_S + 1) * HOUR_S + GRACE_S
+                if self._is_leader():
+                    await self._pass()
+            await asyncio.sleep(max(0.5, min(next_pass - now, TICK_S)))
+
+    async def _pass(self) -> None:
+        try:
+            await self.roll_due()
+        except Exception as exc:  # the store's, or a bug: logged, tried again next hour
+            if not self._failing:
+                if isinstance(exc, StoreError):
+                    logger.warning("rolling up the record's hours failed: %s", exc)
+                else:
+                    logger.exception("rolling up the record's hours failed")
+            self._failing = True
+        else:
+            if self._failing:
+                logger.info("rolling up the record's hours works again")
+            self._failing = False
 
 
 __all__ = ["HistoryRoller"]

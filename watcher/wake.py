@@ -197,18 +197,18 @@ class Waker:
             if is_gone(agent) or self._answers(agent):
                 continue
             assert agent is not None
-            if is_asleep(agent) or name in self._starting:
+            starts = is_asleep(agent) or name in self._starting
+            if starts:
                 self._raise_recent_failure(name)
                 self._begin_start(name)
                 started.append(name)
-            timers[name] = self._phases.timer(agent, requested_m, via)
+            timers[name] = self._phases.timer(agent, requested_m, via, started=starts)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_ready(list(timers.values()), timeout)
         result = self._result(names, looked_up, tuple(started))
         for name, timer in timers.items():
-            ready = name in result.answering
-            self._phases.answered(timer, ready=ready, started=name in started)
+            self._phases.answered(timer, ready=name in result.answering)
         return result
 
     async def _all_ready(self, timers: list[WakeTimer], timeout_s: float) -> None:
@@ -276,6 +276,7 @@ class Waker:
     def _started(self, name: str, task: asyncio.Task[None]) -> None:
         if self._starting.get(name) is task:
             del self._starting[name]
+            self._phases.done(name)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("wake: starting %s failed: %s", name, exc)
             if len(self._failed) > 1024:

@@ -13,9 +13,12 @@ Policy (read this first):
 - ``from`` is the agent's state when the request came: ``stopped``, ``paused``,
   ``scaled_to_zero`` or ``running`` (it ran but was not ready yet, or was ready: the hot
   path, which is counted in the histogram but writes no record).
-- Every timed wake feeds the histogram ``idlewatch_wake_seconds`` (phases ``engine``:
-  start sent to running; ``health``: running to ready; ``total``: requested to answered),
-  and every wake that was not answered at once is recorded (the timeline, the stats).
+- Every wake answered ready feeds the histogram ``idlewatch_wake_seconds`` (phases
+  ``engine``: start sent to running; ``health``: running to ready; ``total``: requested to
+  answered), and every wake that was not answered at once is recorded (the timeline). A
+  wake answered "not ready" (its timeout passed: Sablier's dynamic strategy asks with
+  50 ms and its page asks again) is in the timeline with ``ready`` false, and in neither
+  the histogram nor the stats' wakes: its time is the caller's timeout, not a cost.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from .models import Agent, Kind, Status, WakeRecord
 #: the histogram's bucket bounds in seconds (Prometheus ``le``)
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PHASES = ("engine", "health", "total")
+#: the longest caller name a record keeps
+VIA_MAX = 16
 FROM_STATES = ("stopped", "paused", "scaled_to_zero", "running")
 
 
@@ -71,15 +76,18 @@ class Flight:
 class WakeTimer:
     """One request's wake of one agent."""
 
-    __slots__ = ("agent", "at", "from_state", "ready_m", "requested_m", "via")
+    __slots__ = ("agent", "at", "flight", "from_state", "ready_m", "requested_m", "via")
 
-    def __init__(self, agent: Agent, at: datetime, requested_m: float, via: str) -> None:
+    def __init__(
+        self, agent: Agent, at: datetime, requested_m: float, via: str, flight: Flight | None
+    ) -> None:
         self.agent = agent.name
         self.from_state = from_state(agent)
         self.at = at
         self.requested_m = requested_m
         self.ready_m: float | None = None
-        self.via = via
+        self.via = via[:VIA_MAX]
+        self.flight = flight  # the start this request began or joined (None: none)
 
     def ready(self) -> None:
         """The agent is ready now."""
@@ -105,22 +113,26 @@ class WakePhases:
 
     # -------------------------------------------------------------- flights
     def flight(self, name: str) -> Flight:
-        """A new start of ``name`` (the flight every request meanwhile shares)."""
-        if len(self._flights) > 4096:
-            self._flights.clear()
+        """A new start of ``name`` (the flight every request meanwhile shares; ended by
+        :meth:`done`)."""
         flight = self._flights[name] = Flight()
         return flight
 
-    def timer(self, agent: Agent, requested_m: float, via: str) -> WakeTimer:
-        """A timer for one request's wake of ``agent`` (as found when the request came)."""
-        return WakeTimer(agent, self._now(), requested_m, via)
+    def timer(self, agent: Agent, requested_m: float, via: str, *, started: bool) -> WakeTimer:
+        """A timer for one request's wake of ``agent`` (as found when the request came);
+        ``started``: a start of it is under way for this request (its flight's times)."""
+        flight = self._flights.get(agent.name) if started else None
+        return WakeTimer(agent, self._now(), requested_m, via, flight)
 
-    def answered(self, timer: WakeTimer, *, ready: bool, started: bool) -> WakeRecord:
-        """The request is answered: record its wake and feed the histogram. ``started``:
-        a start of the agent was under way or begun for it (its flight's times count)."""
+    def done(self, name: str) -> None:
+        """The start of ``name`` is over (its requests hold their flight)."""
+        self._flights.pop(name, None)
+
+    def answered(self, timer: WakeTimer, *, ready: bool) -> WakeRecord:
+        """The request is answered: record its wake, and feed the histogram if ready."""
         answered_m = time.monotonic()
         t0 = timer.requested_m
-        flight = self._flights.get(timer.agent) if started else None
+        flight = timer.flight
 
         def ms(m: float | None) -> float | None:
             return None if m is None else max(0.0, (m - t0) * 1000.0)
@@ -140,12 +152,14 @@ class WakePhases:
             via=timer.via,
         )
         f = timer.from_state
+        self._record(record)
+        if not ready:
+            return record
         if (engine := record.engine_ms) is not None:
             self.histograms[("engine", f)].observe(engine / 1000.0)
         if (health := record.health_ms) is not None:
             self.histograms[("health", f)].observe(health / 1000.0)
         self.histograms[("total", f)].observe(record.answered_ms / 1000.0)
-        self._record(record)
         return record
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 from .errors import StoreError
@@ -25,6 +26,9 @@ from .models import (
     AgentSpec,
     AuditEntry,
     Change,
+    CloseOrphans,
+    HistoryRow,
+    RecordRow,
     SpellMark,
     UseBurst,
     WakeRecord,
@@ -85,8 +89,10 @@ class StoreWriter:
         self._pace_s = pace_s
         self._agents: dict[str, Agent] = {}
         self._audits: list[AuditEntry] = []
-        #: spells and bursts of use, in order (the leader's to write, like agent rows)
-        self._history: list[SpellMark | UseBurst] = []
+        #: spell marks in order, and the newest of each burst of use (the leader's to
+        #: write, like agent rows)
+        self._history: list[SpellMark | CloseOrphans] = []
+        self._bursts: dict[tuple[str, str, datetime], UseBurst] = {}
         #: wakes, written by whichever replica served them (like audit rows)
         self._wakes: list[WakeRecord] = []
         self._forgets: set[str] = set()
@@ -140,6 +146,7 @@ class StoreWriter:
         self._agents.clear()
         self._forgets.clear()
         self._history.clear()
+        self._bursts.clear()
 
     def put_activity(self, report: ActivityReport) -> None:
         """Queue an activity report (the newest per agent and source is written)."""
@@ -147,10 +154,14 @@ class StoreWriter:
         self._enqueued += 1
         self._wake.set()
 
-    def put_history(self, row: SpellMark | UseBurst) -> None:
-        """Queue a spell's change or a burst of use (dropped unless this replica leads)."""
+    def put_history(self, row: RecordRow) -> None:
+        """Queue a spell's change or a burst of use (dropped unless this replica leads;
+        a burst replaces what was queued of it)."""
         if self._leadership.is_leader:
-            self._history.append(row)
+            if isinstance(row, UseBurst):
+                self._bursts[(row.agent, row.source, row.first_at)] = row
+            else:
+                self._history.append(row)
             self._enqueued += 1
             self._wake.set()
 
@@ -182,6 +193,7 @@ class StoreWriter:
             + len(self._specs)
             + len(self._activity)
             + len(self._history)
+            + len(self._bursts)
             + len(self._wakes)
         )
 
@@ -284,8 +296,7 @@ class StoreWriter:
         forgets, self._forgets = self._forgets, set()
         specs, self._specs = self._specs, {}
         activity, self._activity = self._activity, {}
-        history: list[SpellMark | UseBurst | WakeRecord] = [*self._history, *self._wakes]
-        self._history, self._wakes = [], []
+        history = self._take_history(complete)
         if not (agents or audits or forgets or specs or activity or history):
             await self._committed_up_to(target)  # only dropped rows were waited for
             return True
@@ -293,8 +304,7 @@ class StoreWriter:
             await self._store.write(agents, audits, sorted(forgets), specs, history)
         except Exception as exc:  # kept for the next try, whatever failed
             self._put_back(agents, audits)
-            self._history[:0] = [r for r in history if not isinstance(r, WakeRecord)]
-            self._wakes[:0] = [r for r in history if isinstance(r, WakeRecord)]
+            self._put_back_history(history)
             self._forgets |= {n for n in forgets if n not in self._agents}
             self._specs = {**specs, **self._specs}
             self._activity = {**activity, **self._activity}
@@ -320,6 +330,23 @@ class StoreWriter:
         if complete:
             await self._committed_up_to(target)
         return True
+
+    def _take_history(self, complete: bool) -> list[HistoryRow]:
+        """The wakes, and the marks and bursts when ``complete`` (a mark follows the agent
+        rows it may depend on: all of them)."""
+        history: list[HistoryRow] = list(self._wakes)
+        self._wakes = []
+        if complete:
+            history += [*self._history, *self._bursts.values()]
+            self._history, self._bursts = [], {}
+        return history
+
+    def _put_back_history(self, history: list[HistoryRow]) -> None:
+        self._wakes[:0] = [r for r in history if isinstance(r, WakeRecord)]
+        self._history[:0] = [r for r in history if isinstance(r, SpellMark | CloseOrphans)]
+        for r in history:  # a burst queued meanwhile is newer
+            if isinstance(r, UseBurst):
+                self._bursts.setdefault((r.agent, r.source, r.first_at), r)
 
     def _recovered(self) -> None:
         if self.last_error is None:

@@ -229,7 +229,7 @@
       } else if (msg.type === "change") {
         if (!agents.has(msg.agent.name)) loadGroups();
         agents.set(msg.agent.name, msg.agent);
-        refreshSoon();
+        refreshSoon(msg.agent.name);
       } else if (msg.type === "health") {
         health = msg;
         showHealth();
@@ -272,14 +272,22 @@
   });
   // ------------------------------------------------------------ the summary and chart
   let stats = null;
-  let statsTimer = null;
+  let statsTimer = null; // a refresh is due (throttle)
   let timelineFor = null; // the agent whose timeline is shown
   let timeline = [];
   let shown = {}; // what the detail view was last built from
-  function refreshSoon() {
-    // a change: the figures and the open timeline follow within two seconds (one fetch)
-    clearTimeout(statsTimer);
-    statsTimer = setTimeout(() => { loadStats(); if (detailName()) loadTimeline(detailName()); }, 2000);
+  let timelineStale = false;
+  function refreshSoon(name) {
+    // a change: the figures (and the open timeline, when the change is its agent's)
+    // follow within two seconds: at most one fetch each per two seconds, however busy
+    if (name === undefined || name === detailName()) timelineStale = true;
+    if (statsTimer !== null) return;
+    statsTimer = setTimeout(() => {
+      statsTimer = null;
+      loadStats();
+      if (timelineStale && detailName()) loadTimeline(detailName());
+      timelineStale = false;
+    }, 2000);
   }
   async function loadStats() {
     try {
@@ -327,7 +335,12 @@
   // ------------------------------------------------------------------ the detail view
   function detailName() {
     const m = location.hash.match(/^#agent=(.+)$/);
-    return m ? decodeURIComponent(m[1]) : null;
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (e) {
+      return null; // a malformed address: no detail view
+    }
   }
   async function loadTimeline(name) {
     try {
@@ -366,9 +379,18 @@
     $("#detail-next").textContent = n.action === "none" ? "none — " + n.reason
       : n.action + " at " + new Date(n.at).toLocaleString() + " (in " +
         human((Date.parse(n.at) - Date.now()) / 1000) + ") — " + n.reason;
-    // the rest only when the agent or its timeline changed (the controls keep their focus)
-    if (shown.agent === a && shown.timeline === timeline && shown.armed === armedStop.get(a.name)) return;
-    shown = { agent: a, timeline: timeline, armed: armedStop.get(a.name) };
+    // the timeline only when it changed; the rest only when the agent did (the controls
+    // keep their focus)
+    if (shown.timeline !== timeline) {
+      shown.timeline = timeline;
+      $("#detail-timeline").replaceChildren(...(timeline.length ? timeline.map((e) => li(entryText(e)))
+                                                                 : [li("nothing recorded yet")]));
+    }
+    const until = armedStop.get(a.name);
+    const armed = Boolean(until && until > Date.now());
+    if (shown.agent === a && shown.armed === armed) return;
+    shown.agent = a;
+    shown.armed = armed;
     $("#detail-name").textContent = a.name;
     $("#detail-status").textContent = a.status;
     $("#detail-status").dataset.status = a.status;
@@ -396,8 +418,6 @@
       dl.push(dt, dd);
     }
     $("#detail-settings").replaceChildren(...dl);
-    $("#detail-timeline").replaceChildren(...(timeline.length ? timeline.map((e) => li(entryText(e)))
-                                                               : [li("nothing recorded yet")]));
     renderControls(a);
   }
   function renderControls(a) {
@@ -422,7 +442,7 @@
     controls.push(keep, touchNow);
     box.replaceChildren(...controls);
   }
-  window.addEventListener("hashchange", () => { timelineFor = null; renderDetail(); });
+  window.addEventListener("hashchange", () => { timelineFor = null; shown = {}; renderDetail(); });
   $("#detail-close").addEventListener("click", () => { history.replaceState(null, "", location.pathname); renderDetail(); });
   $("#window").addEventListener("change", loadStats);
   setInterval(loadStats, 30000);

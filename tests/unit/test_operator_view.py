@@ -3,6 +3,8 @@ timeline and stats routes and their errors, the wake histogram in /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+
 from idlewatch.api.shapes import Agent as AgentShape
 from idlewatch.api.shapes import Stats as StatsShape
 from idlewatch.api.shapes import Timeline as TimelineShape
@@ -25,7 +27,7 @@ async def test_an_agent_says_what_holds_it_and_what_comes_next(served: Served) -
 
 
 async def test_stats_and_timeline_answer_their_shapes_and_name_bad_input(served: Served) -> None:
-    _, w, client = served
+    docker, w, client = served
     resp = await client.get("/api/stats?window=7d", headers=AUTH)
     assert resp.status == 200
     stats = StatsShape.model_validate(await resp.json())
@@ -37,10 +39,20 @@ async def test_stats_and_timeline_answer_their_shapes_and_name_bad_input(served:
     resp = await client.get("/api/stats?windows=1h", headers=AUTH)
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "windows"
 
-    await w.wake(["box"])  # running already: the hot path, no record
+    docker.lively = True  # the fake engine says what it did, as an engine does
+    await w.stop("box")
+    docker.start_gate = asyncio.Event()  # the start hangs: the wake is not ready in time
+    result = await w.wake(["box"], timeout_s=0.3, via="sablier")
+    assert not result.ready
+    docker.start_gate.set()
     resp = await client.get("/api/agents/box/timeline?limit=5", headers=AUTH)
     assert resp.status == 200
-    TimelineShape.model_validate(await resp.json())
+    page = TimelineShape.model_validate(await resp.json())
+    (wake,) = [e for e in page.entries if e.kind == "wake"]
+    assert wake.actor == "sablier"
+    metrics = await (await client.get("/metrics")).text()
+    # not ready: in the timeline, but no cost in the histogram
+    assert 'idlewatch_wake_seconds_count{phase="total",from="stopped"} 0' in metrics
     for query, field in (
         ("limit=0", "limit"),
         ("limit=x", "limit"),

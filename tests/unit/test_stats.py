@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from idlewatch.clock import ManualClock
 from idlewatch.history import HistoryRecorder
-from idlewatch.models import Agent, Change, SpellMark, Status, UseBurst, WindowFigures
+from idlewatch.holds import Explainer, Policy
+from idlewatch.models import (
+    Agent,
+    Change,
+    RecordRow,
+    Status,
+    UseBurst,
+    WindowFigures,
+)
 from idlewatch.rollup import HistoryRoller
 from idlewatch.store import SqlStore
 
@@ -29,7 +37,7 @@ class Script:
     def __init__(self, store: SqlStore, clock: ManualClock) -> None:
         self.store = store
         self.clock = clock
-        self.rows: list[SpellMark | UseBurst] = []
+        self.rows: list[RecordRow] = []
         self.recorder = HistoryRecorder(self.rows.append, clock)
         self.agents: dict[str, Agent] = {}
 
@@ -54,14 +62,23 @@ class Script:
 
     async def write(self) -> None:
         rows, self.rows[:] = list(self.rows), []
-        await self.store.write([], [], history=rows)
+        await self.store.write(list(self.agents.values()), [], history=rows)
 
     async def figures(self, window_s: float) -> WindowFigures:
         """The figures of the whole hours of the window, read from the spells; then read
         again after the hours are rolled up: both readings say the same."""
         await self.write()
         now = self.clock.now()
-        raw = await self.store.history.figures(window_s, now, hourly=True)
+        raw = await self.store.history.figures(window_s, now, hourly=True, rolled_up=False)
+        reads: list[tuple[str, int]] = []
+        read = self.store.history._read
+
+        async def counted(what: str, query: object) -> list[object]:
+            rows = await read(what, query)
+            reads.append((what, len(rows)))
+            return rows
+
+        self.store.history._read = counted  # type: ignore[method-assign]
         roller = HistoryRoller(
             self.store.history,
             self.clock,
@@ -71,6 +88,9 @@ class Script:
         )
         await roller.roll_due()
         rolled = await self.store.history.figures(window_s, now, hourly=True)
+        self.store.history._read = read  # type: ignore[method-assign]
+        if now.timestamp() // H > T0.timestamp() // H:  # a complete hour: read rolled up
+            assert [n for what, n in reads if what == "hourly agent hours"] != [0], reads
         assert rolled.series == raw.series
         assert (rolled.awake_s, rolled.paused_s, rolled.saved_s) == pytest.approx(
             (raw.awake_s, raw.paused_s, raw.saved_s)
@@ -190,7 +210,7 @@ async def test_the_series_counts_awake_and_paused_at_each_hours_end(script: Scri
 
 def test_a_burst_of_use_is_one_entry_per_source_and_minute_gap() -> None:
     clock = ManualClock(T0)
-    rows: list[SpellMark | UseBurst] = []
+    rows: list[RecordRow] = []
     recorder = HistoryRecorder(rows.append, clock)
     a = agent("a", now=T0)
     recorder.load([a])
@@ -203,3 +223,42 @@ def test_a_burst_of_use_is_one_entry_per_source_and_minute_gap() -> None:
     bursts = [r for r in rows if isinstance(r, UseBurst)]
     last: dict[tuple[str, datetime], UseBurst] = {(b.source, b.first_at): b for b in bursts}
     assert [(b.source, b.count) for b in last.values()] == [("exec", 3), ("request", 1)]
+
+
+async def test_a_new_leader_ends_the_spells_of_agents_it_does_not_track(script: Script) -> None:
+    script.appear("a")
+    script.appear("b")
+    await script.write()
+    # b was removed while another replica led, and its last mark was dropped: the new
+    # leader's record of agents has only a, and its resync ends b's open spell
+    script.hours(1)
+    del script.agents["b"]
+    await script.store.write([], [], forgets=["b"])
+    script.restart_idlewatch()  # (a new recorder's resync: a mark per agent, then orphans)
+    script.hours(1)
+    f = await script.exact(1 * H)
+    assert f.awake_s == pytest.approx(1 * H)  # a only: b's spell ended at the resync
+
+
+def test_a_group_is_looked_at_once_per_moment() -> None:
+    members = [agent(f"m{i}", labels={"idlewatch.group": "g"}) for i in range(200)]
+    by_name = {a.name: a for a in members}
+    looks = 0
+
+    def members_of(group: str) -> list[str]:
+        nonlocal looks
+        looks += 1
+        return list(by_name)
+
+    explainer = Explainer(
+        by_name.get,
+        lambda name: ("g",),
+        members_of,
+        lambda a: Policy("stop", None),
+        lambda name: None,
+        lambda: T0,
+    )
+    held = [explainer(a, T0) for a in members]
+    assert looks == 1 and all(h.next_action.action == "stop" for h in held)
+    explainer(members[0], T0 + timedelta(seconds=1))
+    assert looks == 2

@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..clock import first_hour
 from ..models import TimelineEntry, WindowFigures
 from .record import IDLE_ACTIONS, HistoryRow, merged, timeline_queries
 from .schema import (
@@ -158,6 +159,7 @@ def wake_buckets_query(since: float, until: float, figure: str) -> Any:
         sa.select(b.label("bucket"), sa.func.count().label("n"))
         .where(w.at >= since)
         .where(w.at < until)
+        .where(w.ready.is_(True))
         .where(col.is_not(None))
         .group_by(b)
     )
@@ -262,21 +264,27 @@ class SqlHistory:
         """Roll ``hour`` up (again: it replaces what it had)."""
         await self._execute(roll_statements(hour, _epoch(now)))
 
-    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
+    async def figures(
+        self, window_s: float, now: datetime, *, hourly: bool, rolled_up: bool = True
+    ) -> WindowFigures:
         """The figures of the window ending ``now``: exactly the last ``window_s`` seconds
         in one-minute buckets, or (``hourly``) from the start of the hour ``window_s``
-        ago, in hourly buckets, the rolled-up hours read from their roll-ups."""
+        ago, in hourly buckets, the rolled-up hours read from their roll-ups (unless not
+        ``rolled_up``: all from the spells, what the roll-ups are checked against)."""
         t1 = _epoch(now)
         if not hourly:
             t0 = t1 - window_s
             return await self._exact(t0, t1)
         first = int((t1 - window_s) // HOUR)
         current = int(t1 // HOUR)
-        rolled = await self.rolled(first, current - 1)
-        k = first
+        # the hours before the first spell recorded hold nothing (and are never rolled up)
+        began = await self.first_spell()
+        base = current if began is None else min(max(first, first_hour(began)), current)
+        rolled = await self.rolled(base, current - 1) if rolled_up else set()
+        k = base
         while k < current and k in rolled:
             k += 1
-        return await self._hourly(first, k, current, t1)
+        return await self._hourly(first, base, k, current, t1)
 
     async def _exact(self, t0: float, t1: float) -> WindowFigures:
         read = self._read
@@ -293,8 +301,11 @@ class SqlHistory:
         idle, skips = _audit(await read("the audit trail", audit_counts_query(t0, t1 + 1e-6)))
         return _figures(t0, t1, (awake, paused, saved), total, engine, idle, skips, series)
 
-    async def _hourly(self, first: int, k: int, current: int, t1: float) -> WindowFigures:
-        """Rolled hours ``first..k-1`` from their roll-ups, the rest from the spells."""
+    async def _hourly(
+        self, first: int, base: int, k: int, current: int, t1: float
+    ) -> WindowFigures:
+        """Hours ``first..base-1`` hold nothing, ``base..k-1`` are read from their roll-ups,
+        the rest from the spells."""
         read = self._read
         hs, ha = hour_spells_table.c, hour_audit_table.c
         rolled_rows = await read(
@@ -314,7 +325,9 @@ class SqlHistory:
             )
         points: list[tuple[datetime, int, int]] = []
         for hour in range(first, current):
-            if hour < k:
+            if hour < base:
+                c = {}
+            elif hour < k:
                 c = ends.get(hour, {})
             else:  # not rolled up yet: counted from the spells (recent: cheap)
                 c = {

@@ -10,10 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import SpellMark, TimelineEntry, UseBurst, WakeRecord
+from ..models import CloseOrphans, HistoryRow, SpellMark, TimelineEntry, UseBurst, WakeRecord
 from .schema import audit_table, spells_table, uses_table, wakes_table
-
-HistoryRow = SpellMark | UseBurst | WakeRecord
 
 
 def _at(epoch: float) -> datetime:
@@ -32,6 +30,8 @@ _SQLITE = (
     "count = excluded.count",
     "INSERT INTO wakes (agent, at, from_state, via, ready, start_sent_ms, running_ms, "
     "ready_ms, answered_ms, engine_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "UPDATE spells SET ended_at = CASE WHEN started_at > ? THEN started_at ELSE ? END "
+    "WHERE ended_at IS NULL AND agent NOT IN (SELECT name FROM agents)",
 )
 _POSTGRES = (
     "UPDATE spells SET ended_at = GREATEST(started_at, $1::double precision) "
@@ -44,6 +44,8 @@ _POSTGRES = (
     "count = excluded.count",
     "INSERT INTO wakes (agent, at, from_state, via, ready, start_sent_ms, running_ms, "
     "ready_ms, answered_ms, engine_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    "UPDATE spells SET ended_at = GREATEST(started_at, $1::double precision) "
+    "WHERE ended_at IS NULL AND agent NOT IN (SELECT name FROM agents)",
 )
 
 
@@ -60,6 +62,9 @@ def statements(rows: Sequence[HistoryRow], postgres: bool) -> Iterator[tuple[str
             if row.state != "gone":
                 values = (row.agent, row.state, row.status, row.cause, at)
                 yield sql[1], values if postgres else (*values, row.agent)
+        elif isinstance(row, CloseOrphans):
+            at = row.at.timestamp()
+            yield sql[4], (at,) if postgres else (at, at)
         elif isinstance(row, UseBurst):
             yield (
                 sql[2],
@@ -102,7 +107,7 @@ def timeline_queries(agent: str, before: datetime | None, limit: int) -> dict[st
     uses = sa.select(uses_table).where(u.agent == agent).order_by(u.last_at.desc())
     wakes = sa.select(wakes_table).where(w.agent == agent).order_by(w.at.desc())
     if before is not None:
-        audit = audit.where(a.at < before.isoformat())
+        audit = audit.where(a.at < before.astimezone(UTC).isoformat())
         spells = spells.where(s.started_at < before.timestamp())
         uses = uses.where(u.last_at < before.timestamp())
         wakes = wakes.where(w.at < before.timestamp())

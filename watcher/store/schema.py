@@ -138,10 +138,13 @@ replicas_table = sa.Table(
 #: each agent's spells: one row per stretch of time in one status (its state: awake,
 #: paused or asleep), open while ended_at is null; cause 'idle' when idlewatch's idle
 #: action began it. Times are epoch seconds, so overlaps are sums (stats.py)
+#: a row number: 64 bits on PostgreSQL; SQLite's INTEGER primary key is its 64-bit rowid
+_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 spells_table = sa.Table(
     "spells",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
     sa.Column("agent", sa.String(255), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -168,11 +171,11 @@ uses_table = sa.Table(
 wakes_table = sa.Table(
     "wakes",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
     sa.Column("agent", sa.String(255), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("from_state", sa.String(16), nullable=False),
-    sa.Column("via", sa.String(16), nullable=False),
+    sa.Column("via", sa.String(32), nullable=False),  # (16 at most: wake_phases.py)
     sa.Column("ready", sa.Boolean, nullable=False),
     sa.Column("start_sent_ms", sa.Float, nullable=True),
     sa.Column("running_ms", sa.Float, nullable=True),
@@ -189,7 +192,7 @@ _audit_at = sa.Index("audit_at", audit_table.c.at)
 hours_table = sa.Table(
     "hours",
     metadata,
-    sa.Column("hour", sa.Integer, primary_key=True),  # epoch seconds // 3600
+    sa.Column("hour", sa.Integer, primary_key=True, autoincrement=False),  # epoch s // 3600
     sa.Column("rolled_at", sa.Float, nullable=False),
 )
 #: agent-seconds by state and cause in each rolled hour, and the agents in it at its end
