@@ -71,6 +71,27 @@ def test_lifecycle_commands(engine: PrivateEngine, server: ServeProcess) -> None
     assert actions[:3] == ["restart", "start", "stop"]
 
 
+def test_why_and_stats(server: ServeProcess) -> None:
+    """Issue 24: why an agent is awake and what comes next, in plain words; the stats."""
+    assert server.cli("touch", "cli-c", "--for", "30m", token=TOKEN).returncode == 0
+    res = server.cli("why", "cli-c", token=TOKEN)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "cli-c is running (1/1)"
+    assert any(x.startswith("  keep_alive: kept alive by a touch or a wake, until") for x in lines)
+    assert "next action: none (held: keep_alive)" in lines
+    assert any("touch" in x for x in lines[lines.index("recently:") :]), lines
+    res = server.cli("why", "cli-c", "--json", token=TOKEN)
+    assert json.loads(res.stdout)["agent"]["holds"][0]["kind"] == "keep_alive"
+    res = server.cli("stats", "--window", "7d", token=TOKEN)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("agents now: ") and "saved agent-hours" in res.stdout
+    res = server.cli("stats", "--window", "2h", token=TOKEN)
+    assert res.returncode == 2 and "2h" in res.stderr
+    res = server.cli("why", "nobody", token=TOKEN)
+    assert res.returncode == 1 and "not_found" in res.stderr
+
+
 def test_error_paths(server: ServeProcess) -> None:
     res = server.cli("agents", token="wrong")
     assert res.returncode == 1 and "unauthorized" in res.stderr
