@@ -142,6 +142,12 @@ def document(
         },
         "/api/agents/{name}/start": {"post": _START},
         "/api/agents/{name}/stop": {"post": _STOP},
+        "/api/agents/{name}/pause": {
+            "post": {
+                **_agent_op("Pause a running container (a start or a wake unpauses it)"),
+                "description": CONFIRMED,
+            }
+        },
         "/api/agents/{name}/restart": {
             "post": {**_agent_op("Restart"), "description": CONFIRMED + _SERVICE_RESTART}
         },

@@ -34,6 +34,7 @@ from idlewatch.models import (
     WindowFigures,
     freeze,
 )
+from idlewatch.store.record import wake_timeline_entry
 
 #: when a fake running container's process started, unless the test says
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -257,7 +258,7 @@ class FakeHistory:
         self, agent: str, *, limit: int, before: datetime | None = None
     ) -> list[TimelineEntry]:
         out = [
-            TimelineEntry(r.at, "wake", r.via, "woken", {"phases": r.phases()})
+            wake_timeline_entry(r)
             for r in self._store.history_rows
             if isinstance(r, WakeRecord) and r.agent == agent
         ]

@@ -161,8 +161,12 @@ def use_entry(row: Any) -> TimelineEntry:
 
 
 def wake_entry(row: Any) -> TimelineEntry:
-    """A wake with its phases."""
-    record = wake_from_row(row)
+    """A wake row as a timeline entry."""
+    return wake_timeline_entry(wake_from_row(row))
+
+
+def wake_timeline_entry(record: WakeRecord) -> TimelineEntry:
+    """A wake with its phases; its actor is who asked (wake, sablier, start)."""
     fields: dict[str, object] = {
         "from": record.from_state,
         "ready": record.ready,
