@@ -234,9 +234,9 @@ MIGRATION_9_DDL = {
             "ARCHAR(16) NOT NULL, status VARCHAR(16) NOT NULL, cause VARCHAR(32) NOT NULL, st"
             "arted_at FLOAT NOT NULL, ended_at FLOAT, PRIMARY KEY (seq) )"
         ),
-        "CREATE INDEX spells_started ON spells (started_at)",
-        "CREATE INDEX spells_ended ON spells (ended_at)",
         "CREATE INDEX spells_agent_open ON spells (agent, ended_at)",
+        "CREATE INDEX spells_ended ON spells (ended_at)",
+        "CREATE INDEX spells_started ON spells (started_at)",
         (
             "CREATE TABLE uses ( agent VARCHAR(255) NOT NULL, source VARCHAR(32) NOT NULL, fi"
             "rst_at FLOAT NOT NULL, last_at FLOAT NOT NULL, count INTEGER NOT NULL, PRIMARY K"
@@ -276,9 +276,9 @@ MIGRATION_9_DDL = {
             " VARCHAR(16) NOT NULL, status VARCHAR(16) NOT NULL, cause VARCHAR(32) NOT NULL, "
             "started_at FLOAT NOT NULL, ended_at FLOAT, PRIMARY KEY (seq) )"
         ),
-        "CREATE INDEX spells_started ON spells (started_at)",
-        "CREATE INDEX spells_ended ON spells (ended_at)",
         "CREATE INDEX spells_agent_open ON spells (agent, ended_at)",
+        "CREATE INDEX spells_ended ON spells (ended_at)",
+        "CREATE INDEX spells_started ON spells (started_at)",
         (
             "CREATE TABLE uses ( agent VARCHAR(255) NOT NULL, source VARCHAR(32) NOT NULL, fi"
             "rst_at FLOAT NOT NULL, last_at FLOAT NOT NULL, count INTEGER NOT NULL, PRIMARY K"

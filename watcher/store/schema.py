@@ -225,6 +225,10 @@ hour_audit_table = sa.Table(
 )
 
 
+def _name(index: sa.Index) -> str:
+    return str(index.name)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema change: applied once, in order, in the transaction that records it.
@@ -309,10 +313,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the operator's view: spells, bursts of use, wakes by phase; the audit by time",
         (
             sa.schema.CreateTable(spells_table),
-            *(sa.schema.CreateIndex(i) for i in spells_table.indexes),
+            # (a table's indexes are a set: by name, the same DDL in every process)
+            *(sa.schema.CreateIndex(i) for i in sorted(spells_table.indexes, key=_name)),
             sa.schema.CreateTable(uses_table),
             sa.schema.CreateTable(wakes_table),
-            *(sa.schema.CreateIndex(i) for i in wakes_table.indexes),
+            *(sa.schema.CreateIndex(i) for i in sorted(wakes_table.indexes, key=_name)),
             sa.schema.CreateIndex(_audit_at),
             sa.schema.CreateTable(hours_table),
             sa.schema.CreateTable(hour_spells_table),
