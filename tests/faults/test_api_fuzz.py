@@ -132,6 +132,10 @@ def served(
         max_replicas="2",
         ws_send_timeout="2",
         stop_timeout="2",
+        # a wake's own wait is capped as the generated ones are (MAX_WAIT_S): the default
+        # (30 s) is the client's read timeout, so a negative case that waits for an agent
+        # the fuzz left unable to run raced the client (seen in CI on the blocking route)
+        wake_timeout=f"{MAX_WAIT_S}s",
     ).start()
     try:
         body = {"name": KNOWN[2], "image": TEST_IMAGE, "command": integration.SLEEPER}
