@@ -261,9 +261,14 @@ def _run(fz: Fuzz, op: APIOperation, mode: GenerationMode) -> None:
     )
     @given(case=_strategy(op, mode))
     def check(case: Case) -> None:
-        resp = case.call_and_validate(
-            base_url=fz.base_url, session=fz.session, checks=checks, timeout=CALL_TIMEOUT_S
-        )
+        try:
+            resp = case.call_and_validate(
+                base_url=fz.base_url, session=fz.session, checks=checks, timeout=CALL_TIMEOUT_S
+            )
+        except requests.Timeout as exc:  # name the case: a hang is a defect to find
+            raise AssertionError(
+                f"{exc}; the case: {case.method} {case.formatted_path} query={case.query!r}"
+            ) from None
         if mode is GenerationMode.POSITIVE:
             fz.statuses.setdefault(_label(op), set()).add(resp.status_code)
         _check_unauthorized(fz, op, case)
