@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 
 from ..clock import first_hour
 from ..models import TimelineEntry, WindowFigures
-from .record import IDLE_ACTIONS, HistoryRow, merged, timeline_queries
+from .record import IDLE_ACTIONS, merged, timeline_queries
 from .schema import (
     audit_table,
     hour_audit_table,
@@ -317,14 +318,12 @@ class SqlHistory:
         awake, paused, saved = _seconds(rolled_rows)
         raw = _seconds(await read("agent hours", seconds_query(k * HOUR, t1)))
         awake, paused, saved = awake + raw[0], paused + raw[1], saved + raw[2]
-        ends: dict[int, dict[str, int]] = {}
+        ends: dict[int, Counter[str]] = {}  # hour -> agents in each state at its end
         for r in rolled_rows:
-            ends.setdefault(int(r["hour"]), {})
-            ends[int(r["hour"])][r["state"]] = ends[int(r["hour"])].get(r["state"], 0) + int(
-                r["at_end"]
-            )
+            ends.setdefault(int(r["hour"]), Counter())[r["state"]] += int(r["at_end"])
         points: list[tuple[datetime, int, int]] = []
         for hour in range(first, current):
+            c: Mapping[str, int]
             if hour < base:
                 c = {}
             elif hour < k:
@@ -425,4 +424,4 @@ def _figures(
     )
 
 
-__all__ = ["HistoryRow", "SqlHistory"]
+__all__ = ["SqlHistory"]
