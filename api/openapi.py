@@ -140,6 +140,12 @@ def document(
                 params=[_NAME],
             ),
         },
+        "/api/agents/{name}/pause": {
+            "post": {
+                **_agent_op("Pause a running container (a start or a wake unpauses it)"),
+                "description": CONFIRMED,
+            }
+        },
         "/api/agents/{name}/start": {"post": _START},
         "/api/agents/{name}/stop": {"post": _STOP},
         "/api/agents/{name}/restart": {

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Status, Watcher
-from idlewatch.rules import runs
+from idlewatch.rules import is_asleep, runs
 
 from .errors import ApiError, error_response
 from .keys import WATCHER
@@ -96,6 +97,7 @@ async def get_agent(request: web.Request) -> web.Response:
 
 
 async def _start(request: web.Request) -> web.Response:
+    requested_m = time.monotonic()
     only(request, {"wait", "timeout"})
     wait = request.query.get("wait")
     if wait is not None and wait != "running":
@@ -106,12 +108,22 @@ async def _start(request: web.Request) -> web.Response:
     if body.replicas is not None:  # a bad body is a 400 before an unknown name is a 404
         w.operations.check_replicas(request.match_info["name"], body.replicas, minimum=1)
     name = _name(request)
+    before = w.get(name)
+    timer = None
+    if wait is not None and before is not None and is_asleep(before):  # a wake: timed
+        timer = w.view.phases.start_timer(before, requested_m)
+    if timer is not None and timer.flight is not None:
+        timer.flight.start_sent_m = time.monotonic()
     agent = await w.start(name, body.replicas, actor=_ACTOR)
+    if timer is not None and timer.flight is not None:
+        timer.flight.running_m = time.monotonic()  # (the start's confirming event came)
     if wait is None:
         return _agent(request, agent)
     try:
         done = await w.wait_for(name, runs, timeout_s)
     except TimeoutError:
+        if timer is not None:
+            w.view.phases.answered(timer, ready=False)
         current = w.get(name)
         return error_response(
             504,
@@ -123,6 +135,9 @@ async def _start(request: web.Request) -> web.Response:
             else None,
         )
     assert done is not None
+    if timer is not None:
+        timer.ready()
+        w.view.phases.answered(timer, ready=True)
     return _agent(request, done)
 
 
@@ -136,6 +151,15 @@ async def _stop(request: web.Request) -> web.Response:
 async def start(request: web.Request) -> web.Response:
     """Start; with ``?wait=running`` answer once it runs (504 with the agent on timeout)."""
     return await _start(request)
+
+
+@routes.post("/api/agents/{name}/pause", name="pause")
+async def pause(request: web.Request) -> web.Response:
+    """Pause a running container (409 for a service, or a container not running)."""
+    only(request, set())
+    await no_body(request)
+    name = _name(request)
+    return _agent(request, await _w(request).operations.pause(name, actor=_ACTOR))
 
 
 @routes.post("/api/agents/{name}/stop", name="stop")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .errors import AgentNotFound, EngineError, InvalidOperation, InvalidValue, WatcherError
-from .models import Agent, AuditEntry, ContainerInfo, Kind
+from .models import Agent, AuditEntry, ContainerInfo, Kind, Status
 from .policy import is_managed
 from .ports import Clock, DockerGateway
 from .rules import container_status, is_gone, process_exists, service_status
@@ -259,6 +259,24 @@ class Lifecycle:
     def agent(self, name: str) -> Agent:
         """The tracked agent, if there is something on the engine to act on."""
         return self._agent(name)
+
+    async def pause(self, name: str, *, actor: str = "library") -> Agent:
+        """Pause a running container (a service cannot be paused: InvalidOperation)."""
+        async with self.lock(name):
+            agent = self._agent(name)
+            if agent.kind is not Kind.CONTAINER:
+                raise InvalidOperation(f"service {name!r} cannot be paused: stop it", agent=name)
+            if agent.status is not Status.RUNNING:
+                raise InvalidOperation(
+                    f"container {name!r} is {agent.status}: only a running one pauses",
+                    agent=name,
+                )
+            started = self._clock.now()
+            await self.checked_labels(agent)
+            await self.pause_locked(agent)
+            self.record(name, "pause", "requested", actor, started=started)
+            logger.info("paused container %s (by %s)", name, actor)
+            return self._agent(name)
 
     async def pause_locked(self, agent: Agent) -> None:
         """Pause a container (the caller holds its lock and checked its labels)."""

@@ -101,6 +101,11 @@ class Operations:
         await self._lifecycle.stop(name, actor=actor)
         return await self._confirm(name, lambda a: a.replicas == 0)
 
+    async def pause(self, name: str, *, actor: str = "library") -> Agent:
+        """Pause a running container (its process frozen; a start or a wake unpauses it)."""
+        await self._lifecycle.pause(name, actor=actor)
+        return await self._confirm(name, lambda a: a.status is Status.PAUSED)
+
     async def restart(self, name: str, *, actor: str = "library") -> Agent:
         """Restart a container or force-update a service. A container answers once the
         restart's own start event came (a status from before it is never the answer); a

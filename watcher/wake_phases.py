@@ -10,6 +10,9 @@ Policy (read this first):
 - Concurrent requests that share one start share its ``start_sent`` and ``running`` (the
   flight's, clamped at 0 for a request that came later) and each has its own ``ready``,
   ``answered`` and total.
+- A start that waits (``POST /api/agents/{name}/start?wait=running``) of an agent that
+  sleeps is timed the same way (``via`` start): running is when the start's confirming
+  event came, ready when it runs (that wait does not wait for health).
 - ``from`` is the agent's state when the request came: ``stopped``, ``paused``,
   ``scaled_to_zero`` or ``running`` (it ran but was not ready yet, or was ready: the hot
   path, which is counted in the histogram but writes no record).
@@ -123,6 +126,11 @@ class WakePhases:
         ``started``: a start of it is under way for this request (its flight's times)."""
         flight = self._flights.get(agent.name) if started else None
         return WakeTimer(agent, self._now(), requested_m, via, flight)
+
+    def start_timer(self, agent: Agent, requested_m: float) -> WakeTimer:
+        """A timer for a start that waits (``POST .../start?wait=running``): its own
+        flight, whose ``start_sent`` and ``running`` its caller marks."""
+        return WakeTimer(agent, self._now(), requested_m, "start", Flight())
 
     def done(self, name: str) -> None:
         """The start of ``name`` is over (its requests hold their flight)."""

@@ -439,6 +439,7 @@
     const controls = [];
     if (asleep(a)) controls.push(button(a.name, "start", "Start", true));
     if (awake(a)) controls.push(stopButton(a));
+    if (a.kind === "container" && a.status === "running") controls.push(button(a.name, "pause", "Pause", true));
     controls.push(keep, touchNow);
     box.replaceChildren(...controls);
   }

@@ -211,10 +211,12 @@ def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: P
         expect(page.locator("#detail-timeline")).to_contain_text("idle for")
         expect(detail.locator('button[data-action="start"]')).to_have_count(1)
         expect(detail.locator('[data-action="stop"]')).to_have_count(0)
+        expect(detail.locator('[data-action="pause"]')).to_have_count(0)
         # an open exec: a session hold and no next action, then one once it ends
         page.click('tr[data-name="op-b"] a.open')
         expect(page.locator("#detail-name")).to_have_text("op-b")
         expect(detail.locator('[data-action="stop"]')).to_have_count(1)
+        expect(detail.locator('[data-action="pause"]')).to_have_count(1)
         expect(detail.locator('button[data-action="start"]')).to_have_count(0)
         with subprocess.Popen(
             ["docker", "exec", "op-b", "sleep", "4"], env=engine.env(), stdout=subprocess.DEVNULL

@@ -74,3 +74,32 @@ async def test_the_wake_histogram_is_in_the_metrics(served: Served) -> None:
     count = 'idlewatch_wake_seconds_count{phase="total",from="running"} 1'
     assert count in text
     assert 'idlewatch_wake_seconds_bucket{phase="total",from="running",le="+Inf"} 1' in text
+
+
+async def test_a_start_that_waits_is_timed_as_a_wake(served: Served) -> None:
+    docker, w, client = served
+    docker.lively = True  # the fake engine says what it did, as an engine does
+    await w.stop("box")
+    resp = await client.post("/api/agents/box/start?wait=running", headers=AUTH)
+    assert resp.status == 200
+    page = await (await client.get("/api/agents/box/timeline", headers=AUTH)).json()
+    (wake,) = [e for e in page["entries"] if e["kind"] == "wake"]
+    assert wake["actor"] == "start" and wake["from"] == "stopped" and wake["ready"]
+    p = wake["phases"]
+    assert 0 <= p["start_sent"] <= p["running"] <= p["ready"] <= p["answered"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'idlewatch_wake_seconds_count{phase="engine",from="stopped"} 1' in metrics
+    # a pause through the API, and what cannot pause says why
+    resp = await client.post("/api/agents/box/pause", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["status"] == "paused"
+    resp = await client.post("/api/agents/box/pause", headers=AUTH)
+    assert (
+        resp.status == 409
+        and "only a running one pauses" in (await resp.json())["error"]["message"]
+    )
+    resp = await client.post("/api/agents/box/start?wait=running", headers=AUTH)
+    assert resp.status == 200
+    # a start of what runs already is no wake: nothing more recorded
+    resp = await client.post("/api/agents/box/start?wait=running", headers=AUTH)
+    page = await (await client.get("/api/agents/box/timeline", headers=AUTH)).json()
+    assert len([e for e in page["entries"] if e["kind"] == "wake"]) == 2  # (the unpause)
