@@ -1,18 +1,26 @@
-"""A diagnosis, not a figure: a paused container woken by ``start?wait=running``, again
-and again, checking the engine after each answer (``python -m bench.pause_race``).
+"""Paused wakes against dockerd's pause echo (``python -m bench.pause_race [TRIES]``).
 
-Seen once in three runs of 120 tries with a test run beside it (2026-12-06, commit
-d5bb07c, at try 7, 0.3 s after the watcher started): the start answered 200 "running"
-and the engine said "paused". The bench's paused-wake stage hit the same twice. Prints
-the audit and the table when it happens.
+A paused container is woken by ``POST /api/agents/wake-c/start?wait=running`` again and
+again, the engine's own events recorded beside the watcher's. What it found (2026-12-06):
+dockerd 20.10 applies containerd's pause event again when it comes after the unpause that
+undid it, so the engine emits a second ``pause`` (and then a second ``unpause``, the
+resume's echo) that nobody asked for; for those milliseconds a running container reads
+paused, a pause of it is refused ("already paused") and an unpause of it is refused
+("cannot resume a running process"). Seen in about 1 wake in 400 on a machine with a
+test run beside it, none on a quiet one.
+
+What it checks: every start answers 200 "running" (a wrong answer ends the run), the
+engine settles on running after it, and it counts the echoes (pause events after the
+last unpause the bench or idlewatch sent) and the bench's own pauses that had to wait
+for one. Prints one line of counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
-import time
 
 import aiodocker
 import aiohttp
@@ -22,8 +30,11 @@ from idlewatch.api import create_app
 from idlewatch.api.netns import isolate_this_process
 from idlewatch.models import Status
 
+from bench.echo import engine_state, pause, settles
 from tests.integration.conftest import SLEEPER
 from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed
+
+TRIES = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 
 
 async def main() -> None:
@@ -32,6 +43,14 @@ async def main() -> None:
     engine.build_test_image()
     tmp = tempfile.mkdtemp()
     docker = aiodocker.Docker(url=engine.url)
+    actions: list[str] = []
+
+    async def watch() -> None:  # the engine's own account, beside the watcher's
+        sub = docker.events.subscribe(filters={"type": ["container"]})
+        while (e := await sub.get()) is not None:
+            actions.append(str(e.get("Action")))
+
+    watching = asyncio.create_task(watch())
     try:
         box = await docker.containers.create_or_replace(
             "wake-c",
@@ -52,71 +71,38 @@ async def main() -> None:
             idle_timeout="never",
             resync_interval=30,
         )
+        refused_pauses = unsettled = 0
         async with Watcher(s) as w:
             await w.wait_synced(30)
             server = TestServer(create_app(w), host="127.0.0.1")
             await server.start_server()
             base = str(server.make_url("")).rstrip("/")
+            paused = lambda a: a is not None and a.status is Status.PAUSED  # noqa: E731
             async with aiohttp.ClientSession() as http:
                 await w.wait_for("wake-c", lambda a: a is not None and a.running == 1, 30)
-                for i in range(120):
-                    await box.pause()
-                    await w.wait_for(
-                        "wake-c", lambda a: a is not None and a.status is Status.PAUSED, 60
-                    )
-                    pre_engine = (await box.show())["State"]["Status"]
-                    pre = w.get("wake-c")
-                    t0 = time.monotonic()
-                    async with http.post(
-                        f"{base}/api/agents/wake-c/start?wait=running&timeout=60"
-                    ) as r:
+                for i in range(TRIES):
+                    refused_pauses += await pause(box)
+                    await w.wait_for("wake-c", paused, 60)
+                    url = f"{base}/api/agents/wake-c/start?wait=running&timeout=60"
+                    async with http.post(url) as r:
                         body = await r.json()
-                    st = (await box.show())["State"]["Status"]
-                    if st != "running" or r.status != 200:
-                        audit = await w.audit("wake-c", 6)
-                        print(
-                            "RACE at",
-                            i,
-                            r.status,
-                            body.get("status"),
-                            "engine:",
-                            st,
-                            "took",
-                            time.monotonic() - t0,
-                        )
-                        for e in audit:
-                            print(
-                                "  audit", e.at.time(), e.action, e.actor, e.reason, e.finished_at
-                            )
-                        print("  tracker", w.get("wake-c").status, w.get("wake-c").last_event_ns)
-                        print(
-                            "  before POST: engine",
-                            pre_engine,
-                            "tracker",
-                            pre.status,
-                            pre.last_event_ns,
-                            pre.updated_at.time(),
-                        )
-                        await asyncio.sleep(1)
-                        print(
-                            "  1 s later: engine",
-                            (await box.show())["State"]["Status"],
-                            "tracker",
-                            w.get("wake-c").status,
-                        )
-                        return
-                    if i % 2:  # bare unpause path too
-                        await box.pause()
-                        await w.wait_for(
-                            "wake-c", lambda a: a is not None and a.status is Status.PAUSED, 60
-                        )
-                        await box.unpause()
-                        await w.wait_for(
-                            "wake-c", lambda a: a is not None and a.status is Status.RUNNING, 30
-                        )
-                print("no race in 120")
+                    if r.status != 200 or body.get("status") != "running":
+                        print(f"WRONG ANSWER at try {i}: {r.status} {body}")
+                        print("  engine events", actions[-8:])
+                        sys.exit(1)
+                    if not await settles(box, "running", 5):
+                        unsettled += 1
+                        print(f"try {i}: the engine still says {await engine_state(box)} 5 s on")
+                    await w.wait_for("wake-c", lambda a: a is not None and a.running == 1, 30)
             await server.close()
+        pauses, unpauses = actions.count("pause"), actions.count("unpause")
+        print(
+            f"{TRIES} paused wakes, every answer 200 running; engine events: pause {pauses}, "
+            f"unpause {unpauses} (echoed pauses: {pauses - TRIES}); the bench's pauses "
+            f"refused by an echo: {refused_pauses}; engine not running 5 s on: {unsettled}"
+        )
     finally:
+        watching.cancel()
         await docker.close()
         engine.cleanup()
 

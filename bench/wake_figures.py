@@ -31,6 +31,7 @@ from idlewatch.api import create_app
 
 from tests.private_engine import TEST_IMAGE, PrivateEngine
 
+from . import echo
 from .common import percentile, stats
 
 LABEL = "idlewatch.enable"
@@ -217,13 +218,13 @@ async def _containers(
 
     async def sleep() -> None:
         if pause:
-            await box.pause()
+            await echo.pause(box)
         else:
             await box.kill()
         await asleep("wake-c", asleep_status)
 
     async def bare() -> None:
-        await (box.unpause() if pause else box.start())
+        await (echo.unpause(box) if pause else box.start())
 
     ours_ms: list[float] = []
     bare_ms: list[float] = []

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from idlewatch.errors import EngineUnavailable, StoreError
+from idlewatch.errors import EngineError, EngineUnavailable, StoreError
 from idlewatch.models import (
     ActivityReport,
     Agent,
@@ -89,6 +89,11 @@ class FakeDocker:
         #: a start waits for this, when set (to hold many wakes on one start)
         self.start_gate: asyncio.Event | None = None
         self.engine_id = "fake-engine-1"  # what describe() says this engine is
+        #: unpauses refused as dockerd refuses one while its paused flag is a late echo of
+        #: a pause already undone (the process runs); the flag clears after each refusal
+        #: unless ``echo_sticks`` (an engine that never comes back)
+        self.echo_refusals = 0
+        self.echo_sticks = False
 
     def _act(self, call: str, ref: str) -> None:
         """Record an action and whether its target carried the management label then."""
@@ -162,6 +167,11 @@ class FakeDocker:
     async def unpause_container(self, ref: str) -> None:
         self._call("unpause_container")
         self._act("unpause_container", ref)
+        if self.echo_refusals > 0:
+            self.echo_refusals -= 1
+            if not self.echo_sticks:
+                self.containers[ref] = replace(self.containers[ref], state="running")
+            raise EngineError("Cannot unpause container: cannot resume a running process")
         self.containers[ref] = replace(self.containers[ref], state="running")
         self._lively(ref, "unpause")
 

@@ -25,6 +25,9 @@ from .tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
+#: the waits before looking again at a container whose unpause was refused (Lifecycle._unpause)
+UNPAUSE_RETRIES_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+
 
 @dataclass(frozen=True, slots=True)
 class LifecycleConfig:
@@ -161,7 +164,7 @@ class Lifecycle:
                 with _gone_means_not_found(agent):
                     # the engine's state now, not the table's (a pause event may be on its way)
                     if info is not None and info.state == "paused":  # resumes in milliseconds
-                        await self._docker.unpause_container(agent.id)
+                        await self._unpause(agent)
                     else:  # a running one answers 304: nothing happens
                         if info is not None:  # its start event then marks health "starting"
                             self._tracker.use.learn(info.id, info.healthcheck_cmd)
@@ -178,6 +181,37 @@ class Lifecycle:
             self.record(name, "start", f"requested {n} replica(s)", actor, started=started)
             logger.info("started %s %s (%d replica(s), by %s)", agent.kind, name, n, actor)
             return self._agent(name)
+
+    async def _unpause(self, agent: Agent) -> None:
+        """Thaw a container the engine says is paused (the caller holds its lock).
+
+        The engine's "paused" can be an echo: dockerd applies containerd's pause event
+        again when it comes after the unpause that undid it, so for a few milliseconds a
+        running container reads paused, and its unpause is refused (500, "cannot resume a
+        running process") until the resume's own echo puts it back. A refused unpause is
+        looked at again, a few times over about a second: not paused any more is done.
+        """
+        for pause_s in UNPAUSE_RETRIES_S:
+            try:
+                await self._docker.unpause_container(agent.id)
+                return
+            except EngineError as exc:
+                if exc.status == 404:
+                    raise
+                refused = exc
+            await asyncio.sleep(pause_s)
+            info = await self._docker.inspect_container(agent.id)
+            if info is None:
+                raise EngineError(f"container {agent.name!r} is gone", status=404, agent=agent.name)
+            if info.state != "paused":
+                logger.info(
+                    "%s read paused but was %s (an echo of a pause: %s)",
+                    *(agent.name, info.state, refused.message),
+                )
+                if info.state != "running":
+                    await self._docker.start_container(agent.id)
+                return
+        raise refused
 
     async def stop(self, name: str, *, actor: str = "library", reason: str = "requested") -> Agent:
         """Stop a container, or scale a service to 0 (remembering its count)."""

@@ -12,6 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from idlewatch import CapacityExceeded, ManualClock, Settings, Status, Watcher
 from idlewatch.api import create_app
+from idlewatch.errors import EngineError
+from idlewatch.lifecycle import UNPAUSE_RETRIES_S
 from idlewatch.models import (
     ContainerExecs,
     ExecProcess,
@@ -157,6 +159,26 @@ async def test_pause_then_start_then_stop_after(
     report = await w.sweep_once()
     assert report.summary()["b"] == "acted" and docker.calls["stop_container"] >= 1
     assert (await w.audit("b"))[0].reason.startswith("paused for")
+
+
+async def test_a_start_through_an_echoed_pause_looks_again_and_gives_up_in_time(
+    watcher: tuple[FakeDocker, Watcher, ManualClock],
+) -> None:
+    """dockerd can apply containerd's pause event after the unpause that undid it: the
+    container reads paused while it runs, and an unpause is refused until the echo of
+    the resume comes. A start looks again and is done; an engine stuck so is an error."""
+    docker, w, _clock = watcher
+    docker.containers["c2"] = box("c2", "b", "paused", **{"idlewatch.idle-action": "pause"})
+    docker.echo_refusals = 1
+    await w.start("b")
+    assert docker.calls["unpause_container"] == 1 and docker.calls["inspect_container"] >= 2
+    assert docker.containers["c2"].state == "running"
+    assert (await w.audit("b"))[0].action == "start"
+    docker.containers["c2"] = box("c2", "b", "paused", **{"idlewatch.idle-action": "pause"})
+    docker.echo_refusals, docker.echo_sticks = 99, True
+    with pytest.raises(EngineError, match="cannot resume"):
+        await w.start("b")
+    assert docker.calls["unpause_container"] == 1 + len(UNPAUSE_RETRIES_S)
 
 
 async def test_the_cap_evicts_the_least_recently_used_or_refuses(
