@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from idlewatch import Settings, Watcher
 
+from . import sablier
 from .auth import auth_middleware
 from .errors import error_middleware
 from .keys import SETTINGS, WATCHER
@@ -42,6 +43,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
             auth_middleware(
                 token,
                 wake_token=settings.wake_token.get_secret_value() if settings.wake_token else None,
+                read_token=settings.read_token.get_secret_value() if settings.read_token else None,
                 wake_open=settings.wake_open,
             ),
         ],
@@ -59,6 +61,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app.add_routes(rest_routes)
     app.add_routes(view_routes)
     app.add_routes(wake_routes)
+    sablier.install(app)
     app.add_routes(ws_routes)
     app.add_routes(openapi_routes)
     app.on_shutdown.append(close_all)

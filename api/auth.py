@@ -1,4 +1,10 @@
-"""Bearer-token auth for every API route and the websocket (health and metrics stay open)."""
+"""Bearer-token auth for every API route and the websocket (health and metrics stay open).
+
+Three tokens, each a set of scopes (the names issue-26's scoped tokens extend):
+``api_token`` has every scope, ``wake_token`` only ``wake`` (the wake and Sablier routes),
+``read_token`` only ``read`` (every GET and the websocket). A known token without the
+scope a route needs is a 403 naming the scope; an unknown or missing one a 401.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,47 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .errors import Handler, error_response
+from .errors import Handler, error_response, problem
 
 #: route names that never need a token (agents_running_other only answers 405)
 OPEN_ROUTES = frozenset(
-    {"healthz", "readyz", "metrics", "dashboard", "dashboard_js", "agents_running_other"}
+    {"healthz", "readyz", "health", "metrics", "dashboard", "dashboard_js", "agents_running_other"}
 )
-
 
 #: the routes a proxy calls to wake agents: ``api_token`` or ``wake_token`` opens them,
 #: and ``wake_open`` makes them (and only them) open
-WAKE_ROUTES = frozenset({"wake", "wake_post", "sablier_blocking", "sablier_dynamic"})
+WAKE_ROUTES = frozenset(
+    {
+        "wake",
+        "wake_post",
+        "sablier_blocking",
+        "sablier_dynamic",
+        "sablier_poke",
+        "sablier_themes",
+    }
+)
+
+SCOPES = ("read", "touch", "wake", "control", "deploy")
+
+#: the scope of each route that is not a read (every other POST or DELETE is ``control``)
+_WRITE_SCOPES = {
+    "activity": "touch",
+    "register": "deploy",
+    "deploy": "deploy",
+    "delete": "deploy",
+}
+
+#: the scopes of the request's token (every scope when no token is set)
+SCOPES_KEY = web.RequestKey("scopes", frozenset[str])
+
+
+def needed_scope(route: str | None, method: str) -> str:
+    """The scope a request to ``route`` with ``method`` needs."""
+    if route in WAKE_ROUTES:
+        return "wake"
+    if method in ("GET", "HEAD"):
+        return "read"
+    return _WRITE_SCOPES.get(route or "", "control")
 
 
 def _bearer(token: str | None) -> bytes | None:
@@ -25,49 +61,76 @@ def _bearer(token: str | None) -> bytes | None:
 
 
 def auth_middleware(
-    token: str | None, *, wake_token: str | None = None, wake_open: bool = False
+    token: str | None,
+    *,
+    wake_token: str | None = None,
+    read_token: str | None = None,
+    wake_open: bool = False,
 ) -> Middleware:
     """A middleware that requires ``Authorization: Bearer <token>`` when a token is set.
 
     The wake routes take ``api_token`` or ``wake_token`` (whichever are set); with neither
     set they follow the API's rule (open: ``serve`` then listens on loopback only), and
-    ``wake_open`` opens them whatever is set. The wake token opens nothing else.
+    ``wake_open`` opens them whatever is set. The wake token opens nothing else, the read
+    token every GET and the websocket.
     """
-    expected = _bearer(token)
-    wake_tokens = [t for t in (_bearer(token), _bearer(wake_token)) if t is not None]
+    return _TokenAuth(token, wake_token, read_token, wake_open).middleware
+
+
+class _TokenAuth:
+    def __init__(
+        self, token: str | None, wake_token: str | None, read_token: str | None, wake_open: bool
+    ) -> None:
+        #: (presented header, its scopes)
+        self._known = [
+            (t, frozenset(scopes))
+            for t, scopes in (
+                (_bearer(wake_token), ("wake",)),
+                (_bearer(read_token), ("read",)),
+                (_bearer(token), SCOPES),
+            )
+            if t is not None
+        ]
+        self._api_open = token is None
+        self._wake_open = wake_open or not any("wake" in s for _, s in self._known)
+
+    def _scopes_of(self, presented: bytes) -> frozenset[str] | None:
+        found = None
+        for t, scopes in self._known:  # every comparison made (constant time), none skipped
+            if hmac.compare_digest(presented, t):
+                found = scopes
+        return found
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.name
-        if route in WAKE_ROUTES and request.match_info.http_exception is None:
-            if wake_open or not wake_tokens:
-                return await handler(request)
-            presented = request.headers.get("Authorization", "").encode()
-            # compare with each (constant time), never stopping at the first match
-            if sum(hmac.compare_digest(presented, t) for t in wake_tokens) == 0:
-                why = "missing" if not presented else "wrong"
-                return error_response(
-                    401,
-                    "unauthorized",
-                    f"{why} bearer token: send Authorization: Bearer <wake_token or api_token>",
-                )
+        # no route, or not this method: the 404 or 405 (with Allow) says only which routes
+        # exist (what the OpenAPI document says), and a 401 there would be misleading
+        if route in OPEN_ROUTES or request.match_info.http_exception is not None:
             return await handler(request)
-        if (
-            expected is None
-            or route in OPEN_ROUTES
-            # no route, or not this method: the 404 or 405 (with Allow) says only which routes
-            # exist (what the OpenAPI document says), and a 401 there would be misleading
-            or request.match_info.http_exception is not None
-        ):
+        need = needed_scope(route, request.method)
+        if self._wake_open if need == "wake" else self._api_open:
+            request[SCOPES_KEY] = frozenset(SCOPES)
             return await handler(request)
         given = request.headers.get("Authorization", "")
-        if request.match_info.route.name == "ws" and not given and "token" in request.query:
+        if route == "ws" and not given and "token" in request.query:
             given = "Bearer " + request.query["token"]  # browsers cannot set ws headers
-        if not hmac.compare_digest(given.encode(), expected):
+        scopes = self._scopes_of(given.encode())
+        # Sablier's clients read problems (api/sablier.py)
+        refuse = problem if (route or "").startswith("sablier_") else error_response
+        if scopes is None:
             why = "missing" if not given else "wrong"
-            return error_response(
-                401, "unauthorized", f"{why} bearer token: send Authorization: Bearer <api_token>"
+            which = "wake_token or api_token" if need == "wake" else "api_token"
+            return refuse(
+                401, "unauthorized", f"{why} bearer token: send Authorization: Bearer <{which}>"
             )
+        if need not in scopes:
+            return refuse(
+                403,
+                "forbidden",
+                f"this token may not {request.method} {request.path}: it needs the "
+                f"{need!r} scope (this token has {', '.join(sorted(scopes))})",
+                scope=need,
+            )
+        request[SCOPES_KEY] = scopes
         return await handler(request)
-
-    return middleware

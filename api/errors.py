@@ -1,10 +1,14 @@
-"""One JSON error shape for every failure: ``{"error": {"code", "message", "field"}}``."""
+"""One JSON error shape for every failure: ``{"error": {"code", "message", "field"}}``;
+Sablier's routes answer the same errors as RFC 9457 problems (:func:`problem`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
 
+import orjson
 from aiohttp import web
 from idlewatch.errors import (
     AgentNotFound,
@@ -43,6 +47,25 @@ def error_response(
     return web.json_response(body, status=status)
 
 
+PROBLEM_TYPE = "application/problem+json"
+
+
+def problem(
+    status: int, code: str, detail: str, field: str | None = None, **extra: Any
+) -> web.Response:
+    """An RFC 9457 problem answer (the Sablier routes' errors: api/sablier.py)."""
+    body = {
+        "type": f"urn:idlewatch:problem:{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "field": field,
+        **extra,
+    }
+    return web.Response(body=orjson.dumps(body), status=status, content_type=PROBLEM_TYPE)
+
+
 _CORE_STATUS: list[tuple[type[WatcherError], int]] = [
     (InvalidValue, 400),  # (before InvalidOperation, which it is too)
     (AgentNotFound, 404),
@@ -65,13 +88,18 @@ _HTTP_CODES = {
 }
 
 
+def core_status(exc: WatcherError) -> int:
+    """The HTTP status of a core error."""
+    for cls, status in _CORE_STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
 def from_core(exc: WatcherError) -> web.Response:
     """Map a core error to its HTTP answer."""
     field = exc.field if isinstance(exc, InvalidValue) else None
-    for cls, status in _CORE_STATUS:
-        if isinstance(exc, cls):
-            return error_response(status, exc.code, exc.message, field)
-    return error_response(500, exc.code, exc.message)
+    return error_response(core_status(exc), exc.code, exc.message, field)
 
 
 @web.middleware

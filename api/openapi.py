@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from idlewatch.models import Status
 
+from .openapi_sablier import sablier_paths
 from .openapi_schemas import (
     AGENT_ERRORS,
     COMMON_ERRORS,
@@ -83,11 +84,17 @@ _SERVICE_RESTART = (
 )
 
 
-_OPEN = ("/healthz", "/readyz", "/metrics", "/", "/dashboard.js")
+_OPEN = ("/healthz", "/readyz", "/health", "/metrics", "/", "/dashboard.js")
 
 
 #: the routes a wake token opens (api/auth.py's WAKE_ROUTES), by path
-_WAKE_PATHS = ("/api/wake", "/api/strategies/blocking", "/api/strategies/dynamic")
+_WAKE_PATHS = (
+    "/api/wake",
+    "/api/strategies/blocking",
+    "/api/strategies/dynamic",
+    "/api/strategies/poke",
+    "/api/themes",
+)
 
 
 def document(
@@ -214,6 +221,12 @@ def document(
                 tag="operator",
             )
         },
+        "/api/scopes": {
+            "get": _op(
+                "What the presented token may do (the dashboard shows only those controls)",
+                {"200": _json(_ref("Scopes"), "The token's scopes"), **_COMMON_ERRORS},
+            )
+        },
         "/api/stats": {
             "get": _op(
                 "Counts now, agent-hours awake and saved, wakes by cost, idle actions and "
@@ -248,6 +261,7 @@ def document(
             )
         },
         **wake_paths(max_keep_for_s),
+        **sablier_paths(max_keep_for_s),
         "/api/openapi.json": {
             "get": _op(
                 "This document",
@@ -352,8 +366,34 @@ def _declare_auth(paths: dict[str, Any], *, api_secured: bool, wake_secured: boo
             responses = operation["responses"]
             if not secured:
                 responses = {k: v for k, v in responses.items() if k != "401"}
+            if secured:  # a known token of another scope (wake_token, read_token)
+                refused = (
+                    _sablier_scope_error()
+                    if path.startswith("/api/strategies/") or path == "/api/themes"
+                    else _scope_error(responses.get("403"))
+                )
+                responses = {**responses, "403": refused}
             security: list[dict[str, list[str]]] = [{"bearer": []}] if secured else []
             operations[method] = {**operation, "security": security, "responses": responses}
+
+
+def _sablier_scope_error() -> dict[str, Any]:
+    return {
+        "description": "The token lacks the wake scope (a problem whose scope names it)",
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+def _scope_error(existing: dict[str, Any] | None) -> dict[str, Any]:
+    """The 403 of a token without the route's scope (read_token, wake_token), with the
+    route's own 403 when it has one."""
+    why = "The token lacks the scope this route needs (scope names it)"
+    if existing is None:
+        return _json(_ref("ScopeError"), why)
+    return {
+        "description": f"{existing['description']}; or: {why}",
+        "content": {"application/json": {"schema": {"anyOf": [_ref("Error"), _ref("ScopeError")]}}},
+    }
 
 
 @routes.get("/api/openapi.json", name="openapi")

@@ -1,4 +1,4 @@
-"""The OpenAPI document's wake routes: forward-auth, Sablier's strategies, and groups."""
+"""The OpenAPI document's wake routes: forward-auth and groups (Sablier's: openapi_sablier.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _ref, _json, _err = ref, json_content, error_content
 _NAME, _COMMON_ERRORS, _AGENT_ERRORS, _op = NAME_PARAM, COMMON_ERRORS, AGENT_ERRORS, op
 
 
-def _qp(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+def qp(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
@@ -31,33 +31,34 @@ def _qp(name: str, schema: dict[str, Any], description: str, **extra: Any) -> di
     }
 
 
-def _duration_param(name: str, max_s: float, description: str, *, positive: bool) -> Any:
+def duration_param(name: str, max_s: float, description: str, *, positive: bool) -> Any:
     pattern = positive_duration_pattern(max_s) if positive else keep_for_pattern(max_s)
-    return _qp(name, {"type": "string", "pattern": pattern}, description)
+    return qp(name, {"type": "string", "pattern": pattern}, description)
 
 
-_NAMES = _qp(
+NAMES_PARAM = qp(
     "names",
     {"type": "array", "items": {"type": "string"}},
     "agents to wake: repeated (names=a&names=b), comma-separated too; empty parts are "
-    "ignored (none left: as if not given)",
+    "ignored (none left: as if not given). optional:NAME wakes NAME and keeps it with "
+    "the others, but never waits for it nor fails for it",
     style="form",
     explode=True,
 )
-_GROUP = _qp("group", {"type": "string", "pattern": "\\S"}, "a group to wake (names win)")
+GROUP_PARAM = qp("group", {"type": "string", "pattern": "\\S"}, "a group to wake (names win)")
 _WAKE_STATUS = {
     "X-Idlewatch-Status": {
         "schema": {"type": "string", "enum": ["ready", "not-ready"]},
         "description": "ready: every agent runs",
     }
 }
-_SABLIER_STATUS = {
+SABLIER_STATUS = {
     "X-Sablier-Session-Status": {
         "schema": {"type": "string", "enum": ["ready", "not-ready"]},
         "description": "what Sablier's proxy plugins branch on",
     }
 }
-_WAKE_REFUSED = {
+WAKE_REFUSED = {
     "400": _err("Bad parameters (named in field)"),
     "401": _err("Missing or wrong bearer token (api_token or wake_token; none with wake_open)"),
     "404": _err("Nothing matches what was looked up: names, group, or the request's host"),
@@ -66,7 +67,7 @@ _WAKE_REFUSED = {
 }
 
 
-def _html(description: str, headers: dict[str, Any]) -> dict[str, Any]:
+def html_content(description: str, headers: dict[str, Any]) -> dict[str, Any]:
     return {
         "description": description,
         "headers": headers,
@@ -75,28 +76,22 @@ def _html(description: str, headers: dict[str, Any]) -> dict[str, Any]:
 
 
 def wake_paths(max_keep_for_s: float) -> dict[str, Any]:
-    """The wake routes: forward-auth, Sablier's strategies, and groups."""
-    keep_for = _duration_param(
+    """The wake routes: forward-auth and groups."""
+    keep_for = duration_param(
         "keep_for",
         max_keep_for_s,
         "keep the agents awake this long (default wake_keep_for; at most max_keep_for)",
         positive=False,
     )
-    session = _duration_param(
-        "session_duration",
-        max_keep_for_s,
-        "Sablier's name for keep_for (default wake_keep_for; at most max_keep_for)",
-        positive=False,
-    )
-    timeout = _duration_param(
+    timeout = duration_param(
         "timeout", 300, "how long to wait for the agents (default wake_timeout)", positive=True
     )
     wake_params = [
-        _NAMES,
-        _GROUP,
+        NAMES_PARAM,
+        GROUP_PARAM,
         timeout,
         keep_for,
-        _qp(
+        qp(
             "wait",
             {"type": "string", "enum": ["page"]},
             "page: answer a 503 waiting page at once when not ready within 1 s",
@@ -116,9 +111,11 @@ def wake_paths(max_keep_for_s: float) -> dict[str, Any]:
         "Wake on request (forward-auth): start what sleeps, answer once all run",
         {
             "200": wake_ok,
-            **_WAKE_REFUSED,
+            **WAKE_REFUSED,
             "503": {
-                **_html("wait=page: not ready yet; a page that reloads itself", _WAKE_STATUS),
+                **html_content(
+                    "wait=page: not ready yet; a page that reloads itself", _WAKE_STATUS
+                ),
                 "description": "wait=page and not ready yet: a waiting page that reloads "
                 "itself (Retry-After); or the engine or database unavailable (JSON)",
                 "content": {
@@ -136,63 +133,10 @@ def wake_paths(max_keep_for_s: float) -> dict[str, Any]:
         "port ignored) matched against the hosts label. Every call keeps them awake for "
         "keep_for. It only ever starts and touches. No body is needed; one sent is ignored."
     )
-    session_ok = {
-        "description": "Every instance is ready",
-        "headers": _SABLIER_STATUS,
-        "content": {"application/json": {"schema": _ref("SablierSession")}},
-    }
-    session_late = {
-        "description": "Not ready within timeout",
-        "headers": _SABLIER_STATUS,
-        "content": {"application/json": {"schema": _ref("SablierSession")}},
-    }
     group_ok = _json(_ref("Group"), "The group")
     group_errors = {**_AGENT_ERRORS, "404": _err("No managed agent in that group")}
     return {
         "/api/wake": {"get": wake, "post": {**wake, "summary": "The same wake, by POST"}},
-        "/api/strategies/blocking": {
-            "get": _op(
-                "Sablier's blocking strategy: hold the request until every instance is ready",
-                {"200": session_ok, **_WAKE_REFUSED, "504": session_late},
-                params=[_NAMES, _GROUP, session, timeout],
-                tag="sablier",
-            )
-        },
-        "/api/strategies/dynamic": {
-            "get": _op(
-                "Sablier's dynamic strategy: start what sleeps, answer a waiting page at once",
-                {
-                    "200": _html(
-                        "The waiting page; the header says whether the instances are ready",
-                        _SABLIER_STATUS,
-                    ),
-                    **_WAKE_REFUSED,
-                },
-                params=[
-                    _NAMES,
-                    _GROUP,
-                    session,
-                    _qp("display_name", {"type": "string"}, "the page's title"),
-                    _qp(
-                        "theme",
-                        {
-                            "type": "string",
-                            "enum": ["ghost", "shuffle", "hacker-terminal", "matrix"],
-                        },
-                        "Sablier's theme names (light or dark)",
-                    ),
-                    _qp(
-                        "show_details",
-                        {"type": "string", "enum": ["true", "false", "1", "0"]},
-                        "list each instance's status",
-                    ),
-                    _duration_param(
-                        "refresh_frequency", 3600, "how often the page reloads", positive=True
-                    ),
-                ],
-                tag="sablier",
-            )
-        },
         "/api/groups": {
             "get": _op(
                 "Every group (the group_label label) with its members",
@@ -225,4 +169,13 @@ def wake_paths(max_keep_for_s: float) -> dict[str, Any]:
     }
 
 
-__all__ = ["wake_paths"]
+__all__ = [
+    "GROUP_PARAM",
+    "NAMES_PARAM",
+    "SABLIER_STATUS",
+    "WAKE_REFUSED",
+    "duration_param",
+    "html_content",
+    "qp",
+    "wake_paths",
+]

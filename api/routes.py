@@ -10,6 +10,7 @@ from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Status, Watcher
 from idlewatch.rules import is_asleep, runs
 
+from .auth import SCOPES, SCOPES_KEY
 from .errors import ApiError, error_response
 from .keys import WATCHER
 from .metrics import METRICS, render
@@ -249,6 +250,14 @@ async def audit(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_parameter", f"limit must be 1..1000, got {text!r}", "limit")
     entries = await _w(request).audit(request.query.get("agent"), limit)
     return web.json_response([audit_json(e) for e in entries])
+
+
+@routes.get("/api/scopes", name="scopes")
+async def scopes(request: web.Request) -> web.Response:
+    """What the presented token may do: ``{"scopes": [...]}`` (all of them on an open API)."""
+    only(request, set())
+    given = request.get(SCOPES_KEY, frozenset(SCOPES))
+    return web.json_response({"scopes": [s for s in SCOPES if s in given]})
 
 
 @routes.get("/healthz", name="healthz")

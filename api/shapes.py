@@ -95,6 +95,24 @@ class TimeoutError_(Error):
     agent: Agent | None = Field(default=None, description="the agent as it stands")
 
 
+class ScopeError(Error):
+    """A known token without the scope the route needs."""
+
+    scope: Literal["read", "touch", "wake", "control", "deploy"] = Field(
+        description="the scope the route needs"
+    )
+
+
+class Scopes(_Closed):
+    """What the presented token may do."""
+
+    scopes: list[Literal["read", "touch", "wake", "control", "deploy"]] = Field(
+        description="read: every GET and the websocket; touch: activity and keep-alive; "
+        "wake: the wake and Sablier routes; control: start, stop, pause, restart, scale, "
+        "group start and stop; deploy: register, deploy, delete"
+    )
+
+
 class WakeAgent(_Closed):
     """One agent of a wake's answer."""
 
@@ -104,6 +122,9 @@ class WakeAgent(_Closed):
     replicas: int = Field(ge=0)
     running: int = Field(ge=0)
     ready: bool
+    optional: bool = Field(
+        description="named optional:NAME: woken and kept with the others, never waited for"
+    )
 
 
 class WakeReady(_Closed):
@@ -129,6 +150,9 @@ class SablierInstance(BaseModel):
     currentReplicas: int = Field(ge=0)
     desiredReplicas: int = Field(ge=0)
     status: Literal["ready", "not-ready", "unrecoverable"]
+    optional: bool = Field(
+        default=False, description="named optional:NAME: never holds up the session's status"
+    )
 
 
 class SablierInstanceState(BaseModel):
@@ -146,10 +170,29 @@ class SablierSessionBody(BaseModel):
 
 
 class SablierSession(BaseModel):
-    """Sablier's blocking answer."""
+    """Sablier's blocking and poke answer."""
 
     session: SablierSessionBody
-    error: dict[str, Any] = Field(default_factory=dict, description="on 504: code timeout")
+
+
+class Problem(BaseModel):
+    """An error of the Sablier routes, RFC 9457 ``application/problem+json``."""
+
+    type: str = Field(description="urn:idlewatch:problem:<code>")
+    title: str = Field(description="the HTTP status's phrase")
+    status: int
+    detail: str = Field(description="what went wrong, in words")
+    code: str = Field(description="a stable code, as in idlewatch's other errors")
+    field: str | None = Field(default=None, description="the parameter at fault")
+    session: SablierSessionBody | None = Field(
+        default=None, description="on a blocking timeout: the session as it stood"
+    )
+
+
+class Themes(_Closed):
+    """The themes the dynamic strategy knows."""
+
+    themes: list[str]
 
 
 class Group(_Closed):
@@ -280,10 +323,14 @@ SHAPES: dict[str, type[BaseModel]] = {
     "NextAction": NextAction,
     "Error": Error,
     "TimeoutError": TimeoutError_,
+    "ScopeError": ScopeError,
+    "Scopes": Scopes,
     "WakeAgent": WakeAgent,
     "WakeReady": WakeReady,
     "WakeNotReady": WakeNotReady,
     "SablierSession": SablierSession,
+    "Problem": Problem,
+    "Themes": Themes,
     "Group": Group,
     "Leader": Leader,
     "Ready": Ready,

@@ -30,29 +30,18 @@ from .requests import no_body
 routes = web.RouteTableDef()
 
 STATUS_HEADER = "X-Idlewatch-Status"
-SABLIER_HEADER = "X-Sablier-Session-Status"
+#: the prefix of a name that is woken with the others but never waited for
+OPTIONAL = "optional:"
 #: how long ``wait=page`` waits before it answers with the page instead
 PAGE_GRACE_S = 1.0
-#: Sablier's built-in theme names (all render idlewatch's page, light or dark)
-THEMES = {"ghost": "light", "shuffle": "light", "hacker-terminal": "dark", "matrix": "dark"}
 _WAKE_PARAMS = {"names", "group", "timeout", "keep_for", "wait"}
-_BLOCKING_PARAMS = {"names", "group", "session_duration", "timeout"}
-_DYNAMIC_PARAMS = {
-    "names",
-    "group",
-    "session_duration",
-    "display_name",
-    "theme",
-    "show_details",
-    "refresh_frequency",
-}
 
 
 def _w(request: web.Request) -> Watcher:
     return request.config_dict[WATCHER]
 
 
-def _keep_for(request: web.Request, key: str) -> float | None:
+def keep_for(request: web.Request, key: str) -> float | None:
     """A wake's keep-alive (``keep_for``, Sablier's ``session_duration``): its format
     checked here, its bound (``max_keep_for``) in the core, named as this route names it."""
     keep_for_s = requests.duration(request, key, allow_zero=True)
@@ -73,7 +62,7 @@ def _field(names: Sequence[str], group: str | None) -> str:
     return "names" if names else "group" if group is not None else "host"
 
 
-async def _wake(
+async def wake_on_request(
     request: web.Request,
     names: list[str],
     group: str | None,
@@ -83,7 +72,9 @@ async def _wake(
     via: str = "wake",
 ) -> WakeResult:
     """The core's wake; a refusal names what was looked up (404, with its field). ``via``
-    names the caller in the wake's record: ``wake`` (/api/wake) or ``sablier``."""
+    names the caller in the wake's record: ``wake`` (/api/wake) or ``sablier``. A name
+    written ``optional:NAME`` (Sablier 1.17) is woken and kept, never waited for."""
+    required, optional = split_optional(names)
     host = None if names or group is not None else _host(request)
     if not names and group is None and host is None:
         raise ApiError(
@@ -91,10 +82,30 @@ async def _wake(
         )
     try:
         return await _w(request).wake(
-            names, group, host, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via
+            required,
+            group,
+            host,
+            keep_for_s=keep_for_s,
+            timeout_s=timeout_s,
+            via=via,
+            optional=optional,
         )
     except AgentNotFound as exc:
         raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
+
+
+def split_optional(names: list[str]) -> tuple[list[str], list[str]]:
+    """``names`` into the required ones and those written ``optional:NAME``."""
+    required: list[str] = []
+    optional: list[str] = []
+    for name in names:
+        if name.startswith(OPTIONAL):
+            if not (bare := name.removeprefix(OPTIONAL).strip()):
+                raise ApiError(400, "invalid_parameter", "optional: needs a name after it", "names")
+            optional.append(bare)
+        else:
+            required.append(name)
+    return required, optional
 
 
 # ------------------------------------------------------------------- answers
@@ -106,10 +117,11 @@ def _agent_brief(agent: Agent, result: WakeResult) -> dict[str, Any]:
         "replicas": agent.replicas,
         "running": agent.running,
         "ready": agent.name in result.answering,
+        "optional": agent.name in result.optional,
     }
 
 
-def _progress(agent: Agent, result: WakeResult) -> str:
+def progress(agent: Agent, result: WakeResult) -> str:
     """Where one agent is on its way up, in words a visitor understands."""
     if agent.name in result.answering:
         return "ready"
@@ -122,16 +134,18 @@ def _progress(agent: Agent, result: WakeResult) -> str:
     return agent.status.value
 
 
-def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
+def json_answer(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
 
 
-def _page(result: WakeResult, *, title: str, refresh_s: float, details: bool, dark: bool) -> str:
+def waiting_page(
+    result: WakeResult, *, title: str, refresh_s: float, details: bool, dark: bool
+) -> str:
     """The waiting page: what is starting, refreshing itself until the agents run."""
     rows = "".join(
-        f"<li>{html.escape(a.name)}: {html.escape(_progress(a, result))}"
+        f"<li>{html.escape(a.name)}: {html.escape(progress(a, result))}"
         f" ({a.running}/{max(a.replicas, 1)} running)</li>"
         for a in result.agents
     )
@@ -157,10 +171,10 @@ def _wake_answer(result: WakeResult) -> web.Response:
     agents = [_agent_brief(a, result) for a in result.agents]
     if result.ready:
         ready = {"status": "ready", "looked_up": result.looked_up, "agents": agents}
-        return _json(ready, 200, {STATUS_HEADER: "ready"})
+        return json_answer(ready, 200, {STATUS_HEADER: "ready"})
     waiting = ", ".join(
         [
-            f"{a.name} ({_progress(a, result)})"
+            f"{a.name} ({progress(a, result)})"
             for a in result.agents
             if a.name not in result.answering
         ]
@@ -172,7 +186,7 @@ def _wake_answer(result: WakeResult) -> web.Response:
         "looked_up": result.looked_up,
         "agents": agents,
     }
-    return _json(body, 504, {STATUS_HEADER: "not-ready"})
+    return json_answer(body, 504, {STATUS_HEADER: "not-ready"})
 
 
 # ------------------------------------------------------------------- routes
@@ -187,23 +201,23 @@ async def wake(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "invalid_parameter", "wait can only be 'page'", "wait")
     w = _w(request)
     timeout_s = requests.duration(request, "timeout", maximum=MAX_TIMEOUT_S)
-    keep_for_s = _keep_for(request, "keep_for")
+    keep_for_s = keep_for(request, "keep_for")
     timeout = timeout_s if timeout_s is not None else w.settings.wake_timeout
     names, group = requests.names(request), requests.group(request)
     if wait == "page" and _browser(request):
-        result = await _wake(
+        result = await wake_on_request(
             request, names, group, keep_for_s=keep_for_s, timeout_s=min(timeout, PAGE_GRACE_S)
         )
         if result.ready:
             return _wake_answer(result)
-        page = _page(result, title=result.looked_up, refresh_s=2, details=True, dark=False)
+        page = waiting_page(result, title=result.looked_up, refresh_s=2, details=True, dark=False)
         return web.Response(
             text=page,
             status=503,
             content_type="text/html",
             headers={STATUS_HEADER: "not-ready", "Retry-After": "2", "Cache-Control": "no-store"},
         )
-    result = await _wake(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout)
+    result = await wake_on_request(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout)
     return _wake_answer(result)
 
 
@@ -218,108 +232,6 @@ def _browser(request: web.Request) -> bool:
 async def wake_post(request: web.Request) -> web.StreamResponse:
     """The same wake for a POST (a script, a webhook); its body is ignored."""
     return await wake(request)
-
-
-def _sablier_session(result: WakeResult) -> dict[str, Any]:
-    """Sablier's session shape: one instance per agent, and the session's status."""
-    instances = []
-    for a in result.agents:
-        state = (
-            "ready"
-            if a.name in result.answering
-            else "unrecoverable"
-            if is_gone(a)
-            else "not-ready"
-        )
-        instances.append(
-            {
-                "instance": {
-                    "name": a.name,
-                    "currentReplicas": a.running,
-                    "desiredReplicas": max(a.replicas, 1),
-                    "status": state,
-                },
-                "error": a.error,
-            }
-        )
-    return {"instances": instances, "status": "ready" if result.ready else "not-ready"}
-
-
-def _sablier_targets(request: web.Request) -> tuple[list[str], str | None]:
-    """Sablier's ``names`` or ``group``; names win when both are given, and with neither
-    the request's host is looked up, as on ``/api/wake``."""
-    names, group = requests.names(request), requests.group(request)
-    return names, (None if names else group)
-
-
-@routes.get("/api/strategies/blocking", name="sablier_blocking")
-async def sablier_blocking(request: web.Request) -> web.Response:
-    """Sablier's blocking strategy: hold the request until every instance is ready."""
-    requests.only(request, _BLOCKING_PARAMS)
-    await no_body(request)
-    w = _w(request)
-    names, group = _sablier_targets(request)
-    keep_for_s = _keep_for(request, "session_duration")
-    timeout_s = requests.duration(
-        request, "timeout", maximum=MAX_TIMEOUT_S, default=w.settings.wake_timeout
-    )
-    assert timeout_s is not None
-    result = await _wake(
-        request, names, group, keep_for_s=keep_for_s, timeout_s=timeout_s, via="sablier"
-    )
-    body: dict[str, Any] = {"session": _sablier_session(result)}
-    if result.ready:
-        return _json(body, 200, {SABLIER_HEADER: "ready"})
-    body["error"] = {
-        "code": "timeout",
-        "message": f"not ready within {timeout_s:g}s",
-        "field": None,
-    }
-    return _json(body, 504, {SABLIER_HEADER: "not-ready"})
-
-
-@routes.get("/api/strategies/dynamic", name="sablier_dynamic")
-async def sablier_dynamic(request: web.Request) -> web.Response:
-    """Sablier's dynamic strategy: start what sleeps and answer at once with a waiting
-    page that refreshes itself (the header says whether to show it)."""
-    requests.only(request, _DYNAMIC_PARAMS)
-    await no_body(request)
-    names, group = _sablier_targets(request)
-    keep_for_s = _keep_for(request, "session_duration")
-    refresh_s = requests.duration(request, "refresh_frequency", maximum=3600.0, default=5.0)
-    assert refresh_s is not None
-    theme = request.query.get("theme", "ghost")
-    if theme not in THEMES:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"unknown theme {theme!r}; known: {', '.join(sorted(THEMES))}",
-            "theme",
-        )
-    show = request.query.get("show_details", "true").lower()
-    if show not in ("true", "false", "1", "0"):
-        raise ApiError(
-            400, "invalid_parameter", "show_details must be true or false", "show_details"
-        )
-    result = await _wake(
-        request, names, group, keep_for_s=keep_for_s, timeout_s=0.05, via="sablier"
-    )
-    title = request.query.get("display_name") or (group if group is not None else ", ".join(names))
-    page = _page(
-        result,
-        title=title,
-        refresh_s=refresh_s,
-        details=show in ("true", "1"),
-        dark=THEMES[theme] == "dark",
-    )
-    return web.Response(
-        text=page,
-        content_type="text/html",
-        headers={
-            SABLIER_HEADER: "ready" if result.ready else "not-ready",
-            "Cache-Control": "no-store",
-        },
-    )
 
 
 # ------------------------------------------------------------------- groups

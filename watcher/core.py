@@ -207,7 +207,7 @@ class Watcher:
         self, names: Sequence[str] = (), group: str | None = None, host: str | None = None
     ) -> tuple[list[Agent], str]:
         """The agents a wake would name (``names``, else ``group``, else ``host``)."""
-        return self._parts.waker.resolve(names, group, host)
+        return self._parts.waker.resolve(names, group, host)[:2]
 
     async def wake(
         self,
@@ -218,12 +218,14 @@ class Watcher:
         keep_for_s: float | None = None,
         timeout_s: float | None = None,
         via: str = "wake",
+        optional: Sequence[str] = (),
     ) -> WakeResult:
         """Wake on request (wake.py): use with a keep-alive, start what sleeps (once), wait
-        until all are ready (``timeout_s``); ``via`` names the caller in its record."""
-        agents, looked_up = self._parts.waker.resolve(names, group, host)
+        until all are ready (``timeout_s``) but the ``optional`` ones; ``via`` names the
+        caller in its record."""
+        agents, looked_up, extra = self._parts.waker.resolve(names, group, host, optional)
         return await self._parts.waker.wake(
-            agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via
+            agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via, optional=extra
         )
 
     # ------------------------------------------------------ registered agents

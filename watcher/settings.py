@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="A token that can only wake (the wake and Sablier routes), for proxy "
         "configs; they accept `api_token` too.",
     )
+    read_token: SecretStr | None = Field(
+        default=None,
+        description="A token that can only read: every GET route and the websocket (a "
+        "status page, a dashboard without controls). Needs `api_token`; any other call "
+        "with it is a 403 naming the scope it needs.",
+    )
     wake_open: bool = Field(
         default=False,
         description="The wake and Sablier routes (and only them) need no token, for proxy "
@@ -372,6 +378,15 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
+    def _read_token_needs_api_token(self) -> Settings:
+        if self.read_token is not None and self.api_token is None:
+            raise ValueError(
+                "read_token: set api_token too (without it every route is open, and a "
+                "token that may only read would limit nothing)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _wake_keep_for_within_max_keep_for(self) -> Settings:
         """A wake_keep_for above max_keep_for is an error when it was set; the default
         (5m) shrinks to a smaller max_keep_for instead of failing a config that never
@@ -384,7 +399,7 @@ class Settings(BaseSettings):
             object.__setattr__(self, "wake_keep_for", self.max_keep_for)
         return self
 
-    @field_validator("api_token", "wake_token")
+    @field_validator("api_token", "wake_token", "read_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():

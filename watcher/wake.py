@@ -4,6 +4,10 @@ Policy (read this first):
 - Which agents: ``names``, else a ``group``, else the request's host name matched against
   the hosts label (groups.py). Only tracked (managed) agents; an unknown name, an empty
   group or an unmatched host is AgentNotFound naming what was looked up.
+- Optional agents (Sablier's ``optional:NAME``) are noted and started with the others and
+  kept with the same keep-alive, but never waited for and never fail the wake: an unknown
+  one is left out, a failed start of one is logged, and the answer's ``ready`` is that of
+  the others.
 - Every wake is use of the agents it names, with a keep-alive of ``keep_for`` (default
   ``wake_keep_for``). On the hot path (a running agent asked about again and again) that
   use is coalesced: noted at most once a second per agent, so a flood of requests makes
@@ -83,6 +87,8 @@ class WakeResult:
     gone: tuple[str, ...] = ()  # named, but no longer tracked when the answer was made
     #: the agents that are ready (running, healthy, their ready-port answering)
     answering: frozenset[str] = frozenset()
+    #: the agents named optional: woken and kept, never part of ``ready``
+    optional: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +133,32 @@ class Waker:
 
     # ----------------------------------------------------------- resolving
     def resolve(
-        self, names: Sequence[str] = (), group: str | None = None, host: str | None = None
+        self,
+        names: Sequence[str] = (),
+        group: str | None = None,
+        host: str | None = None,
+        optional: Sequence[str] = (),
+    ) -> tuple[list[Agent], str, frozenset[str]]:
+        """The agents a wake names, how they were looked up (for the answer), and which of
+        them are only ``optional`` (known ones: an unknown optional name is left out)."""
+        known = [n for n in dict.fromkeys(optional) if self._wakeable(self._tracker.get(n))]
+        if not names and group is None and host is None and optional:
+            agents: list[Agent] = []
+            looked_up = "names " + ",".join(f"optional:{n}" for n in optional)
+        else:
+            agents, looked_up = self._required(names, group, host)
+            if optional:
+                looked_up += "," + ",".join(f"optional:{n}" for n in optional)
+        required = {a.name for a in agents}
+        extra = [n for n in known if n not in required]
+        agents += [a for n in extra if (a := self._tracker.get(n)) is not None]
+        if not agents:
+            raise AgentNotFound(f"no agent to wake for {looked_up}", agent=None)
+        return agents, looked_up, frozenset(extra)
+
+    def _required(
+        self, names: Sequence[str], group: str | None, host: str | None
     ) -> tuple[list[Agent], str]:
-        """The agents a wake names, and how they were looked up (for the answer)."""
         if names:
             looked_up = "names " + ",".join(names)
             missing = [n for n in names if not self._wakeable(self._tracker.get(n))]
@@ -175,9 +204,11 @@ class Waker:
         keep_for_s: float | None = None,
         timeout_s: float | None = None,
         via: str = "wake",
+        optional: frozenset[str] = frozenset(),
     ) -> WakeResult:
         """Note use, start what sleeps, wait (at most ``timeout_s``) until all run; each
-        agent's wake timed by phase (wake_phases.py), ``via`` says what asked."""
+        agent's wake timed by phase (wake_phases.py), ``via`` says what asked. The
+        ``optional`` ones are started, never waited for (module docstring)."""
         requested_m = time.monotonic()
         self.requests += 1
         keep_for = self.config.keep_for_s if keep_for_s is None else keep_for_s
@@ -185,10 +216,14 @@ class Waker:
         names = [a.name for a in agents]
         for name in names:
             self._note(name, keep_for)
+        for name in optional:  # started, never waited for; a failed start is only logged
+            if (agent := self._tracker.get(name)) is not None and is_asleep(agent):
+                self._begin_start(name)
+        names = [n for n in names if n not in optional]
         if all(self._answers(self._tracker.get(n)) for n in names):
             for _ in names:
                 self._phases.answered_at_once("running", requested_m)
-            return self._result(names, looked_up, ())  # the hot path: nothing else
+            return self._result(names, looked_up, (), optional)  # the hot path
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         started: list[str] = []  # begun here, or joined: a start of it was under way
         timers: dict[str, WakeTimer] = {}
@@ -206,7 +241,7 @@ class Waker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._all_ready(list(timers.values()), timeout)
-        result = self._result(names, looked_up, tuple(started))
+        result = self._result(names, looked_up, tuple(started), optional)
         for name, timer in timers.items():
             self._phases.answered(timer, ready=name in result.answering)
         return result
@@ -302,12 +337,25 @@ class Waker:
             self._noted.clear()  # names that went away must not grow it for ever
         self._share.report_use(agent, "wake")
 
-    def _result(self, names: list[str], looked_up: str, started: tuple[str, ...]) -> WakeResult:
+    def _result(
+        self,
+        names: list[str],
+        looked_up: str,
+        started: tuple[str, ...],
+        optional: frozenset[str] = frozenset(),
+    ) -> WakeResult:
+        """``names``: the required ones (every one ready: ready); the optional ones after
+        them in ``agents``, flagged in ``optional``."""
         agents = tuple(a for n in names if (a := self._tracker.get(n)) is not None)
         gone = tuple(n for n in names if self._tracker.get(n) is None)
         answering = frozenset(a.name for a in agents if self._answers(a))
         ready = not gone and len(answering) == len(agents)
-        return WakeResult(ready, agents, started, looked_up, gone, answering)
+        extra = tuple(a for n in sorted(optional) if (a := self._tracker.get(n)) is not None)
+        answering |= {a.name for a in extra if self._answers(a)}
+        started += tuple(a.name for a in extra if a.name in self._starting)
+        return WakeResult(
+            ready, agents + extra, started, looked_up, gone, answering, optional=optional
+        )
 
     async def close(self) -> None:
         """Cancel and await the starts under way."""

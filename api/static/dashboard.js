@@ -11,6 +11,7 @@
   let retryDelay = 1000;
   let retryTimer = null;
   let loaded = false; // a snapshot arrived on this connection
+  let scopes = new Set(); // what the token may do (GET /api/scopes): controls follow it
 
   function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
   function headers() {
@@ -153,8 +154,8 @@
       tr.appendChild(cell(human((now - Date.parse(a.last_activity)) / 1000) + " ago"));
       tr.appendChild(cell(idleIn(a, now), "idle-in"));
       const actions = document.createElement("td");
-      actions.append(button(a.name, "start", "Start", asleep(a)), stopButton(a),
-                     button(a.name, "activity", "Touch", !GONE.includes(a.status)));
+      if (scopes.has("control")) actions.append(button(a.name, "start", "Start", asleep(a)), stopButton(a));
+      if (scopes.has("touch")) actions.append(button(a.name, "activity", "Touch", !GONE.includes(a.status)));
       tr.appendChild(actions);
       rows.push(tr);
     }
@@ -194,7 +195,7 @@
     setConn("unauthorized", rejected ? "token rejected" : "token needed");
     $("#auth").hidden = false;
     $("#auth-error").textContent = rejected
-      ? "The token was rejected (401 unauthorized). Enter the api_token idlewatch was started with."
+      ? "The token was rejected. Enter the api_token (or read_token) idlewatch was started with."
       : "This idlewatch requires an API token.";
     $("#token").focus();
   }
@@ -208,9 +209,15 @@
     } catch (e) {
       return retry();
     }
-    if (probe.status === 401) return askToken(Boolean(token()));
+    if (probe.status === 401 || probe.status === 403) return askToken(Boolean(token()));
     if (!probe.ok) return retry();
     $("#auth").hidden = true;
+    try {
+      const r = await fetch(base + "api/scopes", { headers: headers() });
+      scopes = new Set(r.ok ? (await r.json()).scopes : []);
+    } catch (e) {
+      return retry();
+    }
     const url = new URL(base + "api/ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     if (token()) url.searchParams.set("token", token());
@@ -437,10 +444,12 @@
     touchNow.disabled = GONE.includes(a.status);
     touchNow.addEventListener("click", () => act(a.name, "activity", keep.value ? { keep_for: keep.value } : null));
     const controls = [];
-    if (asleep(a)) controls.push(button(a.name, "start", "Start", true));
-    if (awake(a)) controls.push(stopButton(a));
-    if (a.kind === "container" && a.status === "running") controls.push(button(a.name, "pause", "Pause", true));
-    controls.push(keep, touchNow);
+    if (scopes.has("control")) {
+      if (asleep(a)) controls.push(button(a.name, "start", "Start", true));
+      if (awake(a)) controls.push(stopButton(a));
+      if (a.kind === "container" && a.status === "running") controls.push(button(a.name, "pause", "Pause", true));
+    }
+    if (scopes.has("touch")) controls.push(keep, touchNow);
     box.replaceChildren(...controls);
   }
   window.addEventListener("hashchange", () => { timelineFor = null; shown = {}; renderDetail(); });

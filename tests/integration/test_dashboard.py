@@ -20,6 +20,7 @@ from .conftest import inspect, run_container
 from .serveproc import ServeProcess
 
 TOKEN = "dash-token"
+READ_TOKEN = "dash-read-token"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -44,7 +45,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def server(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
     run_container(engine, "web-c")
-    proc = ServeProcess(engine, tmp_path, api_token=TOKEN).start()
+    proc = ServeProcess(engine, tmp_path, api_token=TOKEN, read_token=READ_TOKEN).start()
     try:
         yield proc
     finally:
@@ -112,6 +113,30 @@ def test_filters_by_group(browser: Browser, engine: PrivateEngine, server: Serve
     expect(page.locator('tr[data-name="web-g"]')).to_have_count(1)
     page.select_option("#group", "")
     expect(page.locator('tr[data-name="web-c"]')).to_have_count(1)
+    page.close()
+
+
+def test_a_token_that_may_only_read_sees_no_controls(
+    browser: Browser, engine: PrivateEngine, server: ServeProcess
+) -> None:
+    """Issue 24: the read_token's dashboard is live and has no control, in the table or
+    in the detail view; the api_token's has them."""
+    run_container(engine, "web-ro", labels={"idlewatch.idle-action": "pause"})
+    page = _open(browser, server, READ_TOKEN)
+    row = page.locator('tr[data-name="web-ro"]')
+    expect(row).to_have_count(1, timeout=10_000)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    expect(page.locator("#agents button")).to_have_count(0)
+    row.locator("a.open").click()
+    expect(page.locator("#detail-name")).to_have_text("web-ro")
+    expect(page.locator("#detail-controls button, #detail-controls select")).to_have_count(0)
+    page.close()
+    page = _open(browser, server, TOKEN)
+    expect(page.locator('tr[data-name="web-ro"] button[data-action="stop"]')).to_have_count(
+        1, timeout=10_000
+    )
+    page.goto(server.url + "/#agent=web-ro")
+    expect(page.locator('#detail-controls button[data-action="pause"]')).to_have_count(1)
     page.close()
 
 

@@ -198,8 +198,9 @@ def test_agent_json_keeps_the_fixed_part_per_version_and_shares_nothing_mutable(
         {"api_token": "t"},
         {"wake_token": "w"},  # only the wake routes ask
         {"api_token": "t", "wake_open": True},  # every route but the wake routes asks
+        {"api_token": "t", "read_token": "r"},  # a read_token: 403 outside its scope
     ],
-    ids=["quick-start", "api-token", "wake-token-only", "wake-open"],
+    ids=["quick-start", "api-token", "wake-token-only", "wake-open", "read-token"],
 )
 async def test_the_openapi_document_declares_the_auth_the_server_asks_for(
     tokens: dict[str, object],
@@ -221,6 +222,7 @@ async def test_the_openapi_document_declares_the_auth_the_server_asks_for(
             for method, op in operations.items():
                 secured = bool(op["security"])
                 assert ("401" in op["responses"]) is secured, (method, path)
+                assert not secured or "403" in op["responses"], (method, path)
                 if not secured:
                     continue
                 url = path.replace("{name}", "ghost")

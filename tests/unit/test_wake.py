@@ -4,7 +4,6 @@ routes' answers and auth, and groups going to sleep together."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +16,13 @@ from idlewatch.models import Change, ContainerInfo, ExecProcess, freeze
 
 from tests.builders import box
 from tests.fakes import FakeDocker, FakeStore
+from tests.unit.conftest import API, READ, WAKE, bearer
 from tests.unit.test_tracker import make
 from tests.waiting import until
 
 T0 = datetime(2026, 8, 1, tzinfo=UTC)
 MANAGED = {"idlewatch.enable": "true"}
-WAKE = "wake-only"
-API = "api-secret"
+SABLIER = "X-Sablier-Session-Status"
 
 
 # ------------------------------------------------------------------ the index (pure)
@@ -67,46 +66,10 @@ def tracker_agent(tracker: Any, name: str, **labels: str) -> Any:
     )
 
 
-# --------------------------------------------------------------- a watcher on fakes
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]]]:
-    docker = FakeDocker()
-    docker.lively = True
-    clock = ManualClock(datetime.now(UTC))  # the fake engine's events carry the real time
-    settings = Settings(
-        docker_url="unix:///f.sock",
-        database_url="sqlite:///u.db",
-        idle_timeout=60,
-        wake_timeout=5,
-        api_token=API,
-        wake_token=WAKE,
-    )
-    docker.containers["c1"] = box(
-        "c1", "web", **{"idlewatch.hosts": "web.test", "idlewatch.group": "team"}
-    )
-    docker.containers["c2"] = box("c2", "db", "exited", **{"idlewatch.group": "team"})
-    docker.containers["c3"] = box("c3", "napper", "exited")
-    w = Watcher(settings, docker=docker, store=FakeStore(), clock=clock)
-    w.confirm_timeout_s = 0.05
-    async with w:
-        await w.wait_synced(5)
-        await w.settled(5)
-        client = TestClient(TestServer(create_app(w)))
-        await client.start_server()
-        try:
-            yield docker, w, clock, client
-        finally:
-            await client.close()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def test_a_running_agent_costs_no_engine_call_and_one_change_a_second(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     before = sum(docker.calls.values())
     seen: list[Change] = []
 
@@ -127,6 +90,7 @@ async def test_a_running_agent_costs_no_engine_call_and_one_change_a_second(
         "replicas": 1,
         "running": 1,
         "ready": True,
+        "optional": False,
     }
     await w.settled(5)
     watcher_task.cancel()
@@ -138,9 +102,9 @@ async def test_a_running_agent_costs_no_engine_call_and_one_change_a_second(
 
 
 async def test_concurrent_wakes_of_a_sleeping_agent_start_it_once(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     docker.start_gate = asyncio.Event()
     calls = [client.get("/api/wake?names=napper", headers=bearer(WAKE)) for _ in range(20)]
     pending = [asyncio.ensure_future(c) for c in calls]
@@ -153,9 +117,9 @@ async def test_concurrent_wakes_of_a_sleeping_agent_start_it_once(
 
 
 async def test_who_is_woken_names_group_or_host_and_what_is_refused(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, _w, _clock, client = served
+    docker, _w, _clock, client = wake_served
     resp = await client.get(
         "/api/wake", headers={**bearer(WAKE), "X-Forwarded-Host": "WEB.test:443"}
     )
@@ -188,23 +152,65 @@ async def test_who_is_woken_names_group_or_host_and_what_is_refused(
 
 
 async def test_the_wake_token_opens_the_wake_routes_only(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    _, _, _, client = served
+    _, _, _, client = wake_served
     for token, path, status in (
         (WAKE, "/api/wake?names=web", 200),
         (API, "/api/wake?names=web", 200),
         ("wrong", "/api/wake?names=web", 401),
         (WAKE, "/api/strategies/blocking?names=web", 200),
-        (WAKE, "/api/agents", 401),
-        (WAKE, "/api/groups", 401),
+        (WAKE, "/api/agents", 403),  # a known token without the read scope
+        (WAKE, "/api/groups", 403),
     ):
         resp = await client.get(path, headers=bearer(token))
         assert resp.status == status, (token, path, await resp.text())
+        if status == 403:
+            assert (await resp.json())["scope"] == "read"
     resp = await client.get("/api/wake?names=web")
     assert resp.status == 401
     resp = await client.put("/api/wake?names=web", headers=bearer(WAKE))
     assert resp.status == 405 and "GET" in resp.headers["Allow"]
+
+
+async def test_the_read_token_reads_and_does_nothing_else(
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+) -> None:
+    docker, _, _, client = wake_served
+    for path in ("/api/agents", "/api/agents/web", "/api/groups", "/api/stats", "/api/audit"):
+        resp = await client.get(path, headers=bearer(READ))
+        assert resp.status == 200, (path, await resp.text())
+    for method, path, scope in (
+        ("POST", "/api/agents/napper/start", "control"),
+        ("POST", "/api/agents/web/stop", "control"),
+        ("POST", "/api/agents/web/pause", "control"),
+        ("POST", "/api/groups/team/start", "control"),
+        ("POST", "/api/agents/web/activity", "touch"),
+        ("DELETE", "/api/agents/web", "deploy"),
+        ("POST", "/api/agents", "deploy"),
+        ("GET", "/api/wake?names=napper", "wake"),
+        ("GET", "/api/strategies/blocking?names=napper", "wake"),
+    ):
+        resp = await client.request(method, path, headers=bearer(READ))
+        body = await resp.json()
+        assert resp.status == 403 and body["scope"] == scope, (method, path, body)
+        message = body["detail"] if "strategies" in path else body["error"]["message"]
+        assert scope in message and READ not in resp.headers.values()
+    assert not [a for a in docker.acted if a[0] != "inspect_container"], docker.acted
+    for token, scopes in (
+        (READ, ["read"]),
+        (WAKE, None),  # it may not read, not even its scopes
+        (API, ["read", "touch", "wake", "control", "deploy"]),
+    ):
+        resp = await client.get("/api/scopes", headers=bearer(token))
+        assert (await resp.json()).get("scopes") == scopes if scopes else resp.status == 403
+    async with client.ws_connect(f"/api/ws?token={READ}") as ws:  # the feed is a read
+        assert (await ws.receive_json())["type"] == "snapshot"
+
+
+def test_a_read_token_without_an_api_token_is_a_settings_error() -> None:
+    with pytest.raises(ValueError, match="read_token: set api_token too"):
+        Settings(docker_url="unix:///f.sock", read_token="r")
 
 
 async def test_wake_open_opens_the_wake_routes_and_nothing_else() -> None:
@@ -226,9 +232,9 @@ async def test_wake_open_opens_the_wake_routes_and_nothing_else() -> None:
 
 
 async def test_sablier_routes_answer_as_its_plugins_expect(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     resp = await client.get(
         "/api/strategies/blocking?names=web&names=db&session_duration=1m&timeout=5s",
         headers=bearer(WAKE),
@@ -261,27 +267,31 @@ async def test_sablier_routes_answer_as_its_plugins_expect(
     assert resp.headers["X-Sablier-Session-Status"] == "not-ready"
     assert "napper is starting" in await resp.text()
     docker.start_gate.set()
-    for query, field in (
-        ("group=team&group=other", "group"),
-        ("names=web&refresh_frequency=0", "refresh_frequency"),
-        ("names=web&theme=neon", "theme"),
-        ("names=web&show_details=maybe", "show_details"),
+    for query, status, field in (
+        ("group=team&group=other", 400, "group"),
+        ("names=web&refresh_frequency=0", 400, "refresh_frequency"),
+        ("names=napper&theme=neon", 404, "theme"),  # before anything starts
+        ("names=web&show_details=maybe", 400, "show_details"),
     ):
         resp = await client.get(f"/api/strategies/dynamic?{query}", headers=bearer(WAKE))
-        assert resp.status == 400 and (await resp.json())["error"]["field"] == field, query
+        assert resp.status == status and resp.content_type == "application/problem+json", query
+        problem = await resp.json()
+        assert problem["field"] == field and problem["status"] == status, problem
+        assert {"type", "title", "detail"} <= problem.keys() and SABLIER not in resp.headers
 
 
 async def test_blocking_past_its_timeout_says_not_ready(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, _w, _clock, client = served
+    docker, _w, _clock, client = wake_served
     docker.start_gate = asyncio.Event()  # the start never finishes
     resp = await client.get(
         "/api/strategies/blocking?names=napper&timeout=200ms", headers=bearer(WAKE)
     )
     body = await resp.json()
-    assert resp.status == 504 and resp.headers["X-Sablier-Session-Status"] == "not-ready"
-    assert body["session"]["status"] == "not-ready" and body["error"]["code"] == "timeout"
+    assert resp.status == 504 and SABLIER not in resp.headers  # an error: a problem
+    assert resp.content_type == "application/problem+json" and body["code"] == "timeout"
+    assert body["session"]["status"] == "not-ready" and body["title"] == "Gateway Timeout"
     resp = await client.get("/api/wake?names=napper&timeout=200ms", headers=bearer(WAKE))
     body = await resp.json()
     assert resp.status == 504 and resp.headers["X-Idlewatch-Status"] == "not-ready"
@@ -300,9 +310,9 @@ async def test_blocking_past_its_timeout_says_not_ready(
 
 
 async def test_groups_routes(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, _w, _clock, client = served
+    docker, _w, _clock, client = wake_served
     resp = await client.get("/api/groups", headers=bearer(API))
     groups = await resp.json()
     assert [g["name"] for g in groups] == ["team"]
@@ -316,9 +326,9 @@ async def test_groups_routes(
 
 
 async def test_a_group_goes_to_sleep_together_or_not_at_all(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, w, clock, _client = served
+    docker, w, clock, _client = wake_served
     await w.start("db")
     await w.wait_for("db", lambda a: a is not None and a.status is Status.RUNNING, 5)
     clock.advance(30)
@@ -343,11 +353,11 @@ async def test_a_group_goes_to_sleep_together_or_not_at_all(
 
 
 async def test_a_wake_waits_for_what_runs_and_never_starts_it_again(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
     """Running but not healthy yet, or a service whose tasks are still starting: a wake
     waits; it neither starts it again nor scales the service (to a remembered count)."""
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     docker.emit("c1", "health_status", detail="starting")
     await w.wait_for("web", lambda a: a is not None and a.health is not None, 5)
     before = docker.calls["start_container"]
@@ -363,9 +373,9 @@ async def test_a_wake_waits_for_what_runs_and_never_starts_it_again(
 
 
 async def test_a_start_that_failed_is_the_answer_for_a_moment(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     docker.containers["c3"] = box("c3", "napper", "exited", **{"idlewatch.enable": "no"})
     for _ in range(3):
         resp = await client.get("/api/wake?names=napper", headers=bearer(WAKE))
@@ -375,11 +385,11 @@ async def test_a_start_that_failed_is_the_answer_for_a_moment(
 
 
 async def test_a_wake_of_a_sleeping_agent_notes_its_use_once(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One touch, one activity report, one start (its own use not noted a second time)."""
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     parts = w._parts  # the collaborators the wake was built with
     touches: list[str] = []
     reports: list[tuple[str, str]] = []
@@ -402,11 +412,11 @@ async def test_a_wake_of_a_sleeping_agent_notes_its_use_once(
 
 
 async def test_a_wake_before_the_start_event_joins_the_start_under_way(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
 ) -> None:
     """The engine accepted the start; its event is late. A wake in between joins the start
     (it was a second start_container and a second audit row)."""
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     w.confirm_timeout_s = 5.0
     docker.lively = False  # the start event comes when the test sends it
     first = asyncio.ensure_future(client.get("/api/wake?names=napper", headers=bearer(WAKE)))
@@ -420,12 +430,12 @@ async def test_a_wake_before_the_start_event_joins_the_start_under_way(
 
 
 async def test_on_a_follower_a_wake_starts_once_its_use_is_published(
-    served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
+    wake_served: tuple[FakeDocker, Watcher, ManualClock, TestClient[Any, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The leader must be able to read the wake's use (and keep-alive) before the agent
     starts, or it could find the agent it sees start idle."""
-    docker, w, _clock, client = served
+    docker, w, _clock, client = wake_served
     published = asyncio.Event()
     asked: list[str] = []
 
