@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from idlewatch import Settings, Watcher
+from idlewatch.wake_ignore import WakeIgnore
 
 from . import sablier
 from .auth import auth_middleware
@@ -17,6 +18,7 @@ from .openapi import routes as openapi_routes
 from .render import AGENT_JSON, AgentJson
 from .routes import routes as rest_routes
 from .view import routes as view_routes
+from .wake import WAKE_IGNORE
 from .wake import routes as wake_routes
 from .ws import FEED, SOCKETS, Feed, Sockets, close_all, feed_ctx
 from .ws import routes as ws_routes
@@ -56,6 +58,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[GUARD] = guard  # used when served through api.limits.GuardedSite
     app[SOCKETS] = Sockets()
     app[AGENT_JSON] = AgentJson()
+    app[WAKE_IGNORE] = WakeIgnore(settings.wake_ignore_user_agents, settings.wake_ignore_paths)
     app[FEED] = Feed(settings.ws_max_buffer_bytes, app[AGENT_JSON])
     app.cleanup_ctx.append(feed_ctx)
     app.add_routes(rest_routes)

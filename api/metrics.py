@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from idlewatch import WatcherStatus
+from idlewatch.wake_ignore import WakeIgnore
 from idlewatch.wake_phases import BUCKETS
 
 from .errors import Handler
@@ -19,6 +20,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()
+        #: wake requests the ignore rules caught, by reason (user_agent, path)
+        self.wake_ignored: Counter[str] = Counter()
 
     def middleware(self) -> Middleware:
         """Counts every request by method, route and status code."""
@@ -167,6 +170,16 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         "counter",
         "Wake requests (/api/wake, Sablier's strategies, Watcher.wake) naming tracked agents.",
         [_line("idlewatch_wake_requests_total", status.wake_requests)],
+    )
+    out += _family(
+        "idlewatch_wake_ignored_total",
+        "counter",
+        "Wake requests that started nothing and were no use: a User-Agent of "
+        "wake_ignore_user_agents, a path of wake_ignore_paths or an agent's label.",
+        [
+            _line("idlewatch_wake_ignored_total", metrics.wake_ignored[r], {"reason": r})
+            for r in WakeIgnore.REASONS
+        ],
     )
     out += _family(
         "idlewatch_wake_seconds",

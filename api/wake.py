@@ -19,17 +19,26 @@ from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Watcher
 from idlewatch.rules import ON_ITS_WAY, is_awake, is_gone, is_ready, runs
 from idlewatch.wake import WakeResult
+from idlewatch.wake_ignore import WakeIgnore
 
 from . import requests
 from .errors import ApiError
 from .keys import WATCHER
+from .metrics import METRICS
 from .render import AGENT_JSON
 from .requests import MAX_WAIT_S as MAX_TIMEOUT_S
 from .requests import no_body
 
 routes = web.RouteTableDef()
 
+#: the requests that never wake (wake_ignore_user_agents, wake_ignore_paths)
+WAKE_IGNORE = web.AppKey("wake_ignore", WakeIgnore)
+#: how long a client refused by the ignore rules is told to wait before asking again
+IGNORED_RETRY_AFTER_S = 60
+
 STATUS_HEADER = "X-Idlewatch-Status"
+#: on an answer to a request the ignore rules caught: why (user_agent or path)
+IGNORED_HEADER = "X-Idlewatch-Ignored"
 #: the prefix of a name that is woken with the others but never waited for
 OPTIONAL = "optional:"
 #: how long ``wait=page`` waits before it answers with the page instead
@@ -204,6 +213,9 @@ async def wake(request: web.Request) -> web.StreamResponse:
     keep_for_s = keep_for(request, "keep_for")
     timeout = timeout_s if timeout_s is not None else w.settings.wake_timeout
     names, group = requests.names(request), requests.group(request)
+    ignored = _ignored(request, names, group, page=wait == "page" and _browser(request))
+    if ignored is not None:
+        return ignored
     if wait == "page" and _browser(request):
         result = await wake_on_request(
             request, names, group, keep_for_s=keep_for_s, timeout_s=min(timeout, PAGE_GRACE_S)
@@ -219,6 +231,59 @@ async def wake(request: web.Request) -> web.StreamResponse:
         )
     result = await wake_on_request(request, names, group, keep_for_s=keep_for_s, timeout_s=timeout)
     return _wake_answer(result)
+
+
+def _ignored(
+    request: web.Request, names: list[str], group: str | None, *, page: bool
+) -> web.Response | None:
+    """The answer to a request the ignore rules catch (a bot, a path that is no use), or
+    None for a request that may wake: it passes when every agent is ready, and is refused
+    (503, Retry-After) when one sleeps; either way nothing starts and nothing is used."""
+    ignore = request.config_dict[WAKE_IGNORE]
+    user_agent = request.headers.get("User-Agent")
+    path = request.headers.get("X-Forwarded-Uri") or request.headers.get("X-Original-URI")
+    reason = ignore.by_request(user_agent, path)
+    if reason is None and not path:
+        return None  # the hot path: nothing more to look at
+    agents = _targets(request, names, group)
+    if reason is None and not ignore.by_label(path, agents):
+        return None
+    reason = reason or "path"
+    request.config_dict[METRICS].wake_ignored[reason] += 1
+    looked_up = ", ".join(a.name for a in agents)
+    if all(is_ready(a) for a in agents):
+        return web.Response(status=200, headers={STATUS_HEADER: "ready", IGNORED_HEADER: reason})
+    why = (
+        f"{looked_up}: asleep, and not woken for a request its "
+        f"wake_ignore_{'user_agents' if reason == 'user_agent' else 'paths'} ignore"
+    )
+    headers = {
+        STATUS_HEADER: "not-ready",
+        IGNORED_HEADER: reason,
+        "Retry-After": str(IGNORED_RETRY_AFTER_S),
+        "Cache-Control": "no-store",
+    }
+    if page:
+        body = (
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>{html.escape(looked_up)} is asleep</title></head><body>"
+            f"<h1>{html.escape(looked_up)} is asleep</h1></body></html>"
+        )
+        return web.Response(text=body, status=503, content_type="text/html", headers=headers)
+    error = {"error": {"code": "ignored", "message": why, "field": None}}
+    return json_answer(error, 503, headers)
+
+
+def _targets(request: web.Request, names: list[str], group: str | None) -> list[Agent]:
+    """The agents a wake request names, optional ones too (404 as the wake's own)."""
+    required, optional = split_optional(names)
+    host = None if names or group is not None else _host(request)
+    w = _w(request)
+    try:
+        agents = w.wake_targets(required, group, host)[0] if required or group or host else []
+    except AgentNotFound as exc:
+        raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
+    return agents + [a for n in optional if (a := w.get(n)) is not None]
 
 
 def _browser(request: web.Request) -> bool:

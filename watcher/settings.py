@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -29,6 +30,7 @@ from pydantic_settings import (
 )
 
 from .durations import DurationError, parse_duration_s, parse_timeout_s
+from .wake_ignore import DEFAULT_PATHS, DEFAULT_USER_AGENTS, compile_user_agents
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +213,24 @@ class Settings(BaseSettings):
         "Sablier's `session_duration`, per request; at most `max_keep_for`).",
         json_schema_extra={"default_text": "`5m`"},
     )
+    wake_ignore_user_agents: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=lambda: list(DEFAULT_USER_AGENTS),
+        description="Wake requests whose User-Agent matches one of these regular expressions "
+        "(searched anywhere, case-insensitive) start nothing and are no use: crawlers and "
+        "uptime probes. Comma-separated, or a JSON list (for a pattern with a comma); `[]` "
+        "for none.",
+        json_schema_extra={
+            "default_text": "well-known crawlers and probes (`bot\\b`, `spider`, "
+            "`crawler`, `Pingdom`, `kube-probe`, ...: docs/wake.md)"
+        },
+    )
+    wake_ignore_paths: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=lambda: list(DEFAULT_PATHS),
+        description="Wake requests for these paths (globs, matched on the proxied request's "
+        "`X-Forwarded-Uri` or `X-Original-URI` without its query) start nothing and are no "
+        "use; an agent's `idlewatch.wake-ignore-paths` label adds its own. `[]` for none.",
+        json_schema_extra={"default_text": "`/favicon.ico,/robots.txt`"},
+    )
     wake_token: SecretStr | None = Field(
         default=None,
         description="A token that can only wake (the wake and Sablier routes), for proxy "
@@ -352,6 +372,24 @@ class Settings(BaseSettings):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("wake_ignore_user_agents")
+    @classmethod
+    def _user_agent_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                compile_user_agents([pattern])
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("wake_ignore_paths")
+    @classmethod
+    def _path_globs(cls, value: list[str]) -> list[str]:
+        for glob in value:
+            if not glob.startswith(("/", "*")):
+                raise ValueError(f"{glob!r}: a path glob starts with / (or *)")
         return value
 
     @field_validator("database_url")

@@ -188,10 +188,11 @@ async def test_an_unmanaged_or_unknown_host_is_refused_and_nothing_starts(
     async with aiohttp.ClientSession() as session:
         if proxy.kind == "nginx":  # one server block: any host reaches the wake
             status, _, _ = await _get(session, proxy, "other.test")
-            # nginx makes any auth answer but 2xx/401/403 a 500
-            assert status == 500
+            # nginx makes any auth answer but 2xx/401/403 a 500, which the snippet answers
+            # 503 with a retry hint
+            assert status == 503
             status, _, _ = await _get(session, proxy, "nobody.test")
-            assert status == 500
+            assert status == 503
         else:  # Caddy serves only app.example.test: another host reaches nothing there
             status, body, _ = await _get(session, proxy, "other.test")
             assert body == "", (status, body)
@@ -204,6 +205,41 @@ async def test_an_unmanaged_or_unknown_host_is_refused_and_nothing_starts(
             assert "other.test" in err["error"]["message"]
     assert _state(engine, "outsider") == "exited" and _state(engine, "site") == "exited"
     assert not upstream.seen and not _starts(serve)
+
+
+async def test_bots_and_ignored_paths_start_nothing_and_a_person_wakes_it(
+    engine: PrivateEngine, serve: ServeProcess, proxied: tuple[Proxy, Upstream]
+) -> None:
+    """Issue 25: through the shipped nginx and Caddy configs, a crawler's request and a
+    request for /favicon.ico get 503 with Retry-After and start nothing; then a person's
+    request wakes the agent as ever."""
+    proxy, upstream = proxied
+    googlebot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+    async with aiohttp.ClientSession() as session:
+        for path, agent in (("/", googlebot), ("/favicon.ico", chrome), ("/robots.txt?x", chrome)):
+            headers = {"Host": proxy.host_header(), "User-Agent": agent, "Accept": BROWSER}
+            async with session.get(proxy.url + path, headers=headers) as resp:
+                body = await resp.text()
+                assert resp.status == 503, (path, resp.status, body[:300])
+                assert resp.headers.get("Retry-After") == "60", dict(resp.headers)
+        assert _state(engine, "site") == "exited" and not _starts(serve)
+        assert not upstream.seen
+        async with session.get(f"{serve.url}/metrics") as resp:
+            metrics = await resp.text()
+        assert 'idlewatch_wake_ignored_total{reason="user_agent"} 1' in metrics
+        assert 'idlewatch_wake_ignored_total{reason="path"} 2' in metrics
+        headers = {"Host": proxy.host_header(), "User-Agent": chrome, "Accept": BROWSER}
+        deadline = time.monotonic() + 30
+        while True:  # the waiting page (Caddy) reloads itself until the agent answers
+            async with session.get(proxy.url + "/", headers=headers) as resp:
+                if resp.status == 200:
+                    assert await resp.text() == "hello from site"
+                    break
+            assert time.monotonic() < deadline, "a person's request never reached the agent"
+            await asyncio.sleep(0.3)
+    (start,) = _starts(serve)
+    assert start["actor"] == "wake"
 
 
 async def test_caddy_wait_page_then_the_upstream_once_healthy(
