@@ -34,6 +34,7 @@ from .hub import Hub
 from .idle import IdleActions, IdleConfig
 from .leader import Leadership
 from .lifecycle import Lifecycle, LifecycleConfig
+from .models import Agent
 from .node import NodeReporter
 from .operations import Operations
 from .operator_view import OperatorView
@@ -46,6 +47,7 @@ from .settings import Settings
 from .status import HealthSignal, Readiness, WatcherStatus
 from .store import SqlStore, redacted_url
 from .sweeper import Sweeper
+from .tcp_wake import TcpConfig, TcpWake, parse_networks
 from .tracker import Tracker
 from .usage import HoldLimits
 from .wake import WakeConfig, Waker
@@ -92,6 +94,7 @@ class Parts:
     phases: WakePhases
     view: OperatorView
     roller: HistoryRoller
+    tcp: TcpWake
     settings: Settings
 
     async def open(self) -> None:
@@ -118,6 +121,7 @@ class Parts:
             self.stream.start()
             self.sweeper.start()
             self.roller.start()
+            self.tcp.start()
         except BaseException:  # cancelled, or the store failed: nothing is left running
             await self.close()
             raise
@@ -132,6 +136,7 @@ class Parts:
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending: the last rows while
         still leading, then the lease handed over."""
+        await self.tcp.close()
         await self.roller.close()
         await self.waker.close()
         await self.ports.close()
@@ -257,6 +262,22 @@ def watcher_parts(
     operations = Operations(
         lifecycle, capacity, replicas, waits, tracker, index, clock, max_keep_for_s=s.max_keep_for
     )
+    waker = Waker(
+        tracker,
+        index,
+        clock,
+        WakeConfig(s.wake_keep_for, s.wake_timeout, s.max_keep_for),
+        operations=operations,
+        waits=waits,
+        share=replicas,
+        ports=ports,
+        phases=phases,
+    )
+    tcp = TcpWake(
+        TcpCoreAdapter(tracker, waker, docker, replicas, clock),
+        TcpConfig(s.tcp_host, parse_networks(s.tcp_allow), s.wake_timeout),
+    )
+    bus.add(tcp)
     return Parts(
         docker=docker,
         store=db,
@@ -296,17 +317,8 @@ def watcher_parts(
             members=index.members,
         ),
         ports=ports,
-        waker=Waker(
-            tracker,
-            index,
-            clock,
-            WakeConfig(s.wake_keep_for, s.wake_timeout, s.max_keep_for),
-            operations=operations,
-            waits=waits,
-            share=replicas,
-            ports=ports,
-            phases=phases,
-        ),
+        waker=waker,
+        tcp=tcp,
         waits=waits,
         readiness=Readiness(stream, writer, db, binding, health),
         history=history,
@@ -331,6 +343,54 @@ def watcher_parts(
             flush=lambda: writer.flush(timeout_s=2.0),
         ),
     )
+
+
+class TcpCoreAdapter:
+    """What the TCP wake asks of the core (tcp_wake.TcpCore), from the parts."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        waker: Waker,
+        docker: DockerGateway,
+        replicas: Replicas,
+        clock: Clock,
+    ) -> None:
+        self._tracker, self._waker, self._docker = tracker, waker, docker
+        self._replicas, self._clock = replicas, clock
+
+    def get(self, name: str) -> Agent | None:
+        return self._tracker.get(name)
+
+    async def wake(self, name: str, timeout_s: float) -> bool:
+        agents, looked_up, _ = self._waker.resolve([name])
+        result = await self._waker.wake(
+            agents, looked_up, keep_for_s=0.0, timeout_s=timeout_s, via="tcp"
+        )
+        return result.ready
+
+    async def address(self, agent: Agent) -> str | None:
+        info = await self._docker.inspect_container(agent.id)
+        return info.address if info is not None else None
+
+    def open_connection(self, name: str, key: str) -> str | None:
+        return self._tracker.open_connection(name, key)
+
+    def close_connection(self, name: str, container_id: str, key: str) -> None:
+        self._tracker.close_connection(name, container_id, key)
+        self._share(name)
+
+    def use(self, name: str, heartbeat: bool) -> None:
+        if heartbeat and self._replicas.is_leader:
+            return  # the leader holds the agent by the session itself
+        if not heartbeat and self._tracker.get(name) is not None:
+            self._tracker.touch(name, reason="tcp")
+        self._share(name)
+
+    def _share(self, name: str) -> None:
+        agent = self._tracker.get(name)
+        if agent is not None:
+            self._replicas.report_use(agent, "tcp")
 
 
 class ActingGate:

@@ -2,7 +2,7 @@
 
 Policy (read this first):
 - A hold is something that keeps the agent awake right now, each ``(kind, detail, until)``:
-  ``session`` (open exec or attach sessions, with their count), ``keep_alive`` (until its
+  ``session`` (open exec, attach or TCP sessions, with their count), ``keep_alive`` (until its
   ``keep_until``), ``never`` (idle timeout ``never``), ``group`` (a member of one of its
   groups is not at rest yet), ``busy`` (the last busy check found it in use, with when),
   ``starting`` (on its way up, or its healthcheck not passed yet).
@@ -100,7 +100,7 @@ def _own_holds(agent: Agent, now: datetime, busy: BusyNote | None) -> list[Hold]
     if agent.sessions > 0:
         since = agent.attached_since
         what = "open session" if agent.sessions == 1 else "open sessions"
-        detail = f"{agent.sessions} {what} (exec or attach)"
+        detail = f"{agent.sessions} {what} (exec, attach or TCP connection)"
         if since is not None:
             detail += f", attached since {since.isoformat().replace('+00:00', 'Z')}"
         holds.append(Hold("session", detail, count=agent.sessions, blocking=True))

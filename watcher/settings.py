@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from .durations import DurationError, parse_duration_s, parse_timeout_s
+from .tcp_wake import parse_networks
 from .wake_ignore import DEFAULT_PATHS, DEFAULT_USER_AGENTS, compile_user_agents
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,18 @@ class Settings(BaseSettings):
         "use; an agent's `idlewatch.wake-ignore-paths` label adds its own. `[]` for none.",
         json_schema_extra={"default_text": "`/favicon.ico,/robots.txt`"},
     )
+    tcp_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Where `serve` listens for the `idlewatch.tcp` label's ports (wake on a "
+        "TCP connection).",
+    )
+    tcp_allow: Annotated[list[str], NoDecode, BeforeValidator(_csv)] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client addresses (CIDRs) a `idlewatch.tcp` listener accepts; any other "
+        "is closed at once (a TCP port has no token). Comma-separated or a JSON list.",
+        json_schema_extra={"default_text": "loopback (`127.0.0.0/8,::1/128`)"},
+    )
     wake_token: SecretStr | None = Field(
         default=None,
         description="A token that can only wake (the wake and Sablier routes), for proxy "
@@ -382,6 +395,12 @@ class Settings(BaseSettings):
                 compile_user_agents([pattern])
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("tcp_allow")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # ValueError names the bad one
         return value
 
     @field_validator("wake_ignore_paths")

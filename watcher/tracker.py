@@ -350,6 +350,29 @@ class Tracker:
         if self._sessions.note_remote(name, source, sessions, self._clock.now()):
             self._table.update(agent, f"sessions on {source}", self._service_fields(name))
 
+    def open_connection(self, name: str, key: str) -> str | None:
+        """A TCP connection to the container ``name`` opened (tcp_wake.py): a session that
+        holds it; returns the container id it counts on (None: not a tracked container)."""
+        agent = self.agents.get(name)
+        if agent is None or agent.kind is not Kind.CONTAINER:
+            return None
+        self.use.open_connection(agent.id, key, self._clock.now())
+        self._refresh_sessions(name, "tcp connection opened")
+        return agent.id
+
+    def close_connection(self, name: str, container_id: str, key: str) -> None:
+        """The connection closed: the agent's idle clock starts now when it was the last."""
+        self.use.close_connection(container_id, key)
+        agent = self.agents.get(name)
+        if agent is None or agent.id != container_id:
+            return
+        fields = self._sessions.container_fields(container_id)
+        self._table.emit(
+            touched(agent, self._clock.now(), force=True)._replace(**fields),
+            agent,
+            "tcp connection closed",
+        )
+
     def expire_sessions(self, now: datetime, limits: HoldLimits) -> None:
         """Sessions held longer than their limit stop holding their agent (a forgotten
         terminal, an attach nobody renewed); each is named in a warning once. A node's

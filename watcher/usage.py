@@ -45,6 +45,9 @@ from .policy import is_use
 _PROCESS_ENDS = frozenset({"die", "destroy"})
 #: the id of a container's one attach session
 ATTACH = "attach"
+#: the kind of a session that is a TCP connection through idlewatch (tcp_wake.py): it is
+#: ours, so the engine never lists it and a recovery keeps it
+TCP = "tcp"
 #: ``docker run -it`` and ``docker start -ai`` attach a moment before the start: an attach
 #: this much older than the process's start still belongs to it
 ATTACH_BEFORE_START_S = 10.0
@@ -213,6 +216,20 @@ class ContainerUse:
             return None
         return (cid, session.opened_at, session.held_since)
 
+    def open_connection(self, cid: str, key: str, now: datetime) -> None:
+        """A TCP connection to the container through idlewatch opened: a session."""
+        self._open.setdefault(cid, {})[key] = Session(key, TCP, now)
+
+    def close_connection(self, cid: str, key: str) -> bool:
+        """The connection closed; whether it was open (a die may have closed it first)."""
+        sessions = self._open.get(cid)
+        if sessions is None or sessions.pop(key, None) is None:
+            return False
+        self._expired.discard((cid, key))
+        if not sessions:
+            del self._open[cid]
+        return True
+
     def process_ended(self, cid: str) -> None:
         """The container's process is gone (a listing found it stopped): no session is left."""
         self._stopping.discard(cid)
@@ -265,7 +282,7 @@ class ContainerUse:
         kept = {
             sid: s
             for sid, s in before.items()
-            if s.kind == "attach" and _same_process(s, listing.started_at)
+            if (s.kind == "attach" and _same_process(s, listing.started_at)) or s.kind == TCP
         }
         for proc in listing.execs:
             if self.is_users(listing, proc):

@@ -9,6 +9,7 @@ from typing import Any
 from idlewatch.clock import ManualClock
 from idlewatch.models import (
     Agent,
+    ContainerExecs,
     ContainerInfo,
     Kind,
     Need,
@@ -375,3 +376,22 @@ def test_the_counts_by_status_and_sessions_follow_every_change_of_the_table() ->
 
 def _loaded(name: str, status: Status) -> Agent:
     return Agent(name, Kind.CONTAINER, f"id-{name}", "img", status, 1, 1, T0, 900.0, T0, sessions=1)
+
+
+def test_a_tcp_connection_is_a_session_and_its_close_is_use() -> None:
+    """Issue 25: a connection through idlewatch holds its agent while open, survives a
+    recovery of the exec sessions (the engine never lists it), and its close is use."""
+    tr, changes, clock = make()
+    tr.apply(container_event("start", t_s=1))
+    cid = tr.agents["box"].id
+    assert tr.open_connection("box", "tcp-1") == cid
+    assert tr.open_connection("nobody", "tcp-2") is None
+    assert tr.agents["box"].sessions == 1
+    tr.recover_sessions(cid, ContainerExecs(None, ()))
+    assert tr.agents["box"].sessions == 1, "a recovery keeps our own connections"
+    clock.advance(30)
+    tr.close_connection("box", cid, "tcp-1")
+    box = tr.agents["box"]
+    assert box.sessions == 0 and box.last_activity == clock.now()
+    assert changes[-1].reason == "tcp connection closed"
+    tr.close_connection("box", cid, "tcp-1")  # twice (a die closed it first): harmless
