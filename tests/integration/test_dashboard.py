@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.private_engine import PrivateEngine
 
 from .conftest import inspect, run_container
+from .proxies import APP_HOST, start_nginx
 from .serveproc import ServeProcess
 
 TOKEN = "dash-token"
@@ -50,6 +54,30 @@ def server(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def _stub_upstream() -> Iterator[int]:
+    """An app's HTTP side on loopback that answers 200 (nginx proxies to it once woken)."""
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _open(browser: Browser, server: ServeProcess, token: str) -> Page:
@@ -204,7 +232,9 @@ def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: P
     idle action in its detail timeline; an open exec is a session hold with no next action,
     and a next action once it ends; controls fit the state; 390 x 844 scrolls no sideways;
     no console errors. With IDLEWATCH_SCREENSHOTS=<dir>, the two views are saved there."""
-    run_container(engine, "op-a", labels={"idlewatch.idle-timeout": "2s"})
+    run_container(
+        engine, "op-a", labels={"idlewatch.idle-timeout": "2s", "idlewatch.hosts": APP_HOST}
+    )
     run_container(engine, "op-b", labels={"idlewatch.idle-timeout": "1h"})
     server = ServeProcess(engine, tmp_path, api_token=TOKEN, sweep_interval="1s").start()
     errors: list[str] = []
@@ -237,6 +267,22 @@ def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: P
         expect(detail.locator('button[data-action="start"]')).to_have_count(1)
         expect(detail.locator('[data-action="stop"]')).to_have_count(0)
         expect(detail.locator('[data-action="pause"]')).to_have_count(0)
+        # a wake through the shipped nginx config: its phases in the detail timeline
+        with _stub_upstream() as upstream_port:
+            proxy = start_nginx(
+                idlewatch_port=server.port, upstream_port=upstream_port, token=TOKEN
+            )
+            try:
+                request = urllib.request.Request(
+                    proxy.url + "/", headers={"Host": proxy.host_header()}
+                )
+                with urllib.request.urlopen(request, timeout=40) as resp:
+                    assert resp.status == 200
+            finally:
+                proxy.stop()
+        timeline = page.locator("#detail-timeline")
+        expect(timeline).to_contain_text("woken from stopped: start_sent", timeout=10_000)
+        expect(timeline).to_contain_text("answered")
         # an open exec: a session hold and no next action, then one once it ends
         page.click('tr[data-name="op-b"] a.open')
         expect(page.locator("#detail-name")).to_have_text("op-b")
@@ -261,7 +307,7 @@ def test_the_operators_view(browser: Browser, engine: PrivateEngine, tmp_path: P
         if shots := os.environ.get("IDLEWATCH_SCREENSHOTS"):
             page.goto(server.url + "/")
             page.set_viewport_size({"width": 1100, "height": 700})
-            expect(page.locator("#sum-awake")).to_have_text("1", timeout=10_000)
+            expect(page.locator("#sum-awake")).to_have_text("2", timeout=10_000)  # (woken)
             page.screenshot(path=f"{shots}/dashboard.png")
         assert not errors, errors
         page.close()
