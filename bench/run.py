@@ -20,11 +20,13 @@ from idlewatch.api.netns import isolate_this_process
 from tests.private_engine import PrivateEngine, ensure_installed
 
 from . import (
+    burst_figures,
     engine_figures,
     ingest,
     load_figures,
     small_figures,
     stats_figures,
+    tcp_figures,
     wake_check,
     wake_figures,
     ws_figures,
@@ -251,6 +253,19 @@ async def collect() -> dict[str, dict[str, Any]]:
             flush=True,
         )
         figures.update(_wake_check(await wake_check.checks(engine), await wake_check.cold(engine)))
+        print(
+            f"burst: {burst_figures.N} stopped agents woken at once vs as many engine starts, "
+            f"{burst_figures.ROUNDS} rounds each; then with a full max_awake ...",
+            flush=True,
+        )
+        figures.update(_burst(await burst_figures.run(engine)))
+        print(
+            f"tcp: a {tcp_figures.SIZE_MB} MiB download through a listener vs direct, "
+            f"{tcp_figures.ROUNDS} rounds; a paused agent's first byte, {tcp_figures.TRIES} "
+            "tries each ...",
+            flush=True,
+        )
+        figures.update(_tcp(await tcp_figures.run()))
     finally:
         engine.cleanup()
 
@@ -361,6 +376,78 @@ def _stats(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"GET /api/agents with 10,000 agents (holds and next action included), same run; "
             f"p50 {st['list']['median']:.1f} ms",
             spread=st["list"],
+        ),
+    }
+
+
+def _tcp(t: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 25: the TCP splice against a direct connection; a paused agent's wake."""
+    ratio = t["ratio"]
+    ours, bare = t["ours_ms"], t["bare_ms"]
+    return {
+        "tcp_proxy_mb_per_s": fig(
+            t["proxied"]["median"],
+            "MB/s",
+            ">= 0.5 x tcp_direct_mb_per_s",
+            f"a {tcp_figures.SIZE_MB} MiB HTTP download through an awake agent's idlewatch.tcp "
+            f"listener, the client in its own process; {tcp_figures.ROUNDS} rounds alternated "
+            f"with the direct one; ratio (median of the rounds) {ratio:.2f} "
+            f"(spread {_spread(t['ratios'])})",
+            met=ratio >= 0.5,
+            spread=t["proxied"],
+            ratio_to_direct=round(ratio, 3),
+        ),
+        "tcp_direct_mb_per_s": fig(
+            t["direct"]["median"],
+            "MB/s",
+            "reference",
+            "the same download over a direct loopback connection to the agent's port",
+            spread=t["direct"],
+        ),
+        "tcp_wake_paused_ms": fig(
+            ours["median"],
+            "ms",
+            "- (reported)",
+            f"connect to a paused agent's listener until the first byte of its answer, "
+            f"{tcp_figures.TRIES} tries; next to a bare docker unpause plus a direct connect "
+            f"and the same request: p50 {bare['median']:.1f} ms (max {bare['max']:.1f}); "
+            f"ours max {ours['max']:.1f} ms",
+            spread=ours,
+        ),
+    }
+
+
+def _burst(b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 25: the Monday-morning burst, ours against the engine's own concurrent starts."""
+    n, rounds = burst_figures.N, burst_figures.ROUNDS
+    ours, bare, evict = b["ours"], b["bare"], b["evict"]
+    ratio = b["median_ratio"]
+    return {
+        "wake_burst_50_s": fig(
+            statistics.median(ours),
+            "s",
+            "<= 1.2 x engine_start_burst_50_s",
+            f"{n} stopped containers, {n} concurrent GET /api/wake (one agent each) until "
+            f"every one answered ready; {rounds} rounds alternated with the bare burst; "
+            f"ratio to it (median of the rounds) {ratio:.2f} (spread {_spread(b['ratios'])}); "
+            f"runs {', '.join(f'{x:.2f}' for x in ours)} s",
+            met=ratio <= 1.2,
+            ratio_to_engine=round(ratio, 3),
+        ),
+        "engine_start_burst_50_s": fig(
+            statistics.median(bare),
+            "s",
+            "reference",
+            f"the same {n} containers started by {n} concurrent aiodocker starts, until each "
+            f"one's start event came; runs {', '.join(f'{x:.2f}' for x in bare)} s",
+        ),
+        "wake_burst_50_evict_s": fig(
+            statistics.median(evict),
+            "s",
+            "- (reported)",
+            f"the same {n} wakes with max_awake {n} full of {n} idle running agents: every "
+            f"start first stops one (starts wait for each other while a cap is set); "
+            f"runs {', '.join(f'{x:.2f}' for x in evict)} s; evictions {b['evictions']}",
         ),
     }
 

@@ -30,9 +30,9 @@ import ipaddress
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .models import Agent, Change, Kind
 from .tasks import cancel_and_wait
@@ -44,7 +44,8 @@ TCP_LABEL = "idlewatch.tcp"
 HEARTBEAT_S = 10.0
 #: bytes are use, noted at most this often per agent
 NOTE_EVERY_S = 1.0
-CHUNK = 256 * 1024
+#: what one read of a spliced connection takes at most
+BUFFER = 1 << 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -243,12 +244,12 @@ class TcpWake:
 
     async def _listen(self, port: int, name: str, target: int) -> None:
         host = self._config.host
-
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._accept(port, reader, writer)
-
+        loop = asyncio.get_running_loop()
         try:
-            server = await asyncio.start_server(accept, host, port, reuse_address=True)
+            server = await loop.create_server(
+                lambda: _Side(lambda side: self._accepted(port, side)), host, port,
+                reuse_address=True,
+            )  # fmt: skip
         except OSError as exc:
             self._failed[port] = name
             logger.error(
@@ -260,25 +261,24 @@ class TcpWake:
         logger.info("tcp: listening on %s:%d for %s (its port %d)", host, port, name, target)
 
     # ---------------------------------------------------------- connections
-    async def _accept(
-        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accepted(self, port: int, client: _Side) -> None:
+        """A client connected (its reading paused): its own task serves it."""
+        task = asyncio.create_task(self._connection(port, client), name=f"idlewatch-tcp-{port}")
         self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, port: int, client: _Side) -> None:
         try:
-            await self._serve(port, reader, writer)
+            await self._serve(port, client)
         except asyncio.CancelledError:
             pass  # shutdown: the connection closes below
         except Exception as exc:  # one connection's failure is that connection's
             logger.warning("tcp: a connection on port %d failed: %s", port, exc)
         finally:
-            writer.close()
-            self._connections.discard(task)
+            client.close()
 
-    def _allowed(self, writer: asyncio.StreamWriter) -> bool:
-        peer = writer.get_extra_info("peername")
-        if not peer:
+    def _allowed(self, peer: object) -> bool:
+        if not isinstance(peer, tuple) or not peer:
             return False
         try:
             address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
@@ -288,19 +288,14 @@ class TcpWake:
             address = address.ipv4_mapped
         return any(address in net for net in self._config.allow)
 
-    async def _serve(
-        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve(self, port: int, client: _Side) -> None:
         listener = self._listeners.get(port)
         if listener is None:
             return
-        if not self._allowed(writer):
+        peer = client.peername()
+        if not self._allowed(peer):
             self.refused += 1
-            logger.info(
-                "tcp: refused %s on port %d (not in tcp_allow)",
-                writer.get_extra_info("peername"),
-                port,
-            )
+            logger.info("tcp: refused %s on port %d (not in tcp_allow)", peer, port)
             return
         self.accepted += 1
         name = listener.agent
@@ -310,24 +305,19 @@ class TcpWake:
             return
         self._open[name] = self._open.get(name, 0) + 1
         try:
-            await self._connect(name, listener, reader, writer)
+            await self._connect(name, listener, client)
         finally:
             self._open[name] -= 1
             if not self._open[name]:
                 del self._open[name]
             self._core.close_connection(name, container, key)
 
-    async def _connect(
-        self,
-        name: str,
-        listener: _Listener,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    async def _connect(self, name: str, listener: _Listener, client: _Side) -> None:
+        """Wake, then splice; returns once both sides are closed (or the client left)."""
         timeout = self._config.timeout_s
         started = time.monotonic()
-        if not await self._core.wake(name, timeout):
-            logger.info("tcp: %s not ready within %gs: connection closed", name, timeout)
+        if not await _unless_gone(client, self._core.wake(name, timeout)):
+            logger.info("tcp: %s not ready within %gs (or the client left)", name, timeout)
             return
         agent = self._core.get(name)
         address = await self._core.address(agent) if agent is not None else None
@@ -335,35 +325,20 @@ class TcpWake:
             self._warn_once(name, f"{TCP_LABEL}: the container has no address (network none?)")
             return
         left = max(0.1, timeout - (time.monotonic() - started))
+        upstream = _Side(None)
+        loop = asyncio.get_running_loop()
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(address, listener.target), left
+            await asyncio.wait_for(
+                loop.create_connection(lambda: upstream, address, listener.target), left
             )
         except (OSError, TimeoutError) as exc:
             logger.info("tcp: %s:%d did not answer for %s: %s", address, listener.target, name, exc)
             return
-        # the client's end of sending is passed on (a half-close) and the agent's answer
-        # still read; the agent's end (or a failure either way) ends the connection
-        upward = asyncio.create_task(self._pump(name, reader, up_writer))
         try:
-            await self._pump(name, up_reader, writer)
+            client.link(upstream, lambda: self._note(name))
+            await asyncio.gather(client.lost, upstream.lost)
         finally:
-            await cancel_and_wait(upward)
-            up_writer.close()
-
-    async def _pump(
-        self, name: str, source: asyncio.StreamReader, sink: asyncio.StreamWriter
-    ) -> None:
-        """Copy until the source ends, then end the sink's side (a half-close)."""
-        try:
-            while data := await source.read(CHUNK):
-                sink.write(data)
-                await sink.drain()
-                self._note(name)
-            if sink.can_write_eof():
-                sink.write_eof()
-        except (ConnectionError, OSError):
-            sink.close()  # the other side went away
+            upstream.close()
 
     def _note(self, name: str) -> None:
         now = time.monotonic()
@@ -376,6 +351,103 @@ class TcpWake:
             await asyncio.sleep(HEARTBEAT_S)
             for name in list(self._open):
                 self._core.use(name, heartbeat=True)
+
+
+class _Side(asyncio.BufferedProtocol):
+    """One side of a spliced connection: what it receives is written to its peer, with
+    the peer's flow control (a full write buffer on one side pauses reading the other).
+
+    The client's side (``accepted`` given) starts with its reading paused: nothing is read
+    until :meth:`link` joins it to the agent's. The client's end of sending is passed on
+    (a half-close) and the agent's answer still read; the agent's end closes both.
+    """
+
+    def __init__(self, accepted: Callable[[_Side], None] | None) -> None:
+        self._accepted = accepted
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._note: Callable[[], None] = _nothing
+        self._buffer = bytearray(BUFFER)  # read into, once (no allocation per chunk)
+        self._view = memoryview(self._buffer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._accepted is not None:
+            transport.pause_reading()
+            self._accepted(self)
+
+    def peername(self) -> object:
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    def link(self, upstream: _Side, note: Callable[[], None]) -> None:
+        """Join the client's side to the agent's and start reading both ways."""
+        self.peer, upstream.peer = upstream, self
+        self._note = upstream._note = note
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        peer = self.peer.transport if self.peer is not None else None
+        if peer is not None and not peer.is_closing():
+            peer.write(self._view[:nbytes])
+            if peer.get_write_buffer_size():
+                # what was not sent at once waits in the transport, which (Python 3.12 on)
+                # keeps a view of this buffer rather than a copy: it is the transport's now
+                self._buffer = bytearray(BUFFER)
+                self._view = memoryview(self._buffer)
+            self._note()
+
+    def eof_received(self) -> bool:
+        peer = self.peer.transport if self.peer is not None else None
+        if self._accepted is None or peer is None:
+            return False  # the agent's end: close (connection_lost closes the client)
+        if peer.can_write_eof() and not peer.is_closing():
+            peer.write_eof()
+        return True  # the client half-closed: its answer is still to come
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer.transport if self.peer is not None else None
+        if peer is not None and not peer.is_closing():
+            peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.peer is not None:
+            self.peer.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        elif self.transport is None and not self.lost.done():
+            self.lost.set_result(None)
+
+
+def _nothing() -> None:
+    pass
+
+
+async def _unless_gone(client: _Side, wake: Coroutine[Any, Any, bool]) -> bool:
+    """The wake's answer, or False once the client has gone (the wake goes on)."""
+    task = asyncio.ensure_future(wake)
+    try:
+        either: list[asyncio.Future[Any]] = [task, client.lost]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return not client.lost.done() and task.result()
 
 
 __all__ = ["TCP_LABEL", "TcpConfig", "TcpCore", "TcpWake", "parse_networks", "parse_tcp_label"]

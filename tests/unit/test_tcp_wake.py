@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -122,9 +123,11 @@ async def test_a_connection_wakes_holds_and_is_spliced(
     writer.write(b"hello")  # sent while the agent wakes: read once it is ready
     core.wake_gate.set()
     assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
-    payload = bytes(range(256)) * 4096  # 1 MiB both ways
+    payload = os.urandom(8 << 20)  # 8 MiB both ways: flow control and buffers reused
     writer.write(payload)
-    assert await asyncio.wait_for(reader.readexactly(len(payload)), 10) == payload
+    echoed = asyncio.create_task(reader.readexactly(len(payload)))
+    await writer.drain()
+    assert await asyncio.wait_for(echoed, 20) == payload
     assert ("db", False) in core.used, "bytes are use"
     writer.write_eof()  # a half-close reaches the agent, whose end ends the connection
     assert await asyncio.wait_for(reader.read(), 5) == b""
