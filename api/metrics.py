@@ -172,6 +172,27 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         [_line("idlewatch_wake_requests_total", status.wake_requests)],
     )
     out += _family(
+        "idlewatch_tcp_listeners",
+        "gauge",
+        "Listeners open for idlewatch.tcp labels.",
+        [_line("idlewatch_tcp_listeners", status.tcp_listeners)],
+    )
+    out += _family(
+        "idlewatch_tcp_connections_total",
+        "counter",
+        "Connections to idlewatch.tcp listeners: accepted, or refused (outside tcp_allow).",
+        [
+            _line("idlewatch_tcp_connections_total", status.tcp_accepted, {"result": "accepted"}),
+            _line("idlewatch_tcp_connections_total", status.tcp_refused, {"result": "refused"}),
+        ],
+    )
+    out += _family(
+        "idlewatch_tcp_connections_open",
+        "gauge",
+        "Connections through idlewatch.tcp listeners open now (waking or spliced).",
+        [_line("idlewatch_tcp_connections_open", status.tcp_open)],
+    )
+    out += _family(
         "idlewatch_wake_ignored_total",
         "counter",
         "Wake requests that started nothing and were no use: a User-Agent of "

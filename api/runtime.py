@@ -39,6 +39,7 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
     """Run the watcher and the API until SIGINT/SIGTERM."""
     from aiohttp import web
 
+    from . import sablier
     from .app import create_app
     from .limits import GUARD, HANDLER_ARGS, GuardedSite, fit_to_open_files
 
@@ -66,6 +67,7 @@ async def run_server(settings: Settings, *, on_ready: Callable[[str], None] | No
                 on_ready(url)
             await stop.wait()
             logger.info("shutting down")
+            sablier.shutting_down(app)  # /health says 503 to what it still answers
         finally:
             await runner.cleanup()
 

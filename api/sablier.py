@@ -217,14 +217,21 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application) -> None:
-    """Add the routes, and the flag ``/health`` reads, set when shutdown begins."""
-    app[SHUTDOWN] = shutdown = Shutdown()
+    """Add the routes, and the flag ``/health`` reads: set by :func:`shutting_down` when
+    the stop signal comes, and at the latest by the app's shutdown."""
+    app[SHUTDOWN] = Shutdown()
 
-    async def begin(_app: web.Application) -> None:
-        shutdown.begun = True
+    async def begin(app: web.Application) -> None:
+        shutting_down(app)
 
     app.on_shutdown.insert(0, begin)
     app.add_routes(routes)
 
 
-__all__ = ["SABLIER_HEADER", "THEMES", "install", "routes"]
+def shutting_down(app: web.Application) -> None:
+    """From now on ``/health`` answers 503 (``serve`` calls it when the stop signal comes,
+    before it stops listening)."""
+    app[SHUTDOWN].begun = True
+
+
+__all__ = ["SABLIER_HEADER", "THEMES", "install", "routes", "shutting_down"]

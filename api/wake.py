@@ -245,13 +245,13 @@ def _ignored(
     reason = ignore.by_request(user_agent, path)
     if reason is None and not path:
         return None  # the hot path: nothing more to look at
-    agents = _targets(request, names, group)
+    agents, required = _targets(request, names, group)
     if reason is None and not ignore.by_label(path, agents):
         return None
     reason = reason or "path"
     request.config_dict[METRICS].wake_ignored[reason] += 1
     looked_up = ", ".join(a.name for a in agents)
-    if all(is_ready(a) for a in agents):
+    if all(is_ready(a) for a in required):  # (optional ones never gate)
         return web.Response(status=200, headers={STATUS_HEADER: "ready", IGNORED_HEADER: reason})
     why = (
         f"{looked_up}: asleep, and not woken for a request its "
@@ -274,8 +274,11 @@ def _ignored(
     return json_answer(error, 503, headers)
 
 
-def _targets(request: web.Request, names: list[str], group: str | None) -> list[Agent]:
-    """The agents a wake request names, optional ones too (404 as the wake's own)."""
+def _targets(
+    request: web.Request, names: list[str], group: str | None
+) -> tuple[list[Agent], list[Agent]]:
+    """The agents a wake request names, optional ones too, and the required ones alone
+    (404 as the wake's own)."""
     required, optional = split_optional(names)
     host = None if names or group is not None else _host(request)
     w = _w(request)
@@ -283,7 +286,8 @@ def _targets(request: web.Request, names: list[str], group: str | None) -> list[
         agents = w.wake_targets(required, group, host)[0] if required or group or host else []
     except AgentNotFound as exc:
         raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
-    return agents + [a for n in optional if (a := w.get(n)) is not None]
+    extra = [a for n in optional if (a := w.get(n)) is not None and not is_gone(a)]
+    return agents + extra, agents
 
 
 def _browser(request: web.Request) -> bool:

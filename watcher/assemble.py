@@ -47,7 +47,7 @@ from .settings import Settings
 from .status import HealthSignal, Readiness, WatcherStatus
 from .store import SqlStore, redacted_url
 from .sweeper import Sweeper
-from .tcp_wake import TcpConfig, TcpWake, parse_networks
+from .tcp_wake import TcpConfig, TcpWake, parse_networks, same_host
 from .tracker import Tracker
 from .usage import HoldLimits
 from .wake import WakeConfig, Waker
@@ -177,6 +177,10 @@ class Parts:
             wake_seconds={
                 key: (tuple(h.counts), h.total, h.n) for key, h in self.phases.histograms.items()
             },
+            tcp_listeners=len(self.tcp.listening),
+            tcp_accepted=self.tcp.accepted,
+            tcp_refused=self.tcp.refused,
+            tcp_open=self.tcp.open_now,
         )
 
 
@@ -275,7 +279,12 @@ def watcher_parts(
     )
     tcp = TcpWake(
         TcpCoreAdapter(tracker, waker, docker, replicas, clock),
-        TcpConfig(s.tcp_host, parse_networks(s.tcp_allow), s.wake_timeout),
+        TcpConfig(
+            s.tcp_host,
+            parse_networks(s.tcp_allow),
+            s.wake_timeout,
+            reserved=frozenset({s.port}) if same_host(s.tcp_host, s.host) else frozenset(),
+        ),
     )
     bus.add(tcp)
     return Parts(

@@ -435,6 +435,23 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
+    def _tokens_differ(self) -> Settings:
+        """Each token is its own set of scopes: two the same would be one token with the
+        scopes of whichever is compared last."""
+        given = [
+            (name, t.get_secret_value())
+            for name in ("api_token", "wake_token", "read_token")
+            if (t := getattr(self, name)) is not None
+        ]
+        for i, (name, value) in enumerate(given):
+            for other, other_value in given[i + 1 :]:
+                if value == other_value:
+                    raise ValueError(
+                        f"{other}: must differ from {name} (each token has its own scopes)"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _read_token_needs_api_token(self) -> Settings:
         if self.read_token is not None and self.api_token is None:
             raise ValueError(

@@ -74,6 +74,12 @@ class WatcherStatus:
     wake_seconds: Mapping[tuple[str, str], tuple[tuple[int, ...], float, int]] = field(
         default_factory=dict
     )
+    #: wake on a TCP connection (tcp_wake.py): listeners open, connections accepted and
+    #: refused (outside tcp_allow) since start, connections open now
+    tcp_listeners: int = 0
+    tcp_accepted: int = 0
+    tcp_refused: int = 0
+    tcp_open: int = 0
 
     @property
     def ready(self) -> bool:

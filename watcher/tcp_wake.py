@@ -30,12 +30,14 @@ import ipaddress
 import itertools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .models import Agent, Change, Kind
+from .rules import is_gone
 from .tasks import cancel_and_wait
+from .tcp_splice import Side, unless_gone
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,10 @@ TCP_LABEL = "idlewatch.tcp"
 HEARTBEAT_S = 10.0
 #: bytes are use, noted at most this often per agent
 NOTE_EVERY_S = 1.0
-#: what one read of a spliced connection takes at most
-BUFFER = 1 << 20
+#: once one side of a connection closed, how long the other may take to send what is left
+LINGER_S = 30.0
+#: connections at once, over every listener; more are closed at once (and logged once)
+MAX_CONNECTIONS = 1024
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -82,6 +86,13 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def same_host(a: str, b: str) -> bool:
+    """Whether listening on ``a`` and on ``b`` can take the same port (a wildcard takes
+    every address)."""
+    wildcard = ("", "0.0.0.0", "::", "*")
+    return a == b or a in wildcard or b in wildcard
+
+
 @dataclass(frozen=True, slots=True)
 class TcpConfig:
     """Plain values from the settings."""
@@ -89,6 +100,8 @@ class TcpConfig:
     host: str  # tcp_host
     allow: tuple[Network, ...]  # tcp_allow
     timeout_s: float  # wake_timeout
+    #: ports a label may not take: idlewatch's own API where tcp_host overlaps its host
+    reserved: frozenset[int] = frozenset()
 
 
 class TcpCore(Protocol):
@@ -165,16 +178,22 @@ class TcpWake:
 
     def _pairs(self, agent: Agent) -> tuple[tuple[int, int], ...]:
         text = agent.labels.get(TCP_LABEL)
-        if text is None:
+        if text is None or is_gone(agent):
             return ()
         if agent.kind is not Kind.CONTAINER:
             self._warn_once(agent.name, f"{TCP_LABEL} applies to containers only: ignored")
             return ()
         try:
-            return parse_tcp_label(text)
+            pairs = parse_tcp_label(text)
         except ValueError as exc:
             self._warn_once(agent.name, f"{TCP_LABEL}={text!r} ignored: {exc}")
             return ()
+        for listen, _ in pairs:
+            if listen in self._config.reserved:
+                self._warn_once(
+                    agent.name, f"{TCP_LABEL}: port {listen} is idlewatch's own API: ignored"
+                )
+        return tuple(p for p in pairs if p[0] not in self._config.reserved)
 
     def _warn_once(self, name: str, message: str) -> None:
         if (name, message) not in self._warned:
@@ -202,6 +221,11 @@ class TcpWake:
             with contextlib.suppress(Exception):
                 await listener.server.wait_closed()
         self._listeners.clear()
+
+    @property
+    def open_now(self) -> int:
+        """Connections open now (waking or spliced)."""
+        return sum(self._open.values())
 
     @property
     def listening(self) -> dict[int, str]:
@@ -247,7 +271,7 @@ class TcpWake:
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                lambda: _Side(lambda side: self._accepted(port, side)), host, port,
+                lambda: Side(lambda side: self._accepted(port, side)), host, port,
                 reuse_address=True,
             )  # fmt: skip
         except OSError as exc:
@@ -261,13 +285,13 @@ class TcpWake:
         logger.info("tcp: listening on %s:%d for %s (its port %d)", host, port, name, target)
 
     # ---------------------------------------------------------- connections
-    def _accepted(self, port: int, client: _Side) -> None:
+    def _accepted(self, port: int, client: Side) -> None:
         """A client connected (its reading paused): its own task serves it."""
         task = asyncio.create_task(self._connection(port, client), name=f"idlewatch-tcp-{port}")
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
-    async def _connection(self, port: int, client: _Side) -> None:
+    async def _connection(self, port: int, client: Side) -> None:
         try:
             await self._serve(port, client)
         except asyncio.CancelledError:
@@ -288,7 +312,7 @@ class TcpWake:
             address = address.ipv4_mapped
         return any(address in net for net in self._config.allow)
 
-    async def _serve(self, port: int, client: _Side) -> None:
+    async def _serve(self, port: int, client: Side) -> None:
         listener = self._listeners.get(port)
         if listener is None:
             return
@@ -296,6 +320,10 @@ class TcpWake:
         if not self._allowed(peer):
             self.refused += 1
             logger.info("tcp: refused %s on port %d (not in tcp_allow)", peer, port)
+            return
+        if len(self._connections) > MAX_CONNECTIONS:
+            self.refused += 1
+            self._warn_once(listener.agent, f"over {MAX_CONNECTIONS} tcp connections: refusing")
             return
         self.accepted += 1
         name = listener.agent
@@ -312,11 +340,11 @@ class TcpWake:
                 del self._open[name]
             self._core.close_connection(name, container, key)
 
-    async def _connect(self, name: str, listener: _Listener, client: _Side) -> None:
+    async def _connect(self, name: str, listener: _Listener, client: Side) -> None:
         """Wake, then splice; returns once both sides are closed (or the client left)."""
         timeout = self._config.timeout_s
         started = time.monotonic()
-        if not await _unless_gone(client, self._core.wake(name, timeout)):
+        if not await unless_gone(client, self._core.wake(name, timeout)):
             logger.info("tcp: %s not ready within %gs (or the client left)", name, timeout)
             return
         agent = self._core.get(name)
@@ -325,7 +353,7 @@ class TcpWake:
             self._warn_once(name, f"{TCP_LABEL}: the container has no address (network none?)")
             return
         left = max(0.1, timeout - (time.monotonic() - started))
-        upstream = _Side(None)
+        upstream = Side(None, peer=client, note=lambda: self._note(name))
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -335,8 +363,15 @@ class TcpWake:
             logger.info("tcp: %s:%d did not answer for %s: %s", address, listener.target, name, exc)
             return
         try:
-            client.link(upstream, lambda: self._note(name))
-            await asyncio.gather(client.lost, upstream.lost)
+            client.link(upstream)
+            ends = [client.lost, upstream.lost]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            # one side is gone: the other sends what it still has, for LINGER_S at most
+            # (a peer that reads nothing must not hold the session for ever)
+            _, lingering = await asyncio.wait(ends, timeout=LINGER_S)
+            if lingering:
+                client.abort()
+                upstream.abort()
         finally:
             upstream.close()
 
@@ -353,101 +388,12 @@ class TcpWake:
                 self._core.use(name, heartbeat=True)
 
 
-class _Side(asyncio.BufferedProtocol):
-    """One side of a spliced connection: what it receives is written to its peer, with
-    the peer's flow control (a full write buffer on one side pauses reading the other).
-
-    The client's side (``accepted`` given) starts with its reading paused: nothing is read
-    until :meth:`link` joins it to the agent's. The client's end of sending is passed on
-    (a half-close) and the agent's answer still read; the agent's end closes both.
-    """
-
-    def __init__(self, accepted: Callable[[_Side], None] | None) -> None:
-        self._accepted = accepted
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._note: Callable[[], None] = _nothing
-        self._buffer = bytearray(BUFFER)  # read into, once (no allocation per chunk)
-        self._view = memoryview(self._buffer)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self._accepted is not None:
-            transport.pause_reading()
-            self._accepted(self)
-
-    def peername(self) -> object:
-        return self.transport.get_extra_info("peername") if self.transport else None
-
-    def link(self, upstream: _Side, note: Callable[[], None]) -> None:
-        """Join the client's side to the agent's and start reading both ways."""
-        self.peer, upstream.peer = upstream, self
-        self._note = upstream._note = note
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        peer = self.peer.transport if self.peer is not None else None
-        if peer is not None and not peer.is_closing():
-            peer.write(self._view[:nbytes])
-            if peer.get_write_buffer_size():
-                # what was not sent at once waits in the transport, which (Python 3.12 on)
-                # keeps a view of this buffer rather than a copy: it is the transport's now
-                self._buffer = bytearray(BUFFER)
-                self._view = memoryview(self._buffer)
-            self._note()
-
-    def eof_received(self) -> bool:
-        peer = self.peer.transport if self.peer is not None else None
-        if self._accepted is None or peer is None:
-            return False  # the agent's end: close (connection_lost closes the client)
-        if peer.can_write_eof() and not peer.is_closing():
-            peer.write_eof()
-        return True  # the client half-closed: its answer is still to come
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        peer = self.peer.transport if self.peer is not None else None
-        if peer is not None and not peer.is_closing():
-            peer.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        if self.peer is not None:
-            self.peer.close()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        elif self.transport is None and not self.lost.done():
-            self.lost.set_result(None)
-
-
-def _nothing() -> None:
-    pass
-
-
-async def _unless_gone(client: _Side, wake: Coroutine[Any, Any, bool]) -> bool:
-    """The wake's answer, or False once the client has gone (the wake goes on)."""
-    task = asyncio.ensure_future(wake)
-    try:
-        either: list[asyncio.Future[Any]] = [task, client.lost]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return not client.lost.done() and task.result()
-
-
-__all__ = ["TCP_LABEL", "TcpConfig", "TcpCore", "TcpWake", "parse_networks", "parse_tcp_label"]
+__all__ = [
+    "TCP_LABEL",
+    "TcpConfig",
+    "TcpCore",
+    "TcpWake",
+    "parse_networks",
+    "parse_tcp_label",
+    "same_host",
+]

@@ -236,8 +236,15 @@ class ContainerUse:
         self._close_all(cid)
 
     def _close_all(self, cid: str) -> None:
-        for sid in self._open.pop(cid, {}):
-            self._expired.discard((cid, sid))
+        """The container's process ended: its exec and attach sessions with it. A TCP
+        connection through idlewatch is not the process's: it ends when it closes (a wake
+        of the container it reached may be under way)."""
+        kept = {sid: s for sid, s in self._open.pop(cid, {}).items() if s.kind == TCP}
+        for sid in list(self._expired):
+            if sid[0] == cid and sid[1] not in kept:
+                self._expired.discard(sid)
+        if kept:
+            self._open[cid] = kept
 
     # ------------------------------------------------------------ sessions
     def count(self, container_id: str) -> int:

@@ -217,7 +217,8 @@ class Waker:
         for name in names:
             self._note(name, keep_for)
         for name in optional:  # started, never waited for; a failed start is only logged
-            if (agent := self._tracker.get(name)) is not None and is_asleep(agent):
+            agent = self._tracker.get(name)
+            if agent is not None and is_asleep(agent) and not self._failed_recently(name):
                 self._begin_start(name)
         names = [n for n in names if n not in optional]
         if all(self._answers(self._tracker.get(n)) for n in names):
@@ -276,9 +277,12 @@ class Waker:
     def _raise_recent_failure(self, name: str) -> None:
         """A start of ``name`` that failed a moment ago is the answer (not a retry per
         request, nor a page that says "starting" for ever)."""
+        if self._failed_recently(name):
+            raise self._failed[name][1]
+
+    def _failed_recently(self, name: str) -> bool:
         failed = self._failed.get(name)
-        if failed is not None and time.monotonic() - failed[0] < FAILED_START_HOLD_S:
-            raise failed[1]
+        return failed is not None and time.monotonic() - failed[0] < FAILED_START_HOLD_S
 
     def _begin_start(self, name: str) -> None:
         """Start ``name`` unless a start of it is under way (single flight)."""

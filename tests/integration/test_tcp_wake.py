@@ -48,6 +48,11 @@ def _get(serve: ServeProcess, path: str) -> Any:
         return json.load(resp)
 
 
+def _metrics(serve: ServeProcess) -> str:
+    with urllib.request.urlopen(f"{serve.url}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -92,6 +97,9 @@ def test_a_connection_wakes_holds_and_lets_go(
             assert s.recv(100) == b"", "closed at once"
         assert _state(engine, "app") == "exited", "nothing started for a refused client"
         assert any("not in tcp_allow" in line for line in strict.lines), strict.lines[-20:]
+        metrics = _metrics(strict)
+        assert 'idlewatch_tcp_connections_total{result="refused"} 1' in metrics
+        assert "idlewatch_tcp_listeners 1" in metrics
     finally:
         assert strict.stop() == 0
     assert not _accepts(listen), "SIGTERM closed the listener"
@@ -111,6 +119,7 @@ def test_a_connection_wakes_holds_and_lets_go(
         held = socket.create_connection(("127.0.0.1", listen), timeout=10)
         try:
             until_sync(lambda: _get(serve, "/api/agents/app")["sessions"] == 1, 10, "a session")
+            assert "idlewatch_tcp_connections_open 1" in _metrics(serve)
             holds = _get(serve, "/api/agents/app")["holds"]
             assert [h["kind"] for h in holds if h["kind"] == "session"] == ["session"], holds
             deadline = time.monotonic() + 3 * IDLE_S

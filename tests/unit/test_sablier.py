@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from idlewatch.api.sablier import THEMES
+from idlewatch.api.sablier import THEMES, shutting_down
 
 from tests.unit.conftest import API, WAKE, bearer
 from tests.unit.conftest import WakeServed as Served
@@ -111,7 +111,7 @@ async def test_health_is_open_and_says_when_shutting_down(wake_served: Served) -
     _docker, _w, _clock, client = wake_served
     resp = await client.get("/health")
     assert resp.status == 200 and await resp.text() == "ok"
-    await client.app.shutdown()  # what the runner does first on SIGTERM
+    shutting_down(client.app)  # what serve does when the stop signal comes
     resp = await client.get("/health")
     assert resp.status == 503 and resp.content_type == "application/problem+json"
 

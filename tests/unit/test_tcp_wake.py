@@ -195,3 +195,84 @@ async def test_listeners_follow_the_labels_and_a_port_taken_is_one_log_line(
     wake.changed(Change(service, None, "test"))
     wake.forgotten("c")
     await until(lambda: wake.listening == {}, 5, "c forgotten")
+
+
+async def banner_server() -> tuple[asyncio.Server, int]:
+    """A server that speaks first (as SSH, MySQL or SMTP do), then echoes."""
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-test\r\n")
+        await writer.drain()
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def _banner_through(core: FakeCore, tries: int) -> list[bytes]:
+    wake = TcpWake(core, TcpConfig("127.0.0.1", parse_networks(["127.0.0.0/8"]), 5.0))
+    server, target = await banner_server()
+    wake.start()
+    try:
+        listen = free_port()
+        label(core, wake, "ssh", f"{listen}:{target}")
+        await until(lambda: listen in wake.listening, 5, "listening")
+        got = []
+        for _ in range(tries):
+            reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+            got.append(await asyncio.wait_for(reader.readline(), 5))
+            writer.close()
+        return got
+    finally:
+        await wake.close()
+        server.close()
+
+
+async def test_a_server_that_speaks_first_is_heard() -> None:
+    """The agent's first bytes (an SSH banner sent on accept) reach the client."""
+    assert await _banner_through(FakeCore(), 20) == [b"SSH-2.0-test\r\n"] * 20
+
+
+def test_the_splice_runs_on_uvloop_too() -> None:
+    """serve runs on uvloop, whose transports are not asyncio.Transport instances."""
+    import uvloop
+
+    assert uvloop.run(_banner_through(FakeCore(), 3)) == [b"SSH-2.0-test\r\n"] * 3
+
+
+async def test_a_client_that_hangs_up_while_its_agent_wakes_lets_go(
+    tcp: tuple[FakeCore, TcpWake, int],
+) -> None:
+    core, wake, target = tcp
+    listen = free_port()
+    label(core, wake, "db", f"{listen}:{target}")
+    await until(lambda: listen in wake.listening, 5, "listening")
+    core.wake_gate = asyncio.Event()  # the wake never ends in this test
+    _, writer = await asyncio.open_connection("127.0.0.1", listen)
+    await until(lambda: core.open, 5, "a session")
+    writer.close()
+    await until(lambda: not core.open and len(core.closed) == 1, 5, "the session let go")
+    core.wake_gate.set()
+
+
+async def test_a_label_may_not_take_idlewatch_s_own_api_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core = FakeCore()
+    api = free_port()
+    wake = TcpWake(
+        core,
+        TcpConfig("127.0.0.1", parse_networks(["127.0.0.0/8"]), 5.0, reserved=frozenset({api})),
+    )
+    wake.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="idlewatch.tcp_wake"):
+            label(core, wake, "web", f"{api}:80")
+            await asyncio.sleep(0)
+        assert wake.listening == {}
+        assert any("idlewatch's own API" in r.getMessage() for r in caplog.records)
+    finally:
+        await wake.close()

@@ -389,6 +389,9 @@ def test_a_tcp_connection_is_a_session_and_its_close_is_use() -> None:
     assert tr.agents["box"].sessions == 1
     tr.recover_sessions(cid, ContainerExecs(None, ()))
     assert tr.agents["box"].sessions == 1, "a recovery keeps our own connections"
+    tr.apply(container_event("die", t_s=2))  # a stop under way as the client connected
+    tr.apply(container_event("start", t_s=3))  # and the connection's wake
+    assert tr.agents["box"].sessions == 1, "the connection outlives the process it woke"
     clock.advance(30)
     tr.close_connection("box", cid, "tcp-1")
     box = tr.agents["box"]

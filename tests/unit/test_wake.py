@@ -211,6 +211,10 @@ async def test_the_read_token_reads_and_does_nothing_else(
 def test_a_read_token_without_an_api_token_is_a_settings_error() -> None:
     with pytest.raises(ValueError, match="read_token: set api_token too"):
         Settings(docker_url="unix:///f.sock", read_token="r")
+    with pytest.raises(ValueError, match="read_token: must differ from api_token"):
+        Settings(docker_url="unix:///f.sock", api_token="same", read_token="same")
+    with pytest.raises(ValueError, match="read_token: must differ from wake_token"):
+        Settings(docker_url="unix:///f.sock", api_token="a", wake_token="w", read_token="w")
 
 
 async def test_wake_open_opens_the_wake_routes_and_nothing_else() -> None:
