@@ -19,6 +19,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiodocker
@@ -108,6 +109,20 @@ def _settings(engine: PrivateEngine, **extra: Any) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def _served(settings: Settings) -> AsyncIterator[tuple[Watcher, aiohttp.ClientSession, str]]:
+    """A watcher with its API on loopback, and a client session for N requests at once."""
+    async with Watcher(settings) as w:
+        await w.wait_synced(60)
+        server = TestServer(create_app(w), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=N)) as http:
+                yield w, http, str(server.make_url("")).rstrip("/")
+        finally:
+            await server.close()
+
+
 async def run(engine: PrivateEngine) -> dict[str, Any]:
     """Both bursts; figures in seconds."""
     logging.getLogger("idlewatch").setLevel(logging.WARNING)
@@ -118,51 +133,35 @@ async def run(engine: PrivateEngine) -> dict[str, Any]:
         boxes = await _create(docker, names)
         ours_s: list[float] = []
         bare_s: list[float] = []
-        async with Watcher(_settings(engine)) as w:
-            await w.wait_synced(60)
-            server = TestServer(create_app(w), host="127.0.0.1")
-            await server.start_server()
-            base = str(server.make_url("")).rstrip("/")
-            try:
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=N)) as http:
-                    for _ in range(ROUNDS):
-                        await _until_asleep(w, names)
-                        bare_s.append(await _bare(docker, boxes))
-                        await _stop_all(boxes)
-                        await _until_asleep(w, names)
-                        ours_s.append(await _ours(http, base, names))
-                        await _stop_all(boxes)
-            finally:
-                await server.close()
+        async with _served(_settings(engine)) as (w, http, base):
+            for _ in range(ROUNDS):
+                await _until_asleep(w, names)
+                bare_s.append(await _bare(docker, boxes))
+                await _stop_all(boxes)
+                await _until_asleep(w, names)
+                ours_s.append(await _ours(http, base, names))
+                await _stop_all(boxes)
         # the cap full of idle running agents: every wake first evicts one
         fillers = await _create(docker, fill)
-        await _stop_all(boxes)
         evict_s: list[float] = []
-        async with Watcher(_settings(engine, max_awake=N)) as w:
-            await w.wait_synced(60)
-            server = TestServer(create_app(w), host="127.0.0.1")
-            await server.start_server()
-            base = str(server.make_url("")).rstrip("/")
-            try:
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=N)) as http:
-                    for _ in range(ROUNDS):
-                        await _stop_all(boxes)
-                        await _until_asleep(w, names)
-                        await asyncio.gather(*(f.start() for f in fillers))
-                        for name in fill:
-                            await w.wait_for(name, lambda a: a is not None and a.running == 1, 60)
-                        evict_s.append(await _ours(http, base, names))
-                        evictions = w.status().evictions
-                await _stop_all(fillers + boxes)
-            finally:
-                await server.close()
+        async with _served(_settings(engine, max_awake=N)) as (w, http, base):
+            for _ in range(ROUNDS):
+                await _stop_all(boxes)
+                await _until_asleep(w, names)
+                await asyncio.gather(*(f.start() for f in fillers))
+                for name in fill:
+                    await w.wait_for(name, lambda a: a is not None and a.running == 1, 60)
+                evict_s.append(await _ours(http, base, names))
+            evictions = w.status().evictions
+            await _stop_all(fillers + boxes)
+        ratios = [o / b for o, b in zip(ours_s, bare_s, strict=True)]
         return {
             "ours": ours_s,
             "bare": bare_s,
-            "ratios": [o / b for o, b in zip(ours_s, bare_s, strict=True)],
+            "ratios": ratios,
             "evict": evict_s,
             "evictions": evictions,
-            "median_ratio": statistics.median(o / b for o, b in zip(ours_s, bare_s, strict=True)),
+            "median_ratio": statistics.median(ratios),
         }
     finally:
         for name in names + fill:

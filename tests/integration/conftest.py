@@ -48,6 +48,21 @@ def engine() -> Iterator[PrivateEngine]:
         eng.cleanup()
 
 
+@pytest.fixture(scope="module")
+def loopback_engine() -> Iterator[PrivateEngine]:
+    """An engine whose host network is this session's private one (for the one exception
+    to network none: a container on the host network that binds 127.0.0.1 only); one per
+    module, so that no module sees another's containers."""
+    ensure_installed()
+    eng = PrivateEngine(network="shared")
+    try:
+        eng.start()
+        eng.build_test_image()
+        yield eng
+    finally:
+        eng.cleanup()
+
+
 @pytest.fixture(autouse=True)
 def clean_engine(engine: PrivateEngine) -> Iterator[None]:
     """Every test starts with no containers and no services on the private engine."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed, free_port
+from tests.private_engine import TEST_IMAGE, PrivateEngine, free_port
 from tests.waiting import until
 
 from .proxies import APP_HOST, start_caddy, start_nginx
@@ -26,19 +25,6 @@ from .serveproc import ServeProcess
 
 WAKE_TOKEN = "ready-port-token"
 TRIES = 30
-
-
-@pytest.fixture(scope="module")
-def loopback_engine() -> Iterator[PrivateEngine]:
-    """An engine whose host network is this session's private one."""
-    ensure_installed()
-    engine = PrivateEngine(network="shared")
-    try:
-        engine.start()
-        engine.build_test_image()
-        yield engine
-    finally:
-        engine.cleanup()
 
 
 def _app(engine: PrivateEngine, port: int) -> None:

@@ -11,32 +11,16 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.private_engine import TEST_IMAGE, PrivateEngine, ensure_installed, free_port
+from tests.private_engine import TEST_IMAGE, PrivateEngine, free_port
 from tests.waiting import until_sync
 
 from .conftest import inspect
 from .serveproc import ServeProcess
 
 IDLE_S = 2
-
-
-@pytest.fixture(scope="module")
-def loopback_engine() -> Iterator[PrivateEngine]:
-    """An engine whose host network is this session's private one."""
-    ensure_installed()
-    engine = PrivateEngine(network="shared")
-    try:
-        engine.start()
-        engine.build_test_image()
-        yield engine
-    finally:
-        engine.cleanup()
 
 
 def _state(engine: PrivateEngine, name: str) -> str:

@@ -60,8 +60,14 @@ class FakeCore:
         self.used.append((name, heartbeat))
 
 
-async def echo_server() -> tuple[asyncio.Server, int]:
+async def echo_server(greeting: bytes = b"") -> tuple[asyncio.Server, int]:
+    """An echo server on loopback; with ``greeting``, it speaks first (as SSH, MySQL or
+    SMTP do)."""
+
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if greeting:
+            writer.write(greeting)
+            await writer.drain()
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
@@ -197,24 +203,9 @@ async def test_listeners_follow_the_labels_and_a_port_taken_is_one_log_line(
     await until(lambda: wake.listening == {}, 5, "c forgotten")
 
 
-async def banner_server() -> tuple[asyncio.Server, int]:
-    """A server that speaks first (as SSH, MySQL or SMTP do), then echoes."""
-
-    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"SSH-2.0-test\r\n")
-        await writer.drain()
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(greet, "127.0.0.1", 0)
-    return server, int(server.sockets[0].getsockname()[1])
-
-
 async def _banner_through(core: FakeCore, tries: int) -> list[bytes]:
     wake = TcpWake(core, TcpConfig("127.0.0.1", parse_networks(["127.0.0.0/8"]), 5.0))
-    server, target = await banner_server()
+    server, target = await echo_server(b"SSH-2.0-test\r\n")
     wake.start()
     try:
         listen = free_port()
