@@ -267,3 +267,29 @@ async def test_a_label_may_not_take_idlewatch_s_own_api_port(
         assert any("idlewatch's own API" in r.getMessage() for r in caplog.records)
     finally:
         await wake.close()
+
+
+async def test_an_open_connection_reports_use_on_a_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica that does not lead tells the leader, by use reports, that a connection
+    it holds is open (the adapter drops them on the leader)."""
+    monkeypatch.setattr("idlewatch.tcp_wake.HEARTBEAT_S", 0.05)
+    core = FakeCore()
+    wake = TcpWake(core, TcpConfig("127.0.0.1", parse_networks(["127.0.0.0/8"]), 5.0))
+    server, target = await echo_server()
+    wake.start()
+    try:
+        listen = free_port()
+        label(core, wake, "db", f"{listen}:{target}")
+        await until(lambda: listen in wake.listening, 5, "listening")
+        _, writer = await asyncio.open_connection("127.0.0.1", listen)
+        await until(lambda: ("db", True) in core.used, 5, "a heartbeat while open")
+        writer.close()
+        await until(lambda: not core.open, 5, "closed")
+        beats = core.used.count(("db", True))
+        await asyncio.sleep(0.2)  # several heartbeat periods with nothing open
+        assert core.used.count(("db", True)) == beats
+    finally:
+        await wake.close()
+        server.close()
