@@ -2,7 +2,8 @@
 spliced connection, joined so that what one side reads is written to the other.
 
 - No coroutine per chunk: a side reads into a buffer of its own (allocated at its first
-  read, BUFFER bytes) and writes it to its peer's transport; a full write buffer on one
+  read, BUFFER_MIN bytes, doubled whenever a read fills it, up to BUFFER) and writes it to
+  its peer's transport; a full write buffer on one
   side pauses reading on the other (asyncio's flow control, both ways).
 - Python 3.12's selector transport keeps a view of what it could not send at once rather
   than a copy: a side whose write was not all sent gives its buffer up and takes a new one.
@@ -22,8 +23,10 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-#: what one read of a spliced connection takes at most (allocated once it reads)
-BUFFER = 256 * 1024
+#: a side's read buffer: allocated at its first read at the smallest size, doubled each
+#: time a read fills it (a bulk transfer) up to the largest
+BUFFER_MIN = 64 * 1024
+BUFFER = 1024 * 1024
 #: how often a client waiting for its agent's wake is looked at (did it hang up?)
 HANG_UP_CHECK_S = 0.5
 
@@ -52,6 +55,7 @@ class Side(asyncio.BufferedProtocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._note = note
         self._view: memoryview | None = None  # read into; allocated at the first read
+        self._size = BUFFER_MIN
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport instances, but behave as one)
@@ -89,17 +93,20 @@ class Side(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._view is None:
-            self._view = memoryview(bytearray(BUFFER))
+            self._view = memoryview(bytearray(self._size))
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._view is not None
+        if nbytes == len(self._view) and self._size < BUFFER:
+            self._size *= 2  # a read filled it: the next buffer is larger
         peer = self.peer.transport if self.peer is not None else None
         if peer is not None and not peer.is_closing():
             peer.write(self._view[:nbytes])
-            if peer.get_write_buffer_size():
+            if peer.get_write_buffer_size() or len(self._view) < self._size:
                 # what was not sent at once waits in the transport, which (Python 3.12 on)
-                # keeps a view of this buffer rather than a copy: it is the transport's now
+                # keeps a view of this buffer rather than a copy: it is the transport's
+                # now (or the buffer grows)
                 self._view = None
             self._note()
 
