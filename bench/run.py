@@ -474,6 +474,12 @@ def _wake(wake: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 f"; corrections by the periodic resync (every 30 s here): {len(fixes)} {fixes[:3]}"
                 if (fixes := w.get("resync_corrections")) is not None
                 else ""
+            )
+            + (
+                f"; the engine's task outlived its scale to 0 {len(stuck)} times (killed, "
+                f"then waited again): {stuck[:2]}"
+                if (stuck := w.get("engine_stuck"))
+                else ""
             ),
             met=w["added_p50_ms"] <= 5 and w["added_p99_ms"] <= 15,
             ours=o,
