@@ -9,18 +9,23 @@ from idlewatch import Settings, Watcher
 from idlewatch.wake_ignore import WakeIgnore
 
 from . import sablier
-from .auth import auth_middleware
+from .auth import auth_middleware, check_route_scopes
 from .errors import error_middleware
+from .feed import FEED, Feed, feed_ctx
 from .keys import SETTINGS, WATCHER
 from .limits import GUARD, ConnectionGuard
 from .metrics import METRICS, Metrics
 from .openapi import routes as openapi_routes
 from .render import AGENT_JSON, AgentJson
 from .routes import routes as rest_routes
+from .sse import end_streams, streams_ctx
+from .sse import routes as sse_routes
+from .tickets import TICKETS, FeedTickets
+from .tickets import routes as ticket_routes
 from .view import routes as view_routes
 from .wake import WAKE_IGNORE
 from .wake import routes as wake_routes
-from .ws import FEED, SOCKETS, Feed, Sockets, close_all, feed_ctx
+from .ws import SOCKETS, Sockets, close_all
 from .ws import routes as ws_routes
 
 
@@ -36,18 +41,12 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
         settings = watcher.settings
     metrics = Metrics()
     guard = ConnectionGuard(settings.max_connections, settings.request_timeout)
-    token = settings.api_token.get_secret_value() if settings.api_token else None
     app = web.Application(
         middlewares=[
             guard.middleware,  # first: it must see every request, refused ones included
             metrics.middleware(),
             error_middleware,
-            auth_middleware(
-                token,
-                wake_token=settings.wake_token.get_secret_value() if settings.wake_token else None,
-                read_token=settings.read_token.get_secret_value() if settings.read_token else None,
-                wake_open=settings.wake_open,
-            ),
+            auth_middleware(settings),
         ],
         client_max_size=settings.max_body_bytes,
     )
@@ -57,17 +56,23 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app[METRICS] = metrics
     app[GUARD] = guard  # used when served through api.limits.GuardedSite
     app[SOCKETS] = Sockets()
+    app[TICKETS] = FeedTickets()
     app[AGENT_JSON] = AgentJson()
     app[WAKE_IGNORE] = WakeIgnore(settings.wake_ignore_user_agents, settings.wake_ignore_paths)
-    app[FEED] = Feed(settings.ws_max_buffer_bytes, app[AGENT_JSON])
+    app[FEED] = Feed(settings.ws_max_buffer_bytes, app[AGENT_JSON], settings.events_replay)
     app.cleanup_ctx.append(feed_ctx)
+    app.cleanup_ctx.append(streams_ctx)
     app.add_routes(rest_routes)
     app.add_routes(view_routes)
     app.add_routes(wake_routes)
     sablier.install(app)
     app.add_routes(ws_routes)
+    app.add_routes(sse_routes)
     app.add_routes(openapi_routes)
+    app.add_routes(ticket_routes)
+    check_route_scopes(app)
     app.on_shutdown.append(close_all)
+    app.on_shutdown.append(end_streams)
     app.on_response_prepare.append(_no_server_header)
     return app
 

@@ -45,7 +45,7 @@ def main() -> None:
 def serve(config: str | None, **flags: Any) -> None:
     """Track managed agents, stop idle ones and serve the API, until SIGINT/SIGTERM."""
     settings = settings_of(config, **flags)
-    if settings.api_token is None and not is_loopback(settings.host):
+    if not settings.guarded() and not is_loopback(settings.host):
         click.echo(
             f"idlewatch: refusing to serve the API on {settings.host} without a token: the API "
             "controls Docker (root-equivalent). Set IDLEWATCH_API_TOKEN, or listen on 127.0.0.1.",

@@ -402,8 +402,8 @@ async def openapi(request: web.Request) -> web.Response:
     from .keys import SETTINGS
 
     settings = request.config_dict[SETTINGS]
-    api_secured = settings.api_token is not None
-    wake_secured = not settings.wake_open and (api_secured or settings.wake_token is not None)
+    api_secured = settings.guarded()
+    wake_secured = settings.wake_guarded()
     doc = document(
         settings.max_replicas,
         settings.max_keep_for,

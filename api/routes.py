@@ -9,10 +9,11 @@ from typing import Any
 from aiohttp import web
 from idlewatch import Agent, AgentNotFound, Status, Watcher
 from idlewatch.rules import is_asleep, runs
+from idlewatch.settings_access import SCOPES
 
-from .auth import SCOPES, SCOPES_KEY
+from .access import access_of, check_visible, visible
 from .errors import ApiError, error_response
-from .keys import WATCHER
+from .keys import SETTINGS, WATCHER
 from .metrics import METRICS, render
 from .render import AGENT_JSON, audit_json
 from .requests import (
@@ -43,17 +44,33 @@ def _agent(request: web.Request, agent: Agent) -> web.Response:
 
 
 def _name(request: web.Request) -> str:
+    """The route's agent name; 404 for an unknown agent and for one hidden from the token."""
     name = request.match_info["name"]
-    if _w(request).get(name) is None:
+    agent = _w(request).get(name)
+    if agent is None:
         raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+    check_visible(request, name, agent)
     return name
+
+
+def _in_reach(request: web.Request, name: str, labels: dict[str, str] | None = None) -> bool:
+    """Whether a name the route acts on is within the token's reach: the tracked agent's,
+    else what is known before it is tracked (its name, the labels it is registered with)."""
+    access = access_of(request)
+    if access.agents is None:
+        return True
+    agent = _w(request).get(name)
+    if agent is not None:
+        labels = dict(agent.labels)
+    group_label = request.config_dict[SETTINGS].group_label
+    return access.covers(name, labels or {}, group_label)
 
 
 @routes.get("/api/agents", name="agents")
 async def list_agents(request: web.Request) -> web.Response:
     """All tracked agents, optionally filtered by ``?status=``."""
     only(request, {"status"})
-    agents = _w(request).agents()
+    agents = visible(request, _w(request).agents())
     complete = "status" not in request.query
     if not complete:
         wanted = request.query["status"]
@@ -73,7 +90,7 @@ async def list_running(request: web.Request) -> web.Response:
     """The agents whose status is ``running``."""
     only(request, set())
     now = _w(request).clock.now()
-    running = [a for a in _w(request).agents() if a.status is Status.RUNNING]
+    running = [a for a in visible(request, _w(request).agents()) if a.status is Status.RUNNING]
     return _json_body(
         request.config_dict[AGENT_JSON].listing_bytes(
             running, now, _w(request).view.explain, complete=False
@@ -217,7 +234,17 @@ async def register(request: web.Request) -> web.Response:
     """Register and deploy a new agent (201)."""
     only(request, set())
     body: RegisterBody = await read_json(request, RegisterBody, required=True)
-    agent = await _w(request).register(body.to_spec(), actor=_ACTOR)
+    spec = body.to_spec()
+    limit = access_of(request).agents
+    if limit is not None and not _in_reach(request, spec.name, dict(spec.labels)):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this token may not register {spec.name!r}: it is limited to the agents "
+            f"{', '.join(limit.describe())}",
+            "name",
+        )
+    agent = await _w(request).register(spec, actor=_ACTOR)
     resp = _agent(request, agent)
     resp.set_status(201)
     return resp
@@ -228,7 +255,10 @@ async def deploy(request: web.Request) -> web.Response:
     """(Re)deploy a registered agent."""
     only(request, set())
     await no_body(request)
-    return _agent(request, await _w(request).deploy(request.match_info["name"], actor=_ACTOR))
+    name = request.match_info["name"]
+    if not _in_reach(request, name):
+        raise AgentNotFound(f"no registered agent named {name!r}", agent=name)
+    return _agent(request, await _w(request).deploy(name, actor=_ACTOR))
 
 
 @routes.delete("/api/agents/{name}", name="delete")
@@ -236,7 +266,10 @@ async def delete(request: web.Request) -> web.Response:
     """Stop and remove what idlewatch deployed, and forget the agent (204)."""
     only(request, set())
     await no_body(request)
-    await _w(request).delete(request.match_info["name"], actor=_ACTOR)
+    name = request.match_info["name"]
+    if not _in_reach(request, name):
+        raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+    await _w(request).delete(name, actor=_ACTOR)
     return web.Response(status=204)
 
 
@@ -248,7 +281,15 @@ async def audit(request: web.Request) -> web.Response:
     limit = whole_number(text)
     if limit is None or not 1 <= limit <= 1000:
         raise ApiError(400, "invalid_parameter", f"limit must be 1..1000, got {text!r}", "limit")
-    entries = await _w(request).audit(request.query.get("agent"), limit)
+    agent = request.query.get("agent")
+    if not access_of(request).limited:
+        entries = await _w(request).audit(agent, limit)
+    elif agent is not None and not _in_reach(request, agent):
+        entries = []  # what an agent without entries answers
+    else:  # the newest 1000, those within reach (docs/api.md)
+        entries = await _w(request).audit(agent, 1000)
+        entries = [e for e in entries if _in_reach(request, e.agent)]
+        entries = entries[:limit]
     return web.json_response([audit_json(e) for e in entries])
 
 
@@ -256,8 +297,13 @@ async def audit(request: web.Request) -> web.Response:
 async def scopes(request: web.Request) -> web.Response:
     """What the presented token may do: ``{"scopes": [...]}`` (all of them on an open API)."""
     only(request, set())
-    given = request.get(SCOPES_KEY, frozenset(SCOPES))
-    return web.json_response({"scopes": [s for s in SCOPES if s in given]})
+    access = access_of(request)
+    return web.json_response(
+        {
+            "scopes": [s for s in SCOPES if s in access.scopes],
+            "agents": access.agents.describe() if access.agents is not None else None,
+        }
+    )
 
 
 @routes.get("/healthz", name="healthz")

@@ -10,6 +10,7 @@ from idlewatch import AgentNotFound, Watcher
 from idlewatch.models import TimelineEntry
 from idlewatch.operator_view import TIMELINE_MAX, Stats
 
+from .access import access_of, check_visible
 from .errors import ApiError
 from .keys import WATCHER
 from .render import iso
@@ -36,8 +37,10 @@ async def timeline(request: web.Request) -> web.Response:
     before = _time(request.query.get("before"), "before")
     w = _w(request)
     name = request.match_info["name"]
-    if w.get(name) is None:
+    agent = w.get(name)
+    if agent is None:
         raise AgentNotFound(f"no managed agent named {name!r}", agent=name)
+    check_visible(request, name, agent)
     entries = await w.view.timeline(name, limit=limit, before=before)
     return web.json_response(
         {
@@ -54,6 +57,13 @@ async def stats(request: web.Request) -> web.Response:
     skips, and a series of awake and paused agents over ``?window=`` (1h, 24h, 7d, 30d)."""
     only(request, {"window"})
     window = request.query.get("window", "24h")
+    if access_of(request).limited:
+        raise ApiError(
+            403,
+            "forbidden",
+            "the stats are the whole fleet's: a token limited to some agents cannot read "
+            "them (their agents' own figures are in /api/agents/{name}/timeline)",
+        )
     return web.json_response(stats_json(await _w(request).view.stats(window)))
 
 

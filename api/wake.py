@@ -22,6 +22,7 @@ from idlewatch.wake import WakeResult
 from idlewatch.wake_ignore import WakeIgnore
 
 from . import requests
+from .access import access_of, reach_of, sees, visible
 from .errors import ApiError
 from .keys import WATCHER
 from .metrics import METRICS
@@ -98,6 +99,7 @@ async def wake_on_request(
             timeout_s=timeout_s,
             via=via,
             optional=optional,
+            reach=reach_of(request),
         )
     except AgentNotFound as exc:
         raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
@@ -283,10 +285,16 @@ def _targets(
     host = None if names or group is not None else _host(request)
     w = _w(request)
     try:
-        agents = w.wake_targets(required, group, host)[0] if required or group or host else []
+        agents = (
+            w.wake_targets(required, group, host, reach_of(request))[0]
+            if required or group or host
+            else []
+        )
     except AgentNotFound as exc:
         raise ApiError(404, "not_found", exc.message, _field(names, group)) from None
-    extra = [a for n in optional if (a := w.get(n)) is not None and not is_gone(a)]
+    extra = [
+        a for n in optional if (a := w.get(n)) is not None and not is_gone(a) and sees(request, a)
+    ]
     return agents + extra, agents
 
 
@@ -317,11 +325,20 @@ def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[s
     }
 
 
+def _members(request: web.Request, name: str) -> list[Agent]:
+    """A group's members the token may see; 404 as for an unknown group when none."""
+    members = visible(request, _w(request).group(name))
+    if not members:
+        raise AgentNotFound(f"no managed agent in group {name!r}", agent=None)
+    return members
+
+
 @routes.get("/api/groups", name="groups")
 async def list_groups(request: web.Request) -> web.Response:
-    """Every group with its members."""
+    """Every group with its members (those the token may see)."""
     requests.only(request, set())
-    body = [_group_json(request, g, members) for g, members in _w(request).groups().items()]
+    groups = ((g, visible(request, members)) for g, members in _w(request).groups().items())
+    body = [_group_json(request, g, members) for g, members in groups if members]
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -329,29 +346,38 @@ async def list_groups(request: web.Request) -> web.Response:
 async def get_group(request: web.Request) -> web.Response:
     """One group."""
     requests.only(request, set())
-    w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(request, name, w.group(name)))
+    return web.json_response(_group_json(request, name, _members(request, name)))
 
 
 @routes.post("/api/groups/{name}/start", name="group_start")
 async def start_group(request: web.Request) -> web.Response:
-    """Start every member that is not running."""
+    """Start every member that is not running (of those the token may reach)."""
     requests.only(request, set())
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(request, name, await w.start_group(name, actor="api")))
+    if not access_of(request).limited:
+        return web.json_response(_group_json(request, name, await w.start_group(name, actor="api")))
+    for agent in _members(request, name):
+        if agent.status not in ON_ITS_WAY:
+            await w.start(agent.name, actor="api")
+    return web.json_response(_group_json(request, name, _members(request, name)))
 
 
 @routes.post("/api/groups/{name}/stop", name="group_stop")
 async def stop_group(request: web.Request) -> web.Response:
-    """Stop every member that is awake."""
+    """Stop every member that is awake (of those the token may reach)."""
     requests.only(request, set())
     await no_body(request)
     w = _w(request)
     name = request.match_info["name"]
-    return web.json_response(_group_json(request, name, await w.stop_group(name, actor="api")))
+    if not access_of(request).limited:
+        return web.json_response(_group_json(request, name, await w.stop_group(name, actor="api")))
+    for agent in _members(request, name):
+        if is_awake(agent):
+            await w.stop(agent.name, actor="api")
+    return web.json_response(_group_json(request, name, _members(request, name)))
 
 
 __all__ = ["routes"]

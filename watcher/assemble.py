@@ -39,6 +39,8 @@ from .node import NodeReporter
 from .operations import Operations
 from .operator_view import OperatorView
 from .ports import Clock, DockerGateway, Store
+from .prewarm import ACTOR as PREWARM_ACTOR
+from .prewarm import Prewarm
 from .ready_port import ReadyPorts
 from .replicas import ActivityMerger, Replicas
 from .rollup import HistoryRoller
@@ -204,12 +206,16 @@ def watcher_parts(
     history = HistoryRecorder(writer.put_history, clock)
     bus = ChangeBus([index, writer, hub, signal, ports, history])
     tracker = Tracker(label=s.label, default_idle_timeout_s=s.idle_timeout, clock=clock, bus=bus)
+    prewarm = Prewarm(
+        tracker.agents, lambda name: operations.start(name, actor=PREWARM_ACTOR, confirm=False)
+    )
     schedule = SweepSchedule(
         tracker.agents,
         clock,
         stop_after_or(s.pause_stop_after),
         interval_s=s.sweep_interval,
         min_interval_s=s.sweep_min_interval,
+        openings=prewarm.next_opening,
     )
     bus.add(schedule)
     waits = AgentWaits(signal, tracker)
@@ -324,6 +330,7 @@ def watcher_parts(
             prepare=replicas.merge_once,
             groups_of=index.groups_of,
             members=index.members,
+            prewarm=prewarm,
         ),
         ports=ports,
         waker=waker,

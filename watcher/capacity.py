@@ -27,6 +27,7 @@ from datetime import datetime
 
 from .busy import BusyCheck
 from .errors import AgentNotFound, CapacityExceeded, WatcherError
+from .keep_warm import held_until
 from .lifecycle import Lifecycle
 from .models import Agent, Kind, Status
 from .ports import Clock
@@ -42,9 +43,7 @@ RESERVED_S = 30.0
 def may_evict(agent: Agent, now: datetime) -> bool:
     """Never one in use (a session, a keep-alive) or one that never idles."""
     return (
-        agent.idle_timeout_s is not None
-        and agent.sessions == 0
-        and not (agent.keep_until is not None and agent.keep_until > now)
+        agent.idle_timeout_s is not None and agent.sessions == 0 and held_until(agent, now) is None
     )
 
 

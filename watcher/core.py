@@ -18,19 +18,17 @@ from .settings import Settings
 from .settings_load import load_settings
 from .status import Health, WatcherStatus
 from .sweeper import SweepReport
-from .wake import WakeResult
+from .wake import Reach, WakeResult
 from .writer import CommitObserver
 
 logger = logging.getLogger(__name__)
 
 
 class Watcher:
-    """Tracks managed agents from the events stream and scales idle ones to zero.
-
+    """Tracks managed agents from the events stream and scales idle ones to zero:
     ``async with Watcher(settings) as w:`` starts tracking; the gateway, store and clock
-    can be injected. No signal handlers, no event loop of its own. ``on_commit`` is told
-    after each commit with the agent rows written and its wall time in ns.
-    """
+    can be injected; no signal handlers, no event loop of its own. ``on_commit`` is told
+    after each commit with the agent rows written and its wall time in ns."""
 
     def __init__(
         self,
@@ -204,10 +202,14 @@ class Watcher:
 
     # -------------------------------------------------------------- waking
     def wake_targets(
-        self, names: Sequence[str] = (), group: str | None = None, host: str | None = None
+        self,
+        names: Sequence[str] = (),
+        group: str | None = None,
+        host: str | None = None,
+        reach: Reach = None,
     ) -> tuple[list[Agent], str]:
         """The agents a wake would name (``names``, else ``group``, else ``host``)."""
-        return self._parts.waker.resolve(names, group, host)[:2]
+        return self._parts.waker.resolve(names, group, host, (), reach)[:2]
 
     async def wake(
         self,
@@ -219,16 +221,16 @@ class Watcher:
         timeout_s: float | None = None,
         via: str = "wake",
         optional: Sequence[str] = (),
+        reach: Reach = None,
     ) -> WakeResult:
-        """Wake on request (wake.py): use with a keep-alive, start what sleeps (once), wait
-        until all are ready (``timeout_s``) but the ``optional`` ones; ``via`` names the
-        caller in its record."""
-        agents, looked_up, extra = self._parts.waker.resolve(names, group, host, optional)
+        """Wake on request (wake.py): start what sleeps (once), wait until all but the
+        ``optional`` are ready; ``via`` names the caller; ``reach`` hides agents."""
+        agents, looked_up, extra = self._parts.waker.resolve(names, group, host, optional, reach)
         return await self._parts.waker.wake(
             agents, looked_up, keep_for_s=keep_for_s, timeout_s=timeout_s, via=via, optional=extra
         )
 
-    # ------------------------------------------------------ registered agents
+    # ------------------------------------------ registered agents, sweep, replicas
     async def register(self, spec: AgentSpec, *, actor: str = "library") -> Agent:
         """Register and deploy a new agent; returns it once the engine reports it."""
         return await self._parts.registry.register(spec, actor=actor)
@@ -241,12 +243,10 @@ class Watcher:
         """Remove what idlewatch deployed under ``name`` and forget the agent."""
         await self._parts.registry.delete(name, actor=actor)
 
-    # ------------------------------------------------------------- the sweep
     async def sweep_once(self, now: datetime | None = None) -> SweepReport:
         """Run one idle sweep now (tests and tools)."""
         return await self._parts.sweeper.sweep_once(now)
 
-    # ------------------------------------------------------------- replicas
     def leader_info(self) -> dict[str, object]:
         """Who leads the replicas sharing this database, as this replica knows it."""
         info = self._parts.replicas.info()

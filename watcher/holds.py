@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .keep_warm import KEEP_WARM_LABEL, warm_until
 from .models import Agent, Kind, Status
 from .rules import costs, is_gone
 
 #: the hold kinds (a contract: the agent JSON's ``holds[].kind``)
-HOLD_KINDS = ("session", "keep_alive", "busy", "group", "never", "starting")
+HOLD_KINDS = ("session", "keep_alive", "keep_warm", "busy", "group", "never", "starting")
 #: holds that keep the sweep off the agent whatever the time
-_BLOCKING = frozenset({"session", "keep_alive", "never"})
+_BLOCKING = frozenset({"session", "keep_alive", "keep_warm", "never"})
 #: a deadline past the end of the calendar (a timeout of 1e300 s)
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -107,6 +108,11 @@ def _own_holds(agent: Agent, now: datetime, busy: BusyNote | None) -> list[Hold]
     if agent.keep_until is not None and agent.keep_until > now:
         holds.append(
             Hold("keep_alive", "kept alive by a touch or a wake", agent.keep_until, blocking=True)
+        )
+    if KEEP_WARM_LABEL in agent.labels and (warm := warm_until(agent.name, agent.labels, now)):
+        text = agent.labels[KEEP_WARM_LABEL]
+        holds.append(
+            Hold("keep_warm", f"inside its keep-warm window ({text})", warm, blocking=True)
         )
     if agent.idle_timeout_s is None:
         holds.append(Hold("never", "idle timeout is never", blocking=True))

@@ -28,6 +28,7 @@ from .busy import Busy, BusyCheck
 from .durations import DurationError
 from .errors import AgentNotFound, WatcherError
 from .holds import BusyNote, Policy
+from .keep_warm import held_until
 from .lifecycle import Lifecycle
 from .models import Agent, Kind, Status
 from .policy import IDLE_ACTION_LABEL, STOP_AFTER_LABEL, idle_action, is_idle, stop_after_s
@@ -319,7 +320,7 @@ class IdleActions:
             return False
         if agent.idle_timeout_s is None or agent.sessions > 0:
             return False
-        if agent.keep_until is not None and agent.keep_until > now:
+        if held_until(agent, now) is not None:
             return False
         limit = self.stop_after_s(agent)
         return limit is not None and (now - agent.paused_at).total_seconds() >= limit

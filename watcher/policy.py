@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from .durations import parse_timeout_s
+from .keep_warm import held_until
 from .models import Agent, EngineEvent
 from .rules import ACTIVE_STATUSES, costs
 
@@ -115,7 +116,7 @@ def is_idle(agent: Agent, now: datetime) -> bool:
     with no open session and no keep-alive running."""
     if agent.idle_timeout_s is None or not costs(agent):
         return False
-    if agent.sessions > 0 or (agent.keep_until is not None and agent.keep_until > now):
+    if agent.sessions > 0 or held_until(agent, now) is not None:
         return False
     return agent.idle_for_s(now) >= agent.idle_timeout_s
 
@@ -159,8 +160,8 @@ def idle_agents(agents: Iterable[Agent], now: datetime) -> list[Agent]:
             since = cutoffs[timeout] = cutoff(now, timeout)
         if a.last_activity > since or not costs(a):
             continue
-        if a.sessions > 0 or (a.keep_until is not None and a.keep_until > now):
-            continue  # in use: an open session, or a keep-alive
+        if a.sessions > 0 or held_until(a, now) is not None:
+            continue  # in use: an open session, a keep-alive, a keep-warm window
         found.append(a)
     found.sort(key=lambda a: a.last_activity)
     return found

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from .durations import DurationError
+from .keep_warm import held_until
 from .models import Agent, Change, Status
 from .policy import stop_after_s as stop_after_label_s
 from .ports import Clock
@@ -62,9 +63,8 @@ def due_at(agent: Agent, stop_after_s: StopAfter) -> datetime | None:
             return None
     except OverflowError:  # a timeout of 1e300 s: never
         return None
-    if agent.keep_until is not None and agent.keep_until > due:
-        return agent.keep_until
-    return due
+    held = held_until(agent, due)  # a keep-alive or a keep-warm window still on then
+    return held if held is not None else due
 
 
 class SweepSchedule:
@@ -78,8 +78,10 @@ class SweepSchedule:
         *,
         interval_s: float,
         min_interval_s: float,
+        openings: Callable[[datetime], datetime | None] = lambda after: None,
     ) -> None:
         self._agents = agents
+        self._openings = openings  # the next keep-warm opening to prewarm at (prewarm.py)
         self._clock = clock
         self._stop_after_s = stop_after_s
         self.interval_s = interval_s
@@ -114,6 +116,9 @@ class SweepSchedule:
         latest = since + timedelta(seconds=self.interval_s)
         earliest = since + timedelta(seconds=self.min_interval_s)
         first = latest
+        opening = self._openings(since)
+        if opening is not None and opening < first:
+            first = opening
         for agent in self._agents.values():
             due = due_at(agent, self._stop_after_s)
             if due is not None and due < first and (last is None or due > last):

@@ -17,7 +17,6 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import (
     BeforeValidator,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
@@ -30,6 +29,7 @@ from pydantic_settings import (
 )
 
 from .durations import DurationError, parse_duration_s, parse_timeout_s
+from .settings_access import AccessSettings
 from .tcp_wake import parse_networks
 from .wake_ignore import DEFAULT_PATHS, DEFAULT_USER_AGENTS, compile_user_agents
 
@@ -78,7 +78,7 @@ def _default_docker_url() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
 
 
-class Settings(BaseSettings):
+class Settings(AccessSettings):
     """Every setting of idlewatch; durations are seconds (accepting ``90``, ``"15m"``...)."""
 
     model_config = SettingsConfigDict(
@@ -137,11 +137,6 @@ class Settings(BaseSettings):
         description="Where the HTTP API listens; a non-loopback host needs `api_token`.",
     )
     port: int = Field(default=8080, ge=1, le=65535, description="Port of the HTTP API.")
-    api_token: SecretStr | None = Field(
-        default=None,
-        description="With it, every `/api/...` route and the websocket need "
-        "`Authorization: Bearer <token>`.",
-    )
     max_replicas: int = Field(
         default=10,
         ge=1,
@@ -244,22 +239,6 @@ class Settings(BaseSettings):
         "is closed at once (a TCP port has no token). Comma-separated or a JSON list.",
         json_schema_extra={"default_text": "loopback (`127.0.0.0/8,::1/128`)"},
     )
-    wake_token: SecretStr | None = Field(
-        default=None,
-        description="A token that can only wake (the wake and Sablier routes), for proxy "
-        "configs; they accept `api_token` too.",
-    )
-    read_token: SecretStr | None = Field(
-        default=None,
-        description="A token that can only read: every GET route and the websocket (a "
-        "status page, a dashboard without controls). Needs `api_token`; any other call "
-        "with it is a 403 naming the scope it needs.",
-    )
-    wake_open: bool = Field(
-        default=False,
-        description="The wake and Sablier routes (and only them) need no token, for proxy "
-        "plugins that cannot send a header; `serve` warns when the host is not loopback.",
-    )
     group_label: str = Field(
         default="idlewatch.group",
         min_length=1,
@@ -312,6 +291,12 @@ class Settings(BaseSettings):
         default=5.0,
         description="A new websocket client whose snapshot takes longer to send is dropped.",
         json_schema_extra={"default_text": "`5s`"},
+    )
+    events_replay: int = Field(
+        default=1000,
+        ge=0,
+        description="Changes kept for event-stream clients that reconnect with "
+        "`Last-Event-ID` (`GET /api/events`); one who missed more gets a fresh snapshot.",
     )
     max_body_bytes: int = Field(
         default=64 * 1024,
@@ -435,32 +420,6 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
-    def _tokens_differ(self) -> Settings:
-        """Each token is its own set of scopes: two the same would be one token with the
-        scopes of whichever is compared last."""
-        given = [
-            (name, t.get_secret_value())
-            for name in ("api_token", "wake_token", "read_token")
-            if (t := getattr(self, name)) is not None
-        ]
-        for i, (name, value) in enumerate(given):
-            for other, other_value in given[i + 1 :]:
-                if value == other_value:
-                    raise ValueError(
-                        f"{other}: must differ from {name} (each token has its own scopes)"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _read_token_needs_api_token(self) -> Settings:
-        if self.read_token is not None and self.api_token is None:
-            raise ValueError(
-                "read_token: set api_token too (without it every route is open, and a "
-                "token that may only read would limit nothing)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _wake_keep_for_within_max_keep_for(self) -> Settings:
         """A wake_keep_for above max_keep_for is an error when it was set; the default
         (5m) shrinks to a smaller max_keep_for instead of failing a config that never
@@ -472,13 +431,6 @@ class Settings(BaseSettings):
                 )
             object.__setattr__(self, "wake_keep_for", self.max_keep_for)
         return self
-
-    @field_validator("api_token", "wake_token", "read_token")
-    @classmethod
-    def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
-            return None
-        return value
 
     @classmethod
     def settings_customise_sources(

@@ -63,15 +63,25 @@ def _warn_unknown_env() -> None:
             logger.warning("ignoring unknown environment variable %s (not a setting)", var)
 
 
+#: settings whose values hold secrets: an error names the entry at fault, never the value
+SECRET_SETTINGS = frozenset({"api_token", "wake_token", "read_token", "tokens", "webhooks"})
+
+
 def _explain(exc: ValidationError, overrides: dict[str, Any], toml: Path | None) -> SettingsError:
     err = exc.errors()[0]
     reason = str(err["msg"]).removeprefix("Value error, ")
-    name = str(err["loc"][0]) if err["loc"] else "settings"
-    if not err["loc"] and ": " in reason:  # a check of two settings names the one at fault
+    loc = err["loc"]
+    name = str(loc[0]) if loc else "settings"
+    if not loc and ": " in reason:  # a check of two settings names the one at fault
         name, reason = reason.split(": ", 1)
+    if len(loc) > 1:  # an entry of a list setting: say which (tokens[0].scopes[1])
+        where = name + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+        reason = f"{where}: {reason}"
     source, value = _locate(name, overrides, toml)
     if value is _MISSING:
         value = err.get("input")
+    if name in SECRET_SETTINGS:
+        value = "<not shown: it holds secrets>"
     return SettingsError(name, value, source, reason)
 
 

@@ -19,6 +19,7 @@ from .errors import WatcherError
 from .idle import DRY_RUN, IdleActions, Outcome, failed, skipped
 from .policy import at_rest, cutoff, idle_agents
 from .ports import Clock
+from .prewarm import Prewarm
 from .schedule import SweepSchedule
 from .tasks import cancel_and_wait
 from .tracker import Tracker
@@ -36,6 +37,7 @@ class SweepReport:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     skipped: str | None = None
     pruned: int = 0
+    prewarmed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, str]:
         """Each candidate's outcome in words (``acted``, ``skipped: busy:exec``)."""
@@ -59,7 +61,9 @@ class Sweeper:
         prepare: Callable[[], Awaitable[object]] | None = None,
         groups_of: Callable[[str], Iterable[str]] = lambda name: (),
         members: Callable[[str], Iterable[str]] = lambda group: (),
+        prewarm: Prewarm | None = None,
     ) -> None:
+        self._prewarm = prewarm
         self._groups_of = groups_of
         self._members = members
         self._tracker = tracker
@@ -89,6 +93,8 @@ class Sweeper:
         if self._prepare is not None:
             await self._prepare()
         self._tracker.expire_sessions(now, self._hold_limits)
+        if self._prewarm is not None:
+            report.prewarmed = await self._prewarm.run(now)
         await self._stop_paused(report, now)
         held_by_group: dict[str, str | None] = {}  # group -> why it is held (None: it is not)
         for agent in idle_agents(self._tracker.agents.values(), now):

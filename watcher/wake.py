@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -53,6 +53,8 @@ from .wake_phases import Flight, WakePhases, WakeTimer
 
 logger = logging.getLogger(__name__)
 
+#: what a caller may reach (a scoped token's agents); None: every agent
+Reach = Callable[[Agent], bool] | None
 #: a wake's use of an agent is noted at most this often (the hot path writes nothing more)
 NOTE_EVERY_S = 1.0
 #: a start that failed is not tried again for this long: its error is the answer
@@ -138,15 +140,21 @@ class Waker:
         group: str | None = None,
         host: str | None = None,
         optional: Sequence[str] = (),
+        reach: Reach = None,
     ) -> tuple[list[Agent], str, frozenset[str]]:
         """The agents a wake names, how they were looked up (for the answer), and which of
-        them are only ``optional`` (known ones: an unknown optional name is left out)."""
-        known = [n for n in dict.fromkeys(optional) if self._wakeable(self._tracker.get(n))]
+        them are only ``optional`` (known ones: an unknown optional name is left out).
+        ``reach`` hides agents (a scoped token's): a hidden one is as an unknown one."""
+
+        def wakeable(agent: Agent | None) -> bool:
+            return not is_gone(agent) and (reach is None or (agent is not None and reach(agent)))
+
+        known = [n for n in dict.fromkeys(optional) if wakeable(self._tracker.get(n))]
         if not names and group is None and host is None and optional:
             agents: list[Agent] = []
             looked_up = "names " + ",".join(f"optional:{n}" for n in optional)
         else:
-            agents, looked_up = self._required(names, group, host)
+            agents, looked_up = self._required(names, group, host, wakeable, reach)
             if optional:
                 looked_up += "," + ",".join(f"optional:{n}" for n in optional)
         required = {a.name for a in agents}
@@ -157,11 +165,21 @@ class Waker:
         return agents, looked_up, frozenset(extra)
 
     def _required(
-        self, names: Sequence[str], group: str | None, host: str | None
+        self,
+        names: Sequence[str],
+        group: str | None,
+        host: str | None,
+        wakeable: Callable[[Agent | None], bool],
+        reach: Reach,
     ) -> tuple[list[Agent], str]:
+        def seen(members: Iterable[str]) -> list[str]:  # a hidden member is no member
+            if reach is None:
+                return sorted(members)
+            return sorted(m for m in members if (a := self._tracker.get(m)) and reach(a))
+
         if names:
             looked_up = "names " + ",".join(names)
-            missing = [n for n in names if not self._wakeable(self._tracker.get(n))]
+            missing = [n for n in names if not wakeable(self._tracker.get(n))]
             if missing:
                 raise AgentNotFound(
                     f"no managed agent named {', '.join(repr(n) for n in missing)}",
@@ -170,12 +188,12 @@ class Waker:
             chosen = list(dict.fromkeys(names))
         elif group is not None:
             looked_up = f"group {group}"
-            chosen = sorted(self._index.members(group))
+            chosen = seen(self._index.members(group))
             if not chosen:
                 raise AgentNotFound(f"no managed agent in group {group!r}", agent=None)
         elif host is not None:
             looked_up = f"host {host_name(host)}"
-            chosen = sorted(self._index.for_host(host))
+            chosen = seen(self._index.for_host(host))
             if not chosen:
                 raise AgentNotFound(
                     f"no managed agent has host {host_name(host)!r} in its "
@@ -184,16 +202,10 @@ class Waker:
                 )
         else:
             raise InvalidOperation("a wake names agents, a group or a host", agent=None)
-        agents = [
-            a for n in chosen if (a := self._tracker.get(n)) is not None and self._wakeable(a)
-        ]
+        agents = [a for n in chosen if (a := self._tracker.get(n)) is not None and wakeable(a)]
         if not agents:
             raise AgentNotFound(f"no agent to wake for {looked_up}", agent=None)
         return agents, looked_up
-
-    @staticmethod
-    def _wakeable(agent: Agent | None) -> bool:
-        return not is_gone(agent)
 
     # -------------------------------------------------------------- waking
     async def wake(

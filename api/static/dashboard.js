@@ -220,7 +220,16 @@
     }
     const url = new URL(base + "api/ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    if (token()) url.searchParams.set("token", token());
+    if (token()) {
+      // a one-use ticket, never the token, in the URL (where access logs keep it)
+      try {
+        const r = await fetch(base + "api/feed-tickets", { method: "POST", headers: headers() });
+        if (!r.ok) return retry();
+        url.searchParams.set("ticket", (await r.json()).ticket);
+      } catch (e) {
+        return retry();
+      }
+    }
     socket = new WebSocket(url);
     socket.onopen = () => { retryDelay = 1000; showHealth(); };
     socket.onmessage = (ev) => {
