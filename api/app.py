@@ -25,6 +25,7 @@ from .tickets import routes as ticket_routes
 from .view import routes as view_routes
 from .wake import WAKE_IGNORE
 from .wake import routes as wake_routes
+from .webhooks import routes as webhook_routes
 from .ws import SOCKETS, Sockets, close_all
 from .ws import routes as ws_routes
 
@@ -70,6 +71,7 @@ def create_app(watcher: Watcher | None = None, settings: Settings | None = None)
     app.add_routes(sse_routes)
     app.add_routes(openapi_routes)
     app.add_routes(ticket_routes)
+    app.add_routes(webhook_routes)
     check_route_scopes(app)
     app.on_shutdown.append(close_all)
     app.on_shutdown.append(end_streams)

@@ -48,6 +48,7 @@ ROUTE_SCOPES: dict[str, str] = {
     "ws": "read",
     "events": "read",
     "feed_tickets": "read",
+    "webhook_deliveries": "read",
     # touch: activity and keep-alive
     "activity": "touch",
     # wake: what a proxy calls

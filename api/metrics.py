@@ -193,6 +193,26 @@ def render(status: WatcherStatus, metrics: Metrics) -> str:
         [_line("idlewatch_tcp_connections_open", status.tcp_open)],
     )
     out += _family(
+        "idlewatch_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries by this replica (the leader delivers): sent (accepted with a "
+        "2xx), retried (a try that failed and is tried again), failed (given up on).",
+        [
+            _line("idlewatch_webhook_deliveries_total", n, {"result": r})
+            for r, n in (
+                ("sent", status.webhook_sent),
+                ("retried", status.webhook_retried),
+                ("failed", status.webhook_failed),
+            )
+        ],
+    )
+    out += _family(
+        "idlewatch_webhook_pending",
+        "gauge",
+        "Webhook deliveries waiting in the outbox (as of the leader's last round).",
+        [_line("idlewatch_webhook_pending", status.webhook_pending)],
+    )
+    out += _family(
         "idlewatch_wake_ignored_total",
         "counter",
         "Wake requests that started nothing and were no use: a User-Agent of "

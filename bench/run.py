@@ -29,6 +29,7 @@ from . import (
     tcp_figures,
     wake_check,
     wake_figures,
+    webhook_figures,
     ws_figures,
 )
 from .common import machine, stats
@@ -75,7 +76,9 @@ async def collect() -> dict[str, dict[str, Any]]:
         "events/s",
         ">= 0.5 x ceiling, every final status right",
         f"median of 3; ratio to the ceiling {statistics.median(ratios):.2f} "
-        f"(spread {min(ratios):.2f}-{max(ratios):.2f}); wrong statuses at the end: {wrong}; "
+        f"(spread {min(ratios):.2f}-{max(ratios):.2f}); wrong statuses at the end: {wrong} "
+        f"(by run, in memory/in the store: "
+        f"{[(r['wrong_status'], r['wrong_in_store']) for r in ing['ours']]}); "
         f"includes {ing['ours'][0]['inspections']} looks at the engine (an inspect of each "
         "container with exec events, to tell its healthcheck's execs apart; a read of the "
         "open sessions of each container running at the first listing)",
@@ -268,6 +271,12 @@ async def collect() -> dict[str, dict[str, Any]]:
         figures.update(_tcp(await tcp_figures.run()))
     finally:
         engine.cleanup()
+    print(
+        f"webhooks: {webhook_figures.DELIVERIES} deliveries through the SQLite outbox vs as "
+        f"many bare POSTs, {webhook_figures.ROUNDS} rounds alternated ...",
+        flush=True,
+    )
+    figures.update(_webhooks(await webhook_figures.run()))
 
     print("sweep over 10,000 agents ...", flush=True)
     sw = await small_figures.sweep_10k()
@@ -316,6 +325,27 @@ async def collect() -> dict[str, dict[str, Any]]:
         ratio_to_bare=round(statistics.median(ratios), 3),
         ratios=[round(r, 3) for r in ratios],
         lost=lost,
+    )
+    sse_p99 = [o["p99_ms"] for o in ws["sse"]]
+    sse_ratios = [s["p99_ms"] / o["p99_ms"] for s, o in zip(ws["sse"], ws["ours"], strict=True)]
+    sse_lost = sum(
+        o["expected_per_client"] * ws_figures.CLIENTS - o["delivered"] for o in ws["sse"]
+    )
+    figures["sse_p99_ms_1000_clients"] = fig(
+        statistics.median(sse_p99),
+        "ms",
+        "<= 1.3 x ws_p99_ms_1000_clients (same run), nothing lost",
+        f"GET /api/events, {ws_figures.CLIENTS} clients at {ws_figures.RATE} changes/s for "
+        f"{ws_figures.SECONDS} s; median of {len(sse_p99)} runs in rotation with the websocket "
+        f"and the bare loop; ratio to the websocket's run beside it "
+        f"{statistics.median(sse_ratios):.2f} (spread {_spread(sse_ratios)}); runs "
+        f"{[round(x) for x in sse_p99]} ms; lost {sse_lost}",
+        met=statistics.median(sse_ratios) <= 1.3 and sse_lost == 0,
+        spread=stats(sse_p99),
+        runs=[round(x, 2) for x in sse_p99],
+        ratio_to_ws=round(statistics.median(sse_ratios), 3),
+        ratios=[round(r, 3) for r in sse_ratios],
+        lost=sse_lost,
     )
     delivered = [o["delivered"] / o["seconds"] for o in ws["ours"]]
     figures["ws_delivered_per_s"] = fig(
@@ -376,6 +406,34 @@ def _stats(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"GET /api/agents with 10,000 agents (holds and next action included), same run; "
             f"p50 {st['list']['median']:.1f} ms",
             spread=st["list"],
+        ),
+    }
+
+
+def _webhooks(h: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 26: deliveries through the outbox against bare POSTs to the same receiver."""
+    ours, bare, ratio = h["ours"], h["bare"], h["ratio"]
+    return {
+        "webhook_deliveries_per_s": fig(
+            statistics.median(ours),
+            "deliveries/s",
+            ">= 0.5 x webhook_bare_posts_per_s",
+            f"{webhook_figures.DELIVERIES} signed deliveries made in the writer's transaction "
+            f"(SQLite outbox) until the loopback receiver (its own process) counted them all; "
+            f"{webhook_figures.ROUNDS} rounds alternated with the bare POSTs; ratio (median "
+            f"of the rounds) {ratio:.2f} (spread {_spread(h['ratios'])}); runs "
+            f"{[round(x) for x in ours]}",
+            met=ratio >= 0.5,
+            spread=stats(ours),
+            ratio_to_bare=round(ratio, 3),
+        ),
+        "webhook_bare_posts_per_s": fig(
+            statistics.median(bare),
+            "posts/s",
+            "reference",
+            f"the same number of aiohttp client POSTs, one after another, to the same receiver; "
+            f"runs {[round(x) for x in bare]}",
+            spread=stats(bare),
         ),
     }
 

@@ -1,4 +1,5 @@
-"""Websocket clients in their own process: connect N, read everything, report latency and loss.
+"""Feed clients in their own process: connect N, read everything, report latency and loss
+(websockets; event streams for a URL ending in /api/events).
 
 Run by bench/ws_figures.py and bench/load_figures.py through :func:`spawn` and
 :func:`results`. It prints READY once every client has connected (or failed to), then reads
@@ -51,8 +52,45 @@ class Tally:
             self.ready.set()
 
 
+async def sse_client(session: aiohttp.ClientSession, url: str, tally: Tally, i: int) -> None:
+    """One event-stream client (GET /api/events): the same counts as a websocket's."""
+    try:
+        resp = await session.get(url, timeout=aiohttp.ClientTimeout(total=None))
+    except (aiohttp.ClientError, OSError):
+        tally.connect_errors += 1
+        tally.settled()
+        return
+    if resp.status != 200:
+        tally.connect_errors += 1
+        tally.settled()
+        resp.release()
+        return
+    tally.connected += 1
+    tally.settled()
+    sample = i % 10 == 0
+    counts = tally.counts
+    try:
+        async for line in resp.content:
+            if not line.startswith(b"data: "):
+                continue  # ids, retry, comments, blank lines
+            data = line[6:]
+            if counts[i] == 0 and data.startswith(b'{"type":"snapshot"'):
+                continue
+            if data.startswith(b'{"type":"health"'):
+                continue
+            counts[i] += 1
+            if sample:
+                tally.lat.append(time.time() - _sent_at(orjson.loads(data)))
+        tally.disconnected += 1
+    finally:
+        resp.release()
+
+
 async def client(session: aiohttp.ClientSession, url: str, tally: Tally, i: int) -> None:
     """One client: count the changes after the snapshot; sample latency on a tenth of them."""
+    if url.endswith("/api/events"):
+        await sse_client(session, url, tally, i)
+        return
     try:
         ws = await session.ws_connect(url, max_msg_size=0)
     except (aiohttp.ClientError, OSError):

@@ -1,5 +1,6 @@
 """Figure 5: 1,000 websocket clients (another process), 50 changes/s for 10 s, vs a bare loop,
-alternated three times."""
+alternated three times; and (issue 26) the same load on 1,000 event-stream clients
+(``GET /api/events``), in the same rotation, against the websocket runs."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ async def _paced(produce: Any) -> None:
         await produce()
 
 
-async def idlewatch_feed() -> dict[str, Any]:
-    """Changes through the real pipeline: touch -> tracker -> hub -> per-client senders."""
+async def idlewatch_feed(path: str = "/api/ws") -> dict[str, Any]:
+    """Changes through the real pipeline: touch -> tracker -> hub -> per-client senders
+    (``path``: the websocket, or the event stream)."""
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo(
         "c1", "ws-agent", "img", "running", freeze({"idlewatch.enable": "true"})
@@ -56,7 +58,7 @@ async def idlewatch_feed() -> dict[str, Any]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
     try:
-        proc = await _clients(f"http://127.0.0.1:{port}/api/ws", RATE * SECONDS)
+        proc = await _clients(f"http://127.0.0.1:{port}{path}", RATE * SECONDS)
         t0 = time.monotonic()
 
         async def touch() -> None:
@@ -109,19 +111,22 @@ async def bare_baseline() -> dict[str, Any]:
     return result
 
 
-async def run(pairs: int = PAIRS) -> dict[str, Any]:
-    """Ours and the bare loop alternated ``pairs`` times in the same run (the machine's
-    noise then hits both alike); each run's figures, in order."""
+async def run(pairs: int = PAIRS, *, sse: bool = True) -> dict[str, Any]:
+    """Ours, the bare loop (and the event stream) in a rotating order ``pairs`` times in
+    the same run (the machine's noise then hits all alike); each run's figures, in order."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ours, bare = [], []
-    for i in range(pairs):  # A B, B A, A B...: a drift over the run hits both alike
-        for first in (True, False) if i % 2 == 0 else (False, True):
-            if first:
-                ours.append(await idlewatch_feed())
+    out: dict[str, list[dict[str, Any]]] = {"ours": [], "bare": [], "sse": []}
+    kinds = ["ours", "bare", "sse"] if sse else ["ours", "bare"]
+    for i in range(pairs):  # A B C, C B A, ...: a drift over the run hits all alike
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
+            if kind == "ours":
+                out["ours"].append(await idlewatch_feed())
+            elif kind == "sse":
+                out["sse"].append(await idlewatch_feed("/api/events"))
             else:
-                bare.append(await bare_baseline())
-    return {"ours": ours, "bare": bare}
+                out["bare"].append(await bare_baseline())
+    return out
 
 
 if __name__ == "__main__":

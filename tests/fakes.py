@@ -19,6 +19,7 @@ from idlewatch.models import (
     Change,
     ContainerExecs,
     ContainerInfo,
+    Delivery,
     EngineEvent,
     EngineInfo,
     EngineRecord,
@@ -26,6 +27,7 @@ from idlewatch.models import (
     ExecProcess,
     HistoryRow,
     Kind,
+    OutboxRow,
     ServiceInfo,
     Snapshot,
     Status,
@@ -292,6 +294,68 @@ class FakeHistory:
         self.rolled_hours.append(hour)
 
 
+class FakeOutbox:
+    """The webhook outbox in memory: the OutboxRows the fake store was given, as deliveries."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self._store = store
+        self._seen = 0
+        self.rows: dict[int, Delivery] = {}
+
+    def _sync(self) -> None:
+        for row in self._store.history_rows[self._seen :]:
+            if isinstance(row, OutboxRow):
+                seq = len(self.rows) + 1
+                self.rows[seq] = Delivery(
+                    seq, row.delivery_id, row.endpoint, row.event, row.agent, row.at,
+                    "pending", 0, None, None, None, row.body,
+                )  # fmt: skip
+        self._seen = len(self._store.history_rows)
+
+    async def heads(self, endpoints: list[str], limit: int) -> list[Delivery]:
+        self._sync()
+        out: list[Delivery] = []
+        for e in endpoints:
+            out += [d for d in self.rows.values() if d.endpoint == e and d.status == "pending"][
+                :limit
+            ]
+        return out
+
+    def _mark(self, seq: int, **changes: object) -> None:
+        self.rows[seq] = replace(self.rows[seq], **changes)  # type: ignore[arg-type]
+
+    async def sent(self, seqs: list[int], at: datetime) -> None:
+        for seq in seqs:
+            attempts = self.rows[seq].attempts + 1
+            self._mark(seq, status="sent", attempts=attempts, done_at=at, next_at=None)
+
+    async def retry(self, seq: int, attempts: int, next_at: datetime, error: str) -> None:
+        self._mark(seq, attempts=attempts, next_at=next_at, last_error=error)
+
+    async def failed(self, seq: int, attempts: int, at: datetime, error: str) -> None:
+        self._mark(seq, status="failed", attempts=attempts, done_at=at, last_error=error)
+
+    async def orphans(self, endpoints: list[str]) -> list[Delivery]:
+        self._sync()
+        return [
+            d for d in self.rows.values() if d.status == "pending" and d.endpoint not in endpoints
+        ]
+
+    async def recent(self, status: str | None, limit: int) -> list[Delivery]:
+        self._sync()
+        found = [d for d in self.rows.values() if status is None or d.status == status]
+        return sorted(found, key=lambda d: -d.seq)[:limit]
+
+    async def counts(self) -> dict[str, int]:
+        self._sync()
+        return dict(Counter(d.status for d in self.rows.values()))
+
+    async def prune(self, before: datetime) -> None:
+        for seq, d in list(self.rows.items()):
+            if d.status != "pending" and d.done_at is not None and d.done_at < before:
+                del self.rows[seq]
+
+
 class FakeStore:
     """An in-memory store that can be told to fail its next writes."""
 
@@ -303,6 +367,7 @@ class FakeStore:
         self.history_rows: list[HistoryRow] = []
         #: the record's reads (the figures: SqlHistory on a real SQLite, test_stats.py)
         self.history = FakeHistory(self)
+        self.outbox = FakeOutbox(self)
         self.bug_writes = 0  # write() raises a RuntimeError (a bug, not the database)
         self.writes = 0
         self.lease_rows: dict[str, tuple[str, float]] = {}

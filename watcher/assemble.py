@@ -54,6 +54,8 @@ from .tracker import Tracker
 from .usage import HoldLimits
 from .wake import WakeConfig, Waker
 from .wake_phases import WakePhases
+from .webhook_delivery import WebhookDelivery
+from .webhooks import WebhookOutbox, endpoints_of
 from .writer import CommitObserver, StoreWriter
 
 logger = logging.getLogger("idlewatch.core")  # the start-up line users know, under its name
@@ -97,6 +99,7 @@ class Parts:
     view: OperatorView
     roller: HistoryRoller
     tcp: TcpWake
+    webhooks: WebhookDelivery
     settings: Settings
 
     async def open(self) -> None:
@@ -124,6 +127,7 @@ class Parts:
             self.sweeper.start()
             self.roller.start()
             self.tcp.start()
+            self.webhooks.start()
         except BaseException:  # cancelled, or the store failed: nothing is left running
             await self.close()
             raise
@@ -138,6 +142,7 @@ class Parts:
     async def close(self) -> None:
         """Stop everything in reverse order, writing what is pending: the last rows while
         still leading, then the lease handed over."""
+        await self.webhooks.close()
         await self.tcp.close()
         await self.roller.close()
         await self.waker.close()
@@ -183,6 +188,10 @@ class Parts:
             tcp_accepted=self.tcp.accepted,
             tcp_refused=self.tcp.refused,
             tcp_open=self.tcp.open_now,
+            webhook_sent=self.webhooks.sent,
+            webhook_retried=self.webhooks.retried,
+            webhook_failed=self.webhooks.failed,
+            webhook_pending=self.webhooks.pending,
         )
 
 
@@ -200,7 +209,19 @@ def watcher_parts(
     db = store_ or store(s)
     health = HealthSignal()
     lead = Leadership(db.leases, s.replica_id, s.leader_lease)
-    writer = StoreWriter(db, lead, pace_s=s.write_pace, on_state=health.poke, on_commit=on_commit)
+    endpoints = endpoints_of(s.webhooks)
+    delivery = WebhookDelivery(
+        db.outbox, endpoints, lambda: lead.is_leader, clock, max_age_s=s.webhook_max_age
+    )
+    writer = StoreWriter(
+        db,
+        lead,
+        pace_s=s.write_pace,
+        on_state=health.poke,
+        on_commit=on_commit,
+        webhooks=WebhookOutbox(endpoints, s.group_label, lambda name: tracker.get(name)),
+        on_outbox=delivery.poke,
+    )
     hub, signal, ports = Hub(s.subscriber_queue_size), ChangeSignal(), ReadyPorts(docker)
     index = LabelIndex(s.group_label, s.hosts_label)
     history = HistoryRecorder(writer.put_history, clock)
@@ -335,6 +356,7 @@ def watcher_parts(
         ports=ports,
         waker=waker,
         tcp=tcp,
+        webhooks=delivery,
         waits=waits,
         readiness=Readiness(stream, writer, db, binding, health),
         history=history,
@@ -357,6 +379,7 @@ def watcher_parts(
             clock,
             max_awake=s.max_awake,
             flush=lambda: writer.flush(timeout_s=2.0),
+            outbox=db.outbox,
         ),
     )
 

@@ -76,7 +76,13 @@ class Leadership:
             if holder != self._token:
                 self._valid_until = 0.0
             else:
-                if asked_at >= self._valid_until:  # not held when asked: a new term
+                # not held for a moment, by our clock: a new term. That is a lease asked
+                # for after it ran out, and also one asked for in time whose answer came
+                # after (a slow database, a starved loop): in between, is_leader said no,
+                # and the writer dropped (or never queued) rows that only a rewrite of the
+                # record brings back (bench/RESULTS.md, 2026-12-06: 313 rows stale in a
+                # loaded ingest run)
+                if self._monotonic() >= self._valid_until:
                     self.term += 1
                 self._valid_until = asked_at + self._ttl_s
         return self.is_leader

@@ -376,6 +376,22 @@ class TimelineEntry:
     fields: Mapping[str, object] = field(default_factory=dict)
 
 
+#: the sweep's audit actions that are idle actions (the rest of its entries are skips)
+IDLE_AUDIT_ACTIONS = frozenset({"stop", "pause", "scale_to_zero"})
+
+
+def audit_kind(action: str, actor: str) -> str:
+    """The timeline kind of an audit entry: ``skip``, ``idle_action``, ``eviction`` or
+    ``lifecycle`` (an action through the API, the CLI or the library)."""
+    if action == "idle_skipped":
+        return "skip"
+    if actor == "sweep" and action in IDLE_AUDIT_ACTIONS:
+        return "idle_action"
+    if actor == "capacity":
+        return "eviction"
+    return "lifecycle"
+
+
 @dataclass(frozen=True, slots=True)
 class WindowFigures:
     """What the record of spells, wakes and the audit trail say about a window."""
@@ -396,4 +412,37 @@ class WindowFigures:
 
 #: what the record's writer takes: its marks and bursts (the leader's), and wakes
 RecordRow = SpellMark | UseBurst | CloseOrphans
-HistoryRow = SpellMark | UseBurst | CloseOrphans | WakeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A webhook delivery to make: written in the transaction of the row that caused it
+    (a status change, an audit entry, a wake), delivered later (webhook_delivery.py)."""
+
+    delivery_id: str
+    endpoint: str  # the endpoint's key (webhooks.py: from its url)
+    event: str  # status, idle_action, skip, wake, eviction, lifecycle, dead_letter
+    agent: str
+    at: datetime
+    body: bytes  # exactly what is sent and signed, every try
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A webhook delivery as the outbox holds it."""
+
+    seq: int
+    delivery_id: str
+    endpoint: str
+    event: str
+    agent: str
+    created_at: datetime
+    status: str  # pending, sent, failed
+    attempts: int
+    next_at: datetime | None
+    last_error: str | None
+    done_at: datetime | None
+    body: bytes
+
+
+HistoryRow = SpellMark | UseBurst | CloseOrphans | WakeRecord | OutboxRow

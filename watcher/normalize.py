@@ -49,17 +49,47 @@ def normalize(raw: object) -> EngineEvent | None:
             attrs = {str(k): v if isinstance(v, str) else str(v) for k, v in attrs.items()}
             break
     attributes: dict[str, str] = attrs
-    action, _, detail = action_full.partition(":")
+    action, detail = _action(raw, action_full, attributes)
     return EngineEvent(
         type=etype,
-        action=action.strip(),
+        action=action,
         actor_id=actor_id,
         time_ns=_time_ns(raw),
         name=attributes.get("name", ""),
         image=attributes.get("image", ""),
-        detail=detail.strip(),
+        detail=detail,
         attributes=MappingProxyType(attributes),  # a fresh dict from the decoder: no copy
     )
+
+
+#: Podman's event actions that Docker names otherwise (its compat API passes most through:
+#: ``exec`` for Docker's ``exec_start``, ``exec_died`` for ``exec_die``, ``died`` where it
+#: is not rewritten to ``die``); ``health_status`` comes without the ``: healthy`` suffix,
+#: its value in a field of its own (:func:`_podman_health`)
+PODMAN_ACTIONS = {
+    "exec": "exec_start",
+    "exec_died": "exec_die",
+    "died": "die",
+    "health_status": "health_status",
+}
+
+
+def _action(raw: Mapping[str, object], full: str, attributes: Mapping[str, str]) -> tuple[str, str]:
+    """An event's action and its detail (``health_status: healthy``), in Docker's words."""
+    action, _, detail = full.partition(":")
+    action, detail = action.strip(), detail.strip()
+    if action in PODMAN_ACTIONS:  # Podman's Docker-compatible API
+        action = PODMAN_ACTIONS[action]
+        if action == "health_status" and not detail:
+            detail = _podman_health(raw, attributes)
+    return action, detail
+
+
+def _podman_health(raw: Mapping[str, object], attributes: Mapping[str, str]) -> str:
+    """A Podman health event's verdict: the ``HealthStatus`` field (top level, or among
+    the attributes), lower case, or empty when it has none."""
+    value = raw.get("HealthStatus") or attributes.get("health_status") or ""
+    return str(value).strip().lower()
 
 
 def _time_ns(raw: Mapping[str, object]) -> int:

@@ -25,10 +25,13 @@ from datetime import datetime, timedelta
 
 from .errors import InvalidValue
 from .holds import Explainer, Explanation
-from .models import Agent, Status, TimelineEntry, WindowFigures
-from .ports import Clock, HistoryReads
+from .models import Agent, Delivery, Status, TimelineEntry, WindowFigures
+from .ports import Clock, HistoryReads, OutboxStore
 from .rules import is_awake
 from .wake_phases import WakePhases
+
+#: the statuses of a webhook delivery
+DELIVERY_STATUSES = ("pending", "sent", "failed")
 
 #: the windows the stats know: their length, and whether they count whole hours (from the
 #: start of the hour that long ago, read from the hourly roll-ups) or exactly (the last hour)
@@ -76,7 +79,9 @@ class OperatorView:
         *,
         max_awake: int | None,
         flush: Callable[[], Awaitable[None]] | None = None,
+        outbox: OutboxStore | None = None,
     ) -> None:
+        self._outbox = outbox
         self._agents = agents
         self._explainer = explainer
         self._history = history
@@ -129,6 +134,19 @@ class OperatorView:
             self._max_awake,
             figures,
         )
+
+    async def deliveries(self, status: str | None = None, limit: int = 100) -> list[Delivery]:
+        """The newest webhook deliveries (of one status: pending, sent, failed)."""
+        if status not in (None, *DELIVERY_STATUSES):
+            raise InvalidValue(
+                f"status must be one of {', '.join(DELIVERY_STATUSES)}, got {status!r}",
+                field="status",
+                code="invalid_parameter",
+            )
+        if self._outbox is None:
+            return []
+        await self._flushed()
+        return await self._outbox.recent(status, limit)
 
     async def _flushed(self) -> None:
         """What was queued so far is in the store (bounded: a slow database answers late)."""

@@ -14,6 +14,7 @@ from .models import (
     AuditEntry,
     ContainerExecs,
     ContainerInfo,
+    Delivery,
     EngineEvent,
     EngineInfo,
     EngineRecord,
@@ -212,6 +213,43 @@ class HistoryReads(Protocol):
         ...
 
 
+class OutboxStore(Protocol):
+    """The webhook outbox: read and marked by the leader's deliverer (rows are inserted
+    by the writer, with the change that caused them)."""
+
+    async def heads(self, endpoints: list[str], limit: int) -> list[Delivery]:
+        """The oldest pending deliveries of each endpoint (up to ``limit`` each), by seq."""
+        ...
+
+    async def sent(self, seqs: list[int], at: datetime) -> None:
+        """Deliveries the endpoint accepted (each one more try)."""
+        ...
+
+    async def retry(self, seq: int, attempts: int, next_at: datetime, error: str) -> None:
+        """A delivery that failed and is tried again at ``next_at``."""
+        ...
+
+    async def failed(self, seq: int, attempts: int, at: datetime, error: str) -> None:
+        """A delivery given up on."""
+        ...
+
+    async def orphans(self, endpoints: list[str]) -> list[Delivery]:
+        """Pending deliveries of endpoints no longer configured."""
+        ...
+
+    async def recent(self, status: str | None, limit: int) -> list[Delivery]:
+        """The newest deliveries (of one status), newest first."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Deliveries by status."""
+        ...
+
+    async def prune(self, before: datetime) -> None:
+        """Delete delivered and failed rows finished before ``before``."""
+        ...
+
+
 class Store(Protocol):
     """Persistence of agents, the audit trail and specs (the writer task is its only
     writer), with the lease and the activity reports on the same database."""
@@ -234,6 +272,11 @@ class Store(Protocol):
     @property
     def engines(self) -> EngineRecords:
         """Which engine each replica watches."""
+        ...
+
+    @property
+    def outbox(self) -> OutboxStore:
+        """The webhook outbox."""
         ...
 
     async def connect(self) -> None:

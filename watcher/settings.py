@@ -30,6 +30,7 @@ from pydantic_settings import (
 
 from .durations import DurationError, parse_duration_s, parse_timeout_s
 from .settings_access import AccessSettings
+from .settings_webhooks import WebhookSettings
 from .tcp_wake import parse_networks
 from .wake_ignore import DEFAULT_PATHS, DEFAULT_USER_AGENTS, compile_user_agents
 
@@ -78,7 +79,7 @@ def _default_docker_url() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
 
 
-class Settings(AccessSettings):
+class Settings(AccessSettings, WebhookSettings):
     """Every setting of idlewatch; durations are seconds (accepting ``90``, ``"15m"``...)."""
 
     model_config = SettingsConfigDict(

@@ -80,6 +80,12 @@ class WatcherStatus:
     tcp_accepted: int = 0
     tcp_refused: int = 0
     tcp_open: int = 0
+    #: webhook deliveries by this replica (the leader delivers): accepted, retried,
+    #: given up on, and pending as of its last round
+    webhook_sent: int = 0
+    webhook_retried: int = 0
+    webhook_failed: int = 0
+    webhook_pending: int = 0
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from .models import (
     Change,
     CloseOrphans,
     HistoryRow,
+    OutboxRow,
     RecordRow,
     SpellMark,
     UseBurst,
@@ -35,6 +36,7 @@ from .models import (
 )
 from .ports import Store
 from .tasks import cancel_and_wait, cancelling, in_own_task
+from .webhooks import WebhookOutbox
 
 #: how last_error begins when the writer failed on a bug rather than on the database
 _INTERNAL = "internal error in the writer: "
@@ -72,8 +74,15 @@ class StoreWriter:
         pace_s: float = 0.0,
         on_state: Callable[[], None] = lambda: None,
         on_commit: CommitObserver | None = None,
+        webhooks: WebhookOutbox | None = None,
+        on_outbox: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        #: makes the webhook deliveries of status changes, audit entries and wakes, which
+        #: are committed in the same transaction as those rows (webhooks.py)
+        self._webhooks = webhooks if webhooks is not None and webhooks.endpoints else None
+        self._on_outbox = on_outbox  # told after a commit that wrote deliveries
+        self._outbox: list[OutboxRow] = []
         self._leadership = leadership
         self._replica_id = leadership.replica_id
         self._on_state = on_state  # told when writes start failing or recover
@@ -118,6 +127,8 @@ class StoreWriter:
         publishes; one writes the record)."""
         if self._leadership.is_leader:
             self.put_agent(change.agent)
+            if self._webhooks is not None:
+                self._outbox += self._webhooks.for_change(change)
 
     def forgotten(self, name: str) -> None:
         """An agent is no longer tracked: its row goes, when this replica leads."""
@@ -147,6 +158,7 @@ class StoreWriter:
         self._forgets.clear()
         self._history.clear()
         self._bursts.clear()
+        self._outbox = [r for r in self._outbox if r.event != "status"]  # (the leader's)
 
     def put_activity(self, report: ActivityReport) -> None:
         """Queue an activity report (the newest per agent and source is written)."""
@@ -166,8 +178,10 @@ class StoreWriter:
             self._wake.set()
 
     def put_wake(self, record: WakeRecord) -> None:
-        """Queue a wake's record."""
+        """Queue a wake's record (and its webhook deliveries)."""
         self._wakes.append(record)
+        if self._webhooks is not None:
+            self._outbox += self._webhooks.for_wake(record)
         self._enqueued += 1
         self._wake.set()
 
@@ -180,6 +194,8 @@ class StoreWriter:
     def put_audit(self, entry: AuditEntry) -> None:
         """Queue an audit entry (stamped with the replica that acted)."""
         self._audits.append(dataclasses.replace(entry, replica=self._replica_id))
+        if self._webhooks is not None:
+            self._outbox += self._webhooks.for_audit(entry)
         self._enqueued += 1
         self._wake.set()
 
@@ -195,6 +211,7 @@ class StoreWriter:
             + len(self._history)
             + len(self._bursts)
             + len(self._wakes)
+            + len(self._outbox)
         )
 
     def start(self) -> None:
@@ -314,9 +331,7 @@ class StoreWriter:
             return False
         self.rows_written += len(agents) + len(audits)  # (committed, whatever comes next)
         self.last_commit_monotonic = time.monotonic()
-        if agents:
-            self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
-            self._notify_commit(agents)
+        self._committed_rows(agents, history)
         if activity:
             try:
                 await self._store.activity.report_activity(list(activity.values()))
@@ -331,11 +346,19 @@ class StoreWriter:
             await self._committed_up_to(target)
         return True
 
+    def _committed_rows(self, agents: list[Agent], history: list[HistoryRow]) -> None:
+        """Tell who waits on committed rows: the commit observer, the webhook deliverer."""
+        if agents:
+            self.last_queue_lag_s = self.last_commit_monotonic - self._oldest_queued
+            self._notify_commit(agents)
+        if any(isinstance(r, OutboxRow) for r in history):
+            self._on_outbox()
+
     def _take_history(self, complete: bool) -> list[HistoryRow]:
         """The wakes, and the marks and bursts when ``complete`` (a mark follows the agent
         rows it may depend on: all of them)."""
-        history: list[HistoryRow] = list(self._wakes)
-        self._wakes = []
+        history: list[HistoryRow] = [*self._wakes, *self._outbox]
+        self._wakes, self._outbox = [], []
         if complete:
             history += [*self._history, *self._bursts.values()]
             self._history, self._bursts = [], {}
@@ -343,6 +366,7 @@ class StoreWriter:
 
     def _put_back_history(self, history: list[HistoryRow]) -> None:
         self._wakes[:0] = [r for r in history if isinstance(r, WakeRecord)]
+        self._outbox[:0] = [r for r in history if isinstance(r, OutboxRow)]
         self._history[:0] = [r for r in history if isinstance(r, SpellMark | CloseOrphans)]
         for r in history:  # a burst queued meanwhile is newer
             if isinstance(r, UseBurst):

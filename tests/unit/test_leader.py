@@ -69,6 +69,36 @@ async def test_a_leader_cut_off_from_the_database_stops_acting_on_its_own_clock(
     assert not a.is_leader
 
 
+class SlowStore(FakeStore):
+    """Its lease answers take ``delay_s`` of the test's monotonic clock."""
+
+    def __init__(self, mono: Mono) -> None:
+        super().__init__()
+        self.mono = mono
+        self.delay_s = 0.0
+
+    async def acquire_lease(self, role: str, holder: str, ttl_s: float) -> tuple[str, float]:
+        self.mono.t += self.delay_s
+        return await super().acquire_lease(role, holder, ttl_s)
+
+
+async def test_a_renewal_answered_after_the_lease_ran_out_starts_a_new_term() -> None:
+    """Asked in time, answered late (a starved loop): is_leader said no in between, so the
+    record must be rewritten: a new term, which the replica loops act on."""
+    mono = Mono()
+    store = SlowStore(mono)
+    a = Leadership(store, "a", 10, monotonic=mono)
+    assert await a.try_once() and a.term == 1
+    mono.t += 2
+    assert await a.try_once() and a.term == 1  # renewed in time: the same term
+    mono.t += 7.5  # 0.5 s of the 8 s left when asked...
+    store.delay_s = 1.0  # ...and the answer takes 1 s: 0.5 s without a lease
+    assert await a.try_once() and a.term == 2
+    store.delay_s = 0.1
+    mono.t += 1
+    assert await a.try_once() and a.term == 2  # in time again
+
+
 async def test_a_clean_close_hands_over_at_once() -> None:
     store = FakeStore()
     a = Leadership(store, "a", 15)

@@ -26,8 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..clock import first_hour
+from ..models import IDLE_AUDIT_ACTIONS as IDLE_ACTIONS
 from ..models import TimelineEntry, WindowFigures
-from .record import IDLE_ACTIONS, merged, timeline_queries
+from .record import merged, timeline_queries
 from .schema import (
     audit_table,
     hour_audit_table,

@@ -10,7 +10,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import CloseOrphans, HistoryRow, SpellMark, TimelineEntry, UseBurst, WakeRecord
+from ..models import (
+    CloseOrphans,
+    HistoryRow,
+    OutboxRow,
+    SpellMark,
+    TimelineEntry,
+    UseBurst,
+    WakeRecord,
+    audit_kind,
+)
 from .schema import audit_table, spells_table, uses_table, wakes_table
 
 
@@ -32,6 +41,8 @@ _SQLITE = (
     "ready_ms, answered_ms, engine_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "UPDATE spells SET ended_at = CASE WHEN started_at > ? THEN started_at ELSE ? END "
     "WHERE ended_at IS NULL AND agent NOT IN (SELECT name FROM agents)",
+    "INSERT INTO webhook_outbox (delivery_id, endpoint, event, agent, created_at, body, "
+    "status, attempts) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)",
 )
 _POSTGRES = (
     "UPDATE spells SET ended_at = GREATEST(started_at, $1::double precision) "
@@ -46,6 +57,8 @@ _POSTGRES = (
     "ready_ms, answered_ms, engine_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     "UPDATE spells SET ended_at = GREATEST(started_at, $1::double precision) "
     "WHERE ended_at IS NULL AND agent NOT IN (SELECT name FROM agents)",
+    "INSERT INTO webhook_outbox (delivery_id, endpoint, event, agent, created_at, body, "
+    "status, attempts) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0)",
 )
 
 
@@ -76,6 +89,18 @@ def statements(rows: Sequence[HistoryRow], postgres: bool) -> Iterator[tuple[str
                     row.count,
                 ),
             )
+        elif isinstance(row, OutboxRow):
+            yield (
+                sql[5],
+                (
+                    row.delivery_id,
+                    row.endpoint,
+                    row.event,
+                    row.agent,
+                    row.at.timestamp(),
+                    row.body.decode(),
+                ),
+            )
         else:
             yield (
                 sql[3],
@@ -96,7 +121,6 @@ def statements(rows: Sequence[HistoryRow], postgres: bool) -> Iterator[tuple[str
 
 # ------------------------------------------------------------------- timeline
 #: audit actions the sweep takes on an idle agent
-IDLE_ACTIONS = frozenset({"stop", "pause", "scale_to_zero"})
 
 
 def timeline_queries(agent: str, before: datetime | None, limit: int) -> dict[str, Any]:
@@ -123,14 +147,7 @@ def audit_entry(row: Any) -> TimelineEntry:
     """An audit row as a timeline entry: an idle action, a skip, an eviction, or an action
     through the API, the CLI or the library."""
     action, actor = row["action"], row["actor"]
-    if action == "idle_skipped":
-        kind = "skip"
-    elif actor == "sweep" and action in IDLE_ACTIONS:
-        kind = "idle_action"
-    elif actor == "capacity":
-        kind = "eviction"
-    else:
-        kind = "lifecycle"
+    kind = audit_kind(action, actor)
     fields: dict[str, object] = {"action": action, "ok": bool(row["ok"])}
     if row["detail"]:
         fields["detail"] = row["detail"]
@@ -202,4 +219,4 @@ def merged(sources: dict[str, list[Any]], limit: int) -> list[TimelineEntry]:
     return entries[:limit]
 
 
-__all__ = ["IDLE_ACTIONS", "HistoryRow", "merged", "statements", "timeline_queries"]
+__all__ = ["HistoryRow", "merged", "statements", "timeline_queries"]

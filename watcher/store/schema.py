@@ -243,6 +243,27 @@ class Migration:
     ddl: tuple[sa.schema.ExecutableDDLElement, ...]
 
 
+#: webhook deliveries: written with the change that caused them, delivered in seq order
+#: per endpoint by the leader (webhook_delivery.py)
+outbox_table = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("agent", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.Float, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("done_at", sa.Float, nullable=True),
+    sa.Index("webhook_outbox_pending", "endpoint", "status", "seq"),
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -323,6 +344,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             sa.schema.CreateTable(hour_spells_table),
             sa.schema.CreateTable(hour_wakes_table),
             sa.schema.CreateTable(hour_audit_table),
+        ),
+    ),
+    Migration(
+        10,
+        "the webhook outbox",
+        (
+            sa.schema.CreateTable(outbox_table),
+            *(sa.schema.CreateIndex(i) for i in sorted(outbox_table.indexes, key=_name)),
         ),
     ),
 )

@@ -27,6 +27,7 @@ from .engines import SqlEngines
 from .history import SqlHistory
 from .lease import SqlLeases
 from .lock import ProcessLock
+from .outbox import SqlOutbox
 from .record import HistoryRow, statements
 from .rows import agent_from_row, agent_tuple, audit_from_row, audit_row, spec_from_json, spec_json
 from .schema import (
@@ -94,6 +95,8 @@ class SqlStore:
         self.engines = SqlEngines(self._db, NOW_SQL[self._dialect])
         #: the record of spells, bursts of use and wakes (written with the agent rows)
         self.history = SqlHistory(self._read, self._execute)
+        #: webhook deliveries (inserted with the agent rows, delivered by the leader)
+        self.outbox = SqlOutbox(self._db)
 
     @property
     def sqlite(self) -> bool:
