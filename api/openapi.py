@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from idlewatch.models import Status
 
+from .openapi_feeds import feed_paths
 from .openapi_sablier import sablier_paths
 from .openapi_schemas import (
     AGENT_ERRORS,
@@ -260,6 +261,7 @@ def document(
                 tag="feed",
             )
         },
+        **feed_paths(),
         **wake_paths(max_keep_for_s),
         **sablier_paths(max_keep_for_s),
         "/api/openapi.json": {
@@ -330,13 +332,21 @@ def document(
     if api_secured:
         paths["/api/ws"]["get"]["parameters"] = [
             {
-                "name": "token",
+                "name": "ticket",
                 "in": "query",
                 "required": False,
                 "schema": {"type": "string"},
-                "description": "the API token, for browsers that cannot set the "
-                "Authorization header",
-            }
+                "description": "a ticket from POST /api/feed-tickets, for browsers that "
+                "cannot set the Authorization header",
+            },
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "deprecated": True,
+                "schema": {"type": "string"},
+                "description": "a token in the URL (kept in access logs): use a ticket",
+            },
         ]
     _declare_auth(paths, api_secured=api_secured, wake_secured=wake_secured)
     parts: dict[str, Any] = {"schemas": components(max_replicas, max_keep_for_s)}

@@ -107,10 +107,37 @@ class Scopes(_Closed):
     """What the presented token may do."""
 
     scopes: list[Literal["read", "touch", "wake", "control", "deploy"]] = Field(
-        description="read: every GET and the websocket; touch: activity and keep-alive; "
-        "wake: the wake and Sablier routes; control: start, stop, pause, restart, scale, "
-        "group start and stop; deploy: register, deploy, delete"
+        description="read: every GET, the websocket and the event stream; touch: activity "
+        "and keep-alive; wake: the wake and Sablier routes; control: start, stop, pause, "
+        "restart, scale, group start and stop; deploy: register, deploy, delete"
     )
+    agents: list[str] | None = Field(
+        description="the agents it is limited to (name globs, group:NAME); null: every agent"
+    )
+
+
+class FeedTicket(_Closed):
+    """A ticket for one feed connection (websocket or event stream)."""
+
+    ticket: str = Field(description="pass it as ?ticket= to /api/ws or /api/events")
+    expires_in_s: float = Field(gt=0, description="it is refused after this long")
+    single_use: Literal[True]
+
+
+class Delivery(_Closed):
+    """One webhook delivery of the outbox (docs/webhooks.md)."""
+
+    id: str = Field(description="unique per delivery, the same on every try")
+    endpoint: str = Field(description="the endpoint's key (a hash of its url)")
+    event: Literal["status", "idle_action", "skip", "wake", "eviction", "lifecycle", "dead_letter"]
+    agent: str
+    created_at: datetime
+    status: Literal["pending", "sent", "failed"]
+    attempts: int = Field(ge=0)
+    next_at: datetime | None
+    done_at: datetime | None
+    last_error: str | None
+    body: dict[str, Any] = Field(description="the JSON sent (and signed)")
 
 
 class WakeAgent(_Closed):
@@ -325,6 +352,8 @@ SHAPES: dict[str, type[BaseModel]] = {
     "TimeoutError": TimeoutError_,
     "ScopeError": ScopeError,
     "Scopes": Scopes,
+    "FeedTicket": FeedTicket,
+    "Delivery": Delivery,
     "WakeAgent": WakeAgent,
     "WakeReady": WakeReady,
     "WakeNotReady": WakeNotReady,

@@ -103,9 +103,11 @@ class AccessSettings(BaseSettings):
         for i, (name, value) in enumerate(given):
             for other, other_value in given[i + 1 :]:
                 if value == other_value:
+                    setting = other.split("[")[0]
+                    entry = "" if other == setting else f"{other} "
                     raise ValueError(
-                        f"{other.split('[')[0]}: {other} must differ from {name} (each token "
-                        "has its own scopes)"
+                        f"{setting}: {entry}must differ from {name} (each token has its own "
+                        "scopes)"
                     )
         return self
 
@@ -113,7 +115,7 @@ class AccessSettings(BaseSettings):
     def _read_token_needs_another(self) -> AccessSettings:
         if self.read_token is not None and self.api_token is None and not self.tokens:
             raise ValueError(
-                "read_token: set api_token (or tokens) too (without one every route is "
+                "read_token: set api_token too, or tokens (without either every route is "
                 "open, and a token that may only read would limit nothing)"
             )
         return self

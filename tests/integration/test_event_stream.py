@@ -37,7 +37,7 @@ def server(engine: PrivateEngine, tmp_path: Path) -> Iterator[ServeProcess]:
         proc.stop()
 
 
-def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+def _lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
     """curl's output lines, read by a thread (so the test can wait on them with a deadline)."""
     out: queue.Queue[str] = queue.Queue()
 
@@ -46,8 +46,9 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
         for line in proc.stdout:
             out.put(line.rstrip("\n"))
 
-    threading.Thread(target=read, daemon=True).start()
-    return out
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return out, reader
 
 
 def _next_data(lines: queue.Queue[str], deadline: float) -> dict[str, Any]:
@@ -63,8 +64,8 @@ def test_curl_sees_a_change(server: ServeProcess) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    lines, reader = _lines(curl)
     try:
-        lines = _lines(curl)
         deadline = time.monotonic() + 30
         snapshot = _next_data(lines, deadline)
         assert snapshot["type"] == "snapshot"
@@ -79,6 +80,9 @@ def test_curl_sees_a_change(server: ServeProcess) -> None:
     finally:
         curl.terminate()
         curl.wait(10)
+        reader.join(10)  # it ends at curl's end of output
+        assert curl.stdout is not None
+        curl.stdout.close()
 
 
 @pytest.fixture(scope="module")

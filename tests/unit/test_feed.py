@@ -133,9 +133,10 @@ async def test_a_burst_of_changes_reaches_every_client_whole_and_in_order(compre
 
 
 async def test_every_frame_length_form_reaches_a_real_client_as_sent() -> None:
-    """The feed's own frames (api.ws.text_frame) at each boundary of RFC 6455's length
-    forms, read back by aiohttp's websocket reader, in order and byte for byte."""
-    from idlewatch.api.ws import FEED
+    """The feed's own frames (api.ws.text_frame, written by api.feed) at each boundary of
+    RFC 6455's length forms, read back by aiohttp's websocket reader, in order and byte for
+    byte."""
+    from idlewatch.api.feed import FEED, Message
 
     docker = FakeDocker()
     docker.containers["c1"] = ContainerInfo("c1", "box", "img", "running", MANAGED)
@@ -152,7 +153,7 @@ async def test_every_frame_length_form_reaches_a_real_client_as_sent() -> None:
             await until(lambda: all(c.ready for c in feed.clients) and bool(feed.clients))
             sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000]
             sent = [b"x" * n for n in sizes]
-            feed._fan_out(sent)
+            feed.fan_out([Message(b) for b in sent])
             got: list[str] = []
             while len(got) < len(sent):
                 msg = await ws.receive(timeout=5)
