@@ -136,6 +136,8 @@ class Tracker:
         if self.use.needs_look(ev):
             return Need.CONTAINER
         self._table.update(agent, "event:" + ev.action, self._container_changes(agent, ev))
+        if ev.action in ("exec_start", "exec_die") and not ev.attributes.get("execID"):
+            return Need.SESSIONS  # Podman's: which sessions are open, the engine says
         return Need.NOTHING
 
     def _container_changes(self, agent: Agent, ev: EngineEvent) -> dict[str, Any]:

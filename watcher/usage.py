@@ -26,6 +26,9 @@ Policy (read this first):
   a session that ended during the gap counts as use when the recovery finds it gone;
   attaches leave no trace there and cannot be recovered.
 - An exec open longer than ``session_max_hold`` stops holding (:meth:`expire`).
+- Podman's exec events name no exec (no ``execID``, no command; an ``exec_died`` may come
+  twice): such an event is a hint, and the container's open sessions are read from the
+  engine after it, as after a gap (the tracker asks for that look).
 - An ``unpause`` between a container's ``kill`` and its ``die`` is the engine stopping a
   paused container (it thaws it to let the signal in), not somebody using it: idlewatch's
   own stop of a paused agent must not make the stop time its last activity.
@@ -175,6 +178,9 @@ class ContainerUse:
 
     def _exec(self, ev: EngineEvent) -> bool:
         cid, exec_id = ev.actor_id, ev.attributes.get("execID", "")
+        if not exec_id:  # Podman names no exec (its exec_died may come twice, or alone for
+            # a healthcheck): the sessions come from a look at the engine (the tracker asks)
+            return ev.action == "exec_start" and is_use(ev, self._healthcheck.get(cid))
         if exec_id in self._own or is_busy_check(ev.detail):
             return False
         if ev.action == "exec_die":
