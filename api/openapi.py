@@ -16,6 +16,7 @@ from .openapi_schemas import (
     components,
     error_content,
     json_content,
+    limit_param,
     op,
     ref,
 )
@@ -184,17 +185,7 @@ def document(
                         "required": False,
                         "schema": {"type": "string"},
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 100,
-                        },
-                    },
+                    limit_param(1000, 100),
                 ],
                 tag="audit",
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .openapi_schemas import COMMON_ERRORS, error_content, json_content, op, ref
+from .openapi_schemas import COMMON_ERRORS, error_content, json_content, limit_param, op, ref
 
 
 def feed_paths() -> dict[str, Any]:
@@ -67,17 +67,7 @@ def feed_paths() -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "string", "enum": ["pending", "sent", "failed"]},
                     },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 100,
-                        },
-                    },
+                    limit_param(1000, 100),
                 ],
                 tag="webhooks",
             )

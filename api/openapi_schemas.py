@@ -65,6 +65,16 @@ AGENT_ERRORS = {
 }
 
 
+def limit_param(maximum: int, default: int) -> dict[str, Any]:
+    """A ``?limit=`` query parameter: 1..``maximum``."""
+    return {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    }
+
+
 def op(
     summary: str,
     responses: dict[str, Any],
@@ -243,6 +253,7 @@ __all__ = [
     "error_content",
     "json_content",
     "keep_for_pattern",
+    "limit_param",
     "positive_duration_pattern",
     "ref",
 ]

@@ -28,7 +28,6 @@ from idlewatch import Settings, Watcher
 from idlewatch.tasks import cancel_and_wait
 
 from .access import access_of, reach_of
-from .errors import ApiError
 from .feed import FEED, Client, Feed, Message
 from .keys import SETTINGS, WATCHER
 from .requests import only
@@ -131,12 +130,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     fan = request.config_dict[FEED]
     sockets = request.config_dict[SOCKETS]
     streams = request.config_dict[STREAMS]
-    if sockets.full(settings.ws_max_clients):
-        raise ApiError(
-            503,
-            "too_many_clients",
-            f"the feed has ws_max_clients={settings.ws_max_clients} clients; try again later",
-        )
+    sockets.check_room(settings.ws_max_clients)
     sockets.streams += 1  # before the first await: concurrent requests count each other
     try:
         return await _stream(request, w, settings, fan, streams)
@@ -165,11 +159,13 @@ async def _stream(
     async def restart() -> None:
         stream.gone.set()  # the client reconnects; its old id gets a snapshot
 
-    def dropped() -> None:
-        sockets.dropped += 1
-
     client = Client(
-        request, sse_frames, settings.ws_queue_size, sees, restart=restart, on_abort=dropped
+        request,
+        sse_frames,
+        settings.ws_queue_size,
+        sees,
+        restart=restart,
+        on_abort=sockets.count_drop,
     )
     stream = Stream(client)
     streams.ensure_started()

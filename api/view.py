@@ -10,7 +10,7 @@ from idlewatch import AgentNotFound, Watcher
 from idlewatch.models import TimelineEntry
 from idlewatch.operator_view import TIMELINE_MAX, Stats
 
-from .access import access_of, check_visible
+from .access import check_visible, reach_of
 from .errors import ApiError
 from .keys import WATCHER
 from .render import iso
@@ -57,14 +57,8 @@ async def stats(request: web.Request) -> web.Response:
     skips, and a series of awake and paused agents over ``?window=`` (1h, 24h, 7d, 30d)."""
     only(request, {"window"})
     window = request.query.get("window", "24h")
-    if access_of(request).limited:
-        raise ApiError(
-            403,
-            "forbidden",
-            "the stats are the whole fleet's: a token limited to some agents cannot read "
-            "them (their agents' own figures are in /api/agents/{name}/timeline)",
-        )
-    return web.json_response(stats_json(await _w(request).view.stats(window)))
+    mine = reach_of(request)  # a token limited to some agents: theirs alone
+    return web.json_response(stats_json(await _w(request).view.stats(window, mine)))
 
 
 def _time(text: str | None, field: str) -> datetime | None:

@@ -47,9 +47,18 @@ class Sockets:
         """The sockets still open."""
         return list(self._set)
 
-    def full(self, limit: int) -> bool:
-        """Whether the feed has ``limit`` clients (websockets and event streams)."""
-        return len(self._set) + self.streams >= limit
+    def check_room(self, limit: int) -> None:
+        """A 503 when the feed has ``limit`` clients (websockets and event streams)."""
+        if len(self._set) + self.streams >= limit:
+            raise ApiError(
+                503,
+                "too_many_clients",
+                f"the feed has ws_max_clients={limit} clients; try again later",
+            )
+
+    def count_drop(self) -> None:
+        """A feed client was aborted for not reading."""
+        self.dropped += 1
 
     def __len__(self) -> int:
         return len(self._set)
@@ -81,12 +90,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     settings = request.config_dict[SETTINGS]
     fan = request.config_dict[FEED]
     sockets = request.config_dict[SOCKETS]
-    if sockets.full(settings.ws_max_clients):
-        raise ApiError(
-            503,
-            "too_many_clients",
-            f"the feed has ws_max_clients={settings.ws_max_clients} clients; try again later",
-        )
+    sockets.check_room(settings.ws_max_clients)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     if not ws.can_prepare(request).ok:
         raise ApiError(
@@ -109,11 +113,13 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     async def restart() -> None:
         await _close(ws, WSCloseCode.TRY_AGAIN_LATER, b"feed overflow")
 
-    def dropped() -> None:
-        sockets.dropped += 1
-
     client = Client(
-        request, ws_frames, settings.ws_queue_size, sees, restart=restart, on_abort=dropped
+        request,
+        ws_frames,
+        settings.ws_queue_size,
+        sees,
+        restart=restart,
+        on_abort=sockets.count_drop,
     )
     fan.ensure_started(w)
     fan.clients.add(client)  # before the snapshot: changes from now on queue for it

@@ -277,7 +277,14 @@ class FakeHistory:
         out = [e for e in out if before is None or e.at < before]
         return sorted(out, key=lambda e: e.at, reverse=True)[:limit]
 
-    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
+    async def figures(
+        self,
+        window_s: float,
+        now: datetime,
+        *,
+        hourly: bool,
+        agents: Sequence[str] | None = None,
+    ) -> WindowFigures:
         wakes = [r for r in self._store.history_rows if isinstance(r, WakeRecord)]
         since = now - timedelta(seconds=window_s)
         return WindowFigures(

@@ -108,8 +108,11 @@ class OperatorView:
         await self._flushed()
         return await self._history.timeline(name, limit=limit, before=before)
 
-    async def stats(self, window: str = "24h") -> Stats:
-        """The stats of ``window``; InvalidValue naming it when unknown."""
+    async def stats(
+        self, window: str = "24h", only: Callable[[Agent], bool] | None = None
+    ) -> Stats:
+        """The stats of ``window``; InvalidValue naming it when unknown. With ``only``, of
+        the tracked agents it lets through alone (a scoped token's: their own records)."""
         if window not in WINDOWS:
             raise InvalidValue(
                 f"window must be one of {', '.join(WINDOWS)}, got {window!r}",
@@ -118,14 +121,17 @@ class OperatorView:
             )
         span, hourly = WINDOWS[window]
         now = self._clock.now()  # (no flush: what is a moment behind moves no figure much)
-        figures = await self._history.figures(span.total_seconds(), now, hourly=hourly)
+        agents = [a for a in self._agents() if only is None or only(a)]
+        names = None if only is None else [a.name for a in agents]
+        figures = await self._history.figures(
+            span.total_seconds(), now, hourly=hourly, agents=names
+        )
         if window == "30d":  # 720 hourly points: one in six (and the last, now)
             points = figures.series
             kept = points[THIN_30D - 1 :: THIN_30D]
             if points and (not kept or kept[-1] is not points[-1]):
                 kept = (*kept, points[-1])
             figures = dataclasses.replace(figures, series=tuple(kept))
-        agents = list(self._agents())
         by_status = Counter(a.status.value for a in agents)
         return Stats(
             window,

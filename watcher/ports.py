@@ -195,9 +195,17 @@ class HistoryReads(Protocol):
         """The agent's newest ``limit`` entries before ``before``, newest first."""
         ...
 
-    async def figures(self, window_s: float, now: datetime, *, hourly: bool) -> WindowFigures:
+    async def figures(
+        self,
+        window_s: float,
+        now: datetime,
+        *,
+        hourly: bool,
+        agents: Sequence[str] | None = None,
+    ) -> WindowFigures:
         """Agent-hours, wakes, idle actions and the series over the window ending ``now``
-        (``hourly``: from the start of the hour ``window_s`` ago, in hourly buckets)."""
+        (``hourly``: from the start of the hour ``window_s`` ago, in hourly buckets); with
+        ``agents``, theirs alone."""
         ...
 
     async def first_spell(self) -> float | None:

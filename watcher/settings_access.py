@@ -106,8 +106,7 @@ class AccessSettings(BaseSettings):
                     setting = other.split("[")[0]
                     entry = "" if other == setting else f"{other} "
                     raise ValueError(
-                        f"{setting}: {entry}must differ from {name} (each token has its own "
-                        "scopes)"
+                        f"{setting}: {entry}must differ from {name} (each token has its own scopes)"
                     )
         return self
 

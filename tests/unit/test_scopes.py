@@ -136,8 +136,10 @@ async def test_a_token_limited_to_alice_sees_and_touches_only_alice(fleet: Fleet
     ]
     scopes = await (await client.get("/api/scopes", headers=alice)).json()
     assert scopes == {"scopes": ["read", "touch", "wake"], "agents": ["alice-*"]}
-    stats = await client.get("/api/stats", headers=alice)
-    assert stats.status == 403
+    stats = await (await client.get("/api/stats", headers=alice)).json()
+    assert sum(stats["agents"].values()) == 2 and stats["awake_now"] == 1  # alice-1 alone
+    fleet = await (await client.get("/api/stats", headers=bearer("t-read"))).json()
+    assert sum(fleet["agents"].values()) == 4
     await w.stop("bob-2")
     await w.stop("alice-1")
     everyone = await (await client.get("/api/audit", headers=bearer("t-read"))).json()

@@ -262,3 +262,26 @@ def test_a_group_is_looked_at_once_per_moment() -> None:
     assert looks == 1 and all(h.next_action.action == "stop" for h in held)
     explainer(members[0], T0 + timedelta(seconds=1))
     assert looks == 2
+
+
+async def test_the_figures_of_some_agents_count_theirs_alone(script: Script) -> None:
+    """A token limited to some agents reads their own record (issue 26): every figure from
+    their spells, wakes and audit only, exactly, whatever the window."""
+    script.appear("alice")
+    script.appear("bob")
+    script.hours(1)
+    script.become("alice", Status.EXITED, idle=True)
+    script.hours(2)
+    script.become("bob", Status.EXITED)
+    script.hours(1)
+    await script.write()
+    now = script.clock.now()
+    everyone = await script.store.history.figures(4 * H, now, hourly=False)
+    alice = await script.store.history.figures(4 * H, now, hourly=True, agents=["alice"])
+    bob = await script.store.history.figures(7 * 24 * H, now, hourly=True, agents=["bob"])
+    nobody = await script.store.history.figures(4 * H, now, hourly=False, agents=[])
+    assert everyone.awake_s == pytest.approx(4 * H)  # 1 h of alice, 3 h of bob
+    assert alice.awake_s == pytest.approx(1 * H) and alice.saved_s == pytest.approx(3 * H)
+    assert bob.awake_s == pytest.approx(3 * H) and bob.saved_s == 0
+    assert nobody.awake_s == 0 and nobody.saved_s == 0
+    assert len(alice.series) == 60 and alice.series[-1][1] == 0  # nobody awake at the end

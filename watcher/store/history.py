@@ -56,7 +56,9 @@ def _iso(epoch: float) -> str:
     return _at(epoch).isoformat()
 
 
-def _overlapping(since: float, until: float, *, upto: str = "<") -> Any:
+def _overlapping(
+    since: float, until: float, *, upto: str = "<", agents: Sequence[str] | None = None
+) -> Any:
     """The spells that overlap ``[since, until]`` (state, cause, started_at, ended_at): those
     that ended after ``since`` and those still open, each through its own index (one OR of
     both scans every spell). Cheap when ``since`` is recent. ``upto`` ``<=``: a spell that
@@ -67,10 +69,13 @@ def _overlapping(since: float, until: float, *, upto: str = "<") -> Any:
     start = s.started_at + 0
     began = start <= until if upto == "<=" else start < until
     cols = (s.state, s.cause, s.started_at, s.ended_at)
-    return sa.union_all(
+    ended, still = (
         sa.select(*cols).where(s.ended_at > since).where(began),
         sa.select(*cols).where(s.ended_at.is_(None)).where(began),
-    ).subquery()
+    )
+    if agents is not None:
+        ended, still = ended.where(s.agent.in_(agents)), still.where(s.agent.in_(agents))
+    return sa.union_all(ended, still).subquery()
 
 
 def _overlap(spells: Any, since: float, until: float) -> Any:
@@ -81,35 +86,44 @@ def _overlap(spells: Any, since: float, until: float) -> Any:
     return end - start
 
 
-def seconds_query(since: float, until: float) -> Any:
-    """Agent-seconds by (state, cause) over ``[since, until]`` from the spells themselves."""
-    spells = _overlapping(since, until)
+def seconds_query(since: float, until: float, agents: Sequence[str] | None = None) -> Any:
+    """Agent-seconds by (state, cause) over ``[since, until]`` from the spells themselves
+    (of ``agents`` only, when given)."""
+    spells = _overlapping(since, until, agents=agents)
     c = spells.c
     seconds = sa.func.sum(_overlap(spells, since, until)).label("seconds")
     return sa.select(c.state, c.cause, seconds).group_by(c.state, c.cause)
 
 
-def open_at_query(when: float) -> Any:
+def open_at_query(when: float, agents: Sequence[str] | None = None) -> Any:
     """How many agents were in each state at ``when`` (recent: see :func:`_overlapping`)."""
-    spells = _overlapping(when, when, upto="<=")
+    spells = _overlapping(when, when, upto="<=", agents=agents)
     c = spells.c
     return sa.select(c.state, sa.func.count().label("n")).group_by(c.state)
 
 
-def transitions_query(since: float, until: float, bucket_s: float, column: str, sign: int) -> Any:
+def transitions_query(
+    since: float,
+    until: float,
+    bucket_s: float,
+    column: str,
+    sign: int,
+    agents: Sequence[str] | None = None,
+) -> Any:
     """Spells that began (``started_at``) or ended (``ended_at``) in ``(since, until]``, by
     state and bucket index (the 1-hour window's series)."""
     s = spells_table.c
     col = s.started_at if column == "started_at" else s.ended_at
     # the bucket (start, end] a change falls in: one at a bucket's end is counted there
     bucket = sa.cast(-sa.func.floor(-(col - since) / bucket_s) - 1, sa.Integer)
-    return (
+    query = (
         sa.select(s.state, bucket.label("bucket"), (sa.func.count() * sign).label("delta"))
         .where(col > since)
         .where(col <= until)
         .where(s.state.in_(("awake", "paused")))
         .group_by(s.state, bucket)
     )
+    return query if agents is None else query.where(s.agent.in_(agents))
 
 
 def series_from(
@@ -152,12 +166,14 @@ def _bucket(value: Any) -> Any:
     )
 
 
-def wake_buckets_query(since: float, until: float, figure: str) -> Any:
+def wake_buckets_query(
+    since: float, until: float, figure: str, agents: Sequence[str] | None = None
+) -> Any:
     """Wakes in ``[since, until)`` by bucket of ``figure`` (total or engine)."""
     w = wakes_table.c
     col = w.answered_ms if figure == "total" else w.engine_ms
     b = _bucket(col)
-    return (
+    query = (
         sa.select(b.label("bucket"), sa.func.count().label("n"))
         .where(w.at >= since)
         .where(w.at < until)
@@ -165,13 +181,14 @@ def wake_buckets_query(since: float, until: float, figure: str) -> Any:
         .where(col.is_not(None))
         .group_by(b)
     )
+    return query if agents is None else query.where(w.agent.in_(agents))
 
 
-def audit_counts_query(since: float, until: float) -> Any:
+def audit_counts_query(since: float, until: float, agents: Sequence[str] | None = None) -> Any:
     """The sweep's idle actions (by action) and busy skips (by reason) in ``[since, until)``."""
     a = audit_table.c
     reason = sa.case((a.action == "idle_skipped", a.reason), else_="")
-    return (
+    query = (
         sa.select(a.action, reason.label("reason"), sa.func.count().label("n"))
         .where(a.at >= _iso(since))
         .where(a.at < _iso(until))
@@ -181,6 +198,7 @@ def audit_counts_query(since: float, until: float) -> Any:
         .where(a.action.in_((*IDLE_ACTIONS, "idle_skipped")))
         .group_by(a.action, reason)
     )
+    return query if agents is None else query.where(a.agent.in_(agents))
 
 
 def nearest_rank(buckets: dict[int, int], p: float) -> float | None:
@@ -267,16 +285,24 @@ class SqlHistory:
         await self._execute(roll_statements(hour, _epoch(now)))
 
     async def figures(
-        self, window_s: float, now: datetime, *, hourly: bool, rolled_up: bool = True
+        self,
+        window_s: float,
+        now: datetime,
+        *,
+        hourly: bool,
+        rolled_up: bool = True,
+        agents: Sequence[str] | None = None,
     ) -> WindowFigures:
         """The figures of the window ending ``now``: exactly the last ``window_s`` seconds
         in one-minute buckets, or (``hourly``) from the start of the hour ``window_s``
         ago, in hourly buckets, the rolled-up hours read from their roll-ups (unless not
-        ``rolled_up``: all from the spells, what the roll-ups are checked against)."""
+        ``rolled_up``: all from the spells, what the roll-ups are checked against). With
+        ``agents``, theirs alone, exactly, in 60 buckets whatever the window (the roll-ups
+        are the fleet's)."""
         t1 = _epoch(now)
-        if not hourly:
+        if not hourly or agents is not None:
             t0 = t1 - window_s
-            return await self._exact(t0, t1)
+            return await self._exact(t0, t1, agents)
         first = int((t1 - window_s) // HOUR)
         current = int(t1 // HOUR)
         # the hours before the first spell recorded hold nothing (and are never rolled up)
@@ -288,19 +314,24 @@ class SqlHistory:
             k += 1
         return await self._hourly(first, base, k, current, t1)
 
-    async def _exact(self, t0: float, t1: float) -> WindowFigures:
+    async def _exact(
+        self, t0: float, t1: float, agents: Sequence[str] | None = None
+    ) -> WindowFigures:
         read = self._read
-        awake, paused, saved = _seconds(await read("agent hours", seconds_query(t0, t1)))
+        hours = await read("agent hours", seconds_query(t0, t1, agents))
+        awake, paused, saved = _seconds(hours)
         n = 60
         bucket_s = (t1 - t0) / n
-        now_counts = {r["state"]: int(r["n"]) for r in await read("states", open_at_query(t1))}
-        deltas = [
-            *await read("spells begun", transitions_query(t0, t1, bucket_s, "started_at", 1)),
-            *await read("spells ended", transitions_query(t0, t1, bucket_s, "ended_at", -1)),
-        ]
+        now_counts = {
+            r["state"]: int(r["n"]) for r in await read("states", open_at_query(t1, agents))
+        }
+        begun = transitions_query(t0, t1, bucket_s, "started_at", 1, agents)
+        ended = transitions_query(t0, t1, bucket_s, "ended_at", -1, agents)
+        deltas = [*await read("spells begun", begun), *await read("spells ended", ended)]
         series = series_from(t0, bucket_s, n, now_counts, deltas)
-        total, engine = await self._wake_buckets(t0, t1 + 1e-6, None, None)
-        idle, skips = _audit(await read("the audit trail", audit_counts_query(t0, t1 + 1e-6)))
+        total, engine = await self._wake_buckets(t0, t1 + 1e-6, None, None, agents)
+        audit = audit_counts_query(t0, t1 + 1e-6, agents)
+        idle, skips = _audit(await read("the audit trail", audit))
         return _figures(t0, t1, (awake, paused, saved), total, engine, idle, skips, series)
 
     async def _hourly(
@@ -355,12 +386,17 @@ class SqlHistory:
         )
 
     async def _wake_buckets(
-        self, t0: float, t1: float, first: int | None, k: int | None
+        self,
+        t0: float,
+        t1: float,
+        first: int | None,
+        k: int | None,
+        agents: Sequence[str] | None = None,
     ) -> tuple[dict[int, int], dict[int, int]]:
         out: tuple[dict[int, int], dict[int, int]] = ({}, {})
         hw = hour_wakes_table.c
         for i, figure in enumerate(("total", "engine")):
-            rows = await self._read("wakes", wake_buckets_query(t0, t1, figure))
+            rows = await self._read("wakes", wake_buckets_query(t0, t1, figure, agents))
             if first is not None and k is not None and k > first:
                 rows += await self._read(
                     "hourly wakes",
