@@ -68,7 +68,10 @@ class Client:
         *,
         restart: Callable[[], Awaitable[None]],
         on_abort: Callable[[], None] = lambda: None,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        #: a limited token's: takes out of a message what it may not see (api/access.py)
+        self.redact = redact
         self.request = request
         self.framer = framer
         self.sees = sees
@@ -84,6 +87,13 @@ class Client:
     def wants(self, msg: Message) -> bool:
         """Whether this client is to get ``msg`` (a limited token sees only its agents)."""
         return self.sees is None or msg.agent is None or self.sees(msg.agent)
+
+    def mine(self, msgs: Sequence[Message]) -> list[Message]:
+        """The messages this client gets, as it may see them."""
+        wanted = [m for m in msgs if self.wants(m)]
+        if self.redact is None:
+            return wanted
+        return [Message(self.redact(m.payload), m.agent, m.seq) for m in wanted]
 
     def abort(self, why: str) -> None:
         """Drop the client at once (a close would wait on a drain that never comes)."""
@@ -120,6 +130,10 @@ class Feed:
         listing = self._render.listing(agents, now, watcher.view.explain, complete=True)
         health = health_json(watcher.health())
         return orjson.dumps({"type": "snapshot", "agents": listing, "health": health})
+
+    def health(self, watcher: Watcher) -> bytes:
+        """The health now, as the feed sends it."""
+        return orjson.dumps({"type": "health", **health_json(watcher.health())})
 
     def event_id(self, seq: int) -> str:
         """The id of the change numbered ``seq`` (or of a snapshot taken after it)."""
@@ -200,7 +214,7 @@ class Feed:
             if client.dropped or client.closing:
                 continue
             if not client.ready:
-                client.backlog.extend(m for m in msgs if client.wants(m))
+                client.backlog.extend(client.mine(msgs))
                 if len(client.backlog) > client.backlog_max:
                     client.abort("too many changes queued before its snapshot was taken")
                 continue
@@ -215,7 +229,7 @@ class Feed:
                 if frames is None:
                     frames = shared[client.framer] = client.framer(msgs, self.epoch)
             else:
-                mine = [m for m in msgs if client.wants(m)]
+                mine = client.mine(msgs)
                 if not mine:
                     continue
                 frames = client.framer(mine, self.epoch)

@@ -11,7 +11,7 @@ from idlewatch import Agent, AgentNotFound, Status, Watcher
 from idlewatch.rules import is_asleep, runs
 from idlewatch.settings_access import SCOPES
 
-from .access import access_of, check_visible, visible
+from .access import access_of, check_visible, redact_bytes, redactor, visible
 from .errors import ApiError, error_response
 from .keys import SETTINGS, WATCHER
 from .metrics import METRICS, render
@@ -40,7 +40,9 @@ def _w(request: web.Request) -> Watcher:
 
 def _agent(request: web.Request, agent: Agent) -> web.Response:
     w = _w(request)
-    return web.json_response(request.config_dict[AGENT_JSON](agent, w.clock.now(), w.view.explain))
+    body = request.config_dict[AGENT_JSON](agent, w.clock.now(), w.view.explain)
+    redact = redactor(request)
+    return web.json_response(redact(body) if redact is not None else body)
 
 
 def _name(request: web.Request) -> str:
@@ -71,17 +73,19 @@ async def list_agents(request: web.Request) -> web.Response:
     """All tracked agents, optionally filtered by ``?status=``."""
     only(request, {"status"})
     agents = visible(request, _w(request).agents())
-    complete = "status" not in request.query
-    if not complete:
+    # complete: the whole fleet is listed, so the memo may drop names not in it
+    complete = "status" not in request.query and not access_of(request).limited
+    if "status" in request.query:
         wanted = request.query["status"]
         if wanted not in {s.value for s in Status}:
             raise ApiError(400, "invalid_parameter", f"unknown status {wanted!r}", "status")
         agents = [a for a in agents if a.status.value == wanted]
     now = _w(request).clock.now()
     return _json_body(
+        request,
         request.config_dict[AGENT_JSON].listing_bytes(
             agents, now, _w(request).view.explain, complete=complete
-        )
+        ),
     )
 
 
@@ -92,9 +96,10 @@ async def list_running(request: web.Request) -> web.Response:
     now = _w(request).clock.now()
     running = [a for a in visible(request, _w(request).agents()) if a.status is Status.RUNNING]
     return _json_body(
+        request,
         request.config_dict[AGENT_JSON].listing_bytes(
             running, now, _w(request).view.explain, complete=False
-        )
+        ),
     )
 
 
@@ -312,8 +317,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _json_body(body: bytes) -> web.Response:
-    """An answer already serialized (the listings: see :meth:`AgentJson.listing_bytes`)."""
+def _json_body(request: web.Request, body: bytes) -> web.Response:
+    """A listing already serialized (see :meth:`AgentJson.listing_bytes`), with what a
+    token limited to some agents may not see of the others taken out."""
+    redact = redactor(request)
+    if redact is not None:
+        body = redact_bytes(redact, body)
     return web.Response(body=body, content_type="application/json")
 
 

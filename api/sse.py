@@ -27,7 +27,7 @@ from aiohttp import web
 from idlewatch import Settings, Watcher
 from idlewatch.tasks import cancel_and_wait
 
-from .access import access_of, reach_of
+from .access import access_of, reach_of, redact_bytes, redactor
 from .feed import FEED, Client, Feed, Message
 from .keys import SETTINGS, WATCHER
 from .requests import only
@@ -101,7 +101,7 @@ class Streams:
                 transport = stream.client.request.transport
                 if transport is None or transport.is_closing() or stream.client.dropped:
                     stream.gone.set()
-                elif keepalive and stream.client.ready:
+                elif keepalive and stream.client.ready and not stream.client.closing:
                     transport.write(chunk(b": keep-alive\n\n"))
 
 
@@ -121,7 +121,7 @@ async def end_streams(app: web.Application) -> None:
         stream.gone.set()
 
 
-@routes.get("/api/events", name="events")
+@routes.get("/api/events", name="events", allow_head=False)  # a HEAD has no stream
 async def events(request: web.Request) -> web.StreamResponse:
     """The feed as server-sent events (see the module doc)."""
     only(request, {"ticket"})
@@ -153,6 +153,8 @@ async def _stream(
     if request.transport is not None:  # our byte limit decides, never a drain wait
         request.transport.set_write_buffer_limits(high=settings.ws_max_buffer_bytes * 4)
     sees = reach_of(request) if access_of(request).limited else None
+    redact = redactor(request)
+    scrub = (lambda payload: redact_bytes(redact, payload)) if redact is not None else None
     sockets = request.config_dict[SOCKETS]
     stream: Stream
 
@@ -166,6 +168,7 @@ async def _stream(
         sees,
         restart=restart,
         on_abort=sockets.count_drop,
+        redact=scrub,
     )
     stream = Stream(client)
     streams.ensure_started()
@@ -178,10 +181,11 @@ async def _stream(
         last = request.headers.get("Last-Event-ID")
         missed = fan.since(last) if last else None
         if missed is None:
-            snapshot = Message(fan.snapshot(w, w.clock.now(), sees), None, fan.seq)
-            first = event(snapshot, fan.epoch)
-        else:
-            first = b"".join(event(m, fan.epoch) for m in missed if client.wants(m))
+            snapshot = fan.snapshot(w, w.clock.now(), sees)
+            first = event(Message(scrub(snapshot) if scrub else snapshot, None, fan.seq), fan.epoch)
+        else:  # what it missed, and the health now (health messages are not replayed)
+            first = b"".join(event(m, fan.epoch) for m in client.mine(missed))
+            first += event(Message(fan.health(w)), fan.epoch)
         try:
             async with asyncio.timeout(settings.ws_send_timeout):
                 await resp.write(b"retry: %d\n\n" % RETRY_MS + first)
@@ -192,6 +196,8 @@ async def _stream(
             client.abort("the first events could not be sent in time")
         await stream.gone.wait()
         client.closing = True
+        streams.open.discard(stream)  # nothing writes to it any more: the end goes last
+        fan.clients.discard(client)
         if request.transport is not None and not request.transport.is_closing():
             with contextlib.suppress(ConnectionError):
                 await resp.write_eof()

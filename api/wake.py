@@ -22,7 +22,7 @@ from idlewatch.wake import WakeResult
 from idlewatch.wake_ignore import WakeIgnore
 
 from . import requests
-from .access import access_of, reach_of, sees, visible
+from .access import access_of, reach_of, redactor, sees, visible
 from .errors import ApiError
 from .keys import WATCHER
 from .metrics import METRICS
@@ -315,13 +315,15 @@ async def wake_post(request: web.Request) -> web.StreamResponse:
 def _group_json(request: web.Request, name: str, members: list[Agent]) -> dict[str, Any]:
     now = _w(request).clock.now()
     awake = sum(1 for a in members if is_awake(a))
+    listed = request.config_dict[AGENT_JSON].listing(
+        members, now, _w(request).view.explain, complete=False
+    )
+    redact = redactor(request)
     return {
         "name": name,
         "awake": awake,
         "ready": all(is_ready(a) for a in members),
-        "members": request.config_dict[AGENT_JSON].listing(
-            members, now, _w(request).view.explain, complete=False
-        ),
+        "members": [redact(m) for m in listed] if redact is not None else listed,
     }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import WSCloseCode, web
 
-from .access import access_of, reach_of
+from .access import access_of, reach_of, redact_bytes, redactor
 from .errors import ApiError
 from .feed import FEED, Client, Message
 from .keys import SETTINGS, WATCHER
@@ -109,6 +109,8 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     if request.transport is not None:  # our byte limit decides, never a drain wait
         request.transport.set_write_buffer_limits(high=settings.ws_max_buffer_bytes * 4)
     sees = reach_of(request) if access_of(request).limited else None
+    redact = redactor(request)
+    scrub = (lambda payload: redact_bytes(redact, payload)) if redact is not None else None
 
     async def restart() -> None:
         await _close(ws, WSCloseCode.TRY_AGAIN_LATER, b"feed overflow")
@@ -120,10 +122,13 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
         sees,
         restart=restart,
         on_abort=sockets.count_drop,
+        redact=scrub,
     )
     fan.ensure_started(w)
     fan.clients.add(client)  # before the snapshot: changes from now on queue for it
     snapshot = fan.snapshot(w, w.clock.now(), sees)
+    if scrub is not None:
+        snapshot = scrub(snapshot)
     try:
         try:
             async with asyncio.timeout(settings.ws_send_timeout):

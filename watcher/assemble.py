@@ -277,7 +277,7 @@ def watcher_parts(
         LifecycleConfig(s.label, s.max_replicas, s.stop_timeout, s.dry_run),
         writer.put_audit,
     )
-    busy = BusyCheck(docker, tracker, command_timeout_s=s.busy_command_timeout)
+    busy = BusyCheck(docker, tracker, command_timeout_s=s.busy_command_timeout, clock=clock)
     idle = IdleActions(
         lifecycle,
         tracker,

@@ -17,9 +17,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .clock import SystemClock, to_ns
 from .models import Agent, Kind
 from .policy import BUSY_CPU_LABEL, busy_command, busy_cpu_percent
-from .ports import DockerGateway
+from .ports import Clock, DockerGateway
 from .tracker import Tracker
 from .usage import busy_check_argv, is_busy_check
 
@@ -42,8 +43,14 @@ class BusyCheck:
     """Asks the engine whether an agent is in use now (see the module docstring)."""
 
     def __init__(
-        self, docker: DockerGateway, tracker: Tracker, *, command_timeout_s: float
+        self,
+        docker: DockerGateway,
+        tracker: Tracker,
+        *,
+        command_timeout_s: float,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._docker = docker
         self._tracker = tracker
         self._command_timeout_s = command_timeout_s
@@ -76,12 +83,14 @@ class BusyCheck:
         busy, and another is not started beside it."""
         if hung:
             return Busy("busy:command", f"{command!r} from an earlier check still runs")
-        code = await self._docker.run_check(
-            container_id,
-            busy_check_argv(command),
-            self._command_timeout_s,
-            own=self._tracker.use.own,
-        )
+        use = self._tracker.use
+        use.check_began(container_id, to_ns(self._clock.now()))
+        try:
+            code = await self._docker.run_check(
+                container_id, busy_check_argv(command), self._command_timeout_s, own=use.own
+            )
+        finally:
+            use.check_ended(container_id, to_ns(self._clock.now()))
         if code is None:
             return Busy(
                 "busy:command", f"{command!r} did not finish within {self._command_timeout_s:g}s"

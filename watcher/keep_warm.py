@@ -61,16 +61,13 @@ class Window:
 
 
 def _at(day: date, minutes: int, zone: ZoneInfo) -> datetime:
-    """The instant of a wall-clock time on ``day`` in ``zone``, in UTC (a time skipped by
-    a DST jump is read as after the jump; a repeated one as its first occurrence)."""
+    """The instant of a wall-clock time on ``day`` in ``zone``, in UTC. PEP 495's fold=0
+    reads a time a DST jump skips with the offset before the jump (02:30 on the spring
+    night in Berlin is 03:30 CEST: after the jump), and a repeated one as its first
+    occurrence."""
     extra, minutes = divmod(minutes, 24 * 60)
     local = datetime.combine(day + timedelta(days=extra), time(minutes // 60, minutes % 60))
-    aware = local.replace(tzinfo=zone)
-    # a wall time that does not exist round-trips to another one: fold=1 gives the later
-    back = aware.astimezone(UTC).astimezone(zone)
-    if back.replace(tzinfo=None) != local:
-        aware = local.replace(tzinfo=zone, fold=1)
-    return aware.astimezone(UTC)
+    return local.replace(tzinfo=zone).astimezone(UTC)
 
 
 def _days(text: str) -> frozenset[int]:

@@ -249,8 +249,8 @@ class OutboxStore(Protocol):
         """The newest deliveries (of one status), newest first."""
         ...
 
-    async def counts(self) -> dict[str, int]:
-        """Deliveries by status."""
+    async def pending_count(self) -> int:
+        """Deliveries not yet accepted nor given up on."""
         ...
 
     async def prune(self, before: datetime) -> None:

@@ -6,7 +6,10 @@ Policy (read this first):
   opening as at any other deadline (schedule.py asks :meth:`Prewarm.next_opening`).
 - An agent asleep inside a window that opened at most ``PREWARM_GRACE_S`` ago is started,
   once per opening: one stopped by hand inside the window stays stopped, and an opening
-  missed by more than the grace (idlewatch was down) is not caught up on at noon.
+  missed by more than the grace (idlewatch was down) is not caught up on at noon. A start
+  that fails is tried again at the next sweep within the grace. Which opening was served
+  is kept in memory: a restart (or a new leader) within the grace of an opening starts an
+  agent stopped by hand after it once more.
 - The start is the API's start (operations.py): counted by ``max_awake`` (it may put an
   idle agent to sleep for it, or be refused, logged), audited with actor ``schedule``.
 """
@@ -65,14 +68,15 @@ class Prewarm:
                 continue
             if self._served.get(agent.name) == opening:
                 continue
-            self._served[agent.name] = opening
             if not is_asleep(agent):
-                continue  # already up: nothing to do for this opening
+                self._served[agent.name] = opening  # already up: nothing to do for it
+                continue
             try:
                 await self._start(agent.name)
-            except WatcherError as exc:
+            except WatcherError as exc:  # tried again at the next sweep, within the grace
                 logger.warning("prewarm of %s at its window's opening failed: %s", agent.name, exc)
                 continue
+            self._served[agent.name] = opening
             logger.info("prewarmed %s: its keep-warm window opened at %s", agent.name, opening)
             started.append(agent.name)
         for name in [n for n in self._served if n not in self._agents]:

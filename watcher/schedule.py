@@ -47,8 +47,10 @@ def stop_after_or(default_s: float | None) -> StopAfter:
     return stop_after
 
 
-def due_at(agent: Agent, stop_after_s: StopAfter) -> datetime | None:
-    """When the sweep would act on ``agent`` if nothing happens; None: it would not."""
+def due_at(agent: Agent, stop_after_s: StopAfter, now: datetime | None = None) -> datetime | None:
+    """When the sweep would act on ``agent`` if nothing happens; None: it would not. A
+    deadline already past (``now``) is held by what holds the agent now: a keep-warm
+    window that began after the idle timeout ran out holds until its end."""
     if agent.idle_timeout_s is None or agent.sessions > 0:
         return None
     try:
@@ -63,7 +65,7 @@ def due_at(agent: Agent, stop_after_s: StopAfter) -> datetime | None:
             return None
     except OverflowError:  # a timeout of 1e300 s: never
         return None
-    held = held_until(agent, due)  # a keep-alive or a keep-warm window still on then
+    held = held_until(agent, due if now is None or due > now else now)  # still on then
     return held if held is not None else due
 
 
@@ -99,7 +101,7 @@ class SweepSchedule:
         planned = self.planned_at
         if planned is None:
             return
-        due = due_at(change.agent, self._stop_after_s)
+        due = due_at(change.agent, self._stop_after_s, self._clock.now())
         if due is not None and due < planned:
             self._poked.set()
 
@@ -120,7 +122,7 @@ class SweepSchedule:
         if opening is not None and opening < first:
             first = opening
         for agent in self._agents.values():
-            due = due_at(agent, self._stop_after_s)
+            due = due_at(agent, self._stop_after_s, now)
             if due is not None and due < first and (last is None or due > last):
                 first = due
         return max(first, earliest)

@@ -51,7 +51,7 @@ class WebhookSpec(BaseModel):
     def _url(cls, value: str) -> str:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+            raise ValueError("not an http:// or https:// URL with a host")
         return value.strip()
 
     @field_validator("agents", "groups")

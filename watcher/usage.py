@@ -55,6 +55,9 @@ TCP = "tcp"
 #: this much older than the process's start still belongs to it
 ATTACH_BEFORE_START_S = 10.0
 OWN_EXECS_KEPT = 1000  # idlewatch's own execs remembered (a few per idle check)
+#: the engine's clock and ours may differ a little: an exec event this close to one of our
+#: busy-commands (Podman's name no exec) is taken for it
+OWN_CHECK_SLACK_NS = 2_000_000_000
 #: the last argument of every busy-command idlewatch runs (``sh -c CMD <mark>``: the mark is
 #: the shell's $0), so any idlewatch process, after a restart or on another node, tells
 #: such an exec from somebody's by its command alone
@@ -125,6 +128,9 @@ class ContainerUse:
         self._expired: set[tuple[str, str]] = set()  # (container, session) past max hold
         self._own: dict[str, None] = {}  # idlewatch's own exec ids (ordered, bounded)
         self._stopping: set[str] = set()  # containers killed whose process has not died yet
+        #: idlewatch's own busy-commands by container: (began, ended or None), engine-time
+        #: ns; an exec event that names no exec (Podman's) inside one is not use
+        self._checks: dict[str, tuple[int, int | None]] = {}
 
     # -------------------------------------------------------------- looks
     def needs_look(self, ev: EngineEvent) -> bool:
@@ -153,6 +159,24 @@ class ContainerUse:
         while len(self._own) > OWN_EXECS_KEPT:
             del self._own[next(iter(self._own))]
 
+    def check_began(self, container_id: str, at_ns: int) -> None:
+        """idlewatch runs a busy-command in the container from now on."""
+        self._checks[container_id] = (at_ns, None)
+
+    def check_ended(self, container_id: str, at_ns: int) -> None:
+        """idlewatch's busy-command in the container is over."""
+        began = self._checks.get(container_id, (at_ns, None))[0]
+        self._checks[container_id] = (began, at_ns)
+
+    def _during_own_check(self, container_id: str, at_ns: int) -> bool:
+        check = self._checks.get(container_id)
+        if check is None:
+            return False
+        began, ended = check
+        return began - OWN_CHECK_SLACK_NS <= at_ns and (
+            ended is None or at_ns <= ended + OWN_CHECK_SLACK_NS
+        )
+
     def is_own(self, exec_id: str) -> bool:
         """Whether idlewatch ran this exec itself."""
         return exec_id in self._own
@@ -179,7 +203,10 @@ class ContainerUse:
     def _exec(self, ev: EngineEvent) -> bool:
         cid, exec_id = ev.actor_id, ev.attributes.get("execID", "")
         if not exec_id:  # Podman names no exec (its exec_died may come twice, or alone for
-            # a healthcheck): the sessions come from a look at the engine (the tracker asks)
+            # a healthcheck): the sessions come from a look at the engine (the tracker asks);
+            # an exec during idlewatch's own busy-command there is taken for that one
+            if self._during_own_check(cid, ev.time_ns):
+                return False
             return ev.action == "exec_start" and is_use(ev, self._healthcheck.get(cid))
         if exec_id in self._own or is_busy_check(ev.detail):
             return False

@@ -72,7 +72,7 @@ class WebhookDelivery:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._store_failing = False
+        self._failing: str | None = None  # "store" or "bug" while rounds fail
         self._pruned_at: datetime | None = None
         self.sent = 0
         self.retried = 0
@@ -112,23 +112,30 @@ class WebhookDelivery:
                 continue
             try:
                 wait_s = await self.deliver_once()
-                if self._store_failing:
-                    logger.info("webhook deliveries: the outbox answers again")
-                self._store_failing = False
+                if self._failing:
+                    logger.info("webhook deliveries go on")
+                self._failing = None
             except StoreError as exc:
-                if not self._store_failing:
+                if self._failing is None:
                     logger.warning("webhook deliveries wait for the database: %s", exc)
-                self._store_failing = True
+                self._failing = "store"
+            except Exception:  # a bug: logged once while it recurs, and the task goes on
+                if self._failing != "bug":
+                    logger.exception("webhook delivery failed; retrying every %g s", POLL_S)
+                self._failing = "bug"
 
     async def deliver_once(self) -> float:
         """One round: every endpoint's pending rows, in order, until one must wait; how
         long until the earliest retry is due (at most ``POLL_S``)."""
         now = self._clock.now()
         await self._orphans(now)
-        waits = await asyncio.gather(*(self._endpoint(e) for e in self._endpoints))
+        # every endpoint's sender ends before the round does (an error in one cancels the
+        # others): the next round never runs two senders of one endpoint
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._endpoint(e)) for e in self._endpoints]
         await self._prune(now)
-        self.pending = (await self._outbox.counts()).get("pending", 0)
-        return min([POLL_S, *waits])
+        self.pending = await self._outbox.pending_count()
+        return min([POLL_S, *(t.result() for t in tasks)])
 
     async def _endpoint(self, endpoint: Endpoint) -> float:
         """Deliver an endpoint's pending rows in order until one must wait; how long. The
@@ -154,6 +161,8 @@ class WebhookDelivery:
         """Send ``heads`` in order, noting the accepted in ``accepted``; None when all
         were, else how long until the first that failed (or waits) is due."""
         for row in heads:
+            if not self._is_leader():  # the lease ran out meanwhile: the new leader's now
+                return POLL_S
             now = self._clock.now()
             if row.next_at is not None and row.next_at > now:
                 return (row.next_at - now).total_seconds()
@@ -166,14 +175,16 @@ class WebhookDelivery:
                 self.failed += 1
                 logger.warning(
                     "webhook delivery %s to %s failed for good after %d tries: %s",
-                    row.delivery_id, endpoint.url, attempts, error,
+                    row.delivery_id, endpoint.where, attempts, error,
                 )  # fmt: skip
             else:
                 delay = backoff_s(attempts)
                 await self._outbox.retry(row.seq, attempts, now + timedelta(seconds=delay), error)
                 self.retried += 1
                 if attempts == 1:
-                    logger.info("webhook delivery to %s failed, retrying: %s", endpoint.url, error)
+                    logger.info(
+                        "webhook delivery to %s failed, retrying: %s", endpoint.where, error
+                    )
                 return delay
         return None
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -53,6 +54,13 @@ class Endpoint:
         if self.events is not None and event not in self.events:
             return False
         return self.match is None or self.match.covers_labels(agent, labels or {}, group_label)
+
+    @property
+    def where(self) -> str:
+        """The url as logs show it: scheme, host and port (a path or query may hold a
+        secret, as chat services' webhook urls do)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
     def sign(self, body: bytes) -> str | None:
         """The signature header's value (None without a secret)."""

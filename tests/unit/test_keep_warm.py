@@ -176,3 +176,13 @@ async def test_the_sweep_is_planned_at_the_next_opening(
     schedule.interval_s = 3 * 3600.0
     schedule.swept(MON_0700)
     assert schedule.next_sweep_at(MON_0700) <= MON_0700.replace(hour=8)
+
+
+def test_a_window_time_skipped_by_the_spring_jump_is_read_after_it() -> None:
+    """02:30 does not exist in Berlin on 29 March 2026 (02:00 -> 03:00): read as 03:30
+    CEST (01:30 UTC), after the jump, so 02:30-04:00 lasts half an hour that night."""
+    gap = {"idlewatch.keep-warm": "Sun 02:30-04:00 Europe/Berlin"}
+    inside = datetime(2026, 3, 29, 1, 45, tzinfo=UTC)
+    assert opened_at("a", gap, inside) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    assert warm_until("a", gap, inside) == datetime(2026, 3, 29, 2, 0, tzinfo=UTC)
+    assert warm_until("a", gap, datetime(2026, 3, 29, 1, 15, tzinfo=UTC)) is None

@@ -115,3 +115,25 @@ async def test_a_healthcheck_verdict_pauses_and_a_die_without_stop(
     await w.wait_for("c1", lambda a: a is not None and a.status is Status.RUNNING, 5)
     _feed(docker, _of("c1", "die")[0])  # podman's stop: no stop event, a die
     await w.wait_for("c1", lambda a: a is not None and a.status is Status.EXITED, 5)
+
+
+async def test_idlewatchs_own_busy_command_is_not_use(
+    on_podman: tuple[FakeDocker, Watcher],
+) -> None:
+    """Podman's exec event names neither the exec nor its command: one that comes during
+    idlewatch's own busy-command in that container is taken for it (else every idle check
+    of an agent with idlewatch.busy-command would keep it awake)."""
+    docker, w = on_podman
+    exec_line = _of("c1", "exec")[1]
+    use = w._parts.tracker.use
+    use.check_began(C1, exec_line["timeNano"] - 500_000_000)
+    before = w.get("c1")
+    assert before is not None
+    _feed(docker, exec_line)
+    await w.settled(5)
+    after = w.get("c1")
+    assert after is not None and after.last_activity == before.last_activity
+    use.check_ended(C1, exec_line["timeNano"] + 100_000_000)
+    later = dict(exec_line, timeNano=exec_line["timeNano"] + 30 * 10**9)  # someone's, later
+    _feed(docker, later)
+    await w.wait_for("c1", lambda a: a is not None and a.last_activity > before.last_activity, 5)

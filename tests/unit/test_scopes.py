@@ -24,7 +24,7 @@ from idlewatch.errors import SettingsError
 from idlewatch.settings_access import SCOPES
 from idlewatch.settings_load import load_settings
 
-from tests.builders import box
+from tests.builders import T0, box, container_event
 from tests.fakes import FakeDocker, FakeStore
 from tests.waiting import until
 
@@ -295,3 +295,33 @@ def test_tokens_must_be_well_formed_and_differ(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(SettingsError) as twice:
         load_settings(docker_url="unix:///f.sock", api_token="same")
     assert twice.value.setting == "tokens" and "must differ" in twice.value.reason
+
+
+async def test_a_group_hold_does_not_name_a_member_the_token_may_not_see(fleet: Fleet) -> None:
+    """alice-1 and bob-1 share the group team; bob-1's open session holds the group, and
+    alice-1's hold says so: by name to a token that sees bob-1, not to alice's."""
+    docker, w, client = fleet
+    now_s = (w.clock.now() - T0).total_seconds()
+    docker.streams[-1].queue.put_nowait(
+        container_event("exec_start", "c3", "bob-1", now_s, detail="bash", execID="e1")
+    )
+    await w.wait_for("bob-1", lambda a: a is not None and a.sessions == 1, 5)
+    docker.streams[-1].queue.put_nowait(  # alice-1's health changes: a feed message of hers
+        container_event("health_status", "c1", "alice-1", now_s + 1, detail="healthy")
+    )
+
+    def group_detail(body: dict[str, Any]) -> str:
+        return next(h["detail"] for h in body["holds"] if h["kind"] == "group")
+
+    everyone = await (await client.get("/api/agents/alice-1", headers=bearer("t-read"))).json()
+    assert group_detail(everyone) == "group team: bob-1 is held (session)"
+    for path in ("/api/agents/alice-1", "/api/agents", "/api/groups/team"):
+        text = await (await client.get(path, headers=bearer("t-alice"))).text()
+        assert "bob-1" not in text and "another member is held" in text, path
+    ticket = (await (await client.post("/api/feed-tickets", headers=bearer("t-alice"))).json())[
+        "ticket"
+    ]
+    ws = await client.ws_connect(f"/api/ws?ticket={ticket}")
+    snapshot = await ws.receive_str(timeout=5)
+    assert "bob-1" not in snapshot and "another member is held" in snapshot
+    await ws.close()

@@ -75,7 +75,7 @@ class SqlOutbox:
         """Deliveries the endpoint accepted (each one more try), in one statement."""
         query = (
             sa.update(outbox_table)
-            .where(_O.seq.in_(seqs))
+            .where(_O.seq.in_(seqs), _O.status == "pending")
             .values(status="sent", attempts=_O.attempts + 1, done_at=at.timestamp(), next_at=None)
         )
         await self._run("mark a webhook delivery sent", query)
@@ -84,7 +84,7 @@ class SqlOutbox:
         """A delivery that failed and is tried again at ``next_at``."""
         query = (
             sa.update(outbox_table)
-            .where(_O.seq == seq)
+            .where(_O.seq == seq, _O.status == "pending")
             .values(attempts=attempts, next_at=next_at.timestamp(), last_error=error[:500])
         )
         await self._run("mark a webhook delivery for retry", query)
@@ -93,7 +93,7 @@ class SqlOutbox:
         """A delivery given up on (older than webhook_max_age, or its endpoint is gone)."""
         query = (
             sa.update(outbox_table)
-            .where(_O.seq == seq)
+            .where(_O.seq == seq, _O.status == "pending")
             .values(
                 status="failed",
                 attempts=attempts,
@@ -118,14 +118,13 @@ class SqlOutbox:
             query = query.where(_O.status == status)
         return await self._fetch("the webhook outbox", query)
 
-    async def counts(self) -> dict[str, int]:
-        """Deliveries by status."""
-        query = sa.select(_O.status, sa.func.count()).group_by(_O.status)
+    async def pending_count(self) -> int:
+        """Deliveries not yet accepted nor given up on (through the status index)."""
+        query = sa.select(sa.func.count()).where(_O.status == "pending")
         try:
-            rows = await self._db.fetch_all(query)
+            return int(await self._db.fetch_val(query) or 0)
         except Exception as exc:
             raise StoreError(f"cannot count the webhook outbox: {exc}") from exc
-        return {str(r[0]): int(r[1]) for r in rows}
 
     async def prune(self, before: datetime) -> None:
         """Delete delivered and failed rows finished before ``before``."""

@@ -261,6 +261,7 @@ outbox_table = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("done_at", sa.Float, nullable=True),
     sa.Index("webhook_outbox_pending", "endpoint", "status", "seq"),
+    sa.Index("webhook_outbox_status", "status", "seq"),
 )
 
 
