@@ -22,6 +22,8 @@ command -v nginx >/dev/null || missing+=(nginx-light)
 command -v caddy >/dev/null || missing+=(caddy)
 # the event stream is tested as a user reads it: curl -N
 command -v curl >/dev/null || missing+=(curl)
+# the core scenarios run on Podman's Docker-compatible API too (tests/private_podman.py)
+command -v podman >/dev/null || missing+=(podman)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

@@ -231,19 +231,24 @@ class Enricher:
                 failed = True
                 if not consumer.knows_container(container_id):
                     consumer.unknown_container(container_id)
-            if need is not Need.SESSIONS:
-                self._apply(ev)
+            if need is not Need.SESSIONS and self._apply(ev) is Need.SESSIONS:
+                # applied after its look, it asks for the sessions (Podman's exec, which
+                # names no exec): read them next, before the container's later events
+                recover = EngineEvent(EventType.CONTAINER, "recover", container_id, ev.time_ns)
+                held.insert(1, (recover, Need.SESSIONS))
+                self._waiting += 1
             held.popleft()
             self._waiting -= 1
         del self._held[container_id]  # (no await since `held` was found empty)
         if failed:  # a look that failed is asked again at the next exec
             consumer.forget_container(container_id)
 
-    def _apply(self, ev: EngineEvent) -> None:
+    def _apply(self, ev: EngineEvent) -> Need:
         try:
-            self._consumer.apply(ev)
+            return self._consumer.apply(ev)
         except Exception:  # one bad event must not stop its container's later ones
             logger.exception("could not apply %s %s event", ev.type, ev.action)
+            return Need.NOTHING
 
     async def _look_at_service(self, service_id: str) -> None:
         self._services_pending.discard(service_id)

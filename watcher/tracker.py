@@ -41,7 +41,10 @@ from .usage import ContainerUse, HoldLimits
 
 logger = logging.getLogger(__name__)
 
-_EVENT_ONLY_ATTRS = frozenset({"name", "image", "exitCode", "execID", "signal", "oldName"})
+#: event attributes that are not labels (Docker's, and Podman's containerExitCode, podId)
+_EVENT_ONLY_ATTRS = frozenset(
+    {"name", "image", "exitCode", "execID", "signal", "oldName", "containerExitCode", "podId"}
+)
 _GONE_ACTIONS = frozenset({"destroy", "die", "stop", "kill", "oom"})
 _ADDING_ACTIONS = frozenset({"create", "start", "restart", "pause", "unpause"})
 

@@ -9,8 +9,9 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from tests.private_engine import PrivateEngine, free_port
+from tests.private_engine import free_port
 
 #: python's arguments that run `idlewatch serve` on uvloop's event loop, as an app that
 #: installs it would run us (it says so on stderr: ``event loop: uvloop``)
@@ -23,12 +24,21 @@ ON_UVLOOP = (
 )
 
 
+class EngineAddress(Protocol):
+    """What serve needs of an engine: its address (a private dockerd, a private Podman)."""
+
+    @property
+    def url(self) -> str:
+        """The engine's address (``unix://...``)."""
+        ...
+
+
 class ServeProcess:
     """`idlewatch serve` in a subprocess; its stderr is collected in ``lines``."""
 
     def __init__(
         self,
-        engine: PrivateEngine,
+        engine: EngineAddress,
         workdir: Path,
         launcher: Sequence[str] = ("-m", "idlewatch.api.cli"),
         **settings: str,

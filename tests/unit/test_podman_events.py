@@ -137,3 +137,26 @@ async def test_idlewatchs_own_busy_command_is_not_use(
     later = dict(exec_line, timeNano=exec_line["timeNano"] + 30 * 10**9)  # someone's, later
     _feed(docker, later)
     await w.wait_for("c1", lambda a: a is not None and a.last_activity > before.last_activity, 5)
+
+
+async def test_the_first_exec_of_a_container_seen_by_its_events_holds_at_once(
+    on_podman: tuple[FakeDocker, Watcher],
+) -> None:
+    """Its healthcheck is unknown, so the exec waits for a look at the container; applied
+    after it, it asks for the sessions, and they are read in the same pass (found by the
+    Podman integration test: they were not, until the sweep's own check)."""
+    docker, w = on_podman
+    fresh = "f" * 64
+    managed = freeze({"idlewatch.enable": "true"})
+    docker.containers[fresh] = ContainerInfo(fresh, "fresh", "img", "running", managed)
+    start = dict(_of("c1", "start")[0])
+    start["Actor"] = {"ID": fresh, "Attributes": dict(start["Actor"]["Attributes"], name="fresh")}
+    _feed(docker, start)
+    await w.wait_for("fresh", lambda a: a is not None and a.status is Status.RUNNING, 5)
+    docker.execs[fresh] = [ExecProcess("e9", "sleep 6", True)]
+    exec_line = dict(_of("c1", "exec")[0])
+    exec_line["Actor"] = {"ID": fresh, "Attributes": dict(start["Actor"]["Attributes"])}
+    exec_line["timeNano"] = start["timeNano"] + 10**9
+    _feed(docker, exec_line)
+    await w.wait_for("fresh", lambda a: a is not None and a.sessions == 1, 5)
+    assert "containerExitCode" not in w.get("fresh").labels  # type: ignore[union-attr]
