@@ -237,8 +237,8 @@ async def _drive(
         names = await _fleet(session, agents, 60)
         if capture is not None:
             await _capture(session, capture)
-        ws_url = f"{base.replace('http', 'ws')}/api/ws?token={TOKEN}"
-        feed = await ws_clients.spawn(ws_url, clients, ws_clients.UNTIL_STOPPED, 600)
+        ws_url = f"{base.replace('http', 'ws')}/api/ws"  # the token in a header, not the URL
+        feed = await ws_clients.spawn(ws_url, clients, ws_clients.UNTIL_STOPPED, 600, TOKEN)
         try:
             applied0, t0 = await events_applied(session), time.monotonic()
             for _ in range(waves):

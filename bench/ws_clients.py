@@ -142,13 +142,15 @@ async def _read_until(tally: Tally, expected: int, max_s: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def main(url: str, n: int, expected: int, max_s: float) -> None:
-    """Connect ``n`` clients, say READY, read, print the results line."""
+async def main(url: str, n: int, expected: int, max_s: float, token: str = "") -> None:
+    """Connect ``n`` clients (with ``token`` in the Authorization header), say READY,
+    read, print the results line."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tally = Tally(n)
     conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
         tasks = [asyncio.create_task(client(session, url, tally, i)) for i in range(n)]
         await asyncio.wait_for(tally.ready.wait(), 120)
         print("READY", flush=True)
@@ -181,7 +183,9 @@ def _report(tally: Tally, expected: int) -> dict[str, Any]:
     }
 
 
-async def spawn(url: str, n: int, expected: int, max_s: float) -> asyncio.subprocess.Process:
+async def spawn(
+    url: str, n: int, expected: int, max_s: float, token: str = ""
+) -> asyncio.subprocess.Process:
     """Start the clients' process; returns once every client has connected or failed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -191,6 +195,7 @@ async def spawn(url: str, n: int, expected: int, max_s: float) -> asyncio.subpro
         str(n),
         str(expected),
         str(max_s),
+        token,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -222,4 +227,5 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+    token = sys.argv[5] if len(sys.argv) > 5 else ""
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), token))

@@ -315,11 +315,42 @@ MIGRATION_9_DDL = {
 }
 
 
+#: migration 10 (the webhook outbox): its row numbers are BIGSERIAL on PostgreSQL
+MIGRATION_10_DDL = {
+    "sqlite": [
+        (
+            "CREATE TABLE webhook_outbox ( seq INTEGER NOT NULL, delivery_id VARCHAR(64) NOT "
+            "NULL, endpoint VARCHAR(64) NOT NULL, event VARCHAR(32) NOT NULL, agent VARCHAR(2"
+            "55) NOT NULL, created_at FLOAT NOT NULL, body TEXT NOT NULL, status VARCHAR(16) "
+            "NOT NULL, attempts INTEGER NOT NULL, next_at FLOAT, last_error TEXT, done_at FLO"
+            "AT, PRIMARY KEY (seq), UNIQUE (delivery_id) )"
+        ),
+        "CREATE INDEX webhook_outbox_pending ON webhook_outbox (endpoint, status, seq)",
+        "CREATE INDEX webhook_outbox_status ON webhook_outbox (status, seq)",
+    ],
+    "postgresql": [
+        (
+            "CREATE TABLE webhook_outbox ( seq BIGSERIAL NOT NULL, delivery_id VARCHAR(64) NO"
+            "T NULL, endpoint VARCHAR(64) NOT NULL, event VARCHAR(32) NOT NULL, agent VARCHAR"
+            "(255) NOT NULL, created_at FLOAT NOT NULL, body TEXT NOT NULL, status VARCHAR(16"
+            ") NOT NULL, attempts INTEGER NOT NULL, next_at FLOAT, last_error TEXT, done_at F"
+            "LOAT, PRIMARY KEY (seq), UNIQUE (delivery_id) )"
+        ),
+        "CREATE INDEX webhook_outbox_pending ON webhook_outbox (endpoint, status, seq)",
+        "CREATE INDEX webhook_outbox_status ON webhook_outbox (status, seq)",
+    ],
+}
+
+
 def test_later_migrations_are_the_ones_shipped() -> None:
     for migration in MIGRATIONS[1:]:
         for dialect in ("sqlite", "postgresql"):
             sql = [re.sub(r"\s+", " ", s).strip() for s in migration_sql(migration, dialect)]
             shipped = (
-                MIGRATION_9_DDL[dialect] if migration.version == 9 else LATER_DDL[migration.version]
+                MIGRATION_9_DDL[dialect]
+                if migration.version == 9
+                else MIGRATION_10_DDL[dialect]
+                if migration.version == 10
+                else LATER_DDL[migration.version]
             )
             assert sql == shipped, (migration.version, dialect)

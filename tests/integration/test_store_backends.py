@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from idlewatch import StoreError
-from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, Status, freeze
+from idlewatch.models import Agent, AgentSpec, AuditEntry, Kind, OutboxRow, Status, freeze
 from idlewatch.store import SCHEMA_VERSION, SqlStore
 from idlewatch.writer import StoreWriter
 
@@ -254,3 +254,34 @@ async def test_managed_services_lists_live_service_agents(store: SqlStore) -> No
     gone = agent(2, name="gone", kind=Kind.SERVICE, id="s2", status=Status.REMOVED)
     await store.write([svc, gone, agent(3)], [])
     assert await store.activity.managed_services() == {"s1": "svc"}
+
+
+async def test_the_webhook_outbox_is_written_with_the_rows_read_in_order_and_marked(
+    store: SqlStore,
+) -> None:
+    """Outbox rows go in the writer's transaction (history), come back per endpoint in
+    order, and are marked sent, retried or failed only while pending."""
+    rows = [
+        OutboxRow(f"d{i}", "ep1" if i % 2 else "ep2", "status", "agent-1", T0, b'{"n":%d}' % i)
+        for i in range(6)
+    ]
+    await store.write([agent(1)], [audit(1)], history=rows)
+    ep1 = await store.outbox.heads(["ep1"], 10)
+    assert [d.delivery_id for d in ep1] == ["d1", "d3", "d5"] and ep1[0].body == b'{"n":1}'
+    assert ep1[0].created_at == T0 and ep1[0].status == "pending"
+    assert await store.outbox.pending_count() == 6
+    await store.outbox.sent([ep1[0].seq, ep1[1].seq], T0 + timedelta(seconds=1))
+    await store.outbox.retry(ep1[2].seq, 1, T0 + timedelta(seconds=5), "HTTP 503")
+    ep2 = await store.outbox.heads(["ep2"], 10)
+    await store.outbox.failed(ep2[0].seq, 3, T0 + timedelta(seconds=2), "gone")
+    await store.outbox.sent([ep2[0].seq], T0 + timedelta(seconds=3))  # failed: stays so
+    assert await store.outbox.pending_count() == 3
+    sent = await store.outbox.recent("sent", 10)
+    assert [d.delivery_id for d in sent] == ["d3", "d1"] and sent[0].attempts == 1
+    (retried,) = [d for d in await store.outbox.heads(["ep1"], 10)]
+    assert retried.next_at == T0 + timedelta(seconds=5) and retried.last_error == "HTTP 503"
+    assert [d.status for d in await store.outbox.recent("failed", 10)] == ["failed"]
+    assert {d.endpoint for d in await store.outbox.orphans(["ep1"])} == {"ep2"}
+    await store.outbox.prune(T0 + timedelta(days=1))
+    assert await store.outbox.recent("sent", 10) == []
+    assert await store.outbox.pending_count() == 3

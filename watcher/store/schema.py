@@ -248,7 +248,7 @@ class Migration:
 outbox_table = sa.Table(
     "webhook_outbox",
     metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
     sa.Column("delivery_id", sa.String(64), nullable=False, unique=True),
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Column("event", sa.String(32), nullable=False),
