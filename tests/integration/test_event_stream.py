@@ -121,6 +121,6 @@ def test_a_browsers_event_source_gets_the_feed_with_a_ticket(
     )
     # the ticket was good once: the same URL is refused now
     used = page.evaluate("() => new URL(window.feed.url).searchParams.get('ticket')")
-    again = requests.get(f"{server.url}/api/events?ticket={used}", timeout=10, stream=True)
-    assert again.status_code == 401
+    with requests.get(f"{server.url}/api/events?ticket={used}", timeout=10) as again:
+        assert again.status_code == 401
     page.close()
